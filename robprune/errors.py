@@ -1,0 +1,22 @@
+"""User-facing errors. The CLI prints ``str(err)`` on one line and exits with code 2."""
+
+
+class RobpruneError(Exception):
+    """An error caused by the user's input (config, files); its message names the key or file and the fix."""
+
+    kind = "Error"
+
+    def __str__(self) -> str:  # one readable line: "ConfigError: prune.channel_ratio must be ..."
+        return f"{self.kind}: {super().__str__()}"
+
+
+class ConfigError(RobpruneError):
+    kind = "ConfigError"
+
+
+class DataError(RobpruneError):
+    kind = "DataError"
+
+
+class CheckpointError(RobpruneError):
+    kind = "CheckpointError"

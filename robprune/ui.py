@@ -1,0 +1,24 @@
+"""User-facing output: rich progress bars and tables. ``enabled=False`` (quiet mode, CI) prints nothing."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+
+
+def console() -> Console:
+    return Console(stderr=True)
+
+
+def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+    """Iterate ``items`` with a progress bar on stderr (transient); silent when ``enabled`` is False."""
+    if not enabled:
+        yield from items
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console(), transient=True) as progress:
+        yield from progress.track(items, total=total, description=description)
