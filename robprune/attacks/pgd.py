@@ -1,0 +1,150 @@
+"""Projected gradient descent (Madry et al. 2018) for L∞ and L2, and FGSM as its one-step case.
+
+Contract (every attack in robprune): ``attack(model, x, y) -> x_adv`` with hyperparameters bound by
+functools.partial; x, x_adv: (N, C, H, W) pixels in [0, 1]; y: (N,) int64 labels. The attack leaves
+``model.training`` and every parameter's ``.grad`` as it found them (gradients are taken with
+torch.autograd.grad w.r.t. the input only), never changes parameters, runs on x's device, and
+returns a detached tensor. Random starts draw from torch's global RNG unless ``generator`` is given.
+Note that a model left in train mode still updates BatchNorm running statistics on every forward
+pass, as any forward pass would; evaluation calls attacks in eval mode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from robprune.attacks.common import LOSSES, check_choice, check_eps, check_min, loss_and_grad, per_example_loss
+from robprune.attacks.threat import NORMS, Budget, L2Ball, LinfBall, make_ball
+from robprune.errors import ConfigError
+
+COMPAT = (None, "adverfine")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything one PGD run needs, after validation and compat translation."""
+
+    ball: LinfBall | L2Ball
+    steps: int
+    step_size: Budget
+    random_start: bool
+    clamp: bool  # keep x_adv in [0, 1]; only the adverfine compat mode turns it off
+    early_stop: bool
+    loss: str
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+        step_size: float | None = None, norm: str = "linf", random_start: bool = True, restarts: int = 1,
+        early_stop: bool = False, loss: str = "ce", compat: str | None = None,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD adversarial examples, (N, C, H, W) in [0, 1], detached, on x's device.
+
+    eps: budget in pixel units (L∞ or L2 per ``norm``); steps: gradient steps per restart;
+    step_size: pixels per step, None = 2.5·eps/steps (Madry et al.); random_start: uniform start in
+    the ball; restarts: independent starts, per example the first one that fools the model is kept,
+    else the one with the highest final loss; early_stop: stop attacking an example as soon as it is
+    misclassified (evaluation: the returned point is that first fooling one; fewer gradient calls);
+    loss: 'ce' (cross-entropy) or 'dlr' (Croce & Hein 2020); compat: None = pixel-space convention,
+    'adverfine' = Adver-Fine's code (no random start, no clamp, eps and step in normalised units,
+    L∞ only). Raises ConfigError for invalid settings.
+    """
+    plan = _plan(model, eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start,
+                 early_stop=early_stop, loss=loss, compat=compat)
+    restarts = check_min(restarts, "attack.restarts", 1)
+    x, y = x.detach(), y.detach()
+    if restarts == 1 or x.shape[0] == 0:
+        return _run(model, x, y, plan, generator, final_eval=False)[0]
+    return _best_of_restarts(model, x, y, plan, restarts, generator)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf") -> torch.Tensor:
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x, no random
+    start; for norm='l2' the step is eps·grad/‖grad‖₂ (fast gradient method). Same contract as pgd."""
+    return pgd(model, x, y, eps=eps, steps=1, step_size=eps, norm=norm, random_start=False)
+
+
+def _plan(model: nn.Module, *, eps, steps, step_size, norm, random_start, early_stop, loss, compat) -> _Plan:
+    eps = check_eps(eps)
+    steps = check_min(steps, "attack.steps", 1)
+    check_choice(norm, "attack.norm", NORMS)
+    check_choice(loss, "attack.loss", LOSSES)
+    check_choice(compat, "attack.compat", COMPAT)
+    if step_size is not None and step_size < 0:
+        raise ConfigError(f"attack.step_size must be >= 0 or null (= 2.5·eps/steps), got {step_size}")
+    step: Budget = 2.5 * eps / steps if step_size is None else float(step_size)
+    if compat == "adverfine":
+        return _adverfine_plan(model, eps, steps, step, norm, early_stop, loss)
+    return _Plan(make_ball(norm, eps), steps, step, bool(random_start), True, bool(early_stop), loss)
+
+
+def _adverfine_plan(model: nn.Module, eps: float, steps: int, step: float, norm: str, early_stop: bool, loss: str) -> _Plan:
+    """Adver-Fine (arXiv 2403.09441) applied eps and step to normalised inputs (x − mean)/std, so in
+    pixels they are eps·std per channel (half the stated value for std 0.5); no random start, no clamp."""
+    from robprune.models.common import Normalize
+
+    if norm != "linf":
+        raise ConfigError(f"attack.compat=adverfine reproduces an L∞ attack; got attack.norm={norm!r} (use norm=linf)")
+    layer = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    if layer is None:
+        raise ConfigError("attack.compat=adverfine needs a model with a robprune.models.Normalize layer "
+                          "(to convert normalised units to pixels); use attack.compat=null")
+    std = layer.std.detach()  # (1, C, 1, 1)
+    return _Plan(LinfBall(eps * std), steps, step * std, False, False, bool(early_stop), loss)
+
+
+def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: _Plan, generator, *, final_eval: bool):
+    """One PGD run from one start. Returns (x_adv (N, C, H, W), loss (N,), fooled (N,) bool).
+
+    With ``final_eval`` False, loss is -inf and fooled only marks examples stopped early. With
+    early stopping, ``active`` holds the indices of examples still being attacked: each step
+    attacks only those, so finished examples cost nothing (index bookkeeping, no Python per-example loop).
+    """
+    n = x.shape[0]
+    x_adv = plan.ball.random_start(x, generator) if plan.random_start else x.clone()
+    x_adv = x_adv.clamp(0.0, 1.0) if plan.clamp else x_adv
+    active = torch.arange(n, device=x.device)
+    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for _ in range(plan.steps):
+        xa = x_adv[active] if plan.early_stop else x_adv
+        ya = y[active] if plan.early_stop else y
+        logits, _, grad = loss_and_grad(model, xa, ya, plan.loss)
+        if plan.early_stop:
+            hit = logits.argmax(1) != ya
+            fooled[active[hit]] = True  # x_adv[active[hit]] is the fooling point: keep it unchanged
+            active, xa, ya, grad = active[~hit], xa[~hit], ya[~hit], grad[~hit]
+            if active.numel() == 0:
+                break
+        x_ref = x[active] if plan.early_stop else x
+        xa = plan.ball.project(plan.ball.step(xa, grad, plan.step_size), x_ref)
+        xa = xa.clamp(0.0, 1.0) if plan.clamp else xa
+        if plan.early_stop:
+            x_adv[active] = xa
+        else:
+            x_adv = xa
+    losses = torch.full((n,), float("-inf"), device=x.device)
+    if final_eval and active.numel():
+        with torch.no_grad():
+            logits = model(x_adv[active])
+            losses[active] = per_example_loss(logits, y[active], plan.loss)
+            fooled[active] = logits.argmax(1) != y[active]
+    return x_adv.detach(), losses, fooled
+
+
+def _best_of_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: _Plan, restarts: int, generator) -> torch.Tensor:
+    """Per example, the first restart's x_adv that fools the model, else the highest-loss one.
+    Examples fooled by an earlier restart are not attacked again."""
+    best = x.clone()
+    best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(restarts):
+        todo = (~fooled).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        adv, losses, hit = _run(model, x[todo], y[todo], plan, generator, final_eval=True)
+        take = hit | (losses > best_loss[todo])
+        best[todo[take]] = adv[take]
+        best_loss[todo[take]] = losses[take]
+        fooled[todo[hit]] = True
+    return best

@@ -1,0 +1,169 @@
+"""Checkpoints without pickle: ``model.safetensors`` (tensors) + ``model.json`` (how to rebuild).
+
+model.json = {format_version, arch, pruning_history, weights_sha256, **extra}. ``arch`` rebuilds the
+dense model through the allow-listed :func:`robprune.models.build_model`; replaying
+``pruning_history`` with Torch-Pruning shrinks it to the saved shapes; then the weights load with
+``strict=True``. Nothing in either file can make robprune import or run code.
+
+Crash safety: each file is written atomically (temp file + rename), weights first, JSON last, so
+model.json only exists once its weights do. Both carry the same ``weights_sha256`` (a digest of the
+tensors), so a pair from two different saves (a crash between the renames while overwriting, or
+files copied from different runs) and bit-rot are both detected on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from robprune.config import to_container
+from robprune.errors import CheckpointError, ConfigError
+from robprune.io import atomic_save_tensors, atomic_write_json
+
+WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
+FORMAT_VERSION = 1
+ARCH_KEYS = ("model", "in_channels", "image_size", "num_classes", "mean", "std")
+# Written by save_checkpoint itself; the same keys in ``extra`` are ignored.
+RESERVED_KEYS = ("format_version", "arch", "pruning_history", "weights_sha256")
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order; hex string."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, directory: Path | str, *, arch: dict, history: list | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write ``directory/model.safetensors`` (state_dict incl. buffers) and ``directory/model.json``.
+
+    arch: {"model": model config incl. _target_, "in_channels", "image_size", "num_classes", "mean",
+    "std"} (DictConfig values are converted). history: the pruning history of
+    :func:`robprune.prune.prune_model` ([] or None for a dense model). extra: JSON-serialisable keys
+    stored at the top level of model.json. Returns ``directory``.
+    """
+    directory = Path(directory)
+    arch = to_container(arch)
+    missing = [k for k in ARCH_KEYS if k not in arch]
+    if missing:
+        raise CheckpointError(f"{directory}: arch is missing {', '.join(missing)}; pass the dict the model was built from")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    digest = tensors_digest(state)
+    atomic_save_tensors(directory / WEIGHTS_FILE, state, metadata={"weights_sha256": digest})
+    meta = {k: v for k, v in (extra or {}).items() if k not in RESERVED_KEYS}
+    meta.update(format_version=FORMAT_VERSION, arch=to_container(arch), pruning_history=list(history or []),
+                weights_sha256=digest)
+    atomic_write_json(directory / META_FILE, meta)
+    return directory
+
+
+def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model saved by :func:`save_checkpoint`; returns (model in eval mode on
+    ``map_location``, the parsed model.json).
+
+    path: the checkpoint directory, or the ``.safetensors`` file (its ``.json`` sits next to it).
+    Raises CheckpointError (one line: the file and the fix) for missing, truncated, corrupt or
+    mismatched files and for an ``arch`` whose ``_target_`` is not allow-listed.
+    """
+    weights_path, meta_path = _resolve(Path(path))
+    meta = _read_meta(meta_path)
+    tensors, file_digest = _read_weights(weights_path)
+    model = _rebuild(meta, meta_path)
+    _check_matches(model, tensors, weights_path)
+    if file_digest != meta["weights_sha256"]:
+        raise CheckpointError(f"{weights_path}: weights and {meta_path.name} come from different saves (an interrupted "
+                              f"save or files copied from different runs); save the checkpoint again")
+    if tensors_digest(tensors) != file_digest:
+        raise CheckpointError(f"{weights_path}: weights are corrupt (checksum mismatch); save the checkpoint again")
+    model.load_state_dict(tensors, strict=True)
+    return model.to(map_location).eval(), meta
+
+
+def _resolve(path: Path) -> tuple[Path, Path]:
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    meta = weights.with_suffix(".json")
+    for needed in (weights, meta):
+        if not needed.is_file():
+            raise CheckpointError(f"{needed}: not found; a checkpoint is a directory with {WEIGHTS_FILE} and {META_FILE} "
+                                  f"written by robprune (an interrupted save leaves no {META_FILE}; save it again)")
+    return weights, meta
+
+
+def _read_meta(meta_path: Path) -> dict:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({err}); restore it or save the checkpoint again") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: expected a JSON object; restore it or save the checkpoint again")
+    missing = [k for k in RESERVED_KEYS if k not in meta] + [f"arch.{k}" for k in ARCH_KEYS if k not in meta.get("arch", {})]
+    if missing:
+        raise CheckpointError(f"{meta_path}: missing {', '.join(missing)}; it was not written by save_checkpoint")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path}: format_version {meta['format_version']} is not {FORMAT_VERSION}; "
+                              f"load it with the robprune version that wrote it")
+    return meta
+
+
+def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """(tensors on CPU, the digest recorded in the file's header)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get("weights_sha256")
+        return load_file(str(weights_path), device="cpu"), recorded
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({err}); "
+                              f"save the checkpoint again") from None
+
+
+def _rebuild(meta: dict, meta_path: Path) -> nn.Module:
+    """Dense model from ``arch`` (allow-listed instantiate), shrunk by replaying the pruning history."""
+    import torch_pruning as tp
+
+    from robprune.models import build_model
+
+    arch = meta["arch"]
+    try:
+        model = build_model(OmegaConf.create(arch["model"]), in_channels=arch["in_channels"],
+                            image_size=arch["image_size"], num_classes=arch["num_classes"],
+                            mean=arch["mean"], std=arch["std"])
+    except ConfigError as err:
+        raise CheckpointError(f"{meta_path}: cannot rebuild arch.model: {err.args[0]}") from None
+    history = meta["pruning_history"]
+    if history:
+        example = torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"])
+        try:
+            with torch.enable_grad():  # Torch-Pruning traces through autograd
+                tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False) \
+                    .load_pruning_history(history)
+        except (AttributeError, IndexError, ValueError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"{meta_path}: pruning_history does not fit arch ({type(err).__name__}: {err}); "
+                                  f"was it saved by a different model config?") from None
+    return model
+
+
+def _check_matches(model: nn.Module, tensors: dict[str, torch.Tensor], weights_path: Path) -> None:
+    """CheckpointError naming the first key whose presence or shape differs between file and model."""
+    expected = model.state_dict()
+    for key in [*expected, *(k for k in tensors if k not in expected)]:
+        if key not in tensors:
+            detail = f"{key} missing from the file, model.json expects {tuple(expected[key].shape)}"
+        elif key not in expected:
+            detail = f"{key} in the file is not in the model"
+        elif tensors[key].shape != expected[key].shape:
+            detail = f"{key}: file {tuple(tensors[key].shape)}, model.json {tuple(expected[key].shape)}"
+        else:
+            continue
+        raise CheckpointError(f"{weights_path}: weights do not match the architecture in model.json ({detail}); "
+                              f"was it saved by a different model/pruning config?")

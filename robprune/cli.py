@@ -1,0 +1,83 @@
+"""``robprune`` command: thin dispatch to Hydra (run), a re-evaluation (eval) or the report (table).
+
+Every user error ends as one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+from robprune.errors import ConfigError, RobpruneError
+
+log = logging.getLogger("robprune")
+USAGE = """usage: robprune run [-m] [group=option ...] [key=value ...]
+       robprune eval <run dir | checkpoint dir | model.safetensors> [group=option ...] [key=value ...]
+       robprune table <results dir> [--rows KEY ...] [--cols METRIC ...] [--out DIR]"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["run"]
+    command, rest = argv[0], argv[1:]
+    commands = {"run": run_command, "eval": eval_command, "table": table_command}
+    if command in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if command not in commands:
+        print(f"ConfigError: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return commands[command](rest) or 0
+    except RobpruneError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+
+
+def quote_splits(args: list[str]) -> list[str]:
+    """``dataset.train_split=test[:8000]`` (the shell ate the quotes) -> ``dataset.train_split='test[:8000]'``,
+    since Hydra's override grammar would read the brackets as a list."""
+    return [re.sub(r"^([+~]?[\w.]*_split)=([^'\"].*\[.*)$", r"\1='\2'", a) for a in args]
+
+
+def run_command(args: list[str]) -> int:
+    from robprune.compose import check_overrides
+
+    args = quote_splits(args)
+    check_overrides([a for a in args if not a.startswith("-")])
+    from robprune.app import hydra_main
+
+    sys.argv = ["robprune", *args]
+    hydra_main()
+    return 0
+
+
+def eval_command(args: list[str]) -> int:
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        raise ConfigError("robprune eval needs a run directory, checkpoint directory or model.safetensors first; "
+                          "e.g. robprune eval outputs/runs/<run> eval=autoattack")
+    from robprune.reeval import reevaluate
+
+    reevaluate(Path(args[0]), quote_splits(args[1:]))
+    return 0
+
+
+def table_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="robprune table", description="Aggregate metrics.json files into a table.")
+    parser.add_argument("root", help="a run directory or a sweep directory (searched recursively)")
+    parser.add_argument("--rows", nargs="+", default=None, help="config keys forming the rows, e.g. prune.channel_ratio")
+    parser.add_argument("--cols", nargs="+", default=None, help="metrics forming the columns, e.g. clean_acc robust_acc/pgd20")
+    parser.add_argument("--out", default=None, help="where table.md and table.csv go (default: the results dir)")
+    parser.add_argument("--quiet", action="store_true")
+    ns = parser.parse_args(args)
+    from robprune.report import table_command as make
+
+    make(ns.root, ns.rows, ns.cols, out=ns.out, quiet=ns.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

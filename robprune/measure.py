@@ -1,0 +1,72 @@
+"""Model size and speed: parameters, MACs, CPU/GPU latency, checkpoint bytes (metrics.json keys
+``params``, ``macs``, ``latency_ms``, ``size_bytes``)."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robprune.config import require_positive
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (weights, biases, BN affine); buffers such as BN running stats
+    and the Normalize mean/std are not counted."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass for ONE example, as Torch-Pruning counts them
+    (``tp.utils.count_ops_and_params``: conv/linear MACs plus bias, BN and activation ops).
+
+    example_inputs: (N, C, H, W); only the first example is used. Works on a deep copy: the model,
+    its training flag and its BN statistics are untouched.
+    """
+    import torch_pruning as tp
+
+    macs, _ = tp.utils.count_ops_and_params(model, example_inputs[:1])
+    return int(macs)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA kernels are asynchronous; time the work, not the launch
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(model: nn.Module, example_inputs: torch.Tensor, *, repeats: int = 20, warmup: int = 3) -> dict:
+    """Median wall time of ``model(example_inputs)`` in eval mode under ``torch.inference_mode``.
+
+    example_inputs: (N, C, H, W) on the model's device; N is the reported batch size.
+    ``warmup`` untimed calls first (allocator, kernel selection). Restores ``model.training``.
+    Returns {latency_ms: median ms per batch, latency_batch_size: N, latency_repeats,
+    latency_threads: torch.get_num_threads(), latency_device: e.g. 'cpu'}.
+    """
+    require_positive(repeats, "latency.repeats")
+    require_positive(warmup, "latency.warmup", allow_zero=True)
+    device = example_inputs.device
+    was_training = model.training
+    model.eval()
+    times_ms = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(example_inputs)
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                model(example_inputs)
+                _sync(device)
+                times_ms.append((time.perf_counter() - start) * 1e3)
+    finally:
+        model.train(was_training)
+    return {"latency_ms": statistics.median(times_ms), "latency_batch_size": int(example_inputs.shape[0]),
+            "latency_repeats": repeats, "latency_threads": torch.get_num_threads(), "latency_device": str(device)}
+
+
+def checkpoint_size_bytes(path: Path | str) -> int:
+    """Bytes of ``model.safetensors``; ``path`` is the checkpoint directory or the file itself."""
+    path = Path(path)
+    return (path / "model.safetensors" if path.is_dir() else path).stat().st_size

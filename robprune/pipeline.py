@@ -1,0 +1,198 @@
+"""``run(cfg)``: the recipe. Build data, train, prune, fine-tune, evaluate, write results.
+
+Each stage is a function of its config slice and its input artifact, cached under
+hash(config slice, input key) by :class:`robprune.store.StageCache`. Every stage seeds itself from
+(seed, stage, key), so a cached stage and a freshly built one lead to the same downstream numbers.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import robprune
+from robprune.checkpoint import load_checkpoint, save_checkpoint
+from robprune.config import config_hash, to_container
+from robprune.data import BatchLoader, DataBundle, build_data
+from robprune.evaluate import evaluate_robustness
+from robprune.io import atomic_write_json, atomic_write_text
+from robprune.measure import checkpoint_size_bytes, count_macs, count_params, measure_latency
+from robprune.models import build_model
+from robprune.prune import prune_model
+from robprune.store import StageCache, StageResult, publish_files
+from robprune.train import build_training, fit, schedule_factor
+from robprune.validate import validate
+
+log = logging.getLogger("robprune")
+CHECKPOINT_FILES = ["model.safetensors", "model.json"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → cuda when available, else cpu. Called once per run; the result is passed down."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stage_seed(seed: int, key: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
+
+
+def seed_stage(seed: int, key: str) -> torch.Generator:
+    """Seed torch's global RNG for a stage and return the loader's generator (saved in epoch checkpoints)."""
+    s = stage_seed(seed, key)
+    torch.manual_seed(s)
+    return torch.Generator().manual_seed(s + 1)
+
+
+def architecture(cfg: DictConfig, data: DataBundle) -> dict:
+    """Everything needed to rebuild the dense model; stored in model.json."""
+    return {"model": to_container(cfg.model), "in_channels": data.in_channels, "image_size": data.image_size,
+            "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)}
+
+
+def dense_model(arch: dict) -> torch.nn.Module:
+    return build_model(OmegaConf.create(arch["model"]), in_channels=arch["in_channels"], image_size=arch["image_size"],
+                       num_classes=arch["num_classes"], mean=arch["mean"], std=arch["std"])
+
+
+def train_model(model, cfg_train: DictConfig, key: str, data: DataBundle, cfg: DictConfig, *, device, work: Path,
+                generator: torch.Generator, stage: str) -> list[dict]:
+    """Run the one loop with a train/finetune config; epoch checkpoints go to work/epochs (for resume)."""
+    objective, optimizer = build_training(cfg_train, model, key)
+    loader = BatchLoader(data.train_x, data.train_y, cfg.data.batch_size, shuffle=True, generator=generator,
+                         augment=cfg.dataset.augment, device=device)
+    epochs = int(cfg_train.epochs)
+    return fit(model, loader, objective, optimizer, epochs=epochs, generator=generator,
+               lr_factor=lambda e: schedule_factor(cfg_train.schedule, e, epochs),
+               checkpoint_dir=work / "epochs", progress=not cfg.quiet, description=stage)
+
+
+def train_stage(cfg, data, arch, key, device):
+    def build(work: Path) -> None:
+        generator = seed_stage(cfg.seed, key)
+        model = dense_model(arch).to(device)
+        history = train_model(model, cfg.train, "train", data, cfg, device=device, work=work, generator=generator, stage="train")
+        save_checkpoint(model, work, arch=arch, history=[], extra={"train_log": history})
+        shutil.rmtree(work / "epochs", ignore_errors=True)
+    return build
+
+
+def prune_stage(cfg, data, upstream: StageResult, key):
+    def build(work: Path) -> None:
+        seed_stage(cfg.seed, key)
+        model, meta = load_checkpoint(upstream.path)
+        example = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
+        info = prune_model(model, cfg.prune, example_inputs=example)
+        save_checkpoint(model, work, arch=meta["arch"], history=info.get("history", []),
+                        extra={"prune": {k: v for k, v in info.items() if k != "history"}})
+    return build
+
+
+def finetune_stage(cfg, data, upstream: StageResult, key, device):
+    def build(work: Path) -> None:
+        generator = seed_stage(cfg.seed, key)
+        model, meta = load_checkpoint(upstream.path)
+        model.to(device)
+        history = train_model(model, cfg.finetune, "finetune", data, cfg, device=device, work=work,
+                              generator=generator, stage="finetune")
+        extra = {k: v for k, v in meta.items() if k not in ("arch", "pruning_history", "format_version")}
+        save_checkpoint(model.cpu(), work, arch=meta["arch"], history=meta["pruning_history"],
+                        extra={**extra, "finetune_log": history})
+        shutil.rmtree(work / "epochs", ignore_errors=True)
+    return build
+
+
+def eval_stage(cfg, data, upstream: StageResult, key, device):
+    def build(work: Path) -> None:
+        seed_stage(cfg.seed, key)
+        model, _ = load_checkpoint(upstream.path)
+        model.to(device).eval()
+        metrics = evaluate_robustness(model, data.test_x, data.test_y, cfg.eval, device=device,
+                                      seed=cfg.seed, progress=not cfg.quiet)
+        atomic_write_json(work / "eval.json", metrics)
+    return build
+
+
+def measure(model: torch.nn.Module, data: DataBundle, cfg: DictConfig) -> dict:
+    """Params, MACs (batch 1), CPU latency (median ms per batch of eval.latency.batch_size)."""
+    model = model.cpu().eval()
+    one = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
+    lat = cfg.eval.latency
+    batch = torch.rand(int(lat.batch_size), data.in_channels, data.image_size, data.image_size)
+    return {"params": count_params(model), "macs": count_macs(model, one),
+            **measure_latency(model, batch, repeats=int(lat.repeats), warmup=int(lat.warmup))}
+
+
+def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
+    """Run the whole pipeline for one config; writes config.yaml, metrics.json and the checkpoint to run_dir."""
+    started = time.perf_counter()
+    validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    run_dir = Path(run_dir)
+    log.info("run dir %s, device %s", run_dir, device)
+    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
+    arch = architecture(cfg, data)
+    cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
+    version = robprune.__version__
+
+    k_train = config_hash("train", version, cfg.dataset, cfg.model, cfg.train, cfg.data.batch_size, cfg.seed)
+    trained = cache.get("train", k_train, train_stage(cfg, data, arch, k_train, device))
+    k_prune = config_hash("prune", trained.key, cfg.prune, cfg.seed)
+    pruned = cache.get("prune", k_prune, prune_stage(cfg, data, trained, k_prune))
+    stages = [trained, pruned]
+    if int(cfg.finetune.epochs) > 0:
+        k_ft = config_hash("finetune", pruned.key, cfg.finetune, cfg.data.batch_size, cfg.seed)
+        stages.append(cache.get("finetune", k_ft, finetune_stage(cfg, data, pruned, k_ft, device)))
+    final = stages[-1]
+    k_eval = config_hash("eval", final.key, cfg.eval, cfg.seed)
+    evaluated = cache.get("eval", k_eval, eval_stage(cfg, data, final, k_eval, device))
+    stages.append(evaluated)
+    for s in stages:
+        log.info("stage %-8s %s %s", s.name, s.key, "reused from cache" if s.reused else f"built in {s.seconds:.1f} s")
+
+    metrics = assemble_metrics(cfg, data, stages, final, evaluated, choices)
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    # Results are written only now, each file atomically: a run that fails earlier leaves an
+    # earlier finished result in the same directory untouched.
+    publish_files(final.path, run_dir, CHECKPOINT_FILES)
+    metrics["size_bytes"] = checkpoint_size_bytes(run_dir)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def assemble_metrics(cfg, data, stages, final: StageResult, evaluated: StageResult, choices) -> dict:
+    import json
+
+    model, meta = load_checkpoint(final.path)
+    dense = dense_model(meta["arch"])
+    prune_info = meta.get("prune") or json.loads((stages[1].path / "model.json").read_text()).get("prune", {})
+    measured, dense_measured = measure(model, data, cfg), measure_macs_params(dense, data)
+    metrics = json.loads((evaluated.path / "eval.json").read_text())
+    metrics.update(measured)
+    metrics.update({
+        "params_dense": dense_measured["params"], "macs_dense": dense_measured["macs"],
+        "macs_ratio": measured["macs"] / max(1, dense_measured["macs"]),
+        "sparsity": float(prune_info.get("sparsity", 0.0)),
+        "structured": bool(prune_info.get("structured", True)),
+        "channel_ratio": prune_info.get("channel_ratio"),
+        "prune_layers": prune_info.get("layers", []),
+        "choices": dict(choices or {}), "seed": int(cfg.seed), "device": str(resolve_device(cfg.device)),
+        "dataset": {"name": cfg.dataset.name, "n_train": len(data.train_y), "n_test": len(data.test_y)},
+        "stages": {s.name: s.record() for s in stages},
+        "version": robprune.__version__,
+    })
+    return metrics
+
+
+def measure_macs_params(model: torch.nn.Module, data: DataBundle) -> dict:
+    one = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
+    return {"params": count_params(model), "macs": count_macs(model, one)}

@@ -1,0 +1,66 @@
+"""``robprune eval``: re-evaluate a saved model (pruned or not) under any eval config.
+
+The run's own config.yaml supplies the dataset, model and seed unless the command line overrides them;
+results go to a new directory (never into the run directory being evaluated).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf, open_dict
+
+from robprune.checkpoint import load_checkpoint
+from robprune.compose import compose
+from robprune.data import build_data
+from robprune.errors import CheckpointError
+from robprune.evaluate import evaluate_robustness
+from robprune.io import atomic_write_json, atomic_write_text
+from robprune.summary import print_summary
+from robprune.validate import validate
+
+log = logging.getLogger("robprune")
+FROM_RUN = ("dataset", "data", "model", "seed")  # taken from the run's config.yaml unless overridden
+
+
+def reevaluate(path: Path, overrides: list[str]) -> dict:
+    from robprune.pipeline import measure, resolve_device
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory or checkpoint; pass a run directory "
+                              "(outputs/runs/<run>) or a folder holding model.safetensors + model.json")
+    ckpt_dir = path if path.is_dir() else path.parent
+    cfg = compose(overrides)
+    saved_cfg = ckpt_dir / "config.yaml"
+    if saved_cfg.exists():
+        saved = OmegaConf.load(saved_cfg)
+        with open_dict(cfg):
+            for section in FROM_RUN:
+                if section in saved and not any(o.lstrip("+~").startswith(section) for o in overrides):
+                    cfg[section] = saved[section]
+    validate(cfg)
+    model, meta = load_checkpoint(path)
+    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
+    _check_shape(meta["arch"], data, path)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.eval_out or f"outputs/evals/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.time_ns() % 10**6:06d}")
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    metrics = evaluate_robustness(model.to(device).eval(), data.test_x, data.test_y, cfg.eval, device=device,
+                                  seed=cfg.seed, progress=not cfg.quiet)
+    metrics.update(measure(model, data, cfg))
+    metrics.update({"checkpoint": str(path.resolve()), "seed": int(cfg.seed),
+                    "sparsity": float((meta.get("prune") or {}).get("sparsity", 0.0))})
+    atomic_write_json(out / "metrics.json", metrics)
+    if not cfg.quiet:
+        print_summary(metrics, title=f"robprune eval {path} → {out}")
+    return metrics
+
+
+def _check_shape(arch: dict, data, path: Path) -> None:
+    want = (arch["in_channels"], arch["image_size"], arch["num_classes"])
+    have = (data.in_channels, data.image_size, data.num_classes)
+    if want != have:
+        raise CheckpointError(f"{path}: the model expects (channels, size, classes) = {want} but dataset "
+                              f"'{data.name}' gives {have}; pass the dataset it was trained on, e.g. dataset=<name>")

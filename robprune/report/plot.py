@@ -1,0 +1,52 @@
+"""Plots written as PNG files, e.g. per-layer sensitivity scores.
+
+Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly rather than pyplot:
+pyplot keeps a global registry of open figures and a process-wide backend, and Hydra multirun runs
+many jobs in one process (no hidden state, docs/style.md).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+
+def bar_chart(values: dict[str, float], out_png: Path, *, title: str, ylabel: str) -> Path:
+    """One bar per item of ``values`` (label -> height, in insertion order), saved atomically to out_png.
+
+    NaN heights leave a gap. Raises ValueError if ``values`` is empty. Returns out_png.
+    """
+    if not values:
+        raise ValueError("bar_chart needs at least one value")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = [str(k) for k in values]
+    heights = [float(v) for v in values.values()]
+    # Widen with the number of bars so per-layer labels of a deep network stay legible.
+    fig = Figure(figsize=(max(4.0, 0.3 * len(labels) + 1.5), 3.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.bar(range(len(labels)), [0.0 if math.isnan(h) else h for h in heights],
+           color=["none" if math.isnan(h) else "tab:blue" for h in heights])
+    ax.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 6 else 0, fontsize=8)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    return _save_png(fig, Path(out_png))
+
+
+def _save_png(fig, path: Path) -> Path:
+    """Render to a temp file beside ``path``, then rename over it, so readers never see half a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=120)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,45 @@
+"""The end-of-run summary table (rich), computed from the metrics dict (the same data as metrics.json)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}%"
+
+
+def summary_rows(metrics: dict) -> list[tuple[str, str]]:
+    rows = [("clean accuracy", _pct(metrics.get("clean_acc")))]
+    for key in sorted(k for k in metrics if k.startswith("robust_acc/")):
+        name = key.split("/", 1)[1]
+        n = metrics.get(f"n_eval/{name}")
+        rows.append((f"robust accuracy, {name}" + (f" (n={n})" if n else ""), _pct(metrics[key])))
+    if "params" in metrics:
+        rows.append(("params (dense → now)", f"{metrics.get('params_dense', 0):,} → {metrics['params']:,}"))
+    if "macs" in metrics:
+        rows.append(("MACs (dense → now)", f"{metrics.get('macs_dense', 0):,} → {metrics['macs']:,}"))
+    if "sparsity" in metrics:
+        rows.append(("parameter sparsity", _pct(metrics["sparsity"])))
+    if "latency_ms" in metrics:
+        rows.append((f"CPU latency (batch {metrics.get('latency_batch_size')})", f"{metrics['latency_ms']:.2f} ms"))
+    if "size_bytes" in metrics:
+        rows.append(("checkpoint size", f"{metrics['size_bytes'] / 1024:.1f} KiB"))
+    checks = metrics.get("checks") or {}
+    if checks:
+        rows.append(("sanity checks", "passed" if checks.get("passed") else "FAILED: see metrics.json 'checks'"))
+    stages = metrics.get("stages") or {}
+    if stages:
+        rows.append(("stages reused from cache", ", ".join(k for k, v in stages.items() if v.get("reused")) or "none"))
+    if "seconds" in metrics:
+        rows.append(("wall time", f"{metrics['seconds']:.1f} s"))
+    return rows
+
+
+def print_summary(metrics: dict, *, title: str) -> None:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in summary_rows(metrics):
+        table.add_row(name, value)
+    Console().print(table)

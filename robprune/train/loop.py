@@ -1,0 +1,144 @@
+"""The one training loop, with per-epoch checkpoints that make a killed run resume bit-exactly (CPU)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from robprune.io import atomic_save_tensors, atomic_write_json
+from robprune.ui import track
+
+log = logging.getLogger("robprune")
+
+
+@dataclass
+class TrainState:
+    """What an epoch checkpoint restores: the next epoch to run and the per-epoch log so far."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Split an optimizer state_dict into tensors (safetensors) and plain JSON."""
+    sd = optimizer.state_dict()
+    tensors, plain_state = {}, {}
+    for idx, slots in sd["state"].items():
+        plain_state[str(idx)] = {}
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{name}"] = value
+            else:
+                plain_state[str(idx)][name] = value
+    return tensors, {"state": plain_state, "param_groups": sd["param_groups"]}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, plain: dict) -> None:
+    state = {}
+    for idx, slots in plain["state"].items():
+        state[int(idx)] = dict(slots)
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+def save_epoch_checkpoint(directory: Path, model: nn.Module, optimizer, generator: torch.Generator, state: TrainState) -> None:
+    """directory/last.safetensors + last.json; JSON written last and naming the epoch, so a crash between the
+    two leaves the previous pair's epoch in JSON and a mismatch is detected by the tensors' metadata."""
+    tensors, plain = _flatten_optimizer(optimizer)
+    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.loader"] = generator.get_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    atomic_save_tensors(directory / "last.safetensors", tensors, metadata={"epoch": str(state.epoch)})
+    atomic_write_json(directory / "last.json", {"epoch": state.epoch, "history": state.history, "optimizer": plain})
+
+
+def load_epoch_checkpoint(directory: Path, model: nn.Module, optimizer, generator: torch.Generator) -> TrainState | None:
+    """Restore model, optimizer and RNG from the last epoch checkpoint; None when there is none (or it is torn)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    st, js = directory / "last.safetensors", directory / "last.json"
+    if not (st.exists() and js.exists()):
+        return None
+    try:
+        meta = json.loads(js.read_text())
+        with safe_open(str(st), framework="pt") as fh:
+            if fh.metadata().get("epoch") != str(meta["epoch"]):
+                log.warning("epoch checkpoint in %s is torn (tensors and JSON disagree); starting over", directory)
+                return None
+        tensors = load_file(str(st))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        log.warning("epoch checkpoint in %s is unreadable (%s); starting over", directory, err)
+        return None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    _restore_optimizer(optimizer, tensors, meta["optimizer"])
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.loader"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return TrainState(epoch=int(meta["epoch"]), history=list(meta["history"]))
+
+
+def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torch.optim.Optimizer, *,
+        epochs: int, lr_factor: Callable[[int], float], generator: torch.Generator,
+        checkpoint_dir: Path | None = None, hooks: Iterable = (), progress: bool = True,
+        description: str = "train") -> list[dict]:
+    """Train ``model`` in place for ``epochs`` epochs; returns the per-epoch log.
+
+    loader: yields (x, y) on the model's device, x in [0, 1]; its shuffling/augmentation draws from
+    ``generator`` (saved in checkpoints). lr_factor(epoch) multiplies each group's base lr.
+    hooks: objects with optional ``on_epoch_start(epoch)`` and ``after_step(model)`` (masks, observers).
+    checkpoint_dir: when given, a checkpoint is written after every epoch and training resumes from it.
+    Steps go through ``optimizer.step(closure)`` so two-pass optimizers (SAM, ASAM) need no other loop.
+    """
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    state = (load_epoch_checkpoint(checkpoint_dir, model, optimizer, generator) if checkpoint_dir else None) or TrainState()
+    if state.epoch:
+        log.info("%s: resuming from the checkpoint after epoch %d", description, state.epoch)
+    hooks = [objective, *hooks]
+    for epoch in range(state.epoch, epochs):
+        started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(epoch)
+        _call(hooks, "on_epoch_start", epoch)
+        model.train()
+        total, count = 0.0, 0
+        for x, y in track(loader, f"{description} epoch {epoch + 1}/{epochs}", total=len(loader), enabled=progress):
+            def closure():
+                optimizer.zero_grad(set_to_none=True)
+                loss = objective(model, x, y)
+                loss.backward()
+                return loss
+
+            loss = optimizer.step(closure)
+            _call(hooks, "after_step", model)
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        row = {"epoch": epoch + 1, "loss": total / max(1, count), "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - started, 3)}
+        state.history.append(row)
+        state.epoch = epoch + 1
+        log.info("%s epoch %d/%d: loss %.4f, lr %.3g, %.1f s", description, epoch + 1, epochs, row["loss"], row["lr"], row["seconds"])
+        if checkpoint_dir is not None:
+            save_epoch_checkpoint(checkpoint_dir, model, optimizer, generator, state)
+    model.eval()
+    return state.history
+
+
+def _call(objects: Iterable, method: str, *args) -> None:
+    for obj in objects:
+        fn = getattr(obj, method, None)
+        if callable(fn):
+            fn(*args)

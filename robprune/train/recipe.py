@@ -1,0 +1,34 @@
+"""Build (objective, optimizer) from a ``conf/train`` or ``conf/finetune`` node, and the lr schedule."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from omegaconf import DictConfig
+from torch import nn
+
+from robprune.config import instantiate, require_positive
+from robprune.errors import ConfigError
+
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def build_training(cfg: DictConfig, model: nn.Module, key: str) -> tuple[Callable, object]:
+    """cfg: a train/finetune node; key: its config path for messages ('train' or 'finetune')."""
+    require_positive(cfg.epochs, f"{key}.epochs", allow_zero=True)
+    objective = instantiate(cfg.objective, f"{key}.objective")
+    make_optimizer = instantiate(cfg.optimizer, f"{key}.optimizer")
+    require_positive(cfg.optimizer.lr, f"{key}.optimizer.lr")
+    optimizer = make_optimizer(model.parameters())
+    if cfg.schedule.name not in SCHEDULES:
+        raise ConfigError(f"{key}.schedule.name must be one of {', '.join(SCHEDULES)}, got {cfg.schedule.name!r}")
+    return objective, optimizer
+
+
+def schedule_factor(schedule: DictConfig, epoch: int, epochs: int) -> float:
+    """Multiplier on the base lr for 0-based ``epoch`` (set once per epoch)."""
+    if schedule.name == "cosine":  # Loshchilov & Hutter 2017 (SGDR), Eq. 5 without restarts, per epoch
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
+    if schedule.name == "step":
+        return float(schedule.gamma) ** sum(1 for m in schedule.milestones if epoch >= int(m))
+    return 1.0

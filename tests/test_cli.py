@@ -1,0 +1,146 @@
+"""The real `robprune` command: sweeps, resume after SIGKILL, eval, table, and the bad-input matrix."""
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, SHARED_DATA, SHRINK, read_metrics, robprune, stable
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished default-pipeline run (shrunk) to evaluate, tabulate and protect."""
+    root = tmp_path_factory.mktemp("cli")
+    res = robprune(["run", *SHRINK, f"cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"], cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return root, root / "run"
+
+
+def _snapshot(run_dir: Path) -> dict:
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+def test_multirun_sweep_reuses_dense_model_and_table(tmp_path):
+    res = robprune(["run", "-m", *SHRINK, "prune.channel_ratio=0.3,0.5", f"cache_dir={tmp_path / 'cache'}",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2
+    metrics = [json.loads(p.read_text()) for p in runs]
+    assert [m["stages"]["train"]["reused"] for m in metrics] == [False, True]
+    assert (runs[0].parent / "run.log").exists()
+    tab = robprune(["table", str(tmp_path / "sweep"), "--rows", "prune.channel_ratio", "--cols", "clean_acc", "robust_acc/pgd20"], cwd=tmp_path)
+    assert tab.returncode == 0, tab.stderr
+    assert "0.3" in tab.stdout and "0.5" in tab.stdout
+    assert (tmp_path / "sweep" / "table.md").exists() and (tmp_path / "sweep" / "table.csv").exists()
+
+
+def test_sigkill_during_training_then_resume_matches_uninterrupted(tmp_path):
+    args = ["run", *SHRINK, "train.epochs=6"]
+    ref = robprune([*args, f"cache_dir={tmp_path / 'ref'}", f"hydra.run.dir={tmp_path / 'ref_run'}"], cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ROBPRUNE_QUIET": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "robprune.cli", *args, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    ckpts = []
+    while time.time() < deadline and not ckpts:
+        ckpts = list(cache.glob("train/*.partial/epochs/last.json"))
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpts, "no epoch checkpoint appeared before the kill"
+    epoch_at_kill = json.loads(ckpts[0].read_text())["epoch"]
+    assert 1 <= epoch_at_kill < 6
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    res = robprune([*args, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "resuming from the checkpoint after epoch" in log
+    assert stable(read_metrics(tmp_path / "run")) == stable(read_metrics(tmp_path / "ref_run"))
+
+
+def test_eval_command_reevaluates_saved_model(finished_run, tmp_path):
+    root, run_dir = finished_run
+    res = robprune(["eval", str(run_dir), "eval=pgd", "eval.attacks.pgd20.steps=3", "eval.n_examples.pgd20=120",
+                    "eval.latency.repeats=2", "eval.latency.batch_size=8", f"eval_out={tmp_path / 'ev'}"], cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again, orig = read_metrics(tmp_path / "ev"), read_metrics(run_dir)
+    assert again["clean_acc"] == orig["clean_acc"]            # bit-identical reload → same predictions
+    assert again["robust_acc/pgd20"] == orig["robust_acc/pgd20"]
+    assert again["params"] == orig["params"]
+
+
+BAD_INPUTS = [
+    (["prune=foo"], "prune=foo"),
+    (["dataset=imagenet_lol"], "dataset=imagenet_lol"),
+    (["prune.channel_ratio=1.5"], "prune.channel_ratio"),
+    (["prune.channel_ratio=-0.1"], "prune.channel_ratio"),
+    (["eval.attacks.pgd20.eps=-0.1"], "eval.attacks.pgd20.eps"),
+    (["train.objective.attack.steps=0"], "train.objective.attack.steps"),
+    (["dataset.train_split=train[abc]"], "dataset.train_split"),
+    (["dataset.test_split=test[5:5]"], "dataset.test_split"),
+    (["prune.no_such_key=1"], "no_such_key"),
+    (["-m", "prune.channel_ratio=0.3,1.2"], "prune.channel_ratio"),
+    (["dataset=mnist", "data.root=/nonexistent/mnist"], "/nonexistent/mnist"),
+]
+
+
+@pytest.mark.parametrize("overrides,named", BAD_INPUTS, ids=[" ".join(b[0]) for b in BAD_INPUTS])
+def test_bad_input_one_line_exit_2_nothing_damaged(finished_run, overrides, named):
+    root, run_dir = finished_run
+    before = _snapshot(run_dir)
+    res = robprune(["run", *overrides, f"cache_dir={root / 'cache'}"], cwd=root)
+    assert res.returncode == 2, (res.returncode, res.stderr[-1500:])
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert named in lines[0] and "Error" in lines[0]
+    assert _snapshot(run_dir) == before
+
+
+def test_corrupt_dataset_file(tmp_path):
+    root = tmp_path / "mnist"
+    root.mkdir()
+    good = gzip.compress(b"\x00\x00\x08\x03" + (100).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(100 * 784))
+    (root / "t10k-images-idx3-ubyte.gz").write_bytes(good[: len(good) // 2])  # truncated
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (100).to_bytes(4, "big") + bytes(100)))
+    res = robprune(["run", "dataset=mnist", f"data.root={root}", "dataset.train_split=test[:80]",
+                    "dataset.test_split=test[80:]", f"cache_dir={tmp_path / 'c'}"], cwd=tmp_path)
+    assert res.returncode == 2 and "t10k-images-idx3-ubyte" in res.stderr.strip().splitlines()[-1], res.stderr[-1500:]
+
+
+def test_eval_and_table_on_missing_dirs(tmp_path):
+    for cmd in (["eval", str(tmp_path / "nope")], ["table", str(tmp_path / "nope")]):
+        res = robprune(cmd, cwd=tmp_path)
+        assert res.returncode == 2 and str(tmp_path / "nope") in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_eval_checkpoint_of_other_architecture(finished_run, tmp_path):
+    root, run_dir = finished_run
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
+    meta = json.loads((run_dir / "model.json").read_text())
+    meta["arch"]["model"]["width"] = 8                    # weights were saved for width 4
+    (bad / "model.json").write_text(json.dumps(meta))
+    res = robprune(["eval", str(bad), "eval=clean"], cwd=root)
+    assert res.returncode == 2 and "CheckpointError" in res.stderr and "model.json" in res.stderr, res.stderr[-1500:]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(), reason="shared MNIST files not present")
+def test_real_mnist_split_runs(tmp_path):
+    res = robprune(["run", "dataset=mnist", f"data.root={SHARED_DATA / 'mnist'}", "model=cnn8", "model.width=4",
+                    "dataset.train_split=test[:600]", "dataset.test_split=test[9800:]", *SHRINK[2:],
+                    "train.epochs=1", "finetune.epochs=1", f"cache_dir={tmp_path / 'c'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                   cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = read_metrics(tmp_path / "run")
+    assert m["dataset"] == {"name": "mnist", "n_train": 600, "n_test": 200}
