@@ -19,7 +19,7 @@ log = logging.getLogger("robprune")
 def job(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and "@" not in k and v is not None}
     logging.getLogger("robprune").setLevel(logging.INFO)
     from robprune.pipeline import run
 

@@ -25,7 +25,7 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
         raise ConfigError(_missing_option(err)) from None
     except (ConfigCompositionException, OverrideParseException) as err:
         first = str(err).strip().splitlines()[0]
-        cause = f" ({err.__cause__})".splitlines()[0] if err.__cause__ else ""
+        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
         raise ConfigError(f"{first}{cause}; check the spelling, or prefix the key with + to add a new one") from None
     with open_dict(cfg):
         cfg.pop("hydra", None)

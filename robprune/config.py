@@ -81,7 +81,7 @@ def require_range(value: float, key: str, low: float, high: float, *, high_open:
     ok = value >= low and (value < high if high_open else value <= high)
     if not ok:
         bracket = ")" if high_open else "]"
-        raise ConfigError(f"{key} must be in [{low}, {high}{bracket}, got {value}; fix it on the command line, e.g. {key}={low}")
+        raise ConfigError(f"{key} must be in [{low}, {high}{bracket}, got {value}; fix it on the command line, e.g. {key}={(low + high) / 2:g}")
     return value
 
 

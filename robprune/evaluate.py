@@ -9,8 +9,6 @@ prefix (the smallest subset), where every attack saw every point.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any, Callable
 
 import torch
@@ -186,21 +184,3 @@ def _zero_grad_fraction(model, x, y, idx: torch.Tensor, batch_size: int, device)
         zero += int((grad.flatten(1).abs().amax(dim=1) == 0).sum().item())
     return zero / max(idx.numel(), 1)
 
-
-def measure_latency_ms(model, sample_shape: tuple[int, ...], *, batch_size: int = 64, repeats: int = 20,
-                       warmup: int = 3, device: torch.device | str = "cpu") -> float:
-    """Median wall-clock milliseconds of one forward pass on a (batch_size, *sample_shape) batch of
-    zeros (eval mode, no autograd); modes restored afterwards. Synchronises CUDA around each pass."""
-    device = torch.device(device)
-    batch = torch.zeros(batch_size, *sample_shape, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with preserved_modes(model, eval_mode=True), torch.inference_mode():
-        for i in range(warmup + repeats):
-            sync()
-            start = time.perf_counter()
-            model(batch)
-            sync()
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)

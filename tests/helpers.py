@@ -10,9 +10,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-# Same pipeline, tiny budget: 2+1 epochs of a 4-channel CNN, PGD-3 evaluation on 120 test points.
+# Same pipeline, tiny budget: 2+1 epochs of an 8-channel CNN, PGD-3 evaluation on 120 test points.
 SHRINK = [
-    "train.epochs=2", "finetune.epochs=1", "model.width=4", "model.hidden=16",
+    "train.epochs=2", "finetune.epochs=1", "model.width=8", "model.hidden=32", "train.optimizer.lr=0.005",
     "eval=pgd", "eval.attacks.pgd20.steps=3", "eval.n_examples.pgd20=120",
     "eval.latency.repeats=2", "eval.latency.warmup=1", "eval.latency.batch_size=8",
 ]

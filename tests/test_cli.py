@@ -129,7 +129,7 @@ def test_eval_checkpoint_of_other_architecture(finished_run, tmp_path):
     bad.mkdir()
     (bad / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
     meta = json.loads((run_dir / "model.json").read_text())
-    meta["arch"]["model"]["width"] = 8                    # weights were saved for width 4
+    meta["arch"]["model"]["width"] = 4                    # weights were saved for width 8
     (bad / "model.json").write_text(json.dumps(meta))
     res = robprune(["eval", str(bad), "eval=clean"], cwd=root)
     assert res.returncode == 2 and "CheckpointError" in res.stderr and "model.json" in res.stderr, res.stderr[-1500:]
@@ -137,7 +137,7 @@ def test_eval_checkpoint_of_other_architecture(finished_run, tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(), reason="shared MNIST files not present")
 def test_real_mnist_split_runs(tmp_path):
-    res = robprune(["run", "dataset=mnist", f"data.root={SHARED_DATA / 'mnist'}", "model=cnn8", "model.width=4",
+    res = robprune(["run", "dataset=mnist", f"data.root={SHARED_DATA / 'mnist'}", "model=cnn8",
                     "dataset.train_split=test[:600]", "dataset.test_split=test[9800:]", *SHRINK[2:],
                     "train.epochs=1", "finetune.epochs=1", f"cache_dir={tmp_path / 'c'}", f"hydra.run.dir={tmp_path / 'run'}"],
                    cwd=tmp_path)

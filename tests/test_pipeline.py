@@ -10,8 +10,8 @@ from robprune.pipeline import run
 from tests.helpers import SHRINK, stable
 
 
-def _run(tmp_path, *overrides, name="run"):
-    cfg = compose([*SHRINK, f"cache_dir={tmp_path / 'cache'}", *overrides])
+def _run(tmp_path, *overrides, name="run", shrink=SHRINK):
+    cfg = compose([*shrink, f"cache_dir={tmp_path / 'cache'}", *overrides])
     return run(cfg, tmp_path / name, choices={"prune": cfg.prune.method}), tmp_path / name
 
 
@@ -30,7 +30,7 @@ def test_default_pipeline_end_to_end(tmp_path):
         assert (run_dir / f).exists(), f
     model, meta = load_checkpoint(run_dir)
     convs = [mod for mod in model.modules() if isinstance(mod, torch.nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [4, 4, 4]  # stem kept at 4; 8-channel convs halved
+    assert [c.out_channels for c in convs] == [8, 8, 8]  # stem kept at 8; 16-channel convs halved
     assert meta["pruning_history"]
 
 
@@ -55,7 +55,7 @@ def test_sweep_trains_dense_model_once_and_cache_matches_fresh(tmp_path):
 
 
 def test_prune_none_and_finetune_none(tmp_path):
-    m, run_dir = _run(tmp_path, "prune=none", "finetune=none")
+    m, run_dir = _run(tmp_path, "prune=none", "finetune=none", shrink=[o for o in SHRINK if not o.startswith("finetune")])
     assert m["sparsity"] == 0.0 and m["params"] == m["params_dense"]
     assert "finetune" not in m["stages"]
     assert json.loads((run_dir / "model.json").read_text())["pruning_history"] == []

@@ -98,37 +98,36 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: _Plan, genera
     """One PGD run from one start. Returns (x_adv (N, C, H, W), loss (N,), fooled (N,) bool).
 
     With ``final_eval`` False, loss is -inf and fooled only marks examples stopped early. With
-    early stopping, ``active`` holds the indices of examples still being attacked: each step
-    attacks only those, so finished examples cost nothing (index bookkeeping, no Python per-example loop).
+    early stopping the working tensors (xa, x_ref, ya) hold only the examples still attacked, and
+    ``active`` their indices in x: a fooled example is written to x_adv once and leaves the batch, so
+    later steps cost less (index bookkeeping, no Python loop over examples).
     """
     n = x.shape[0]
-    x_adv = plan.ball.random_start(x, generator) if plan.random_start else x.clone()
-    x_adv = x_adv.clamp(0.0, 1.0) if plan.clamp else x_adv
+    xa = plan.ball.random_start(x, generator) if plan.random_start else x.clone()
+    xa = xa.clamp(0.0, 1.0) if plan.clamp else xa
+    x_adv, x_ref, ya = x.clone(), x, y
     active = torch.arange(n, device=x.device)
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     for _ in range(plan.steps):
-        xa = x_adv[active] if plan.early_stop else x_adv
-        ya = y[active] if plan.early_stop else y
         logits, _, grad = loss_and_grad(model, xa, ya, plan.loss)
         if plan.early_stop:
             hit = logits.argmax(1) != ya
-            fooled[active[hit]] = True  # x_adv[active[hit]] is the fooling point: keep it unchanged
-            active, xa, ya, grad = active[~hit], xa[~hit], ya[~hit], grad[~hit]
-            if active.numel() == 0:
-                break
-        x_ref = x[active] if plan.early_stop else x
+            if hit.any():  # compact only when someone left: saves four gathers on most steps
+                x_adv[active[hit]] = xa[hit]  # the first fooling point is the one returned
+                fooled[active[hit]] = True
+                keep = ~hit
+                active, xa, x_ref, ya, grad = active[keep], xa[keep], x_ref[keep], ya[keep], grad[keep]
+                if active.numel() == 0:
+                    break
         xa = plan.ball.project(plan.ball.step(xa, grad, plan.step_size), x_ref)
         xa = xa.clamp(0.0, 1.0) if plan.clamp else xa
-        if plan.early_stop:
-            x_adv[active] = xa
-        else:
-            x_adv = xa
+    x_adv[active] = xa
     losses = torch.full((n,), float("-inf"), device=x.device)
     if final_eval and active.numel():
         with torch.no_grad():
-            logits = model(x_adv[active])
-            losses[active] = per_example_loss(logits, y[active], plan.loss)
-            fooled[active] = logits.argmax(1) != y[active]
+            logits = model(xa)
+            losses[active] = per_example_loss(logits, ya, plan.loss)
+            fooled[active] = logits.argmax(1) != ya
     return x_adv.detach(), losses, fooled
 
 

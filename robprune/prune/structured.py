@@ -52,7 +52,7 @@ def excluded_modules(model: nn.Module, dg: tp.DependencyGraph, *, exclude_stem: 
 
 def find_groups(dg: tp.DependencyGraph, excluded: list[nn.Module]) -> list[PrunableGroup]:
     """Every group rooted at a Conv2d/Linear that contains no excluded layer, in graph order."""
-    groups = []
+    groups = []  # dg._module2name: Torch-Pruning 1.6 has no public name lookup
     for group in dg.get_all_groups(ignored_layers=excluded, root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
         members = tuple(dg._module2name[item.dep.target.module] for item in group

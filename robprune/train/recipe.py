@@ -16,6 +16,10 @@ SCHEDULES = ("constant", "cosine", "step")
 def build_training(cfg: DictConfig, model: nn.Module, key: str) -> tuple[Callable, object]:
     """cfg: a train/finetune node; key: its config path for messages ('train' or 'finetune')."""
     require_positive(cfg.epochs, f"{key}.epochs", allow_zero=True)
+    for part in ("objective", "optimizer", "schedule"):
+        if part not in cfg:
+            raise ConfigError(f"{key}.{part} is not set but {key}.epochs={cfg.epochs}; pick a recipe with "
+                              f"{key}=pgd_at or {key}=standard, or set {key}.epochs=0")
     objective = instantiate(cfg.objective, f"{key}.objective")
     make_optimizer = instantiate(cfg.optimizer, f"{key}.optimizer")
     require_positive(cfg.optimizer.lr, f"{key}.optimizer.lr")
