@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import robprune
-from robprune.checkpoint import load_checkpoint, save_checkpoint
+from robprune.checkpoint import RESERVED_KEYS, load_checkpoint, save_checkpoint
 from robprune.config import config_hash, to_container
 from robprune.data import BatchLoader, DataBundle, build_data
 from robprune.evaluate import evaluate_robustness
@@ -101,7 +101,7 @@ def finetune_stage(cfg, data, upstream: StageResult, key, device):
         model.to(device)
         history = train_model(model, cfg.finetune, "finetune", data, cfg, device=device, work=work,
                               generator=generator, stage="finetune")
-        extra = {k: v for k, v in meta.items() if k not in ("arch", "pruning_history", "format_version")}
+        extra = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}
         save_checkpoint(model.cpu(), work, arch=meta["arch"], history=meta["pruning_history"],
                         extra={**extra, "finetune_log": history})
         shutil.rmtree(work / "epochs", ignore_errors=True)
