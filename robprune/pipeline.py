@@ -75,7 +75,7 @@ def train_model(model, cfg_train: DictConfig, key: str, data: DataBundle, cfg: D
 
 def train_stage(cfg, data, arch, key, device):
     def build(work: Path) -> None:
-        generator = seed_stage(cfg.seed, key)
+        generator = seed_stage(cfg.train_seed, key)
         model = dense_model(arch).to(device)
         history = train_model(model, cfg.train, "train", data, cfg, device=device, work=work, generator=generator, stage="train")
         save_checkpoint(model, work, arch=arch, history=[], extra={"train_log": history})
@@ -143,7 +143,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
     version = robprune.__version__
 
-    k_train = config_hash("train", version, cfg.dataset, cfg.model, cfg.train, cfg.data.batch_size, cfg.seed)
+    k_train = config_hash("train", version, cfg.dataset, cfg.model, cfg.train, cfg.data.batch_size, cfg.train_seed)
     trained = cache.get("train", k_train, train_stage(cfg, data, arch, k_train, device))
     k_prune = config_hash("prune", trained.key, cfg.prune, cfg.seed)
     pruned = cache.get("prune", k_prune, prune_stage(cfg, data, trained, k_prune))
@@ -185,7 +185,7 @@ def assemble_metrics(cfg, data, stages, final: StageResult, evaluated: StageResu
         "structured": bool(prune_info.get("structured", True)),
         "channel_ratio": prune_info.get("channel_ratio"),
         "prune_layers": prune_info.get("layers", []),
-        "choices": dict(choices or {}), "seed": int(cfg.seed), "device": str(resolve_device(cfg.device)),
+        "choices": dict(choices or {}), "seed": int(cfg.seed), "train_seed": int(cfg.train_seed), "device": str(resolve_device(cfg.device)),
         "dataset": {"name": cfg.dataset.name, "n_train": len(data.train_y), "n_test": len(data.test_y)},
         "stages": {s.name: s.record() for s in stages},
         "version": robprune.__version__,

@@ -59,3 +59,10 @@ def test_prune_none_and_finetune_none(tmp_path):
     assert m["sparsity"] == 0.0 and m["params"] == m["params_dense"]
     assert "finetune" not in m["stages"]
     assert json.loads((run_dir / "model.json").read_text())["pruning_history"] == []
+
+
+def test_pinned_train_seed_shares_the_dense_model_across_seeds(tmp_path):
+    a, _ = _run(tmp_path, "train_seed=0", "seed=0", name="s0")
+    b, _ = _run(tmp_path, "train_seed=0", "seed=1", name="s1")
+    assert b["stages"]["train"]["reused"] and not b["stages"]["finetune"]["reused"]
+    assert b["train_seed"] == 0 and b["seed"] == 1
