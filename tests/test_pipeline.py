@@ -66,3 +66,13 @@ def test_pinned_train_seed_shares_the_dense_model_across_seeds(tmp_path):
     b, _ = _run(tmp_path, "train_seed=0", "seed=1", name="s1")
     assert b["stages"]["train"]["reused"] and not b["stages"]["finetune"]["reused"]
     assert b["train_seed"] == 0 and b["seed"] == 1
+
+
+def test_device_auto_resolves_once_to_cuda_or_cpu(tmp_path):
+    from robprune.pipeline import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device("cpu").type == "cpu"
+    m, _ = _run(tmp_path, "device=auto", "prune=none", "finetune=none", "eval=clean",
+                shrink=[o for o in SHRINK if not o.startswith(("finetune", "eval"))])
+    assert m["device"] == expected and m["latency_device"] == "cpu"   # latency is always measured on CPU
