@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,7 +27,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
-    return _atomic(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_write_json(path: Path, obj: Any) -> Path:
@@ -38,7 +39,7 @@ def atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | No
     from safetensors.torch import save_file
 
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return _atomic(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 def _json_default(obj: Any) -> Any:

@@ -21,15 +21,6 @@ from robprune.models import small_cnn
 EPS, EPS_L2 = 0.1, 0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny 8x8 models gain nothing from intra-op threads, and on a busy 2-core machine the thread
-    synchronisation makes them several times slower; restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def digits(seed: int = 0):
     """sklearn digits as (N, 1, 8, 8) float pixels in [0, 1] and int64 labels, shuffled by seed."""

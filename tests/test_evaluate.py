@@ -22,15 +22,6 @@ CHEAP = ["eval.attacks.autoattack.attacks=[apgd-ce,apgd-t]", "eval.attacks.autoa
          "eval.n_examples.autoattack=64", "eval.n_examples.pgd20=160", "eval.large_eps_n=32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny 8x8 models gain nothing from intra-op threads, and on a busy 2-core machine the thread
-    synchronisation makes them several times slower; restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def conf_tree(tmp_path_factory):

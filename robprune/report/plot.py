@@ -7,9 +7,9 @@ many jobs in one process (no hidden state, docs/style.md).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from robprune.io import atomic_write
 
 
 def bar_chart(values: dict[str, float], out_png: Path, *, title: str, ylabel: str) -> Path:
@@ -38,15 +38,4 @@ def bar_chart(values: dict[str, float], out_png: Path, *, title: str, ylabel: st
 
 def _save_png(fig, path: Path) -> Path:
     """Render to a temp file beside ``path``, then rename over it, so readers never see half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
