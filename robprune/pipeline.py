@@ -39,6 +39,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def without(node: DictConfig, *keys: str) -> dict:
+    """A config slice minus keys that do not change a stage's output (for cache keys)."""
+    return {k: v for k, v in to_container(node).items() if k not in keys}
+
+
 def stage_seed(seed: int, key: str) -> int:
     return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
 
@@ -143,7 +148,8 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
     version = robprune.__version__
 
-    k_train = config_hash("train", version, cfg.dataset, cfg.model, cfg.train, cfg.data.batch_size, cfg.train_seed)
+    k_train = config_hash("train", version, without(cfg.dataset, "download"), cfg.model, cfg.train,
+                          cfg.data.batch_size, cfg.train_seed)
     trained = cache.get("train", k_train, train_stage(cfg, data, arch, k_train, device))
     k_prune = config_hash("prune", trained.key, cfg.prune, cfg.seed)
     pruned = cache.get("prune", k_prune, prune_stage(cfg, data, trained, k_prune))
@@ -152,7 +158,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
         k_ft = config_hash("finetune", pruned.key, cfg.finetune, cfg.data.batch_size, cfg.seed)
         stages.append(cache.get("finetune", k_ft, finetune_stage(cfg, data, pruned, k_ft, device)))
     final = stages[-1]
-    k_eval = config_hash("eval", final.key, cfg.eval, cfg.seed)
+    k_eval = config_hash("eval", final.key, without(cfg.eval, "latency"), cfg.seed)  # latency is measured per run
     evaluated = cache.get("eval", k_eval, eval_stage(cfg, data, final, k_eval, device))
     stages.append(evaluated)
     for s in stages:
