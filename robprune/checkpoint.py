@@ -1,9 +1,11 @@
 """Checkpoints without pickle: ``model.safetensors`` (tensors) + ``model.json`` (how to rebuild).
 
-model.json = {format_version, arch, pruning_history, weights_sha256, **extra}. ``arch`` rebuilds the
-dense model through the allow-listed :func:`robprune.models.build_model`; replaying
-``pruning_history`` with Torch-Pruning shrinks it to the saved shapes; then the weights load with
-``strict=True``. Nothing in either file can make robprune import or run code.
+model.json = {format_version, arch, pruning_history, weights_sha256, quant, **extra}. ``arch`` rebuilds
+the dense model through the allow-listed :func:`robprune.models.build_model`; replaying
+``pruning_history`` with Torch-Pruning shrinks it to the saved shapes; ``quant`` (the
+:class:`robprune.quant.QuantSpec` of a fake-quantised model, null otherwise; read from the model
+itself when saving) re-applies the quantisation wrappers; then the weights and the observers' range
+buffers load with ``strict=True``. Nothing in either file can make robprune import or run code.
 
 Crash safety: each file is written atomically (temp file + rename), weights first, JSON last, so
 model.json only exists once its weights do. Both carry the same ``weights_sha256`` (a digest of the
@@ -23,12 +25,15 @@ from torch import nn
 from robprune.config import to_container
 from robprune.errors import CheckpointError, ConfigError
 from robprune.io import atomic_save_tensors, atomic_write_json
+from robprune.quant.modules import QuantSpec, quant_spec_of, quantize_model
 
 WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
 FORMAT_VERSION = 1
 ARCH_KEYS = ("model", "in_channels", "image_size", "num_classes", "mean", "std")
 # Written by save_checkpoint itself; the same keys in ``extra`` are ignored.
 RESERVED_KEYS = ("format_version", "arch", "pruning_history", "weights_sha256")
+# Also written by save_checkpoint, optional on load (absent in checkpoints of float models saved before it existed).
+QUANT_KEY = "quant"
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -58,9 +63,10 @@ def save_checkpoint(model: nn.Module, directory: Path | str, *, arch: dict, hist
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     digest = tensors_digest(state)
     atomic_save_tensors(directory / WEIGHTS_FILE, state, metadata={"weights_sha256": digest})
-    meta = {k: v for k, v in (extra or {}).items() if k not in RESERVED_KEYS}
+    meta = {k: v for k, v in (extra or {}).items() if k not in (*RESERVED_KEYS, QUANT_KEY)}
+    spec = quant_spec_of(model)
     meta.update(format_version=FORMAT_VERSION, arch=to_container(arch), pruning_history=list(history or []),
-                weights_sha256=digest)
+                weights_sha256=digest, **{QUANT_KEY: spec.to_dict() if spec else None})
     atomic_write_json(directory / META_FILE, meta)
     return directory
 
@@ -77,6 +83,7 @@ def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu
     meta = _read_meta(meta_path)
     tensors, file_digest = _read_weights(weights_path)
     model = _rebuild(meta, meta_path)
+    _requantize(model, meta.get(QUANT_KEY), meta_path)
     _check_matches(model, tensors, weights_path)
     if file_digest != meta["weights_sha256"]:
         raise CheckpointError(f"{weights_path}: weights and {meta_path.name} come from different saves (an interrupted "
@@ -151,6 +158,17 @@ def _rebuild(meta: dict, meta_path: Path) -> nn.Module:
             raise CheckpointError(f"{meta_path}: pruning_history does not fit arch ({type(err).__name__}: {err}); "
                                   f"was it saved by a different model config?") from None
     return model
+
+
+def _requantize(model: nn.Module, quant: dict | None, meta_path: Path) -> None:
+    """Re-apply the fake-quantisation wrappers recorded in model.json (after the pruning replay, as
+    when the model was quantised), so the observer buffers have somewhere to load into."""
+    if not quant:
+        return
+    try:
+        quantize_model(model, QuantSpec.from_dict(quant))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{meta_path}: invalid quant record ({err}); save the checkpoint again") from None
 
 
 def _check_matches(model: nn.Module, tensors: dict[str, torch.Tensor], weights_path: Path) -> None:

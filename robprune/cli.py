@@ -15,7 +15,8 @@ from robprune.errors import ConfigError, RobpruneError
 log = logging.getLogger("robprune")
 USAGE = """usage: robprune run [-m] [group=option ...] [key=value ...]
        robprune eval <run dir | checkpoint dir | model.safetensors> [group=option ...] [key=value ...]
-       robprune table <results dir> [--rows KEY ...] [--cols METRIC ...] [--out DIR]"""
+       robprune table <results dir> [--rows KEY ...] [--cols METRIC ...] [--out DIR]
+       robprune table +table=NAME <results dir> [--out DIR]   (layout conf/table/NAME.yaml, e.g. adverfine)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +66,16 @@ def eval_command(args: list[str]) -> int:
     return 0
 
 
+def _layout_name(args: list[str]) -> tuple[str | None, list[str]]:
+    """('adverfine', rest) for ``+table=adverfine`` (or ``table=adverfine``) anywhere in args."""
+    names = [a.split("=", 1)[1] for a in args if re.match(r"^\+?table=", a)]
+    if len(names) > 1 or (names and not names[0]):
+        raise ConfigError("robprune table takes one +table=NAME (a layout in conf/table/, e.g. +table=adverfine)")
+    return (names[0] if names else None), [a for a in args if not re.match(r"^\+?table=", a)]
+
+
 def table_command(args: list[str]) -> int:
+    layout, args = _layout_name(args)
     parser = argparse.ArgumentParser(prog="robprune table", description="Aggregate metrics.json files into a table.")
     parser.add_argument("root", help="a run directory or a sweep directory (searched recursively)")
     parser.add_argument("--rows", nargs="+", default=None, help="config keys forming the rows, e.g. prune.channel_ratio")
@@ -73,6 +83,13 @@ def table_command(args: list[str]) -> int:
     parser.add_argument("--out", default=None, help="where table.md and table.csv go (default: the results dir)")
     parser.add_argument("--quiet", action="store_true")
     ns = parser.parse_args(args)
+    if layout is not None:
+        if ns.rows or ns.cols:
+            raise ConfigError(f"+table={layout} lays out rows and columns itself; drop --rows/--cols")
+        from robprune.report.layout import layout_command
+
+        layout_command(ns.root, layout, out=ns.out, quiet=ns.quiet)
+        return 0
     from robprune.report import table_command as make
 
     make(ns.root, ns.rows, ns.cols, out=ns.out, quiet=ns.quiet)

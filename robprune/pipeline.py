@@ -19,13 +19,18 @@ import robprune
 from robprune.checkpoint import RESERVED_KEYS, load_checkpoint, save_checkpoint
 from robprune.config import config_hash, to_container
 from robprune.data import BatchLoader, DataBundle, build_data
+from robprune.attacks.compat import attack_compat
 from robprune.evaluate import evaluate_robustness
 from robprune.io import atomic_write_json, atomic_write_text
 from robprune.measure import checkpoint_size_bytes, count_macs, count_params, measure_latency
 from robprune.models import build_model
-from robprune.prune import prune_model
+from robprune.prune import PruneContext, prune_model
+from robprune.prune.scores import PUBLISHED_FILES as SCORES_FILES, compute_scores, log_layer_table
+from robprune.quant import quantize_and_calibrate, spec_from_config
+from robprune.quant.report import compression_metrics
 from robprune.store import StageCache, StageResult, publish_files
 from robprune.train import build_training, fit, schedule_factor
+from robprune.train.masks import finetune_hooks
 from robprune.validate import validate
 
 log = logging.getLogger("robprune")
@@ -67,7 +72,7 @@ def dense_model(arch: dict) -> torch.nn.Module:
 
 
 def train_model(model, cfg_train: DictConfig, key: str, data: DataBundle, cfg: DictConfig, *, device, work: Path,
-                generator: torch.Generator, stage: str) -> list[dict]:
+                generator: torch.Generator, stage: str, hooks=()) -> list[dict]:
     """Run the one loop with a train/finetune config; epoch checkpoints go to work/epochs (for resume)."""
     objective, optimizer = build_training(cfg_train, model, key)
     loader = BatchLoader(data.train_x, data.train_y, cfg.data.batch_size, shuffle=True, generator=generator,
@@ -75,7 +80,7 @@ def train_model(model, cfg_train: DictConfig, key: str, data: DataBundle, cfg: D
     epochs = int(cfg_train.epochs)
     return fit(model, loader, objective, optimizer, epochs=epochs, generator=generator,
                lr_factor=lambda e: schedule_factor(cfg_train.schedule, e, epochs),
-               checkpoint_dir=work / "epochs", progress=not cfg.quiet, description=stage)
+               checkpoint_dir=work / "epochs", progress=not cfg.quiet, description=stage, hooks=hooks)
 
 
 def train_stage(cfg, data, arch, key, device):
@@ -88,12 +93,34 @@ def train_stage(cfg, data, arch, key, device):
     return build
 
 
-def prune_stage(cfg, data, upstream: StageResult, key):
+def scores_stage(cfg, data, upstream: StageResult, key, device):
+    """Per-layer scores (MRPF's MRS) and the calibration adversarial set, once per (dense model, prune.scores)."""
+    def build(work: Path) -> None:
+        seed_stage(int(cfg.prune.scores.get("seed", 0)), key)
+        model, _ = load_checkpoint(upstream.path)
+        example = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
+        compute_scores(model, cfg.prune.scores, data.train_x, data.train_y, device=device, example_inputs=example, out_dir=work)
+    return build
+
+
+def cached_scores(cfg, data, trained: StageResult, cache: StageCache, device) -> StageResult | None:
+    """The scores stage when the prune config has a ``scores`` node: built once per (dense model, scores
+    config), so shared by every sparsity and run seed."""
+    if not cfg.prune.get("scores"):
+        return None
+    key = config_hash("scores", trained.key, cfg.prune.scores)
+    return cache.get("scores", key, scores_stage(cfg, data, trained, key, device))
+
+
+def prune_stage(cfg, data, upstream: StageResult, key, device=None, scores: StageResult | None = None):
     def build(work: Path) -> None:
         seed_stage(cfg.seed, key)
         model, meta = load_checkpoint(upstream.path)
         example = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
-        info = prune_model(model, cfg.prune, example_inputs=example)
+        context = PruneContext.from_stage(example, scores_dir=scores.path if scores else None,
+                                          device=device or torch.device("cpu"), seed=stage_seed(cfg.seed, key))
+        info = prune_model(model, cfg.prune, context)
+        log_layer_table(info)
         save_checkpoint(model, work, arch=meta["arch"], history=info.get("history", []),
                         extra={"prune": {k: v for k, v in info.items() if k != "history"}})
     return build
@@ -105,10 +132,28 @@ def finetune_stage(cfg, data, upstream: StageResult, key, device):
         model, meta = load_checkpoint(upstream.path)
         model.to(device)
         history = train_model(model, cfg.finetune, "finetune", data, cfg, device=device, work=work,
-                              generator=generator, stage="finetune")
+                              generator=generator, stage="finetune", hooks=finetune_hooks(model, meta))
         extra = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}
         save_checkpoint(model.cpu(), work, arch=meta["arch"], history=meta["pruning_history"],
                         extra={**extra, "finetune_log": history})
+        shutil.rmtree(work / "epochs", ignore_errors=True)
+    return build
+
+
+def quant_stage(cfg, data, upstream: StageResult, key, device):
+    """Fake-quantise the (pruned) model, calibrate on training images; QAT then trains it with the one loop."""
+    def build(work: Path) -> None:
+        generator = seed_stage(cfg.seed, key)
+        model, meta = load_checkpoint(upstream.path)
+        model.to(device)
+        calibration = quantize_and_calibrate(model, cfg.quant, data.train_x, seed=cfg.seed, device=device)
+        qat_log = []
+        if cfg.quant.method == "qat" and int(cfg.quant.train.epochs) > 0:
+            qat_log = train_model(model, cfg.quant.train, "quant.train", data, cfg, device=device, work=work,
+                                  generator=generator, stage="qat", hooks=finetune_hooks(model, meta))
+        extra = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}
+        save_checkpoint(model.cpu(), work, arch=meta["arch"], history=meta["pruning_history"],
+                        extra={**extra, "quant_calibration": calibration, "qat_log": qat_log})
         shutil.rmtree(work / "epochs", ignore_errors=True)
     return build
 
@@ -151,12 +196,16 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     k_train = config_hash("train", version, without(cfg.dataset, "download"), cfg.model, cfg.train,
                           cfg.data.batch_size, cfg.train_seed)
     trained = cache.get("train", k_train, train_stage(cfg, data, arch, k_train, device))
-    k_prune = config_hash("prune", trained.key, cfg.prune, cfg.seed)
-    pruned = cache.get("prune", k_prune, prune_stage(cfg, data, trained, k_prune))
+    scores = cached_scores(cfg, data, trained, cache, device)
+    k_prune = config_hash("prune", trained.key, cfg.prune, cfg.seed, *([scores.key] if scores else []))
+    pruned = cache.get("prune", k_prune, prune_stage(cfg, data, trained, k_prune, device, scores))
     stages = [trained, pruned]
+    if spec_from_config(cfg.get("quant")) is not None:  # quant=none adds no stage
+        k_quant = config_hash("quant", pruned.key, cfg.quant, cfg.data.batch_size, cfg.seed)
+        stages.append(cache.get("quant", k_quant, quant_stage(cfg, data, pruned, k_quant, device)))
     if int(cfg.finetune.epochs) > 0:
-        k_ft = config_hash("finetune", pruned.key, cfg.finetune, cfg.data.batch_size, cfg.seed)
-        stages.append(cache.get("finetune", k_ft, finetune_stage(cfg, data, pruned, k_ft, device)))
+        k_ft = config_hash("finetune", stages[-1].key, cfg.finetune, cfg.data.batch_size, cfg.seed)
+        stages.append(cache.get("finetune", k_ft, finetune_stage(cfg, data, stages[-1], k_ft, device)))
     final = stages[-1]
     k_eval = config_hash("eval", final.key, without(cfg.eval, "latency"), cfg.seed)  # latency is measured per run
     evaluated = cache.get("eval", k_eval, eval_stage(cfg, data, final, k_eval, device))
@@ -165,10 +214,16 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
         log.info("stage %-8s %s %s", s.name, s.key, "reused from cache" if s.reused else f"built in {s.seconds:.1f} s")
 
     metrics = assemble_metrics(cfg, data, stages, final, evaluated, choices)
+    if scores:
+        log.info("stage %-8s %s %s", scores.name, scores.key, "reused from cache" if scores.reused else f"built in {scores.seconds:.1f} s")
+        metrics["stages"]["scores"] = scores.record()
+    metrics.update(compression_metrics(final.path, metrics["params_dense"]), attack_compat=attack_compat(cfg))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     # Results are written only now, each file atomically: a run that fails earlier leaves an
     # earlier finished result in the same directory untouched.
     publish_files(final.path, run_dir, CHECKPOINT_FILES)
+    if scores:  # scores.json, scores.md, mrs.png: the per-layer MRS behind this run's ratios
+        publish_files(scores.path, run_dir, [f for f in SCORES_FILES if (scores.path / f).exists()])
     metrics["size_bytes"] = checkpoint_size_bytes(run_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(run_dir / "metrics.json", metrics)

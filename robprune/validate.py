@@ -19,6 +19,12 @@ def validate(cfg: DictConfig) -> None:
         key = sorted(missing)[0]
         raise ConfigError(f"{key} is required but not set; pass it on the command line, e.g. {key}=<value>")
     _walk(cfg, "")
+    from robprune.prune import check_prune_config
+
+    check_prune_config(cfg.prune)  # a bad pruning option fails before the dense model trains
+    from robprune.quant import spec_from_config
+
+    spec_from_config(cfg.get("quant"))  # quant.bits in [2, 16], method, observer: fail before any training
     from robprune.data import parse_split
 
     for key in ("train_split", "test_split"):

@@ -180,9 +180,29 @@ def test_channel_ratio_out_of_range(ratio):
     assert str(err.value).startswith(f"ConfigError: prune.channel_ratio must be in [0, 1), got {ratio}; ")
 
 
-def test_unsupported_ratio_semantics():
-    with pytest.raises(ConfigError, match="prune.ratio_semantics='params'"):
-        prune_model(make("small_cnn"), prune_cfg(ratio_semantics="params"), example_inputs=torch.rand(1, 1, 8, 8))
+@pytest.mark.parametrize("overrides,message", [
+    ({"ratio_semantics": "params"}, "prune.ratio_semantics=params needs prune.sparsity"),
+    ({"ratio_semantics": "channel", "sparsity": 0.5}, "set prune.sparsity=null to use prune.channel_ratio"),
+    ({"channel_ratio": None}, "set prune.sparsity (global parameter fraction) or prune.channel_ratio"),
+    ({"ratio_semantics": "weights"}, "prune.ratio_semantics must be params, channel or null"),
+    ({"sparsity": 1.2}, "prune.sparsity must be in [0, 1)"),
+    ({"sparsity": 0.999}, "prune.sparsity=0.999 is not reachable"),
+    ({"allocation": "magic", "sparsity": 0.5}, "prune.allocation must be one of"),
+    ({"allocation": "global"}, "prune.allocation=global ranks channels across layers to a parameter target"),
+])
+def test_sparsity_semantics_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        prune_model(make("small_cnn"), prune_cfg(**overrides), example_inputs=torch.rand(1, 1, 8, 8))
+
+
+def test_sparsity_takes_precedence_over_default_channel_ratio():
+    """prune=l1_filter prune.sparsity=0.8: the YAML's channel_ratio 0.5 is not used; params semantics recorded."""
+    model = make("cnn8")
+    info = prune_model(model, prune_cfg(sparsity=0.8), example_inputs=torch.rand(1, 1, 28, 28))
+    assert info["ratio_semantics"] == "params" and info["channel_ratio"] is None
+    assert info["sparsity_target"] == 0.8 and abs(info["sparsity"] - 0.8) < 0.01
+    assert len({r["ratio"] for r in info["layers"] if r["group"]}) == 1  # uniform: one shared ratio
+    assert 0 < info["channel_ratio_achieved"] < 0.95
 
 
 @pytest.mark.parametrize("channels,ratio,removed", [(32, 0.5, 16), (33, 0.5, 16), (1, 0.9, 0), (10, 0.99, 9),
@@ -191,7 +211,27 @@ def test_channels_to_remove(channels, ratio, removed):
     assert channels_to_remove(channels, ratio) == removed
 
 
-@pytest.mark.parametrize("name", ["none", "l1_filter"])
+@pytest.mark.parametrize("name", ["none", "l1_filter", "l2_filter", "taylor", "random", "mrs", "global_magnitude"])
 def test_yaml_keys_have_comments(name):
     lines = (config_dir() / "prune" / f"{name}.yaml").read_text().splitlines()
-    assert lines and all(" # " in line for line in lines if line.strip())
+    assert lines and all(" # " in line or line.startswith("# ") for line in lines if line.strip())
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"sparsity": 0.5, "ratio_semantics": "channel"}, "set prune.sparsity=null"),
+    ({"sparsty": 0.5}, "prune.sparsty is not an option of channel pruning"),
+])
+def test_options_checked_without_a_model(overrides, message):
+    from robprune.prune import check_prune_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_prune_config(OmegaConf.merge(prune_cfg(), overrides))
+    for name in ("l1_filter", "l2_filter", "taylor", "random", "mrs", "global_magnitude", "none"):
+        check_prune_config(prune_cfg(name))  # every shipped config is valid as it is
+
+
+def test_none_accepts_an_experiments_amount_keys():
+    """+experiment=mrpf_mnist prune=none: the experiment's prune.sparsity lands on none.yaml; the dense reference still runs."""
+    model = make("cnn8")
+    info = prune_model(model, OmegaConf.merge(prune_cfg("none"), {"sparsity": 0.8}), example_inputs=torch.rand(1, 1, 28, 28))
+    assert info["sparsity"] == 0.0 and info["history"] == []

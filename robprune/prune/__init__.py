@@ -1,35 +1,68 @@
 """Pruning in three parts (docs/style.md): importance (``importance.py``) scores channels, allocation
 (``allocation.py``) sets per-group ratios, the cut (``structured.py``) removes channels with
-Torch-Pruning. ``methods.py`` composes them into what ``conf/prune/*.yaml`` selects."""
+Torch-Pruning, or ``unstructured.py`` zeroes weights under masks. ``methods.py`` composes them into what
+``conf/prune/*.yaml`` selects; ``sensitivity.py`` computes MRPF's per-layer scores, which the pipeline's
+scores stage caches once per dense model (``scores.py``) and hands over in a :class:`PruneContext`."""
 from __future__ import annotations
 
+import functools
+
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from robprune.config import instantiate
-from robprune.prune.methods import l1_filter, no_pruning
+from robprune.prune.context import PruneContext
+from robprune.prune.methods import channel_pruning, l1_filter, mrpf, no_pruning
+from robprune.prune.unstructured import global_magnitude
 
-__all__ = ["prune_model", "l1_filter", "no_pruning"]
+# keys of a conf/prune node that are not options of the method: the scores stage's node, and Hydra's
+# defaults list when a YAML file is loaded without composition (tests, scripts)
+NOT_OPTIONS = ("scores", "defaults")
+
+__all__ = ["PruneContext", "check_prune_config", "prune_model", "channel_pruning", "global_magnitude", "l1_filter", "mrpf", "no_pruning"]
 
 
-def prune_model(model: nn.Module, prune_cfg: DictConfig, *, example_inputs: torch.Tensor) -> dict:
+def prune_model(model: nn.Module, prune_cfg: DictConfig, context: PruneContext | None = None, *,
+                example_inputs: torch.Tensor | None = None) -> dict:
     """Prune ``model`` IN PLACE with the method ``prune_cfg`` selects (a ``conf/prune`` node).
 
-    example_inputs: (N, C, H, W) pixels in [0, 1] on the model's device (only the shape matters; the
-    first example traces the dependency graph). ``model.training`` is left as it was.
+    context: what the method may use (example inputs, calibration set, device, seed, cached scores);
+    ``example_inputs=x`` alone is shorthand for ``PruneContext(x)``. example_inputs: (N, C, H, W)
+    pixels in [0, 1] on the model's device (only the shape matters; the first example traces the
+    dependency graph). The config's ``scores`` node is the scores stage's business and is not passed to
+    the method (nor is a ``defaults`` list). ``model.training`` is left as it was.
 
     Returns a JSON-serialisable dict:
-      method, structured (channels physically removed?), channel_ratio (the config value),
-      ratio_semantics;
-      sparsity: achieved parameter sparsity = 1 − W_after / W_before, where W counts the weight
+      method, structured (channels physically removed?), masked (weights zeroed under a mask),
+      ratio_semantics ('params' | 'channel'), channel_ratio (the configured per-layer ratio, None under
+      'params'), sparsity_target (the configured parameter sparsity, None under 'channel');
+      sparsity: achieved parameter sparsity = 1 − W_after / W_before, where W counts the nonzero weight
         elements of ALL Conv2d and Linear modules (excluded stem and classifier included; biases and
-        BN not) — methods.md §0;
+        BN not) — methods.md §0; channel_ratio_achieved (structured methods);
       prunable_before/after: those W counts; params_before/after: all parameters (incl. BN, biases);
-      layers: [{name, channels_before, channels_after}] per Conv2d;
+      layers: [{name, channels_before, channels_after, group, ratio[, mrs]}] per Conv2d;
       ratios: {group root: channel ratio}; groups: [{root, members, channels}] that were prunable;
       history: Torch-Pruning's pruning history, [[module name, is_out_channel_cut, [indices]], ...],
         replayable on the dense model with ``DependencyGraph.load_pruning_history``.
     """
-    method = instantiate(prune_cfg, "prune")
-    return method(model, example_inputs=example_inputs)
+    if context is None:
+        if example_inputs is None:
+            raise TypeError("prune_model needs a PruneContext or example_inputs")
+        context = PruneContext(example_inputs)
+    return _method(prune_cfg)(model, context)
+
+
+def _method(prune_cfg: DictConfig):
+    """The bound method of a conf/prune node (its scores and defaults keys left out)."""
+    return instantiate(OmegaConf.masked_copy(prune_cfg, [k for k in prune_cfg if k not in NOT_OPTIONS]), "prune")
+
+
+def check_prune_config(prune_cfg: DictConfig) -> None:
+    """Validate a conf/prune node's options without a model or data: ConfigError naming the key.
+    Meant for :func:`robprune.validate.validate`, so a sweep with a bad value fails before training."""
+    from robprune.prune.methods import check_options
+
+    method = _method(prune_cfg)
+    if isinstance(method, functools.partial):
+        check_options(method)

@@ -1,49 +1,170 @@
 """Pruning methods a ``conf/prune/<name>.yaml`` selects: ``_target_`` names one of these functions and
-``_partial_: true`` binds its options, so each is called as ``fn(model, example_inputs=x)`` and returns
-the info dict of :func:`robprune.prune.prune_model`. A method composes an importance, an allocator
-and a cut; a new one (L2, Taylor, random, MRS-adaptive) is a few lines here plus a YAML file."""
+``_partial_: true`` binds its options, so each is called as ``fn(model, context)`` (a
+:class:`~robprune.prune.context.PruneContext`) and returns the info dict of
+:func:`robprune.prune.prune_model`. A method composes an importance (``criterion``), an allocator
+and a cut.
+
+How much is removed (methods.md §0) is set by exactly one of two keys:
+  ``sparsity``      global fraction of Conv2d/Linear weight elements removed (``ratio_semantics: params``);
+  ``channel_ratio`` fraction of output channels removed in every prunable group (``ratio_semantics: channel``).
+``sparsity``, when not null, takes precedence over a ``channel_ratio`` left at its default.
+"""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from functools import partial
 
-import torch
 from torch import nn
 
 from robprune.config import require_range
 from robprune.errors import ConfigError
 from robprune.measure import count_params
-from robprune.prune.allocation import uniform_ratios
-from robprune.prune.importance import FilterNormImportance
+from robprune.prune.allocation import global_by_score, mrs_ratios, uniform_ratios, uniform_sparsity
+from robprune.prune.context import PruneContext
+from robprune.prune.importance import make_importance
+from robprune.prune.sensitivity import group_scores
 from robprune.prune.stats import conv_channels, layer_table, prunable_weight_count
 from robprune.prune.structured import structured_prune
 
-# methods.md §0; 'params' (a global parameter fraction) arrives with MRS-adaptive allocation.
-RATIO_SEMANTICS = ("channel",)
+RATIO_SEMANTICS = ("params", "channel")
+ALLOCATIONS = ("uniform", "global", "mrs")
 
 
-def check_channel_options(channel_ratio: float, ratio_semantics: str) -> None:
-    """ConfigError unless channel_ratio is in [0, 1) and ratio_semantics is supported."""
-    require_range(float(channel_ratio), "prune.channel_ratio", 0, 1)
-    if ratio_semantics not in RATIO_SEMANTICS:
-        raise ConfigError(f"prune.ratio_semantics={ratio_semantics!r} is not supported by this method; "
-                          f"use one of {', '.join(RATIO_SEMANTICS)}, e.g. prune.ratio_semantics=channel")
+@dataclass(frozen=True)
+class ChannelPruning:
+    """Options of structured channel pruning (the keys of conf/prune/{l1,l2}_filter, taylor, random, mrs)."""
+
+    method: str = "channel"              # name recorded in results
+    criterion: str = "l1"                # importance inside a group: l1 | l2 | taylor | random
+    allocation: str = "uniform"          # uniform | global (by normalised score) | mrs (MRPF adaptive)
+    sparsity: float | None = None        # global parameter sparsity target (ratio_semantics params)
+    channel_ratio: float | None = None   # per-group channel ratio (ratio_semantics channel)
+    ratio_semantics: str | None = None   # params | channel | None = inferred from which key is set
+    normalization: str = "bisection"     # mrs only: bisection (hit sparsity) | mean (spread channel_ratio)
+    r_max: float = 0.95                  # largest per-group channel ratio when allocating to a sparsity
+    min_channels: int = 1                # channels every group keeps
+    exclude_stem: bool = True            # never prune the first conv
+    exclude_linear: bool = True          # never prune Linear outputs
+
+    def semantics(self) -> str:
+        """'params' or 'channel' after checking that exactly one amount applies (ConfigError otherwise)."""
+        inferred = "params" if self.sparsity is not None else "channel"
+        semantics = self.ratio_semantics or inferred
+        if semantics not in RATIO_SEMANTICS:
+            raise ConfigError(f"prune.ratio_semantics must be params, channel or null, got {semantics!r}")
+        if semantics == "params" and self.sparsity is None:
+            raise ConfigError("prune.ratio_semantics=params needs prune.sparsity (a global parameter fraction), e.g. prune.sparsity=0.8")
+        if semantics == "channel" and self.channel_ratio is None:
+            raise ConfigError("set prune.sparsity (global parameter fraction) or prune.channel_ratio (per-layer "
+                              "channel fraction), e.g. prune.sparsity=0.8")
+        if semantics == "channel" and self.sparsity is not None:
+            raise ConfigError(f"prune.ratio_semantics=channel but prune.sparsity={self.sparsity} is set too; "
+                              f"set prune.sparsity=null to use prune.channel_ratio={self.channel_ratio}")
+        require_range(float(self.sparsity if semantics == "params" else self.channel_ratio),
+                      "prune.sparsity" if semantics == "params" else "prune.channel_ratio", 0, 1)
+        require_range(float(self.r_max), "prune.r_max", 0, 1)
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"prune.allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if int(self.min_channels) < 1:
+            raise ConfigError(f"prune.min_channels must be >= 1, got {self.min_channels}")
+        return semantics
 
 
-def l1_filter(model: nn.Module, *, example_inputs: torch.Tensor, channel_ratio: float = 0.5,
-              ratio_semantics: str = "channel", exclude_stem: bool = True, exclude_linear: bool = True,
-              method: str = "l1_filter") -> dict:
+def allocator(options: ChannelPruning, semantics: str, context: PruneContext):
+    """The allocator the options select, with its options bound."""
+    if options.allocation == "mrs":
+        return partial(_mrs_allocate, options=options, context=context)
+    if options.allocation == "global" and semantics != "params":
+        raise ConfigError("prune.allocation=global ranks channels across layers to a parameter target: set prune.sparsity")
+    if semantics == "channel":
+        return partial(uniform_ratios, channel_ratio=float(options.channel_ratio))
+    fn = global_by_score if options.allocation == "global" else uniform_sparsity
+    return partial(fn, sparsity=float(options.sparsity), r_max=float(options.r_max))
+
+
+def _mrs_allocate(inp, *, options: ChannelPruning, context: PruneContext):
+    if not context.scores or not context.scores.get("layers"):
+        raise ConfigError("prune.allocation=mrs needs MRS scores: the prune config must have a 'scores' node that "
+                          "computes them (use prune=mrs)")
+    layer_mrs = {row["name"]: row["mrs"] for row in context.scores["layers"]}
+    scores = group_scores(layer_mrs, [{"root": g.root, "members": g.members} for g in inp.groups])
+    return mrs_ratios(inp, group_scores=scores, sparsity=options.sparsity, channel_ratio=options.channel_ratio,
+                      r_max=float(options.r_max), normalization=options.normalization)
+
+
+def channel_options(options: dict) -> ChannelPruning:
+    """ChannelPruning from config keys; ConfigError naming an unknown key."""
+    unknown = sorted(set(options) - set(ChannelPruning.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"prune.{unknown[0]} is not an option of channel pruning; options: "
+                          f"{', '.join(ChannelPruning.__dataclass_fields__)}")
+    return ChannelPruning(**options)
+
+
+def check_options(method) -> None:
+    """Check a bound method's options without a model (so a sweep fails before any training).
+    method: the functools.partial that ``instantiate(prune_cfg)`` returns."""
+    defaults = {l1_filter: {"criterion": "l1"}, mrpf: {"allocation": "mrs"}, channel_pruning: {}}
+    if method.func in defaults:
+        opts = channel_options({**defaults[method.func], **method.keywords})
+        opts.semantics()
+        if opts.allocation == "mrs" and opts.normalization not in ("bisection", "mean"):
+            raise ConfigError(f"prune.normalization must be bisection or mean, got {opts.normalization!r}")
+
+
+def channel_pruning(model: nn.Module, context: PruneContext, **options) -> dict:
+    """Structured channel pruning, IN PLACE: score channels with ``criterion``, allocate per-group
+    ratios (``allocation``; to a parameter ``sparsity`` or a ``channel_ratio``), cut with
+    Torch-Pruning. See :class:`ChannelPruning` for the options and :func:`robprune.prune.prune_model`
+    for the returned dict."""
+    opts = channel_options(options)
+    semantics = opts.semantics()
+    importance = make_importance(opts.criterion, context, model)
+    info = structured_prune(model, example_inputs=context.example_inputs, importance=importance,
+                            allocate=allocator(opts, semantics, context), exclude_stem=opts.exclude_stem,
+                            exclude_linear=opts.exclude_linear, min_channels=int(opts.min_channels))
+    _attach_mrs(info, context)
+    return {**info, "method": opts.method, "ratio_semantics": semantics, "criterion": opts.criterion,
+            "allocation": opts.allocation,
+            "sparsity_target": float(opts.sparsity) if semantics == "params" else None,
+            "channel_ratio": float(opts.channel_ratio) if semantics == "channel" else None,
+            "channel_ratio_achieved": achieved_channel_ratio(info["layers"]), "options": asdict(opts)}
+
+
+def _attach_mrs(info: dict, context: PruneContext) -> None:
+    """Add each layer's MRS (when scores exist) to the per-layer rows, so results hold score and ratio side by side."""
+    if context.scores and context.scores.get("layers"):
+        mrs = {row["name"]: row["mrs"] for row in context.scores["layers"]}
+        for row in info["layers"]:
+            row["mrs"] = mrs.get(row["name"])
+
+
+def achieved_channel_ratio(layers: list[dict]) -> float:
+    """Fraction of output channels removed over the convs of prunable groups (0 when none are)."""
+    rows = [r for r in layers if r.get("group") is not None]
+    before = sum(r["channels_before"] for r in rows)
+    return 1.0 - sum(r["channels_after"] for r in rows) / before if before else 0.0
+
+
+def l1_filter(model: nn.Module, context: PruneContext, **options) -> dict:
     """L1-norm filter pruning (Li et al., ICLR 2017; Adver-Fine's compression, methods.md §1): in every
-    prunable group remove floor(channel_ratio · C) output channels with the smallest filter L1 norm.
-    Prunes ``model`` IN PLACE; see :func:`robprune.prune.prune_model` for the returned dict."""
-    check_channel_options(channel_ratio, ratio_semantics)
-    info = structured_prune(model, example_inputs=example_inputs, importance=FilterNormImportance(p=1),
-                            allocate=partial(uniform_ratios, channel_ratio=channel_ratio),
-                            exclude_stem=exclude_stem, exclude_linear=exclude_linear)
-    return {"method": method, "channel_ratio": float(channel_ratio), "ratio_semantics": ratio_semantics, **info}
+    prunable group remove the output channels with the smallest filter L1 norm, floor(channel_ratio·C)
+    of them, or a shared ratio found by bisection to reach a parameter ``sparsity``."""
+    return channel_pruning(model, context, **{"method": "l1_filter", "criterion": "l1", **options})
 
 
-def no_pruning(model: nn.Module, *, example_inputs: torch.Tensor, method: str = "none") -> dict:
-    """The dense baseline: leaves ``model`` untouched and records zero sparsity."""
+def mrpf(model: nn.Module, context: PruneContext, **options) -> dict:
+    """MRPF (arXiv 2410.15176, methods.md §2 steps 4-5): per-group ratios from the cached MRS scores
+    (bisection to the parameter ``sparsity``, or ``normalization: mean``), L1 filter norm inside each
+    group (group norm for coupled groups)."""
+    return channel_pruning(model, context, **{"method": "mrs", "criterion": "l1", "allocation": "mrs", **options})
+
+
+def no_pruning(model: nn.Module, context: PruneContext | None = None, *, method: str = "none",
+               sparsity: float | None = None, channel_ratio: float | None = None) -> dict:
+    """The dense baseline: leaves ``model`` untouched and records zero sparsity. ``sparsity`` and
+    ``channel_ratio`` are accepted and ignored, so an experiment that sets them (mrpf_mnist) can also
+    run ``prune=none`` as the dense reference of its sweep."""
     channels, weights, params = conv_channels(model), prunable_weight_count(model), count_params(model)
     return {"method": method, "structured": False, "channel_ratio": 0.0, "history": [], "ratios": {},
             "groups": [], "sparsity": 0.0, "prunable_before": weights, "prunable_after": weights,

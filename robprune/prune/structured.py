@@ -18,7 +18,7 @@ from torch import nn
 from robprune.measure import count_params
 from robprune.prune.stats import conv_channels, layer_table, parameter_sparsity, prunable_weight_count
 
-Allocator = Callable[[Sequence["PrunableGroup"]], dict[str, float]]
+Allocator = Callable[[Any], dict[str, float]]  # fn(AllocationInput) -> {group root: channel ratio}
 
 
 @dataclass(eq=False)
@@ -63,19 +63,21 @@ def find_groups(dg: tp.DependencyGraph, excluded: list[nn.Module]) -> list[Pruna
     return groups
 
 
-def channels_to_remove(channels: int, ratio: float) -> int:
-    """floor(channels * ratio), capped so >= 1 channel stays (ratio 0.5 of 32 → 16; of 33 → 16).
+def channels_to_remove(channels: int, ratio: float, *, min_keep: int = 1) -> int:
+    """floor(channels * ratio), capped so >= min_keep (at least 1) channels stay (ratio 0.5 of 32 → 16;
+    of 33 → 16).
 
     The 1e-9 keeps 100 * 0.57 = 56.99999… from flooring to 56.
     """
-    return max(0, min(math.floor(channels * ratio + 1e-9), channels - 1))
+    return max(0, min(math.floor(channels * ratio + 1e-9), channels - max(1, int(min_keep))))
 
 
-def cut_group(dg: tp.DependencyGraph, group: PrunableGroup, scores: torch.Tensor, ratio: float) -> list[int]:
+def cut_group(dg: tp.DependencyGraph, group: PrunableGroup, scores: torch.Tensor, ratio: float, *,
+              min_keep: int = 1) -> list[int]:
     """Remove the ``channels_to_remove`` lowest-scoring channels of ``group`` (ties: lower index goes
     first, so results are deterministic). Side effect: the model shrinks; dg records the cut in its
     pruning history. Returns the removed indices (root numbering)."""
-    n_remove = channels_to_remove(group.channels, ratio)
+    n_remove = channels_to_remove(group.channels, ratio, min_keep=min_keep)
     if n_remove == 0:
         return []
     removed = sorted(torch.argsort(scores, stable=True)[:n_remove].tolist())
@@ -89,26 +91,38 @@ def json_history(dg: tp.DependencyGraph) -> list[list]:
     return [[str(name), bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in dg.pruning_history()]
 
 
+def build_groups(model: nn.Module, example_inputs: torch.Tensor, *, exclude_stem: bool,
+                 exclude_linear: bool) -> tuple[tp.DependencyGraph, list[PrunableGroup]]:
+    """Trace the dependency graph (one example) and list the prunable groups. Torch-Pruning's tracing
+    switches the model to eval mode and does not switch back; the caller restores the mode."""
+    with torch.enable_grad():  # the dependency graph is traced through autograd
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs[:1], verbose=False)
+    return dg, find_groups(dg, excluded_modules(model, dg, exclude_stem=exclude_stem, exclude_linear=exclude_linear))
+
+
 def structured_prune(model: nn.Module, *, example_inputs: torch.Tensor, importance: tp.importance.Importance,
-                     allocate: Allocator, exclude_stem: bool, exclude_linear: bool) -> dict:
-    """Score, allocate and cut, IN PLACE. Leaves ``model.training`` as it was (Torch-Pruning's tracing
-    switches the model to eval mode and does not switch back).
+                     allocate: Allocator, exclude_stem: bool, exclude_linear: bool, min_channels: int = 1) -> dict:
+    """Score, allocate and cut, IN PLACE. Leaves ``model.training`` as it was.
 
     example_inputs: (N, C, H, W) on the model's device; only the first example is traced.
+    allocate: ``fn(AllocationInput) -> {group root: channel ratio}`` (see :mod:`robprune.prune.allocation`).
+    min_channels: channels every group keeps (>= 1).
     Scores are computed for all groups on the unpruned model before any cut (Li et al. 2017's
     "independent" strategy), so the order of cuts does not change which channels go.
     Returns the info dict described in :func:`robprune.prune.prune_model` (minus method keys).
     """
+    from robprune.prune.allocation import AllocationInput
+    from robprune.prune.budget import ParamBudget
+
     was_training = model.training
     before, weights_before, params_before = conv_channels(model), prunable_weight_count(model), count_params(model)
     try:
-        with torch.enable_grad():  # the dependency graph is traced through autograd
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs[:1], verbose=False)
-        groups = find_groups(dg, excluded_modules(model, dg, exclude_stem=exclude_stem, exclude_linear=exclude_linear))
+        dg, groups = build_groups(model, example_inputs, exclude_stem=exclude_stem, exclude_linear=exclude_linear)
         scores = {group.root: importance(group.tp_group) for group in groups}
-        ratios = allocate(groups)
+        budget = ParamBudget(model, groups, min_keep=min_channels)
+        ratios = allocate(AllocationInput(groups, scores, budget))
         for group in groups:
-            cut_group(dg, group, scores[group.root], ratios[group.root])
+            cut_group(dg, group, scores[group.root], ratios[group.root], min_keep=min_channels)
     finally:
         model.train(was_training)
     weights_after = prunable_weight_count(model)
@@ -117,5 +131,15 @@ def structured_prune(model: nn.Module, *, example_inputs: torch.Tensor, importan
             "sparsity": parameter_sparsity(weights_before, weights_after),
             "prunable_before": weights_before, "prunable_after": weights_after,
             "params_before": params_before, "params_after": count_params(model),
-            "layers": layer_table(before, conv_channels(model))}
+            "layers": layer_rows(before, conv_channels(model), groups, ratios)}
 
+
+def layer_rows(before: dict[str, int], after: dict[str, int], groups: Sequence[PrunableGroup],
+               ratios: dict[str, float]) -> list[dict]:
+    """Per conv: name, channels before/after, its group root (None = not prunable) and the allocated ratio."""
+    group_of = {member: g.root for g in groups for member in g.members}
+    rows = layer_table(before, after)
+    for row in rows:
+        root = group_of.get(row["name"])
+        row.update(group=root, ratio=float(ratios[root]) if root is not None else 0.0)
+    return rows

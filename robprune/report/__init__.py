@@ -1,5 +1,5 @@
 """Tables and plots computed from run directories (config.yaml + metrics.json), never from console output."""
-from robprune.report.plot import bar_chart
+from robprune.report.plot import bar_chart, line_plot
 from robprune.report.table import (
     Table,
     default_cols,
@@ -15,6 +15,7 @@ from robprune.report.table import (
 __all__ = [
     "Table",
     "bar_chart",
+    "line_plot",
     "default_cols",
     "default_rows",
     "load_runs",

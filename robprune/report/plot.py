@@ -36,6 +36,40 @@ def bar_chart(values: dict[str, float], out_png: Path, *, title: str, ylabel: st
     return _save_png(fig, Path(out_png))
 
 
+def line_plot(series: dict[str, list[tuple[float, float, str]]], out_png: Path, *, title: str, xlabel: str,
+              ylabel: str, log_x: bool = False) -> Path:
+    """One line with markers per series (label -> points (x, y, annotation)), saved atomically to out_png.
+
+    Points are drawn in x order; a non-empty annotation is written next to its point (e.g. the
+    compression level "r=0.5" or "8 bit"). NaN y values are skipped. log_x: logarithmic x axis
+    (compression ratios). Raises ValueError if there is no point at all. Returns out_png.
+    """
+    if not any(series.values()):
+        raise ValueError("line_plot needs at least one point")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, points in series.items():
+        points = sorted((float(x), float(y), str(a)) for x, y, a in points if not math.isnan(float(y)))
+        if not points:
+            continue
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        for x, y, note in points:
+            if note:
+                ax.annotate(note, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save_png(fig, Path(out_png))
+
+
 def _save_png(fig, path: Path) -> Path:
     """Render to a temp file beside ``path``, then rename over it, so readers never see half a PNG."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))

@@ -1,0 +1,50 @@
+"""What a pruning method may use besides the model: :class:`PruneContext`.
+
+The pipeline's prune stage builds one per run; tests build them by hand. Everything in it is plain data
+(tensors, numbers, the parsed ``scores.json``), so a method stays a function of (model, context, options).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+SCORES_FILE, CALIB_FILE = "scores.json", "calib.safetensors"
+
+
+@dataclass
+class PruneContext:
+    """Runtime inputs of a pruning method.
+
+    example_inputs: (N, C, H, W) pixels in [0, 1]; only the shape matters, the first example traces
+      the dependency graph.
+    calib_x, calib_y: the fixed calibration set (MRPF §2 step 2: adversarial examples on a seeded
+      subset of the TRAINING split, made once on the dense model): (M, C, H, W) in [0, 1] and (M,)
+      int64; None when the method's config has no ``scores`` node. Taylor importance needs them.
+    device: where gradient computations on the calibration set run (the cut itself runs on the CPU).
+    seed: the prune stage's seed (random importance draws from it).
+    scores: the parsed ``scores.json`` of the scores stage (per-layer MRS values), or None.
+    """
+
+    example_inputs: torch.Tensor
+    calib_x: torch.Tensor | None = None
+    calib_y: torch.Tensor | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    scores: dict | None = None
+
+    @classmethod
+    def from_stage(cls, example_inputs: torch.Tensor, *, scores_dir: Path | None, device: torch.device,
+                   seed: int) -> "PruneContext":
+        """Context for the pipeline's prune stage; reads scores.json and calib.safetensors from
+        ``scores_dir`` (the scores stage's output) when given."""
+        if scores_dir is None:
+            return cls(example_inputs, device=device, seed=seed)
+        from safetensors.torch import load_file
+
+        scores = json.loads((Path(scores_dir) / SCORES_FILE).read_text())
+        calib = load_file(str(Path(scores_dir) / CALIB_FILE))
+        return cls(example_inputs, calib_x=calib["x_adv"], calib_y=calib["y"], device=device, seed=seed,
+                   scores=scores)

@@ -1,0 +1,168 @@
+"""Module Robustness Sensitivity (MRPF, arXiv 2410.15176, methods.md §2 steps 2-3) and the fixed
+calibration adversarial set it (and Taylor importance) is measured on.
+
+Cost: one PGD run over the calibration set, then one forward pass over it per (layer, draw). The
+forward passes dominate, so they run under ``torch.inference_mode`` in large batches, on one clean
+baseline, with each layer perturbed in place and restored (no model copies).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robprune.errors import ConfigError
+from robprune.prune.stats import PRUNABLE_TYPES
+
+PERTURBATIONS = ("gaussian_rel", "grad_rel")
+
+
+@dataclass
+class Sensitivity:
+    """x_adv: (M, C, H, W) calibration adversarial set in [0, 1]; y: (M,) labels; layers: per
+    Conv2d/Linear {name: {"mrs", "weight_norm", "params", "losses"}} (empty when only the calibration
+    set was asked for); baseline_loss: L_adv of the unperturbed model."""
+
+    x_adv: torch.Tensor
+    y: torch.Tensor
+    baseline_loss: float
+    layers: dict[str, dict] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+def calibration_subset(x: torch.Tensor, y: torch.Tensor, n_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random subset of min(n_images, N) training images. x: (N, C, H, W) uint8 or float in
+    [0, 1] -> float (n, C, H, W) in [0, 1]; y: (N,) -> (n,)."""
+    if n_images < 1:
+        raise ConfigError(f"prune.scores.n_images must be >= 1, got {n_images}; e.g. prune.scores.n_images=1024")
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))[:n_images]
+    xs = x[idx]
+    return (xs.float() / 255.0 if xs.dtype == torch.uint8 else xs.float()), y[idx].long()
+
+
+def adversarial_set(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, *, batch_size: int,
+                    device: torch.device, seed: int) -> torch.Tensor:
+    """AE = attack(model, x, y) in batches, model in eval mode, random starts drawn from a fork of
+    torch's RNG seeded with ``seed`` (the caller's RNG stream is untouched). Returns (M, C, H, W) on device."""
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed))
+            return torch.cat([attack(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
+                              for i in range(0, len(y), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def adversarial_loss(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """L_adv = mean cross-entropy of ``model`` on the fixed set (MRPF §2 step 3); x_adv, y on the model's device."""
+    total = sum(F.cross_entropy(model(x_adv[i:i + batch_size]), y[i:i + batch_size], reduction="sum").item()
+                for i in range(0, len(y), batch_size))
+    return total / len(y)
+
+
+def layer_gradients(model: nn.Module, layers: dict[str, nn.Module], x_adv: torch.Tensor, y: torch.Tensor,
+                    batch_size: int) -> dict[str, torch.Tensor]:
+    """∂L_adv/∂W_l for every layer in one pass over the set (torch.autograd.grad: .grad untouched)."""
+    grads = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
+    with torch.enable_grad():
+        for i in range(0, len(y), batch_size):
+            loss = F.cross_entropy(model(x_adv[i:i + batch_size]), y[i:i + batch_size], reduction="sum") / len(y)
+            for name, g in zip(grads, torch.autograd.grad(loss, [m.weight for m in layers.values()])):
+                grads[name] += g
+    return grads
+
+
+def directions(weight: torch.Tensor, *, perturbation: str, draws: int, generator: torch.Generator,
+               grad: torch.Tensor | None) -> list[torch.Tensor]:
+    """Unit-Frobenius-norm directions u/‖u‖_F for one layer: ``draws`` Gaussian draws (drawn on the CPU
+    from the seeded generator, so every device gets the same ones) or the normalised gradient."""
+    if perturbation == "grad_rel":
+        return [grad / grad.norm().clamp_min(1e-30)]
+    us = [torch.randn(weight.shape, generator=generator).to(weight.device) for _ in range(draws)]
+    return [u / u.norm() for u in us]
+
+
+@torch.no_grad()
+def perturbed_losses(model: nn.Module, module: nn.Module, units: list[torch.Tensor], *, alpha: float,
+                     x_adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[float]:
+    """L_adv with W_l ← W_l + δ, δ = α·‖W_l‖_F·u (MRPF §2 step 3, methods.md resolution), one per
+    direction u; W_l is perturbed in place and restored bit-exactly after each evaluation."""
+    weight = module.weight
+    saved = weight.detach().clone()
+    scale = alpha * saved.norm()
+    losses = []
+    try:
+        for u in units:
+            weight.add_(scale * u)
+            losses.append(adversarial_loss(model, x_adv, y, batch_size))
+            weight.copy_(saved)
+    finally:
+        weight.copy_(saved)
+    return losses
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """{name: module} of every Conv2d/Linear in module order (biases and norm layers are never perturbed)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def calibration_set(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device, attack: Callable,
+                    n_images: int = 1024, batch_size: int = 256, seed: int = 0) -> Sensitivity:
+    """MRPF §2 step 2 only: the fixed adversarial set AE on a seeded subset of the training split
+    (x: (N, C, H, W) uint8 or [0, 1] floats), made once on ``model``; no per-layer scores (Taylor)."""
+    started = time.perf_counter()
+    model.to(device).eval()
+    xs, ys = calibration_subset(x, y, int(n_images), seed)
+    ys = ys.to(device)
+    x_adv = adversarial_set(model, xs, ys, attack, batch_size=int(batch_size), device=device, seed=seed)
+    base = adversarial_loss(model, x_adv, ys, int(batch_size))
+    return Sensitivity(x_adv, ys, base, info={"n_images": len(ys), "seed": int(seed),
+                                              "seconds_calibration": round(time.perf_counter() - started, 3)})
+
+
+def mrs_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device, attack: Callable,
+               n_images: int = 1024, batch_size: int = 256, seed: int = 0, perturbation: str = "gaussian_rel",
+               alpha: float = 0.05, draws: int = 5) -> Sensitivity:
+    """MRS(l) = L_adv(W_l + δ_l; AE) − L_adv(W; AE) for every Conv2d/Linear l (MRPF §2 step 3; with
+    'gaussian_rel' the mean over ``draws`` seeded draws). model: the dense (unperturbed) model, moved
+    to ``device`` and left in eval mode with its weights unchanged. Deterministic for a seed."""
+    if perturbation not in PERTURBATIONS:
+        raise ConfigError(f"prune.scores.perturbation must be one of {', '.join(PERTURBATIONS)}, got {perturbation!r}")
+    if alpha <= 0 or int(draws) < 1:
+        raise ConfigError(f"prune.scores.alpha must be > 0 and prune.scores.draws >= 1, got alpha={alpha}, draws={draws}")
+    result = calibration_set(model, x, y, device=device, attack=attack, n_images=n_images, batch_size=batch_size, seed=seed)
+    started, batch_size = time.perf_counter(), int(batch_size)
+    layers = prunable_layers(model)
+    grads = layer_gradients(model, layers, result.x_adv, result.y, batch_size) if perturbation == "grad_rel" else {}
+    generator = torch.Generator().manual_seed(int(seed) + 1)
+    for name, module in layers.items():
+        units = directions(module.weight, perturbation=perturbation, draws=int(draws), generator=generator,
+                           grad=grads.get(name))
+        losses = perturbed_losses(model, module, units, alpha=float(alpha), x_adv=result.x_adv, y=result.y,
+                                  batch_size=batch_size)
+        result.layers[name] = {"mrs": sum(losses) / len(losses) - result.baseline_loss,  # MRPF §2 step 3
+                               "weight_norm": float(module.weight.detach().norm()),
+                               "params": module.weight.numel(), "losses": losses}
+    result.info.update(perturbation=perturbation, alpha=float(alpha), draws=len(units),
+                       seconds_mrs=round(time.perf_counter() - started, 3))
+    return result
+
+
+def group_scores(layer_mrs: dict[str, float], groups: list[dict]) -> dict[str, float]:
+    """{group root: mean MRS of its members} (MRPF §2 step 3: coupled layers share one ratio).
+    groups: [{"root", "members"}]; a member without a score is a ConfigError (scores of another model)."""
+    out = {}
+    for g in groups:
+        missing = [m for m in g["members"] if m not in layer_mrs]
+        if missing:
+            raise ConfigError(f"prune: no MRS for {', '.join(missing)}; the scores were computed for another model")
+        out[g["root"]] = sum(layer_mrs[m] for m in g["members"]) / len(g["members"])
+    return out

@@ -1,0 +1,149 @@
+"""Paper-shaped tables: a layout spec (``conf/table/<name>.yaml``) says which run keys make the rows
+and the columns, which metrics fill a cell, how values read, and the published numbers to show
+alongside. ``robprune table +table=<name> <dir>`` renders it from the runs' files.
+
+Spec keys: ``rows`` (list of run keys), ``cols`` (one run key), ``cell`` (metrics shown as
+"a / b"), ``row_label`` (format string over the row keys' labels), ``labels`` ({key: {value: text}},
+which also orders rows and columns), ``title``, and optionally ``paper`` = {dataset_key, compare:
+{our dataset: paper table}, values: {paper table: {row name: {column label: [numbers]}}}}.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from robprune.config import config_dir
+from robprune.errors import ConfigError
+from robprune.report.table import MISSING, Table, _check_keys, _numeric, load_runs, print_table, write_table
+
+REQUIRED = ("rows", "cols", "cell")
+
+
+def load_layout(name: str) -> dict:
+    """The layout spec conf/table/<name>.yaml as plain containers; ConfigError naming the options when absent."""
+    folder = config_dir() / "table"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        options = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "(none)"
+        raise ConfigError(f"+table={name}: no layout {path}; available: {options}")
+    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    missing = [k for k in REQUIRED if k not in spec]
+    if missing:
+        raise ConfigError(f"{path}: layout is missing {', '.join(missing)}")
+    return {"name": name, **spec}
+
+
+def _label(spec: dict, key: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return str((spec.get("labels") or {}).get(key, {}).get(str(value), value))
+
+
+def _order(spec: dict, key: str, value) -> tuple:
+    """Sort key: values listed in labels[key] first, in that order; the others after, by their text."""
+    listed = list((spec.get("labels") or {}).get(key, {}))
+    return (listed.index(str(value)), "") if str(value) in listed else (len(listed), str(value))
+
+
+def _stats(frame: pd.DataFrame, keys: list[str], cell: list[str]) -> pd.DataFrame:
+    """One row per group of ``keys``: n, and per metric mean, /std (ddof 1), /n."""
+    grouped = frame.groupby(keys, dropna=False)
+    out = grouped.size().rename("n").to_frame()
+    agg = grouped[cell].agg(["mean", "std", "count"])
+    for m in cell:
+        out[m], out[f"{m}/std"], out[f"{m}/n"] = agg[(m, "mean")], agg[(m, "std")], agg[(m, "count")].astype(int)
+    return out.reset_index()
+
+
+def _fill(fmt: str, labels: dict[str, str]) -> str:
+    """'{choices.compress} {choices.train}' -> 'pruned f_s' (keys contain dots, so no str.format)."""
+    return re.sub(r"\{([^{}]+)\}", lambda m: labels.get(m.group(1), m.group(0)), fmt)
+
+
+def _paper_values(spec: dict, runs: pd.DataFrame) -> dict | None:
+    """{row name: {column label: [numbers]}} of the paper table the runs' dataset is held against, or None."""
+    paper = spec.get("paper") or {}
+    key = paper.get("dataset_key")
+    if not key or key not in runs.columns:
+        return None
+    datasets = sorted({str(v) for v in runs[key].dropna()})
+    if len(datasets) != 1:
+        raise ConfigError(f"the runs come from {len(datasets)} datasets ({', '.join(datasets)}); "
+                          "tabulate one dataset's sweep at a time")
+    table = (paper.get("compare") or {}).get(datasets[0])
+    return (paper.get("values") or {}).get(table) if table else None
+
+
+def _cell_text(row: pd.Series, cell: list[str]) -> str:
+    """'90.12 ± 0.31 / 80.00 ± 1.20' (percent); ± only with two or more runs; MISSING without runs."""
+    parts = []
+    for m in cell:
+        mean, std, count = row[m], row[f"{m}/std"], row[f"{m}/n"]
+        if count == 0 or math.isnan(mean):
+            parts.append(MISSING)
+            continue
+        text = f"{100 * mean:.2f}"
+        parts.append(text + (f" ± {100 * std:.2f}" if count >= 2 and not math.isnan(std) else ""))
+    return " / ".join(parts)
+
+
+def _paper_text(values) -> str:
+    return " / ".join(f"{v:.2f}" for v in values) if values else MISSING
+
+
+def layout_table(runs: pd.DataFrame, spec: dict) -> Table:
+    """Lay out ``runs`` (from :func:`load_runs`) as ``spec`` says. numeric: one row per (row, column)
+    group with the row keys, ``model``, ``column``, ``n``, per metric mean / std / n, and ``paper/<m>``.
+    display: ``model``, ``n`` (most runs in a cell), then per column label its cells and, when the
+    spec has paper values for these runs' dataset, a ``<label> (paper)`` column."""
+    rows, col, cell = list(spec["rows"]), str(spec["cols"]), list(spec["cell"])
+    _check_keys(runs, [*rows, col, *cell], "table")
+    frame = runs[[*rows, col]].copy()
+    for m in cell:
+        frame[m] = _numeric(runs, m)
+    numeric = _stats(frame, [*rows, col], cell)
+    fmt = spec.get("row_label") or " ".join("{%s}" % k for k in rows)
+    numeric["model"] = [_fill(fmt, {k: _label(spec, k, r[k]) for k in rows}) for _, r in numeric.iterrows()]
+    numeric["column"] = [_label(spec, col, v) for v in numeric[col]]
+    paper = _paper_values(spec, runs)
+    for i, m in enumerate(cell):
+        numeric[f"paper/{m}"] = [((paper or {}).get(r["model"], {}).get(r["column"]) or [math.nan] * len(cell))[i]
+                                 for _, r in numeric.iterrows()]
+    order = sorted(range(len(numeric)), key=lambda i: [_order(spec, k, numeric.loc[i, k]) for k in [*rows, col]])
+    numeric = numeric.loc[order].reset_index(drop=True)
+    return Table(_display(numeric, rows, col, cell, paper), numeric)
+
+
+def _display(numeric: pd.DataFrame, rows: list[str], col: str, cell: list[str], paper: dict | None) -> pd.DataFrame:
+    models = list(dict.fromkeys(numeric["model"]))
+    columns = list(dict.fromkeys(numeric["column"]))
+    out = pd.DataFrame({"model": models})
+    out["n"] = [str(int(numeric.loc[numeric["model"] == m, "n"].max())) for m in models]
+    for c in columns:
+        ours, ref = [], []
+        for m in models:
+            hit = numeric[(numeric["model"] == m) & (numeric["column"] == c)]
+            ours.append(_cell_text(hit.iloc[0], cell) if len(hit) else MISSING)
+            ref.append(_paper_text((paper or {}).get(m, {}).get(c)))
+        out[c] = ours
+        if paper is not None:
+            out[f"{c} (paper)"] = ref
+    return out
+
+
+def layout_command(root: str, name: str, out: str | None = None, quiet: bool = False) -> pd.DataFrame:
+    """``robprune table +table=<name> <root>``: write <name>.md and <name>.csv into out (default root)."""
+    spec = load_layout(name)
+    runs = load_runs(Path(root))
+    display, numeric = layout_table(runs, spec)
+    paths = write_table(display, numeric, Path(out) if out else Path(root), name=name)
+    if not quiet:
+        from robprune.ui import console
+
+        print_table(display, f"{spec.get('title', name)}: {len(runs)} runs under {root}")
+        console().print(f"wrote {paths['md']} and {paths['csv']}")
+    return display
