@@ -175,7 +175,7 @@ def measure(model: torch.nn.Module, data: DataBundle, cfg: DictConfig) -> dict:
     one = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
     lat = cfg.eval.latency
     batch = torch.rand(int(lat.batch_size), data.in_channels, data.image_size, data.image_size)
-    return {"params": count_params(model), "macs": count_macs(model, one),
+    return {**measure_macs_params(model, data),
             **measure_latency(model, batch, repeats=int(lat.repeats), warmup=int(lat.warmup))}
 
 
@@ -213,7 +213,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     for s in stages:
         log.info("stage %-8s %s %s", s.name, s.key, "reused from cache" if s.reused else f"built in {s.seconds:.1f} s")
 
-    metrics = assemble_metrics(cfg, data, stages, final, evaluated, choices)
+    metrics = assemble_metrics(cfg, data, stages, pruned, final, evaluated, choices, device)
     if scores:
         log.info("stage %-8s %s %s", scores.name, scores.key, "reused from cache" if scores.reused else f"built in {scores.seconds:.1f} s")
         metrics["stages"]["scores"] = scores.record()
@@ -230,12 +230,14 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     return metrics
 
 
-def assemble_metrics(cfg, data, stages, final: StageResult, evaluated: StageResult, choices) -> dict:
+def assemble_metrics(cfg, data, stages, pruned: StageResult, final: StageResult, evaluated: StageResult,
+                     choices, device) -> dict:
+    """metrics.json content: the eval stage's numbers plus size, cost and provenance of the final model."""
     import json
 
     model, meta = load_checkpoint(final.path)
     dense = dense_model(meta["arch"])
-    prune_info = meta.get("prune") or json.loads((stages[1].path / "model.json").read_text()).get("prune", {})
+    prune_info = meta.get("prune") or json.loads((pruned.path / "model.json").read_text()).get("prune", {})
     measured, dense_measured = measure(model, data, cfg), measure_macs_params(dense, data)
     metrics = json.loads((evaluated.path / "eval.json").read_text())
     metrics.update(measured)
@@ -246,7 +248,7 @@ def assemble_metrics(cfg, data, stages, final: StageResult, evaluated: StageResu
         "structured": bool(prune_info.get("structured", True)),
         "channel_ratio": prune_info.get("channel_ratio"),
         "prune_layers": prune_info.get("layers", []),
-        "choices": dict(choices or {}), "seed": int(cfg.seed), "train_seed": int(cfg.train_seed), "device": str(resolve_device(cfg.device)),
+        "choices": dict(choices or {}), "seed": int(cfg.seed), "train_seed": int(cfg.train_seed), "device": str(device),
         "dataset": {"name": cfg.dataset.name, "n_train": len(data.train_y), "n_test": len(data.test_y)},
         "stages": {s.name: s.record() for s in stages},
         "version": robprune.__version__,
