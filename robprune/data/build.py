@@ -1,0 +1,139 @@
+"""``build_data``: dataset config -> :class:`DataBundle` of uint8 train/test tensors, via a registry."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from robprune.data import cifar, imagefolder, mnist, svhn
+from robprune.data.builtin import DIGITS, SYNTHETIC
+from robprune.data.source import Arrays, Source, get, load_split
+from robprune.data.splits import parse_split
+from robprune.errors import ConfigError, DataError
+
+# dataset.name -> how to find and decode it. Add a dataset here (and a conf/dataset/<name>.yaml).
+REGISTRY: dict[str, Source] = {
+    "digits": DIGITS,
+    "mnist": mnist.SOURCE,
+    "fashion_mnist": mnist.SOURCE,
+    "cifar10": cifar.SOURCE,
+    "cifar100": cifar.SOURCE,
+    "svhn": svhn.SOURCE,
+    "imagefolder": imagefolder.SOURCE,
+    "synthetic": SYNTHETIC,
+}
+
+
+@dataclass
+class DataBundle:
+    """Decoded train/test data of one dataset; pixels stay uint8 until BatchLoader makes batches.
+
+    train_x: (N, C, H, W) uint8, train_y: (N,) int64 in [0, num_classes); test_x/test_y likewise (M).
+    mean, std: per-channel statistics of pixels in [0, 1], for the model's Normalize layer.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Side length H of the (square) images; DataError if H != W."""
+        height, width = self.train_x.shape[-2:]
+        if height != width:
+            raise DataError(f"dataset {self.name!r} has {height}x{width} images but the models need square ones; "
+                            "for an imagefolder set dataset.image_size=<pixels> to resize")
+        return int(height)
+
+
+def build_data(dataset_cfg: DictConfig, *, cache_dir: str | Path | None = None) -> DataBundle:
+    """Load ``dataset_cfg.train_split`` and ``dataset_cfg.test_split`` of dataset ``dataset_cfg.name``.
+
+    cache_dir: if given, decoded base splits of file-backed datasets are stored there as safetensors
+    and reused while the source files are unchanged (same path, size and mtime).
+    """
+    name = str(get(dataset_cfg, "name"))
+    source = REGISTRY.get(name)
+    if source is None:
+        raise ConfigError(f"dataset.name={name!r} is not a known dataset; choose one of {', '.join(sorted(REGISTRY))}")
+    bases: dict[str, Arrays] = {}  # each base split is decoded once even if both keys slice it
+    (train_x, train_y), train_at = _select(source, dataset_cfg, "train_split", bases, cache_dir)
+    (test_x, test_y), test_at = _select(source, dataset_cfg, "test_split", bases, cache_dir)
+    _warn_overlap(train_at, test_at)
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(f"dataset {name!r}: train images are {tuple(train_x.shape[1:])} but test images are "
+                        f"{tuple(test_x.shape[1:])}; they must match (for an imagefolder set dataset.image_size)")
+    num_classes = _num_classes(source, dataset_cfg, (train_y, test_y))
+    channels = int(train_x.shape[1])
+    return DataBundle(name=name, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                      num_classes=num_classes, mean=_per_channel(dataset_cfg, "mean", channels),
+                      std=_per_channel(dataset_cfg, "std", channels, positive=True))
+
+
+def _select(source: Source, cfg: DictConfig, key: str, bases: dict[str, Arrays],
+            cache_dir: str | Path | None) -> tuple[Arrays, tuple[str, slice]]:
+    """The examples ``cfg[key]`` names, and (base split, resolved slice) for the overlap check."""
+    spec = str(get(cfg, key, "train" if key == "train_split" else "test"))
+    base, part = parse_split(spec, key=f"dataset.{key}")
+    available = source.splits(cfg)
+    if base not in available:
+        raise ConfigError(f"dataset.{key}={spec!r} names no split of dataset {str(cfg.name)!r} "
+                          f"(available: {', '.join(available)}); use e.g. '{available[0]}' or '{available[0]}[:80%]'")
+    if base not in bases:
+        bases[base] = load_split(source, cfg, base, cache_dir)
+    x, y = bases[base]
+    where = part.resolve(len(x), key=f"dataset.{key}", spec=spec)
+    if part.is_full:
+        return (x, y), (base, where)
+    return (x[where].clone(), y[where].clone()), (base, where)  # clone: do not pin the whole base split
+
+
+def _warn_overlap(train_at: tuple[str, slice], test_at: tuple[str, slice]) -> None:
+    (train_base, a), (test_base, b) = train_at, test_at
+    if train_base == test_base and max(a.start, b.start) < min(a.stop, b.stop):
+        warnings.warn(f"dataset.train_split and dataset.test_split overlap on split {train_base!r} "
+                      f"([{a.start}:{a.stop}] and [{b.start}:{b.stop}]); test accuracy will be optimistic",
+                      stacklevel=3)
+
+
+def _num_classes(source: Source, cfg: DictConfig, labels: tuple[torch.Tensor, ...]) -> int:
+    """Configured class count (checked against a discovered one and the labels)."""
+    configured = get(cfg, "num_classes", None)
+    discovered = source.num_classes(cfg) if source.num_classes else None
+    if configured is None and discovered is None:
+        raise ConfigError(f"dataset.num_classes is not set for dataset {str(cfg.name)!r}; set it, e.g. dataset.num_classes=10")
+    if configured is not None and discovered is not None and int(configured) != discovered:
+        raise ConfigError(f"dataset.num_classes={configured} but {discovered} class folders were found; "
+                          "set dataset.num_classes=null to use the folders")
+    count = int(configured if configured is not None else discovered)
+    top = max(int(y.max()) for y in labels if y.numel())
+    if top >= count or min(int(y.min()) for y in labels if y.numel()) < 0:
+        raise DataError(f"dataset {str(cfg.name)!r}: labels reach {top} but dataset.num_classes={count}; "
+                        "fix dataset.num_classes or the label files")
+    return count
+
+
+def _per_channel(cfg: DictConfig, key: str, channels: int, *, positive: bool = False) -> tuple[float, ...]:
+    """dataset.mean / dataset.std as one float per channel (a single value is repeated; null -> 0.5)."""
+    raw = get(cfg, key, None)
+    values = [0.5] if raw is None else ([raw] if isinstance(raw, (int, float)) else list(raw))
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise ConfigError(f"dataset.{key} has {len(values)} values but the images have {channels} channels; "
+                          f"give one value per channel, e.g. dataset.{key}=[{', '.join(['0.5'] * channels)}]")
+    if positive and min(values) <= 0:
+        raise ConfigError(f"dataset.{key} must be > 0 for every channel, got {values}")
+    return tuple(float(v) for v in values)

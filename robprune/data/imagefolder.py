@@ -1,0 +1,105 @@
+"""Any folder of images: ``root/<split>/<class>/<image>`` or, with no split level, ``root/<class>/<image>``.
+
+Layout detection: if the folders directly under ``root`` hold image files, they are classes and the
+only base split is ``train``; carve a test set with slices, e.g. ``train[:80%]`` / ``train[80%:]``.
+So that such slices mix all classes, that split lists the files in a fixed permutation (numpy
+``default_rng(0)``) of the class-then-name order - deterministic for a given set of files.
+Otherwise the folders under ``root`` are splits, the folders inside them are classes, and files are
+in class-then-name order.
+Classes are sorted alphabetically (union over splits, so labels agree between train and test).
+Images are decoded once with PIL, converted to ``channels`` (3: RGB, 1: grayscale) and resized to
+``image_size`` x ``image_size`` (bilinear) when set; with ``image_size: null`` all images must match.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from robprune.data.source import Arrays, Source, get, missing_files, root_dir
+from robprune.errors import ConfigError, DataError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _layout(cfg: DictConfig) -> tuple[dict[str, Path], bool]:
+    """(base split name -> folder whose subfolders are the classes, whether there is no split level)."""
+    root = root_dir(cfg)
+    tops = _subdirs(root) if root.is_dir() else []
+    if not tops:
+        raise missing_files("imagefolder", root, ["<class>/<image> or <split>/<class>/<image> folders"])
+    if any(_images(top) for top in tops):
+        return {"train": root}, True
+    return {top.name: top for top in tops}, False
+
+
+def _classes(cfg: DictConfig) -> list[str]:
+    """Sorted class names over all splits."""
+    names = {c.name for folder in _layout(cfg)[0].values() for c in _subdirs(folder)}
+    if not names:
+        raise missing_files("imagefolder", root_dir(cfg), ["<split>/<class>/<image> folders"])
+    return sorted(names)
+
+
+def _locate(cfg: DictConfig, split: str) -> list[Path]:
+    """Image files of ``split``: class-then-name order, permuted with a fixed seed for a flat folder."""
+    splits, flat = _layout(cfg)
+    folder = splits[split]
+    files = [img for cls in _subdirs(folder) for img in _images(cls)]
+    if not files:
+        raise missing_files("imagefolder", folder, [f"<class>/<image> with suffix {', '.join(sorted(IMAGE_SUFFIXES))}"])
+    if flat:  # so that 'train[:80%]' / 'train[80%:]' both contain every class
+        files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
+    return files
+
+
+def _load_image(path: Path, mode: str, size: int | None) -> np.ndarray:
+    """(H, W, C) uint8 pixels of one image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)
+            if size is not None and img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DataError(f"{path} cannot be decoded as an image ({err}); delete or replace it") from None
+    return pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+
+
+def _decode(cfg: DictConfig, split: str, files: list[Path]) -> Arrays:
+    """x (N, C, H, W) uint8, y (N,) int64 (index into the sorted class names)."""
+    channels = int(get(cfg, "channels", 3))
+    if channels not in (1, 3):
+        raise ConfigError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    size = get(cfg, "image_size", None)
+    index = {name: i for i, name in enumerate(_classes(cfg))}
+    pixels, labels = [], []
+    for path in files:
+        img = _load_image(path, "RGB" if channels == 3 else "L", None if size is None else int(size))
+        if pixels and img.shape != pixels[0].shape:
+            raise DataError(f"{path} is {img.shape[1]}x{img.shape[0]} but {files[0]} is "
+                            f"{pixels[0].shape[1]}x{pixels[0].shape[0]}; set dataset.image_size=<pixels> to resize all images")
+        pixels.append(img)
+        labels.append(index[path.parent.name])
+    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def _splits(cfg: DictConfig) -> tuple[str, ...]:
+    return tuple(_layout(cfg)[0])
+
+
+SOURCE = Source(splits=_splits, decode=_decode, locate=_locate,
+                num_classes=lambda cfg: len(_classes(cfg)), cache_keys=("channels", "image_size"))
