@@ -235,3 +235,18 @@ def test_none_accepts_an_experiments_amount_keys():
     model = make("cnn8")
     info = prune_model(model, OmegaConf.merge(prune_cfg("none"), {"sparsity": 0.8}), example_inputs=torch.rand(1, 1, 28, 28))
     assert info["sparsity"] == 0.0 and info["history"] == []
+
+
+def test_options_read_interpolations_from_the_run_config():
+    """An interpolation inside the prune node resolves against the whole config, as the cache key does."""
+    from robprune.prune import _method
+
+    root = OmegaConf.create({"study": {"ratio": 0.3},
+                             "prune": OmegaConf.merge(prune_cfg(), {"channel_ratio": "${oc.select:study.ratio,0.5}"})})
+    assert _method(root.prune).keywords["channel_ratio"] == 0.3
+    root.study.ratio = 0.7
+    assert _method(root.prune).keywords["channel_ratio"] == 0.7
+    del root.study
+    assert _method(root.prune).keywords["channel_ratio"] == 0.5  # the select's default when the key is absent
+    with pytest.raises(ConfigError, match=r"prune\.channel_ratio"):
+        _method(OmegaConf.create({"prune": OmegaConf.merge(prune_cfg(), {"channel_ratio": "${study.gone}"})}).prune)

@@ -9,9 +9,11 @@ import functools
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from robprune.config import instantiate
+from robprune.errors import ConfigError
 from robprune.prune.context import PruneContext
 from robprune.prune.methods import channel_pruning, l1_filter, mrpf, no_pruning
 from robprune.prune.unstructured import global_magnitude
@@ -54,8 +56,26 @@ def prune_model(model: nn.Module, prune_cfg: DictConfig, context: PruneContext |
 
 
 def _method(prune_cfg: DictConfig):
-    """The bound method of a conf/prune node (its scores and defaults keys left out)."""
-    return instantiate(OmegaConf.masked_copy(prune_cfg, [k for k in prune_cfg if k not in NOT_OPTIONS]), "prune")
+    """The bound method of a conf/prune node (its scores and defaults keys left out).
+
+    The options are resolved while the node is still attached to the run's config, so an interpolation
+    such as ``${oc.select:experiment.ratio,0.5}`` reads the run's value (a detached copy would silently
+    take the default while the stage's cache key used the real one); a missing ``???`` value stays
+    missing, so instantiation names the key."""
+    options = {}
+    for key in prune_cfg:
+        if key in NOT_OPTIONS:
+            continue
+        if OmegaConf.is_missing(prune_cfg, key):
+            options[key] = "???"
+            continue
+        try:
+            value = prune_cfg[key]
+            options[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"prune.{key}: cannot resolve its value ({err.__class__.__name__}: "
+                              f"{str(err).splitlines()[0]}); set prune.{key} on the command line") from None
+    return instantiate(OmegaConf.create(options), "prune")
 
 
 def check_prune_config(prune_cfg: DictConfig) -> None:
