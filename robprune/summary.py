@@ -23,6 +23,13 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("parameter sparsity", _pct(metrics["sparsity"])))
     if "latency_ms" in metrics:
         rows.append((f"CPU latency (batch {metrics.get('latency_batch_size')})", f"{metrics['latency_ms']:.2f} ms"))
+    if "storage_bytes" in metrics:
+        quant = metrics.get("quant") or {}
+        where = f"{quant['method']} {quant['bits']}-bit" if quant.get("method", "none") != "none" else "FP32"
+        rows.append((f"storage (dense FP32 → now, {where})",
+                     f"{metrics.get('dense_storage_bytes', 0) / 1024:.1f} → {metrics['storage_bytes'] / 1024:.1f} KiB"))
+    if "compression_ratio" in metrics:
+        rows.append(("compression ratio", f"{metrics['compression_ratio']:.2f}×"))
     if "size_bytes" in metrics:
         rows.append(("checkpoint size", f"{metrics['size_bytes'] / 1024:.1f} KiB"))
     checks = metrics.get("checks") or {}

@@ -16,6 +16,7 @@ from robprune.attacks.threat import l2_norm, linf_norm
 from robprune.checkpoint import load_checkpoint, save_checkpoint
 from robprune.compose import compose
 from robprune.data import build_data
+from robprune.summary import summary_rows
 from robprune.errors import ConfigError
 from robprune.models import small_cnn
 from robprune.pipeline import run
@@ -219,6 +220,10 @@ def test_pipeline_ptq_and_qat_stages(tmp_path):
     assert abs(m8["clean_acc"] - plain["clean_acc"]) < 0.1
     assert json.loads((tmp_path / "qat" / "model.json").read_text())["quant"]["method"] == "qat"
     assert len(json.loads((tmp_path / "qat" / "model.json").read_text())["qat_log"]) == 1
+    rows = dict(summary_rows(qat))  # the end-of-run table shows the size at the bit width and the ratio
+    assert rows["compression ratio"] == f"{qat['compression_ratio']:.2f}×"
+    assert f"{qat['storage_bytes'] / 1024:.1f} KiB" in rows["storage (dense FP32 → now, qat 4-bit)"]
+    assert "storage (dense FP32 → now, FP32)" in dict(summary_rows(plain))
 
 
 def test_checkpoint_with_an_invalid_quant_record_is_refused(tmp_path, digits_model):
