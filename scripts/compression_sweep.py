@@ -100,7 +100,8 @@ def plot_flat(table: pd.DataFrame, out_png: Path) -> Path:
             series[f"{name}, {what}"] = [(r["compression_ratio/mean"], 100 * r[f"{metric}/mean"], fmt.format(float(r["level"])))
                                          for _, r in part.iterrows()]
     return line_plot(series, out_png, title="Adversarially fine-tuned: accuracy vs compression",
-                     xlabel="compression ratio (dense FP32 bytes / bytes at the bit width)", ylabel="accuracy (%)", log_x=True)
+                     xlabel="compression ratio (dense FP32 bytes / bytes at the bit width)", ylabel="accuracy (%)", log_x=True,
+                     notes_below=tuple(label for label in series if label.startswith("PTQ")))
 
 
 if __name__ == "__main__":

@@ -217,6 +217,23 @@ def test_bar_chart_writes_png(tmp_path):
         bar_chart({}, tmp_path / "empty.png", title="t", ylabel="y")
 
 
+def test_line_plot_log_axis_labels_and_notes(tmp_path):
+    from robprune.report.plot import line_figure, line_plot
+
+    series = {"pruning": [(8.0, 86.3, "r=0.8"), (1.2, 93.5, "r=0.1"), (2.7, float("nan"), "r=0.5")],
+              "PTQ": [(2.0, 92.8, "16 bit"), (4.0, 93.5, "8 bit")]}
+    fig = line_figure(series, title="t", xlabel="x", ylabel="y", log_x=True, notes_below=("PTQ",))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.xaxis.get_major_formatter()(4.0, 0) == "4×"
+    assert [list(line.get_xdata()) for line in ax.lines] == [[1.2, 8.0], [2.0, 4.0]]  # sorted, NaN dropped
+    offsets = {t.get_text(): t.xyann[1] for t in ax.texts}
+    assert offsets["r=0.8"] > 0 > offsets["8 bit"] and "r=0.5" not in offsets
+    out = line_plot(series, tmp_path / "p.png", title="t", xlabel="x", ylabel="y", log_x=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        line_figure({"a": []}, title="t", xlabel="x", ylabel="y")
+
+
 def test_rows_must_be_given_and_disjoint_from_cols(sweep):
     df = load_runs(sweep)
     with pytest.raises(ConfigError, match="rows must name at least one key"):

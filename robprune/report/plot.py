@@ -37,13 +37,22 @@ def bar_chart(values: dict[str, float], out_png: Path, *, title: str, ylabel: st
 
 
 def line_plot(series: dict[str, list[tuple[float, float, str]]], out_png: Path, *, title: str, xlabel: str,
-              ylabel: str, log_x: bool = False) -> Path:
+              ylabel: str, log_x: bool = False, notes_below: tuple[str, ...] = ()) -> Path:
     """One line with markers per series (label -> points (x, y, annotation)), saved atomically to out_png.
 
     Points are drawn in x order; a non-empty annotation is written next to its point (e.g. the
     compression level "r=0.5" or "8 bit"). NaN y values are skipped. log_x: logarithmic x axis
-    (compression ratios). Raises ValueError if there is no point at all. Returns out_png.
+    (compression ratios, base 2, ticks written 1×, 2×, 4×...). notes_below: labels of series whose
+    annotations go below their points, so two series meeting at one x do not overwrite each other.
+    Raises ValueError if there is no point at all. Returns out_png.
     """
+    fig = line_figure(series, title=title, xlabel=xlabel, ylabel=ylabel, log_x=log_x, notes_below=notes_below)
+    return _save_png(fig, Path(out_png))
+
+
+def line_figure(series: dict[str, list[tuple[float, float, str]]], *, title: str, xlabel: str, ylabel: str,
+                log_x: bool = False, notes_below: tuple[str, ...] = ()):
+    """The matplotlib Figure :func:`line_plot` saves (same arguments, without the file)."""
     if not any(series.values()):
         raise ValueError("line_plot needs at least one point")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -59,15 +68,20 @@ def line_plot(series: dict[str, list[tuple[float, float, str]]], out_png: Path, 
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         for x, y, note in points:
             if note:
-                ax.annotate(note, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.annotate(note, (x, y), textcoords="offset points", fontsize=7,
+                            xytext=(4, -11) if label in notes_below else (4, 4))
     if log_x:
-        ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _save_png(fig, Path(out_png))
+    return fig
 
 
 def _save_png(fig, path: Path) -> Path:
