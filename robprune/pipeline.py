@@ -26,8 +26,7 @@ from robprune.measure import checkpoint_size_bytes, count_macs, count_params, me
 from robprune.models import build_model
 from robprune.prune import PruneContext, prune_model
 from robprune.prune.scores import PUBLISHED_FILES as SCORES_FILES, compute_scores, log_layer_table
-from robprune.quant import quantize_and_calibrate, spec_from_config
-from robprune.quant.report import compression_metrics
+from robprune.quant import quant_record, quantize_and_calibrate, size_metrics, spec_from_config
 from robprune.store import StageCache, StageResult, publish_files
 from robprune.train import build_training, fit, schedule_factor
 from robprune.train.masks import finetune_hooks
@@ -133,11 +132,16 @@ def finetune_stage(cfg, data, upstream: StageResult, key, device):
         model.to(device)
         history = train_model(model, cfg.finetune, "finetune", data, cfg, device=device, work=work,
                               generator=generator, stage="finetune", hooks=finetune_hooks(model, meta))
-        extra = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}
-        save_checkpoint(model.cpu(), work, arch=meta["arch"], history=meta["pruning_history"],
-                        extra={**extra, "finetune_log": history})
-        shutil.rmtree(work / "epochs", ignore_errors=True)
+        save_derived(model, work, meta, finetune_log=history)
     return build
+
+
+def save_derived(model: torch.nn.Module, work: Path, meta: dict, **records) -> None:
+    """Save a stage's model with its upstream checkpoint's metadata (arch, pruning history, records
+    such as ``prune``) plus this stage's ``records``; drop the epoch checkpoints kept for resume."""
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}
+    save_checkpoint(model.cpu(), work, arch=meta["arch"], history=meta["pruning_history"], extra={**kept, **records})
+    shutil.rmtree(work / "epochs", ignore_errors=True)
 
 
 def quant_stage(cfg, data, upstream: StageResult, key, device):
@@ -151,10 +155,7 @@ def quant_stage(cfg, data, upstream: StageResult, key, device):
         if cfg.quant.method == "qat" and int(cfg.quant.train.epochs) > 0:
             qat_log = train_model(model, cfg.quant.train, "quant.train", data, cfg, device=device, work=work,
                                   generator=generator, stage="qat", hooks=finetune_hooks(model, meta))
-        extra = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}
-        save_checkpoint(model.cpu(), work, arch=meta["arch"], history=meta["pruning_history"],
-                        extra={**extra, "quant_calibration": calibration, "qat_log": qat_log})
-        shutil.rmtree(work / "epochs", ignore_errors=True)
+        save_derived(model, work, meta, quant_calibration=calibration, qat_log=qat_log)
     return build
 
 
@@ -169,14 +170,19 @@ def eval_stage(cfg, data, upstream: StageResult, key, device):
     return build
 
 
-def measure(model: torch.nn.Module, data: DataBundle, cfg: DictConfig) -> dict:
-    """Params, MACs (batch 1), CPU latency (median ms per batch of eval.latency.batch_size)."""
+def measure(model: torch.nn.Module, meta: dict, data: DataBundle, cfg: DictConfig) -> dict:
+    """Cost and size of a loaded checkpoint (``model``, its model.json ``meta``), the same keys for a
+    pipeline run and ``robprune eval``: params, MACs (batch 1), CPU latency (median ms per batch of
+    eval.latency.batch_size); the dense model's params_dense, macs_dense and macs_ratio; the ``quant``
+    block; storage_bytes at the bit width, dense_storage_bytes and compression_ratio."""
     model = model.cpu().eval()
-    one = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
     lat = cfg.eval.latency
     batch = torch.rand(int(lat.batch_size), data.in_channels, data.image_size, data.image_size)
-    return {**measure_macs_params(model, data),
-            **measure_latency(model, batch, repeats=int(lat.repeats), warmup=int(lat.warmup))}
+    now, dense = measure_macs_params(model, data), measure_macs_params(dense_model(meta["arch"]), data)
+    return {**now, **measure_latency(model, batch, repeats=int(lat.repeats), warmup=int(lat.warmup)),
+            "params_dense": dense["params"], "macs_dense": dense["macs"],
+            "macs_ratio": now["macs"] / max(1, dense["macs"]),
+            "quant": quant_record(model, meta.get("quant_calibration")), **size_metrics(model, dense["params"])}
 
 
 def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
@@ -199,7 +205,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     scores = cached_scores(cfg, data, trained, cache, device)
     k_prune = config_hash("prune", trained.key, cfg.prune, cfg.seed, *([scores.key] if scores else []))
     pruned = cache.get("prune", k_prune, prune_stage(cfg, data, trained, k_prune, device, scores))
-    stages = [trained, pruned]
+    stages = [trained, *([scores] if scores else []), pruned]
     if spec_from_config(cfg.get("quant")) is not None:  # quant=none adds no stage
         k_quant = config_hash("quant", pruned.key, cfg.quant, cfg.data.batch_size, cfg.seed)
         stages.append(cache.get("quant", k_quant, quant_stage(cfg, data, pruned, k_quant, device)))
@@ -214,10 +220,6 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
         log.info("stage %-8s %s %s", s.name, s.key, "reused from cache" if s.reused else f"built in {s.seconds:.1f} s")
 
     metrics = assemble_metrics(cfg, data, stages, pruned, final, evaluated, choices, device)
-    if scores:
-        log.info("stage %-8s %s %s", scores.name, scores.key, "reused from cache" if scores.reused else f"built in {scores.seconds:.1f} s")
-        metrics["stages"]["scores"] = scores.record()
-    metrics.update(compression_metrics(final.path, metrics["params_dense"]), attack_compat=attack_compat(cfg))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     # Results are written only now, each file atomically: a run that fails earlier leaves an
     # earlier finished result in the same directory untouched.
@@ -236,14 +238,10 @@ def assemble_metrics(cfg, data, stages, pruned: StageResult, final: StageResult,
     import json
 
     model, meta = load_checkpoint(final.path)
-    dense = dense_model(meta["arch"])
     prune_info = meta.get("prune") or json.loads((pruned.path / "model.json").read_text()).get("prune", {})
-    measured, dense_measured = measure(model, data, cfg), measure_macs_params(dense, data)
     metrics = json.loads((evaluated.path / "eval.json").read_text())
-    metrics.update(measured)
+    metrics.update(measure(model, meta, data, cfg))
     metrics.update({
-        "params_dense": dense_measured["params"], "macs_dense": dense_measured["macs"],
-        "macs_ratio": measured["macs"] / max(1, dense_measured["macs"]),
         "sparsity": float(prune_info.get("sparsity", 0.0)),
         "structured": bool(prune_info.get("structured", True)),
         "channel_ratio": prune_info.get("channel_ratio"),
@@ -251,7 +249,7 @@ def assemble_metrics(cfg, data, stages, pruned: StageResult, final: StageResult,
         "choices": dict(choices or {}), "seed": int(cfg.seed), "train_seed": int(cfg.train_seed), "device": str(device),
         "dataset": {"name": cfg.dataset.name, "n_train": len(data.train_y), "n_test": len(data.test_y)},
         "stages": {s.name: s.record() for s in stages},
-        "version": robprune.__version__,
+        "version": robprune.__version__, "attack_compat": attack_compat(cfg),
     })
     return metrics
 

@@ -49,7 +49,7 @@ def reevaluate(path: Path, overrides: list[str]) -> dict:
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = evaluate_robustness(model.to(device).eval(), data.test_x, data.test_y, cfg.eval, device=device,
                                   seed=cfg.seed, progress=not cfg.quiet)
-    metrics.update(measure(model, data, cfg))
+    metrics.update(measure(model, meta, data, cfg))
     metrics.update({"checkpoint": str(path.resolve()), "seed": int(cfg.seed),
                     "sparsity": float((meta.get("prune") or {}).get("sparsity", 0.0))})
     atomic_write_json(out / "metrics.json", metrics)
