@@ -49,10 +49,25 @@ def n_adversarial(batch: int, adv_ratio: float) -> int:
     return max(1, min(batch, round(adv_ratio * batch)))
 
 
+def ramp_scale(epoch: int, ramp_epochs: float) -> float:
+    """ε multiplier min(1, (epoch+1)/R) of a linear ε ramp over R epochs (1 when R = 0)."""
+    return min(1.0, (epoch + 1) / ramp_epochs) if ramp_epochs > 0 else 1.0
+
+
+def adversarial_mix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv_ratio: float,
+                    make: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """x with its first round(adv_ratio·N) examples replaced by ``make(x[:k], y[:k])``, run with the model
+    in eval mode (MRPF §2 step 6 ``adv_ratio``; the loader shuffles, so the first k are a random subset)."""
+    k = n_adversarial(len(y), adv_ratio)
+    with eval_mode(model):
+        x_adv = make(x[:k], y[:k])
+    return x_adv if k == len(y) else torch.cat([x_adv, x[k:]])
+
+
 def ramped(attack: Callable, epoch: int, ramp_epochs: float) -> Callable:
-    """``attack`` with eps (and step_size) scaled by min(1, (epoch+1)/ramp_epochs) (methods.md §6: without a
+    """``attack`` with eps (and step_size) scaled by :func:`ramp_scale` (methods.md §6: without a
     ramp, PGD-AT of cnn8 on MNIST stalls at chance). Only partials with an ``eps`` keyword are scaled."""
-    scale = min(1.0, (epoch + 1) / ramp_epochs) if ramp_epochs > 0 else 1.0
+    scale = ramp_scale(epoch, ramp_epochs)
     if scale >= 1.0 or not isinstance(attack, functools.partial) or "eps" not in attack.keywords:
         return attack
     kw = dict(attack.keywords)
@@ -82,12 +97,13 @@ class PGDAT:
     def current_attack(self) -> Callable:
         return ramped(self.attack, self._epoch, self.eps_ramp_epochs)
 
+    def adversarial_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x with the first round(adv_ratio·N) examples attacked by the (ramped) bound attack."""
+        attack = self.current_attack()
+        return adversarial_mix(model, x, y, self.adv_ratio, lambda xs, ys: attack(model, xs, ys))
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        k = n_adversarial(len(y), self.adv_ratio)
-        with eval_mode(model):
-            x_adv = self.current_attack()(model, x[:k], y[:k])
-        x_mix = x_adv if k == len(y) else torch.cat([x_adv, x[k:]])
-        return F.cross_entropy(model(x_mix), y)
+        return F.cross_entropy(model(self.adversarial_batch(model, x, y)), y)
 
 
 def standard() -> Standard:
@@ -159,12 +175,10 @@ class TRADES:
         self._epoch = epoch
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        scale = min(1.0, (self._epoch + 1) / self.eps_ramp_epochs) if self.eps_ramp_epochs > 0 else 1.0
+        scale = ramp_scale(self._epoch, self.eps_ramp_epochs)
         step = self.eps / 4 if self.step_size is None else self.step_size
-        k = n_adversarial(len(y), self.adv_ratio)
-        with eval_mode(model):
-            x_adv = kl_adversary(model, x[:k], eps=self.eps * scale, steps=self.steps, step_size=step * scale, norm=self.norm)
-        x_mix = x_adv if k == len(y) else torch.cat([x_adv, x[k:]])
+        x_mix = adversarial_mix(model, x, y, self.adv_ratio, lambda xs, _: kl_adversary(
+            model, xs, eps=self.eps * scale, steps=self.steps, step_size=step * scale, norm=self.norm))
         return trades_loss(model(x), model(x_mix), y, self.beta)
 
 
@@ -176,11 +190,7 @@ class MART(PGDAT):
     beta: float = 6.0
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        k = n_adversarial(len(y), self.adv_ratio)
-        with eval_mode(model):
-            x_adv = self.current_attack()(model, x[:k], y[:k])
-        x_mix = x_adv if k == len(y) else torch.cat([x_adv, x[k:]])
-        return mart_loss(model(x), model(x_mix), y, self.beta)
+        return mart_loss(model(x), model(self.adversarial_batch(model, x, y)), y, self.beta)
 
 
 def _check_beta(beta: float) -> float:
