@@ -35,6 +35,10 @@ class PruneContext:
     seed: int = 0
     scores: dict | None = None
 
+    def layer_mrs(self) -> dict[str, float]:
+        """{layer name: MRS} from the scores stage ({} without scores or with a calibration-only record)."""
+        return {row["name"]: row["mrs"] for row in (self.scores or {}).get("layers") or []}
+
     @classmethod
     def from_stage(cls, example_inputs: torch.Tensor, *, scores_dir: Path | None, device: torch.device,
                    seed: int) -> "PruneContext":

@@ -28,6 +28,9 @@ from robprune.prune.structured import structured_prune
 
 RATIO_SEMANTICS = ("params", "channel")
 ALLOCATIONS = ("uniform", "global", "mrs")
+# the options l1_filter and mrpf fix before the config's own (also what check_options assumes for them)
+L1_FILTER = {"method": "l1_filter", "criterion": "l1"}
+MRPF = {"method": "mrs", "criterion": "l1", "allocation": "mrs"}
 
 
 @dataclass(frozen=True)
@@ -83,11 +86,10 @@ def allocator(options: ChannelPruning, semantics: str, context: PruneContext):
 
 
 def _mrs_allocate(inp, *, options: ChannelPruning, context: PruneContext):
-    if not context.scores or not context.scores.get("layers"):
+    if not context.layer_mrs():
         raise ConfigError("prune.allocation=mrs needs MRS scores: the prune config must have a 'scores' node that "
                           "computes them (use prune=mrs)")
-    layer_mrs = {row["name"]: row["mrs"] for row in context.scores["layers"]}
-    scores = group_scores(layer_mrs, [{"root": g.root, "members": g.members} for g in inp.groups])
+    scores = group_scores(context.layer_mrs(), [{"root": g.root, "members": g.members} for g in inp.groups])
     return mrs_ratios(inp, group_scores=scores, sparsity=options.sparsity, channel_ratio=options.channel_ratio,
                       r_max=float(options.r_max), normalization=options.normalization)
 
@@ -104,7 +106,7 @@ def channel_options(options: dict) -> ChannelPruning:
 def check_options(method) -> None:
     """Check a bound method's options without a model (so a sweep fails before any training).
     method: the functools.partial that ``instantiate(prune_cfg)`` returns."""
-    defaults = {l1_filter: {"criterion": "l1"}, mrpf: {"allocation": "mrs"}, channel_pruning: {}}
+    defaults = {l1_filter: L1_FILTER, mrpf: MRPF, channel_pruning: {}}
     if method.func in defaults:
         opts = channel_options({**defaults[method.func], **method.keywords})
         opts.semantics()
@@ -133,8 +135,8 @@ def channel_pruning(model: nn.Module, context: PruneContext, **options) -> dict:
 
 def _attach_mrs(info: dict, context: PruneContext) -> None:
     """Add each layer's MRS (when scores exist) to the per-layer rows, so results hold score and ratio side by side."""
-    if context.scores and context.scores.get("layers"):
-        mrs = {row["name"]: row["mrs"] for row in context.scores["layers"]}
+    mrs = context.layer_mrs()
+    if mrs:
         for row in info["layers"]:
             row["mrs"] = mrs.get(row["name"])
 
@@ -150,14 +152,14 @@ def l1_filter(model: nn.Module, context: PruneContext, **options) -> dict:
     """L1-norm filter pruning (Li et al., ICLR 2017; Adver-Fine's compression, methods.md §1): in every
     prunable group remove the output channels with the smallest filter L1 norm, floor(channel_ratio·C)
     of them, or a shared ratio found by bisection to reach a parameter ``sparsity``."""
-    return channel_pruning(model, context, **{"method": "l1_filter", "criterion": "l1", **options})
+    return channel_pruning(model, context, **{**L1_FILTER, **options})
 
 
 def mrpf(model: nn.Module, context: PruneContext, **options) -> dict:
     """MRPF (arXiv 2410.15176, methods.md §2 steps 4-5): per-group ratios from the cached MRS scores
     (bisection to the parameter ``sparsity``, or ``normalization: mean``), L1 filter norm inside each
     group (group norm for coupled groups)."""
-    return channel_pruning(model, context, **{"method": "mrs", "criterion": "l1", "allocation": "mrs", **options})
+    return channel_pruning(model, context, **{**MRPF, **options})
 
 
 def no_pruning(model: nn.Module, context: PruneContext | None = None, *, method: str = "none",
