@@ -86,10 +86,11 @@ def allocator(options: ChannelPruning, semantics: str, context: PruneContext):
 
 
 def _mrs_allocate(inp, *, options: ChannelPruning, context: PruneContext):
-    if not context.layer_mrs():
+    layer_mrs = context.layer_mrs()
+    if not layer_mrs:
         raise ConfigError("prune.allocation=mrs needs MRS scores: the prune config must have a 'scores' node that "
                           "computes them (use prune=mrs)")
-    scores = group_scores(context.layer_mrs(), [{"root": g.root, "members": g.members} for g in inp.groups])
+    scores = group_scores(layer_mrs, [{"root": g.root, "members": g.members} for g in inp.groups])
     return mrs_ratios(inp, group_scores=scores, sparsity=options.sparsity, channel_ratio=options.channel_ratio,
                       r_max=float(options.r_max), normalization=options.normalization)
 
