@@ -22,6 +22,7 @@ class WeightMask:
 
     def __init__(self, masks: dict[str, torch.Tensor]):
         self.masks = masks
+        self._bound: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None  # (id(model), [(weight, mask)])
 
     @classmethod
     def from_zeros(cls, model: nn.Module) -> "WeightMask":
@@ -32,10 +33,19 @@ class WeightMask:
 
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
-        modules = dict(model.named_modules())
-        for name, mask in self.masks.items():
-            weight = modules[name].weight
-            weight.mul_(mask.to(weight.device, weight.dtype))
+        for weight, mask in self._pairs(model):
+            weight.mul_(mask)
+
+    def _pairs(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, mask as the weight's dtype on its device), looked up once per model: after_step runs
+        every optimizer step, so the module lookup and the bool -> float copy are not repeated there."""
+        if self._bound is None or self._bound[0] != id(model) or any(
+                m.device != w.device for w, m in self._bound[1][:1]):
+            modules = dict(model.named_modules())
+            pairs = [(modules[name].weight, mask.to(modules[name].weight.device, modules[name].weight.dtype))
+                     for name, mask in self.masks.items()]
+            self._bound = (id(model), pairs)
+        return self._bound[1]
 
     def sparsity(self) -> float:
         """Fraction of masked-out elements over the masked layers (0 when there are none)."""
