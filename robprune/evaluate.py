@@ -18,7 +18,7 @@ from robprune.attacks import pgd
 from robprune.attacks.autoattack import capture_warnings
 from robprune.attacks.common import check_min, loss_and_grad, preserved_modes
 from robprune.config import instantiate
-from robprune.errors import DataError
+from robprune.data.tensors import as_pixels, seeded_indices
 from robprune.ui import track
 
 LARGE_EPS = 1.0  # L∞ budget of the sanity attack: the whole pixel range, so accuracy must reach ~0
@@ -39,10 +39,10 @@ def evaluate_robustness(model, x: torch.Tensor, y: torch.Tensor, eval_cfg: DictC
     left as it was. The model runs in eval mode; its modes are restored afterwards.
     """
     device = torch.device(device)
-    x, y = _as_pixels(x), y.long()
+    x, y = as_pixels(x, what="evaluate: test images"), y.long()
     batch_size = check_min(int(eval_cfg.get("batch_size", 256)), "eval.batch_size", 1)
     attacks_cfg = eval_cfg.get("attacks") or {}
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))
+    perm = seeded_indices(x.shape[0], None, seed)
     with preserved_modes(model, eval_mode=True), capture_warnings() as aa_warnings:
         correct = _correct(model, x, y, torch.arange(x.shape[0]), batch_size, device)
         robust: dict[str, torch.Tensor] = {}
@@ -55,17 +55,6 @@ def evaluate_robustness(model, x: torch.Tensor, y: torch.Tensor, eval_cfg: DictC
         metrics["checks"] = _checks(model, x, y, eval_cfg, perm, metrics, robust, batch_size, device, seed)
     metrics["checks"]["autoattack_warnings"] = list(aa_warnings)
     return metrics
-
-
-def _as_pixels(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [0, 1]; floats are checked to lie in [0, 1]."""
-    if x.dtype == torch.uint8:
-        return x.float() / 255.0
-    x = x.float()
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise DataError(f"evaluate: test images must be pixels in [0, 1] (or uint8), got range "
-                        f"[{x.min().item():.3g}, {x.max().item():.3g}]; normalisation belongs in the model's first layer")
-    return x
 
 
 def _subset_size(eval_cfg: DictConfig, name: str, n_total: int) -> int:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robprune.data.tensors import as_pixels, seeded_indices
 from robprune.errors import ConfigError
 from robprune.prune.stats import PRUNABLE_TYPES
 
@@ -39,9 +40,8 @@ def calibration_subset(x: torch.Tensor, y: torch.Tensor, n_images: int, seed: in
     [0, 1] -> float (n, C, H, W) in [0, 1]; y: (N,) -> (n,)."""
     if n_images < 1:
         raise ConfigError(f"prune.scores.n_images must be >= 1, got {n_images}; e.g. prune.scores.n_images=1024")
-    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))[:n_images]
-    xs = x[idx]
-    return (xs.float() / 255.0 if xs.dtype == torch.uint8 else xs.float()), y[idx].long()
+    idx = seeded_indices(len(y), n_images, seed)
+    return as_pixels(x[idx], what="prune.scores calibration images"), y[idx].long()
 
 
 def adversarial_set(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, *, batch_size: int,

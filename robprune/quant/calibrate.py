@@ -25,12 +25,6 @@ def observer_mode(model: nn.Module, mode: str) -> Iterator[None]:
             o.mode = m
 
 
-def calibration_subset(n_available: int, n_examples: int | None, seed: int) -> torch.Tensor:
-    """Indices (int64) of the first n_examples of a permutation seeded by ``seed`` (None = all)."""
-    perm = torch.randperm(n_available, generator=torch.Generator().manual_seed(int(seed)))
-    return perm if n_examples is None else perm[: min(int(n_examples), n_available)]
-
-
 @torch.no_grad()
 def calibrate(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256, device: torch.device | str = "cpu") -> int:
     """Observe the activation ranges of ``model`` (already quantised, on ``device``) on images x.
@@ -45,7 +39,7 @@ def calibrate(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256, devic
         with observer_mode(model, "calibrate"):
             for start in range(0, x.shape[0], batch_size):
                 batch = x[start:start + batch_size].to(device)
-                model(batch.float() / 255.0 if batch.dtype == torch.uint8 else batch)
+                model(batch.float() / 255.0 if batch.dtype == torch.uint8 else batch)  # any float input as is
     finally:
         model.train(was_training)
     return int(x.shape[0])

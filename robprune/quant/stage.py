@@ -8,7 +8,8 @@ from torch import nn
 
 from robprune.config import to_container
 from robprune.errors import ConfigError
-from robprune.quant.calibrate import calibrate, calibration_subset
+from robprune.data.tensors import seeded_indices
+from robprune.quant.calibrate import calibrate
 from robprune.quant.modules import IMPLEMENTATION, METHODS, QuantSpec, quant_spec_of, quantize_model
 
 NONE = "none"
@@ -45,7 +46,7 @@ def quantize_and_calibrate(model: nn.Module, quant_cfg: DictConfig, train_x: tor
         raise ConfigError("quant.method is none; there is nothing to quantise")
     quantize_model(model, spec)
     calibration = quant_cfg.get("calibration") or {}
-    idx = calibration_subset(train_x.shape[0], calibration.get("n_examples"), seed)
+    idx = seeded_indices(train_x.shape[0], calibration.get("n_examples"), seed)
     n = calibrate(model, train_x[idx], batch_size=int(calibration.get("batch_size", 256)), device=device)
     return {"split": "train", "n_examples": n, "seed": int(seed)}
 
