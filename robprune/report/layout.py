@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from robprune.config import config_dir
 from robprune.errors import ConfigError
-from robprune.report.table import MISSING, Table, _check_keys, _numeric, load_runs, print_table, write_table
+from robprune.report.table import MISSING, Table, load_runs, make_table, print_table, write_table
 
 REQUIRED = ("rows", "cols", "cell")
 
@@ -47,16 +47,6 @@ def _order(spec: dict, key: str, value) -> tuple:
     """Sort key: values listed in labels[key] first, in that order; the others after, by their text."""
     listed = list((spec.get("labels") or {}).get(key, {}))
     return (listed.index(str(value)), "") if str(value) in listed else (len(listed), str(value))
-
-
-def _stats(frame: pd.DataFrame, keys: list[str], cell: list[str]) -> pd.DataFrame:
-    """One row per group of ``keys``: n, and per metric mean, /std (ddof 1), /n."""
-    grouped = frame.groupby(keys, dropna=False)
-    out = grouped.size().rename("n").to_frame()
-    agg = grouped[cell].agg(["mean", "std", "count"])
-    for m in cell:
-        out[m], out[f"{m}/std"], out[f"{m}/n"] = agg[(m, "mean")], agg[(m, "std")], agg[(m, "count")].astype(int)
-    return out.reset_index()
 
 
 def _fill(fmt: str, labels: dict[str, str]) -> str:
@@ -101,11 +91,7 @@ def layout_table(runs: pd.DataFrame, spec: dict) -> Table:
     display: ``model``, ``n`` (most runs in a cell), then per column label its cells and, when the
     spec has paper values for these runs' dataset, a ``<label> (paper)`` column."""
     rows, col, cell = list(spec["rows"]), str(spec["cols"]), list(spec["cell"])
-    _check_keys(runs, [*rows, col, *cell], "table")
-    frame = runs[[*rows, col]].copy()
-    for m in cell:
-        frame[m] = _numeric(runs, m)
-    numeric = _stats(frame, [*rows, col], cell)
+    numeric = make_table(runs, [*rows, col], cell).numeric  # n, and per metric mean, /std (ddof 1), /n
     fmt = spec.get("row_label") or " ".join("{%s}" % k for k in rows)
     numeric["model"] = [_fill(fmt, {k: _label(spec, k, r[k]) for k in rows}) for _, r in numeric.iterrows()]
     numeric["column"] = [_label(spec, col, v) for v in numeric[col]]
