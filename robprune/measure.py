@@ -70,3 +70,35 @@ def checkpoint_size_bytes(path: Path | str) -> int:
     """Bytes of ``model.safetensors``; ``path`` is the checkpoint directory or the file itself."""
     path = Path(path)
     return (path / "model.safetensors" if path.is_dir() else path).stat().st_size
+
+
+def dense_model(arch: dict) -> nn.Module:
+    """The dense (unpruned, float) model described by a checkpoint's ``arch`` record."""
+    from omegaconf import OmegaConf
+
+    from robprune.models import build_model
+
+    return build_model(OmegaConf.create(arch["model"]), in_channels=arch["in_channels"], image_size=arch["image_size"],
+                       num_classes=arch["num_classes"], mean=arch["mean"], std=arch["std"])
+
+
+def measure(model: nn.Module, meta: dict, data, cfg) -> dict:
+    """Cost and size of a loaded checkpoint (``model``, its model.json ``meta``), the same keys for a
+    pipeline run and ``robprune eval``: params, MACs (batch 1), CPU latency (median ms per batch of
+    eval.latency.batch_size); the dense model's params_dense, macs_dense and macs_ratio; the ``quant``
+    block; storage_bytes at the bit width, dense_storage_bytes and compression_ratio."""
+    from robprune.quant import quant_record, size_metrics
+
+    model = model.cpu().eval()
+    lat = cfg.eval.latency
+    batch = torch.rand(int(lat.batch_size), data.in_channels, data.image_size, data.image_size)
+    now, dense = measure_macs_params(model, data), measure_macs_params(dense_model(meta["arch"]), data)
+    return {**now, **measure_latency(model, batch, repeats=int(lat.repeats), warmup=int(lat.warmup)),
+            "params_dense": dense["params"], "macs_dense": dense["macs"],
+            "macs_ratio": now["macs"] / max(1, dense["macs"]),
+            "quant": quant_record(model, meta.get("quant_calibration")), **size_metrics(model, dense["params"])}
+
+
+def measure_macs_params(model: nn.Module, data) -> dict:
+    one = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
+    return {"params": count_params(model), "macs": count_macs(model, one)}

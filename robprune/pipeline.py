@@ -22,11 +22,10 @@ from robprune.data import BatchLoader, DataBundle, build_data
 from robprune.attacks.compat import attack_compat
 from robprune.evaluate import evaluate_robustness
 from robprune.io import atomic_write_json, atomic_write_text
-from robprune.measure import checkpoint_size_bytes, count_macs, count_params, measure_latency
-from robprune.models import build_model
+from robprune.measure import checkpoint_size_bytes, dense_model, measure
 from robprune.prune import PruneContext, prune_model
 from robprune.prune.scores import PUBLISHED_FILES as SCORES_FILES, compute_scores, log_layer_table
-from robprune.quant import quant_record, quantize_and_calibrate, size_metrics, spec_from_config
+from robprune.quant import quantize_and_calibrate, spec_from_config
 from robprune.store import StageCache, StageResult, publish_files
 from robprune.train import build_training, fit, schedule_factor
 from robprune.train.masks import finetune_hooks
@@ -63,11 +62,6 @@ def architecture(cfg: DictConfig, data: DataBundle) -> dict:
     """Everything needed to rebuild the dense model; stored in model.json."""
     return {"model": to_container(cfg.model), "in_channels": data.in_channels, "image_size": data.image_size,
             "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)}
-
-
-def dense_model(arch: dict) -> torch.nn.Module:
-    return build_model(OmegaConf.create(arch["model"]), in_channels=arch["in_channels"], image_size=arch["image_size"],
-                       num_classes=arch["num_classes"], mean=arch["mean"], std=arch["std"])
 
 
 def train_model(model, cfg_train: DictConfig, key: str, data: DataBundle, cfg: DictConfig, *, device, work: Path,
@@ -170,21 +164,6 @@ def eval_stage(cfg, data, upstream: StageResult, key, device):
     return build
 
 
-def measure(model: torch.nn.Module, meta: dict, data: DataBundle, cfg: DictConfig) -> dict:
-    """Cost and size of a loaded checkpoint (``model``, its model.json ``meta``), the same keys for a
-    pipeline run and ``robprune eval``: params, MACs (batch 1), CPU latency (median ms per batch of
-    eval.latency.batch_size); the dense model's params_dense, macs_dense and macs_ratio; the ``quant``
-    block; storage_bytes at the bit width, dense_storage_bytes and compression_ratio."""
-    model = model.cpu().eval()
-    lat = cfg.eval.latency
-    batch = torch.rand(int(lat.batch_size), data.in_channels, data.image_size, data.image_size)
-    now, dense = measure_macs_params(model, data), measure_macs_params(dense_model(meta["arch"]), data)
-    return {**now, **measure_latency(model, batch, repeats=int(lat.repeats), warmup=int(lat.warmup)),
-            "params_dense": dense["params"], "macs_dense": dense["macs"],
-            "macs_ratio": now["macs"] / max(1, dense["macs"]),
-            "quant": quant_record(model, meta.get("quant_calibration")), **size_metrics(model, dense["params"])}
-
-
 def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     """Run the whole pipeline for one config; writes config.yaml, metrics.json and the checkpoint to run_dir."""
     started = time.perf_counter()
@@ -252,8 +231,3 @@ def assemble_metrics(cfg, data, stages, pruned: StageResult, final: StageResult,
         "version": robprune.__version__, "attack_compat": attack_compat(cfg),
     })
     return metrics
-
-
-def measure_macs_params(model: torch.nn.Module, data: DataBundle) -> dict:
-    one = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
-    return {"params": count_params(model), "macs": count_macs(model, one)}

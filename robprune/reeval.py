@@ -25,7 +25,8 @@ FROM_RUN = ("dataset", "data", "model", "seed")  # taken from the run's config.y
 
 
 def reevaluate(path: Path, overrides: list[str]) -> dict:
-    from robprune.pipeline import measure, resolve_device
+    from robprune.measure import measure
+    from robprune.pipeline import resolve_device
 
     path = Path(path)
     if not path.exists():
