@@ -14,7 +14,8 @@ from torch import nn
 
 from robprune.config import config_dir, instantiate
 from robprune.errors import ConfigError, DataError
-from robprune.evaluate import _accuracies, evaluate_robustness
+from robprune.evaluate import _accuracies, adversarial, evaluate_robustness
+from robprune.evaluate.checks import ZERO_GRAD_MAX, autoattack_gap_check, ball_excess, ball_tolerance
 from robprune.models import small_cnn
 
 # AutoAttack shrunk for CPU tests: two white-box attacks, few iterations, a small subset
@@ -103,15 +104,21 @@ def test_metric_keys_and_subset_sizes(result, data):
     assert metrics["robust_acc/worst"] < metrics["clean_acc/autoattack"]  # attacks do something at eps 0.1
 
 
-def test_checks(result):
+def test_checks_pass_on_a_fine_model(result):
     _, metrics = result
     checks = metrics["checks"]
-    assert checks["robust_le_clean"] is True
-    assert checks["autoattack_le_pgd"] is True
-    assert 0.0 <= checks["zero_grad_fraction"] <= 1.0
-    assert checks["large_eps_acc"] <= 0.05 and checks["large_eps_ok"] is True
-    assert isinstance(checks["autoattack_warnings"], list)
-    assert checks["passed"] is True
+    assert checks["failed"] == [] and checks["passed"] is True
+    assert 0.0 <= checks["zero_grad_fraction"] <= checks["zero_grad_fraction_max"] == ZERO_GRAD_MAX
+    assert checks["large_eps_acc"] <= checks["large_eps_acc_max"] == 0.05
+    for name in ("pgd20", "autoattack", "fgsm"):  # every attack's returned examples are measured
+        assert 0.0 <= checks[f"ball_violation/{name}"] <= checks[f"ball_tolerance/{name}"]
+    assert checks["autoattack_gap/autoattack_vs_pgd20"] <= checks["autoattack_gap_max/autoattack_vs_pgd20"]
+    assert checks["n_common/autoattack_vs_pgd20"] == 64 and checks["pgd_only_fooled/autoattack_vs_pgd20"] >= 0
+    assert checks["autoattack_warnings"] == []
+    assert "robust_le_clean" not in checks  # true by construction (only clean-correct points are attacked)
+    # per sub-attack accuracy of AutoAttack, non-increasing, ending at its robust accuracy
+    subs = [metrics["robust_acc/autoattack/apgd-ce"], metrics["robust_acc/autoattack/apgd-t"]]
+    assert subs[0] >= subs[1] == metrics["robust_acc/autoattack"]
 
 
 def test_deterministic_for_a_seed_and_rng_untouched(conf_tree, data, result):
@@ -148,7 +155,9 @@ def test_clean_only_uint8_and_modes_restored(conf_tree, data):
     assert metrics["clean_acc"] == pytest.approx(expected)
     assert not any(k.startswith(("robust_acc", "n_eval")) for k in metrics)
     checks = metrics["checks"]
-    assert checks["autoattack_le_pgd"] is None and checks["large_eps_acc"] is None and checks["passed"] is True
+    assert checks["large_eps_acc"] is None and checks["zero_grad_fraction"] is None
+    assert checks["failed"] == [] and checks["passed"] is True
+    assert not any(k.startswith(("autoattack_gap", "ball_violation")) for k in checks)
 
 
 def test_autoattack_warnings_reach_checks(conf_tree, data):
@@ -159,6 +168,78 @@ def test_autoattack_warnings_reach_checks(conf_tree, data):
                        "eval.attacks.autoattack.n_iter=2", "eval.n_examples.autoattack=16", "eval.large_eps_check=false")
     checks = evaluate_robustness(softmax_model, x, y, cfg, device="cpu", seed=0)["checks"]
     assert any("probability distribution" in w for w in checks["autoattack_warnings"])
+    assert checks["passed"] is False
+    assert any(r.startswith("autoattack_warnings: it seems that the output is a probability") for r in checks["failed"])
+
+
+class _ZeroGrad(torch.autograd.Function):
+    """Rounds to 8-bit grey levels on the way forward, passes no gradient back (gradient masking)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x * 255) / 255
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.zeros_like(grad)
+
+
+class _Masked(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(_ZeroGrad.apply(x))
+
+
+def test_zero_input_gradients_fail(conf_tree, data):
+    """Before: zero gradients everywhere and 100% PGD accuracy still reported passed: true."""
+    model, x, y = data
+    cfg = compose_eval(conf_tree, "eval=pgd", "eval.attacks.pgd20.steps=3", "eval.attacks.pgd20.random_start=false", "eval.n_examples.pgd20=32",
+                       "eval.large_eps_n=16")
+    metrics = evaluate_robustness(_Masked(model).eval(), x, y, cfg, device="cpu", seed=0)
+    checks = metrics["checks"]
+    assert checks["zero_grad_fraction"] == 1.0 and metrics["robust_acc/pgd20"] == metrics["clean_acc/pgd20"]
+    assert checks["passed"] is False
+    assert any(r.startswith("zero_grad_fraction: 100.0% of 32 evaluated inputs") for r in checks["failed"])
+
+
+@pytest.mark.parametrize("how", ["outside_ball", "outside_box"])
+def test_attack_returning_points_outside_the_threat_model_fails(conf_tree, data, monkeypatch, how):
+    """The examples are measured, not the attack's promise: eps=0.1 L∞, so x+0.3 leaves the ball and
+    an unclamped x+0.05 leaves [0, 1] at bright pixels."""
+    model, x, y = data
+    shift = {"outside_ball": lambda xb: (xb + 0.3).clamp(0, 1), "outside_box": lambda xb: xb + 0.05}[how]
+    monkeypatch.setattr(adversarial, "instantiate", lambda cfg, where: lambda model, xb, yb: shift(xb))
+    cfg = compose_eval(conf_tree, "eval=pgd", "eval.n_examples.pgd20=32", "eval.large_eps_check=false")
+    checks = evaluate_robustness(model, x, y, cfg, device="cpu", seed=0)["checks"]
+    expected = {"outside_ball": 0.2, "outside_box": 0.05}[how]
+    assert checks["ball_violation/pgd20"] == pytest.approx(expected, abs=1e-6)
+    assert checks["passed"] is False and checks["failed"][0].startswith("ball_violation/pgd20: ")
+
+
+def test_ball_excess_per_norm():
+    x = torch.full((2, 1, 2, 2), 0.5)
+    delta = torch.zeros_like(x)
+    delta[0, 0, 0, 0], delta[0, 0, 1, 1] = 0.3, -0.4  # L∞ 0.4, L2 0.5, L1 0.7
+    assert ball_excess(x, x + delta, 0.4, "Linf") == pytest.approx(0.0, abs=1e-7)
+    assert ball_excess(x, x + delta, 0.3, "linf") == pytest.approx(0.1, abs=1e-7)
+    assert ball_excess(x, x + delta, 0.45, "L2") == pytest.approx(0.05, abs=1e-7)
+    assert ball_excess(x, x + delta, 0.5, "l1") == pytest.approx(0.2, abs=1e-7)
+    assert ball_excess(x, x + 0.6, None, "linf") == pytest.approx(0.1, abs=1e-7)  # [0, 1] box only
+    assert ball_excess(x, x * float("nan"), 1.0, "linf") == float("inf")
+    assert ball_tolerance(0.03) < 2e-6
+
+
+def test_autoattack_weaker_than_pgd_fails():
+    pgd_robust = torch.tensor([False] * 6 + [True] * 4)
+    values, failed = autoattack_gap_check("autoattack", "pgd20", torch.ones(10, dtype=torch.bool), pgd_robust)
+    assert values["autoattack_gap/autoattack_vs_pgd20"] == pytest.approx(0.6)
+    assert values["pgd_only_fooled/autoattack_vs_pgd20"] == 6 and failed[0].startswith("autoattack_gap/")
+    one_more = pgd_robust.clone()
+    one_more[0] = True  # one example of slack
+    assert autoattack_gap_check("autoattack", "pgd20", one_more, pgd_robust)[1] == []
 
 
 def test_bad_inputs(conf_tree, data):

@@ -1,5 +1,20 @@
 """AutoAttack (Croce & Hein 2020) through pyautoattack, behind robprune's attack contract.
 
+:func:`autoattack` is the contract ``attack(model, x, y) -> x_adv``. :func:`run_autoattack` (also
+reachable as ``autoattack.whole_subset``, which evaluation looks for) runs the ensemble once over a
+whole subset, records the robust flags after each sub-attack and, given ``state_path``, resumes
+after a kill from a state file written after every finished sub-attack.
+
+Why robprune keeps its own state instead of pyautoattack's ``state_path``: in pyautoattack 0.2.0 a
+restored EvaluationState always fails its attack-set check (a JSON list compared with a set), its
+resume path never defines ``y_adv``, its writes are not atomic and the list of finished attacks is
+saved lazily (60 s), so it cannot resume at all, let alone reproduce an uninterrupted run. Instead
+each sub-attack is run the documented way (``attacks_to_run = [attack]``) by the library's own
+``run_standard_evaluation`` on the points still robust, which is what its single call does inside
+(same points in the same order and batches, each sub-attack reseeded with ``seed``), so the flags
+equal the single call's; the Square check (``check_square_sr``) gets the accuracies after every
+sub-attack, as inside the single call.
+
 pyautoattack logs through ``logging.getLogger('auto-attack')``: progress at DEBUG and its sanity
 checks (randomised or dynamic defence, probabilities instead of logits, Square beating the
 white-box attacks, zero gradients) at WARNING. During a call its records are re-emitted on the
@@ -8,21 +23,36 @@ so that evaluation can report them under ``checks``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
 
 from robprune.attacks.common import check_choice, check_eps, check_min, preserved_grads, preserved_modes
 from robprune.errors import ConfigError
+from robprune.io import atomic_save_tensors, atomic_write_json
 
 AA_LOGGER = "auto-attack"  # the name pyautoattack logs under
 LOGGER = "robprune.attacks.autoattack"
 AA_NORMS = ("Linf", "L2", "L1")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+STATE_FORMAT = 1  # bump when the state file's layout changes; older files are ignored
+
+
+class AutoAttackResult(NamedTuple):
+    """x_adv: (N, C, H, W) in [0, 1] on x's device (x itself where no sub-attack succeeded);
+    robust_after: sub-attack name -> (N,) bool on the CPU, still correct after it and all before it,
+    in run order; resumed: sub-attacks restored from the state file instead of run."""
+
+    x_adv: torch.Tensor
+    robust_after: dict[str, torch.Tensor]
+    resumed: int
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
@@ -39,21 +69,149 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     Runs the model in eval mode; restores modes, parameter gradients and torch's global RNG state
     (pyautoattack reseeds it) afterwards.
     """
-    from pyautoattack import AutoAttack
+    return run_autoattack(model, x, y, eps=eps, norm=norm, version=version, attacks=attacks, seed=seed,
+                          batch_size=batch_size, n_iter=n_iter, n_queries=n_queries).x_adv
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
+                   version: str = "standard", attacks: list[str] | None = None, seed: int | None = 0,
+                   batch_size: int = 500, n_iter: int | None = None, n_queries: int | None = None,
+                   state_path: Path | None = None, label: str = "autoattack") -> AutoAttackResult:
+    """AutoAttack once over all of x (batching inside), with the flags after each sub-attack.
+
+    Arguments as :func:`autoattack`. state_path: a JSON state file (plus ``<stem>.adv.safetensors``
+    beside it) written atomically after every finished sub-attack; when it exists and matches this
+    call (same x, y, model weights and settings), finished sub-attacks are not rerun and one INFO
+    line ``<label>: resuming AutoAttack from <file> (<k> of <n> attacks done)`` goes to the
+    ``robprune`` logger. The result equals an uninterrupted run's. Warnings raised by finished
+    sub-attacks are stored and re-emitted on resume, so :func:`capture_warnings` sees them all.
+    """
+    from pyautoattack import AutoAttack, checks
 
     eps, version = check_eps(eps), ("custom" if attacks is not None else version)
     _check_args(norm, version, attacks, batch_size, n_iter, n_queries)
     x, y = x.detach(), y.detach().long()
-    if x.shape[0] == 0:
-        return x.clone()
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    settings = dict(eps=eps, norm=norm, version=version, attacks=attacks, seed=int(seed),
+                    batch_size=batch_size, n_iter=n_iter, n_queries=n_queries)
     with preserved_modes(model, eval_mode=True), preserved_grads(model), _forked_rng(x.device), routed_logs():
         adversary = AutoAttack(model, attacks=list(attacks) if attacks is not None else None,
                                device=x.device, eps=eps, norm=norm, seed=int(seed), version=version)
+        if x.shape[0] == 0:
+            return AutoAttackResult(x.clone(), {a: torch.zeros(0, dtype=torch.bool) for a in adversary.attacks_to_run}, 0)
         _configure(adversary, model, x, n_iter, n_queries)
-        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    return x_adv.detach()
+        state = _State.open(state_path, _fingerprint(model, x, y, settings), list(adversary.attacks_to_run),
+                            _predict(model, x, batch_size) == y.cpu(), x)
+        if state.done:
+            logging.getLogger("robprune").info("%s: resuming AutoAttack from %s (%d of %d attacks done)",
+                                               label, state_path, len(state.done), len(state.attacks))
+        for attack in state.attacks[len(state.done):]:
+            with capture_warnings() as warnings:
+                _run_one(adversary, model, attack, x, y, state, batch_size)
+            state.finish(attack, warnings)
+        checks.check_square_sr(state.accuracies(), logger=logging.getLogger(AA_LOGGER))
+        return AutoAttackResult(state.x_adv.to(x.device), dict(state.robust_after), len(state.resumed))
+
+
+autoattack.whole_subset = run_autoattack  # evaluation runs this once over a subset instead of per batch
+
+
+def _run_one(adversary, model: nn.Module, attack: str, x, y, state: "_State", batch_size: int) -> None:
+    """One sub-attack through the library on the points still robust; updates state in place."""
+    todo = state.robust.nonzero().squeeze(1)
+    if todo.numel() == 0:
+        return
+    adversary.attacks_to_run = [attack]
+    x_adv, _ = adversary.run_standard_evaluation(x[todo.to(x.device)], y[todo.to(y.device)], batch_size=batch_size)
+    fooled = _predict(model, x_adv, batch_size) != y[todo.to(y.device)].cpu()
+    state.x_adv[todo[fooled]] = x_adv[fooled.to(x_adv.device)].detach().cpu()
+    state.robust[todo[fooled]] = False
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N,) int64 on the CPU: the model's top-1 class for x, in batches."""
+    out = [model(x[i:i + batch_size]).argmax(1).cpu() for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+
+
+def _fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dict) -> str:
+    """sha256 over the inputs, labels, model weights and settings: a state file from another call never matches."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    tensors = [x, y, *(t for t in model.state_dict().values() if isinstance(t, torch.Tensor))]
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _State:
+    """Progress of one :func:`run_autoattack` call, on the CPU: the flags after each finished
+    sub-attack, the adversarial examples found so far and the warnings each sub-attack raised.
+    ``finish`` saves it (examples first, then the JSON, each atomically), so the JSON never claims
+    a sub-attack whose examples are missing."""
+
+    def __init__(self, path: Path | None, fingerprint: str, attacks: list[str], clean: torch.Tensor, x: torch.Tensor):
+        self.path, self.fingerprint, self.attacks = (Path(path) if path else None), fingerprint, attacks
+        self.clean, self.robust = clean, clean.clone()  # (N,) bool: correct on x / still robust
+        self.x_adv = x.detach().cpu().clone()
+        self.robust_after: dict[str, torch.Tensor] = {}
+        self.warnings: dict[str, list[str]] = {}
+        self.resumed: list[str] = []
+
+    @property
+    def done(self) -> list[str]:
+        return list(self.robust_after)
+
+    @classmethod
+    def open(cls, path, fingerprint, attacks, clean, x) -> "_State":
+        state = cls(path, fingerprint, attacks, clean, x)
+        if state.path is not None and state.path.is_file():
+            state._restore()
+        return state
+
+    def _adv_path(self) -> Path:
+        return self.path.with_name(self.path.name.removesuffix(".json").removesuffix(".state") + ".adv.safetensors")
+
+    def _restore(self) -> None:
+        from safetensors import safe_open
+
+        try:
+            saved = json.loads(self.path.read_text())
+            with safe_open(str(self._adv_path()), framework="pt") as f:
+                meta, x_adv = f.metadata() or {}, f.get_tensor("x_adv")
+        except (OSError, ValueError, KeyError) as err:
+            logging.getLogger(LOGGER).warning("ignoring unreadable AutoAttack state %s (%s); starting over", self.path, err)
+            return
+        done = saved.get("done", [])
+        if (saved.get("format") != STATE_FORMAT or saved.get("fingerprint") != self.fingerprint
+                or saved.get("attacks") != self.attacks or meta.get("fingerprint") != self.fingerprint
+                or int(meta.get("done", -1)) < len(done) or x_adv.shape != self.x_adv.shape):
+            logging.getLogger(LOGGER).warning("ignoring AutoAttack state %s: it belongs to another run; starting over", self.path)
+            return
+        for attack in done:
+            self.robust_after[attack] = torch.tensor([c == "1" for c in saved["robust_after"][attack]], dtype=torch.bool)
+            self.warnings[attack] = list(saved["warnings"].get(attack, []))
+            for message in self.warnings[attack]:  # so that capture_warnings sees them as in the first run
+                logging.getLogger(AA_LOGGER).warning(message)
+        if done:
+            self.robust, self.x_adv, self.resumed = self.robust_after[done[-1]].clone(), x_adv, list(done)
+
+    def finish(self, attack: str, warnings: list[str]) -> None:
+        self.robust_after[attack], self.warnings[attack] = self.robust.clone(), list(warnings)
+        if self.path is None:
+            return
+        meta = {"fingerprint": self.fingerprint, "done": str(len(self.robust_after))}
+        atomic_save_tensors(self._adv_path(), {"x_adv": self.x_adv.contiguous()}, metadata=meta)
+        atomic_write_json(self.path, {
+            "format": STATE_FORMAT, "fingerprint": self.fingerprint, "attacks": self.attacks, "done": self.done,
+            "robust_after": {a: "".join("1" if b else "0" for b in f.tolist()) for a, f in self.robust_after.items()},
+            "warnings": self.warnings})
+
+    def accuracies(self) -> dict[str, float]:
+        """pyautoattack's robust_accuracy_dict: 'clean' and each finished sub-attack, fractions of N."""
+        n = max(self.clean.numel(), 1)
+        return {"clean": self.clean.sum().item() / n, **{a: f.sum().item() / n for a, f in self.robust_after.items()}}
 
 
 def _check_args(norm, version, attacks, batch_size, n_iter, n_queries) -> None:

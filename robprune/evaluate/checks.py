@@ -1,0 +1,119 @@
+"""Sanity checks of a robustness evaluation, each able to fail (Croce & Hein 2020, "Reliable evaluation
+of adversarial robustness with an ensemble of diverse parameter-free attacks", §3 and their
+flags_doc: zero gradients, black-box beating white-box, unbounded attacks must reach 0%).
+
+Every check records its value and its threshold under ``checks``; a failing one adds
+``"<check>: <reason with numbers>"`` to ``checks.failed`` and ``checks.passed = not failed``.
+
+Thresholds (module constants):
+
+- ``ZERO_GRAD_MAX = 0.1``: fail when more than 10% of the evaluated inputs have an exactly zero
+  cross-entropy input-gradient. An honest model reaches an exactly zero gradient only where its
+  softmax saturates in float32 (margins of ~100 logits), a handful of points at most; a masking
+  defence (rounding, stop-gradient, saturated probabilities) zeroes most of them.
+- ``LARGE_EPS_MAX_ACC = 0.05``: fail when accuracy under PGD-20 at L∞ ε = ``LARGE_EPS`` = 1 (the
+  whole pixel range, so any image can be reached) exceeds 5%: the attack is not reaching points it
+  provably can, i.e. its gradients are useless.
+- ``BALL_ATOL + BALL_RTOL · eps``: tolerance on how far a returned adversarial example may lie
+  outside its ε-ball (the attack's own norm) or outside [0, 1]. float32 rounding of x + δ moves a
+  pixel by at most 6e-8, far below 1e-6; anything larger is an attack breaking its threat model.
+- ``AA_GAP_MAX = 0.005``: fail when AutoAttack's robust accuracy exceeds PGD's (same norm and ε) on
+  the same points by more than max(one example, 0.5%). AutoAttack contains APGD-CE, a stronger
+  PGD, so being weaker than PGD-20 beyond sampling noise means it is misconfigured or fooled.
+- AutoAttack's own warnings (randomised or dynamic defence, probabilities instead of logits,
+  Square beating the white-box attacks, zero gradients): any one fails.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+ZERO_GRAD_MAX = 0.1  # fraction of evaluated inputs with an exactly zero input-gradient
+LARGE_EPS = 1.0  # L∞ budget of the sanity attack: the whole pixel range, so accuracy must reach ~0
+LARGE_EPS_MAX_ACC = 0.05  # accuracy at LARGE_EPS above this fails
+BALL_ATOL = 1e-6  # pixel units: float32 rounding of x + δ is at most 6e-8 per pixel
+BALL_RTOL = 1e-5  # relative to eps: rounding in the attack's norm and projection
+AA_GAP_MAX = 0.005  # AutoAttack may exceed PGD's robust accuracy by max(one example, this fraction)
+
+
+def ball_tolerance(eps: float | None) -> float:
+    return BALL_ATOL + BALL_RTOL * (eps or 0.0)
+
+
+def ball_excess(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, norm: str) -> float:
+    """How far x_adv lies outside {‖x_adv − x‖ ≤ eps} ∩ [0, 1]^d, in pixel units (0.0 inside).
+
+    x, x_adv: (N, C, H, W), same device; eps: the attack's budget (None: only the [0, 1] box is
+    checked); norm: 'linf' | 'l2' | 'l1' (any case, as the attack's config spells it). Measured in
+    float64 on the returned examples, not taken from the attack. NaN anywhere gives inf.
+    """
+    if x_adv.numel() == 0:
+        return 0.0
+    x_adv64, delta = x_adv.double(), (x_adv.double() - x.double()).flatten(1)
+    if torch.isnan(x_adv64).any():
+        return float("inf")
+    excess = max(0.0, -x_adv64.min().item(), x_adv64.max().item() - 1.0)
+    if eps is not None:
+        order = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}[str(norm).lower()]
+        excess = max(excess, torch.linalg.vector_norm(delta, ord=order, dim=1).max().item() - float(eps))
+    return excess
+
+
+def zero_grad_check(fraction: float | None, n: int) -> tuple[dict[str, Any], list[str]]:
+    values = {"zero_grad_fraction": fraction, "zero_grad_fraction_max": ZERO_GRAD_MAX}
+    if fraction is None or fraction <= ZERO_GRAD_MAX:
+        return values, []
+    return values, [f"zero_grad_fraction: {fraction:.1%} of {n} evaluated inputs have an exactly zero input "
+                    f"gradient (> {ZERO_GRAD_MAX:.0%}; gradient masking)"]
+
+
+def large_eps_check(acc: float | None, n: int) -> tuple[dict[str, Any], list[str]]:
+    values = {"large_eps_acc": acc, "large_eps_acc_max": LARGE_EPS_MAX_ACC}
+    if acc is None or acc <= LARGE_EPS_MAX_ACC:
+        return values, []
+    return values, [f"large_eps_acc: accuracy {acc:.1%} on {n} points under PGD-20 at L∞ eps={LARGE_EPS:g} "
+                    f"(> {LARGE_EPS_MAX_ACC:.0%}; the attack cannot use the model's gradients)"]
+
+
+def ball_check(name: str, excess: float, eps: float | None) -> tuple[dict[str, Any], list[str]]:
+    tol = ball_tolerance(eps)
+    values = {f"ball_violation/{name}": excess, f"ball_tolerance/{name}": tol}
+    if excess <= tol:
+        return values, []
+    return values, [f"ball_violation/{name}: adversarial examples lie {excess:.3g} outside the eps={eps}-ball "
+                    f"or [0, 1] (tolerance {tol:.1e})"]
+
+
+def autoattack_gap_check(aa: str, pgd: str, aa_robust: torch.Tensor, pgd_robust: torch.Tensor) -> tuple[dict[str, Any], list[str]]:
+    """AutoAttack vs PGD on their common points: aa_robust, pgd_robust: (m,) bool, aligned.
+
+    Records ``autoattack_gap/<aa>_vs_<pgd>`` (AA robust accuracy minus PGD's, a fraction; > 0 means
+    AA is weaker), its allowed maximum, ``pgd_only_fooled/...`` (points PGD fooled and AA did not)
+    and ``n_common/...``."""
+    key, m = f"{aa}_vs_{pgd}", aa_robust.numel()
+    gap = (aa_robust.float().mean() - pgd_robust.float().mean()).item() if m else 0.0
+    slack = max(1.0 / m, AA_GAP_MAX) if m else 0.0
+    pgd_only = int((aa_robust & ~pgd_robust).sum().item())
+    values = {f"autoattack_gap/{key}": gap, f"autoattack_gap_max/{key}": slack,
+              f"pgd_only_fooled/{key}": pgd_only, f"n_common/{key}": m}
+    if gap <= slack + 1e-12:
+        return values, []
+    return values, [f"autoattack_gap/{key}: {aa} robust accuracy {aa_robust.float().mean().item():.1%} > {pgd}'s "
+                    f"{pgd_robust.float().mean().item():.1%} on the same {m} points (allowed {slack:.1%}); "
+                    f"{pgd} fooled {pgd_only} points {aa} did not"]
+
+
+def warnings_check(messages: list[str]) -> tuple[dict[str, Any], list[str]]:
+    return {"autoattack_warnings": list(messages)}, [f"autoattack_warnings: {m}" for m in messages]
+
+
+def finish(parts: list[tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:
+    """Merge (values, failures) pairs into the ``checks`` dict: values, ``failed``, ``passed``."""
+    checks: dict[str, Any] = {}
+    failed: list[str] = []
+    for values, failures in parts:
+        checks.update(values)
+        failed += failures
+    checks["failed"], checks["passed"] = failed, not failed
+    return checks
