@@ -16,7 +16,8 @@ log = logging.getLogger("robprune")
 USAGE = """usage: robprune run [-m] [group=option ...] [key=value ...]
        robprune eval <run dir | checkpoint dir | model.safetensors> [group=option ...] [key=value ...]
        robprune table <results dir> [--rows KEY ...] [--cols METRIC ...] [--out DIR]
-       robprune table +table=NAME <results dir> [--out DIR]   (layout conf/table/NAME.yaml, e.g. adverfine)"""
+       robprune table +table=NAME <results dir> [--out DIR]   (layout conf/table/NAME.yaml, e.g. adverfine)
+       robprune cache list [--stage NAME] | verify | clean [--older-than 30d] [--dry-run]   [--cache-dir DIR]"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["run"]
     command, rest = argv[0], argv[1:]
-    commands = {"run": run_command, "eval": eval_command, "table": table_command}
+    commands = {"run": run_command, "eval": eval_command, "table": table_command, "cache": cache_command}
     if command in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -94,6 +95,12 @@ def table_command(args: list[str]) -> int:
 
     make(ns.root, ns.rows, ns.cols, out=ns.out, quiet=ns.quiet)
     return 0
+
+
+def cache_command(args: list[str]) -> int:
+    from robprune.cache_cli import cache_command as run_cache
+
+    return run_cache(args)
 
 
 if __name__ == "__main__":

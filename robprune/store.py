@@ -2,25 +2,40 @@
 
 A stage's output lives in ``<cache_dir>/<stage>/<key>/`` where key = hash(stage config slice, input key),
 so a sweep over sparsity trains the dense model once. A stage is built in ``<key>.partial/`` (which also
-holds its epoch checkpoints, so a killed run resumes), marked done and renamed into place; a finished
-directory is never written again. Two jobs that need the same artifact take an exclusive file lock: one
-builds, the other waits and reuses.
+holds its epoch checkpoints, so a killed run resumes), given a manifest (``.done``: size and sha256 of
+every file) and ``stage.json`` (how it was built), and renamed into place; a finished directory is never
+written again except for its ``.last_used`` stamp. Every reuse checks the manifest: a damaged entry is
+moved aside to ``<key>.corrupt-<time>`` and rebuilt. Two jobs that need the same artifact take an
+exclusive file lock: one builds, the other waits and reuses. Run directories get copies (reflinks where
+the filesystem has them), never links, so nothing a run holds shares storage with the cache.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
+import sys
+import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
+from robprune.io import atomic_write_json
+
 log = logging.getLogger("robprune")
 
-DONE = ".done"
+DONE = ".done"              # manifest, JSON {"format": 1, "files": {relpath: {"size", "sha256"}}}
+STAGE_JSON = "stage.json"   # the caller's meta plus built_at and seconds (itself in the manifest)
+LAST_USED = ".last_used"    # touched on every reuse; its mtime is the entry's last use
+UNLISTED = {DONE, LAST_USED}  # top-level files the manifest does not cover
+MANIFEST_FORMAT = 1
+FICLONE = 0x40049409        # Linux ioctl: share the source's extents copy-on-write (btrfs, XFS, bcachefs)
 
 
 @dataclass(frozen=True)
@@ -29,10 +44,13 @@ class StageResult:
     key: str
     path: Path        # directory holding the stage's outputs
     reused: bool      # True when the output came from the cache
-    seconds: float    # time spent building (0 when reused)
+    seconds: float    # time spent building in this call (0 when reused)
+    meta: dict = field(default_factory=dict, compare=False, hash=False)  # stage.json: how it was built
 
     def record(self) -> dict:
-        return {"key": self.key, "reused": self.reused, "seconds": round(self.seconds, 3), "path": str(self.path)}
+        rec = {"key": self.key, "reused": self.reused, "seconds": round(self.seconds, 3), "path": str(self.path)}
+        rec.update({k: self.meta[k] for k in ("device", "inputs") if k in self.meta})
+        return rec
 
 
 @contextmanager
@@ -52,53 +70,194 @@ def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Itera
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextmanager
+def try_lock(path: Path) -> Iterator[bool]:
+    """Non-blocking ``file_lock``: yields True while held, False (holding nothing) when another job has it.
+    Creates the lock file if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = False
+        try:
+            yield held
+        finally:
+            if held:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lock_path(entry: Path) -> Path:
+    """``<stage>/<key>.lock`` for ``<stage>/<key>`` or ``<stage>/<key>.partial``."""
+    return entry.with_name(entry.name.removesuffix(".partial") + ".lock")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _entry_files(entry: Path) -> dict[str, Path]:
+    """Every file under ``entry`` by relative path, minus the top-level marker and stamp."""
+    files = {p.relative_to(entry).as_posix(): p for p in entry.rglob("*") if p.is_file() or p.is_symlink()}
+    return {rel: p for rel, p in files.items() if rel not in UNLISTED}
+
+
+def write_manifest(entry: Path) -> dict:
+    """Write ``entry/.done`` listing every file's size and sha256 (atomically); returns the manifest."""
+    files = {rel: {"size": p.stat().st_size, "sha256": sha256_file(p)} for rel, p in sorted(_entry_files(entry).items())}
+    manifest = {"format": MANIFEST_FORMAT, "files": files}
+    atomic_write_json(entry / DONE, manifest)
+    return manifest
+
+
+def read_manifest(entry: Path) -> dict | None:
+    """The manifest in ``entry/.done``; None when missing or old-style (a bare timestamp)."""
+    try:
+        manifest = json.loads((entry / DONE).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+
+
+def check_entry(entry: Path) -> str | None:
+    """None when every file of ``entry`` matches its manifest, else why not (one short phrase).
+    Reads every listed file in full (sha256)."""
+    if not (entry / DONE).exists():
+        return "no .done marker: its build never finished"
+    manifest = read_manifest(entry)
+    if manifest is None:
+        return "no manifest: built before entries were verified, so it cannot be checked"
+    try:
+        present = _entry_files(entry)
+        for rel, want in manifest["files"].items():
+            if rel not in present:
+                return f"{rel} is missing"
+            if present[rel].stat().st_size != want["size"]:
+                return f"{rel} has {present[rel].stat().st_size} bytes, manifest says {want['size']}"
+            if sha256_file(present[rel]) != want["sha256"]:
+                return f"{rel} does not match its sha256"
+    except OSError as err:  # moved aside or deleted while we read
+        return f"unreadable ({err.strerror})"
+    extra = sorted(set(present) - set(manifest["files"]))
+    return f"{extra[0]} is not in the manifest" if extra else None
+
+
+def quarantine(entry: Path) -> Path:
+    """Rename ``entry`` to ``<entry>.corrupt-<YYYYmmdd-HHMMSS>`` (suffix -1, -2 on a clash); returns it.
+    The caller holds the entry's lock."""
+    base = f"{entry.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = entry.with_name(base), 0
+    while target.exists():
+        n += 1
+        target = entry.with_name(f"{base}-{n}")
+    os.replace(entry, target)
+    return target
+
+
+def last_used(entry: Path) -> float:
+    """Epoch seconds of the entry's last reuse (its build time when never reused)."""
+    for stamp in (entry / LAST_USED, entry / DONE, entry):
+        try:
+            return stamp.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def read_stage_json(entry: Path) -> dict:
+    try:
+        meta = json.loads((entry / STAGE_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 class StageCache:
-    """Builds stage outputs once per key. With ``enabled=False`` every stage is rebuilt inside ``scratch``."""
+    """Builds stage outputs once per key. With ``enabled=False`` the same layout lives under ``scratch``
+    (the run directory's own ``stages/``), so nothing is shared, and a rerun into that run directory
+    reuses its finished stages and resumes its partial ones."""
 
     def __init__(self, root: Path, *, enabled: bool, scratch: Path):
         self.root, self.enabled, self.scratch = Path(root), enabled, Path(scratch)
 
-    def get(self, name: str, key: str, build: Callable[[Path], None]) -> StageResult:
+    def get(self, name: str, key: str, build: Callable[[Path], None], *, meta: dict | None = None) -> StageResult:
         """Return the stage's output directory, calling ``build(work_dir)`` to create it when needed.
 
         build must write every output into work_dir; it may be re-entered after a crash with the same
-        work_dir still holding its epoch checkpoints.
+        work_dir still holding its epoch checkpoints. meta (JSON-serialisable: name, key, inputs, config,
+        provenance, device) is written with built_at and seconds to ``stage.json``. A reused entry is
+        verified against its manifest; a damaged one is moved aside to ``<key>.corrupt-<time>``, logged
+        once, and rebuilt. Touches ``.last_used`` on reuse.
         """
-        if not self.enabled:
-            work = self.scratch / name
-            shutil.rmtree(work, ignore_errors=True)
-            return self._build(name, key, work, work, build)
-        final = self.root / name / key
-        if (final / DONE).exists():
-            return StageResult(name, key, final, True, 0.0)
+        root = self.root if self.enabled else self.scratch
+        final = root / name / key
+        if (final / DONE).exists() and check_entry(final) is None:
+            return self._reused(name, key, final)
         waited = lambda: log.info("%s %s: another job is building it; waiting for its lock", name, key)  # noqa: E731
-        with file_lock(self.root / name / f"{key}.lock", on_wait=waited):
-            if (final / DONE).exists():
-                return StageResult(name, key, final, True, 0.0)
-            return self._build(name, key, self.root / name / f"{key}.partial", final, build)
+        with file_lock(root / name / f"{key}.lock", on_wait=waited):
+            if final.exists():  # checked again under the lock: another job may have rebuilt it meanwhile
+                problem = check_entry(final)
+                if problem is None:
+                    return self._reused(name, key, final)
+                moved = quarantine(final)
+                log.warning("cache entry %s/%s failed verification (%s); moved to %s, rebuilding it", name, key, problem, moved)
+            return self._build(name, key, final.with_name(f"{key}.partial"), final, build, meta or {})
 
     @staticmethod
-    def _build(name: str, key: str, work: Path, final: Path, build: Callable[[Path], None]) -> StageResult:
+    def _reused(name: str, key: str, final: Path) -> StageResult:
+        try:
+            (final / LAST_USED).touch()
+        except OSError:  # a read-only cache still serves; only `cache clean --older-than` loses precision
+            pass
+        return StageResult(name, key, final, True, 0.0, read_stage_json(final))
+
+    @staticmethod
+    def _build(name: str, key: str, work: Path, final: Path, build: Callable[[Path], None], meta: dict) -> StageResult:
         work.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         build(work)
-        (work / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-        if work != final:
-            if final.exists():  # a stale directory without DONE (cannot happen unless edited by hand)
-                shutil.rmtree(final)
-            os.replace(work, final)
-        return StageResult(name, key, final, False, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        stage = {"name": name, "key": key, **meta, "built_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "seconds": round(seconds, 3)}
+        atomic_write_json(work / STAGE_JSON, stage)
+        (work / DONE).unlink(missing_ok=True)  # a re-entered build must not list an old marker
+        write_manifest(work)
+        os.replace(work, final)  # final does not exist: the caller moved any old one aside under the lock
+        return StageResult(name, key, final, False, seconds, stage)
+
+
+def _clone_or_copy(src: Path, dst: Path) -> None:
+    """Write ``dst`` as an independent copy of ``src``: a reflink where the filesystem can, else bytes; fsynced."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            if not sys.platform.startswith("linux"):
+                raise OSError("FICLONE is Linux-only")
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+        except OSError:  # no reflinks here (ext4, tmpfs, across filesystems): copy the bytes
+            fout.seek(0)
+            fout.truncate()
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
 
 
 def publish_files(src_dir: Path, dst_dir: Path, names: list[str]) -> None:
-    """Copy finished files into a run directory (hard link when possible, else copy; temp name + rename)."""
-    dst_dir.mkdir(parents=True, exist_ok=True)
+    """Copy finished files into a run directory: a reflink or a byte copy under a temp name, fsync, rename.
+    Never a hard link, so damage to a cache entry cannot reach a finished run (and vice versa)."""
+    dst_dir = Path(dst_dir)
     for name in names:
-        src, dst = src_dir / name, dst_dir / name
-        tmp = dst_dir / f".{name}.tmp"
-        tmp.unlink(missing_ok=True)
+        src, dst = Path(src_dir) / name, dst_dir / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        os.close(fd)
         try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+            _clone_or_copy(src, Path(tmp))
+            os.replace(tmp, dst)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

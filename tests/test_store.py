@@ -1,12 +1,16 @@
-"""Stage cache: build once, reuse, one builder under concurrency, crashes leave nothing half-finished."""
+"""Stage cache: build once, reuse, one builder under concurrency, crashes leave nothing half-finished,
+damaged entries are detected and rebuilt, runs never share storage with the cache."""
+import json
+import logging
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 
 import pytest
 
 from robprune.io import atomic_write_json, atomic_write_text
-from robprune.store import DONE, StageCache, publish_files
+from robprune.store import DONE, STAGE_JSON, StageCache, check_entry, publish_files
 
 
 def _build_counting(counter: Path):
@@ -28,12 +32,33 @@ def test_built_once_then_reused(tmp_path):
     assert second.record()["reused"] is True
 
 
-def test_disabled_cache_rebuilds_in_scratch(tmp_path):
+def test_disabled_cache_builds_in_scratch_and_reuses_it_on_rerun(tmp_path):
     cache = StageCache(tmp_path / "cache", enabled=False, scratch=tmp_path / "run")
     a = cache.get("train", "k1", _build_counting(tmp_path / "n"))
     b = cache.get("train", "k1", _build_counting(tmp_path / "n"))
-    assert not a.reused and not b.reused and (tmp_path / "n").read_text() == "xx"
+    c = cache.get("train", "k2", _build_counting(tmp_path / "n"))
+    assert not a.reused and b.reused and not c.reused and (tmp_path / "n").read_text() == "xx"
+    assert a.path == tmp_path / "run" / "train" / "k1" and c.path == tmp_path / "run" / "train" / "k2"
     assert not (tmp_path / "cache").exists()
+
+
+def test_disabled_cache_resumes_a_killed_build(tmp_path):
+    """cache=false used to delete its scratch folder on start; now a rerun into the run dir resumes."""
+    cache = StageCache(tmp_path / "cache", enabled=False, scratch=tmp_path / "run")
+
+    def killed(work):
+        (work / "epoch1.ckpt").write_text("state")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cache.get("train", "k", killed)
+    seen = []
+
+    def resume(work):
+        seen.append((work / "epoch1.ckpt").read_text())
+        (work / "out.txt").write_text("ok")
+
+    assert not cache.get("train", "k", resume).reused and seen == ["state"]
 
 
 def _worker(root, counter, results):
@@ -81,8 +106,84 @@ def test_atomic_writes_replace_whole_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp files left behind
 
 
-def test_publish_files_links_or_copies(tmp_path):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "model.json").write_text("{}")
-    publish_files(tmp_path / "src", tmp_path / "dst", ["model.json"])
-    assert (tmp_path / "dst" / "model.json").read_text() == "{}"
+def test_publish_files_gives_an_independent_copy(tmp_path):
+    """Published files used to be hard links: truncating the cache's copy damaged finished runs."""
+    cache = StageCache(tmp_path / "cache", enabled=True, scratch=tmp_path / "s")
+    entry = cache.get("train", "k", lambda w: (w / "model.safetensors").write_bytes(os.urandom(4096))).path
+    publish_files(entry, tmp_path / "run", ["model.safetensors"])
+    src, dst = entry / "model.safetensors", tmp_path / "run" / "model.safetensors"
+    assert src.stat().st_ino != dst.stat().st_ino and src.stat().st_nlink == 1 and dst.stat().st_nlink == 1
+    original = src.read_bytes()
+    with open(src, "r+b") as fh:
+        fh.truncate(10)
+    assert dst.read_bytes() == original
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["model.safetensors"]  # no temp files left
+
+
+def _cache_with_entry(tmp_path, builds):
+    cache = StageCache(tmp_path / "cache", enabled=True, scratch=tmp_path / "s")
+
+    def build(work):
+        builds.append(work)
+        (work / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+        (work / "sub").mkdir(exist_ok=True)
+        (work / "sub" / "model.json").write_text('{"arch": "cnn"}')
+    return cache, build
+
+
+def _truncate(path):
+    with open(path, "r+b") as fh:
+        fh.truncate(100)
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[17] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_byte, lambda p: p.unlink(),
+                                    lambda p: (p.parent / "extra.bin").write_text("x")],
+                         ids=["truncated", "flipped byte", "missing", "extra file"])
+def test_damaged_entry_is_moved_aside_logged_once_and_rebuilt(tmp_path, caplog, damage):
+    builds = []
+    cache, build = _cache_with_entry(tmp_path, builds)
+    first = cache.get("train", "k", build)
+    damage(first.path / "model.safetensors")
+    with caplog.at_level(logging.WARNING, logger="robprune"):
+        second = cache.get("train", "k", build)
+    assert len(builds) == 2 and not second.reused and check_entry(second.path) is None
+    aside = list((tmp_path / "cache" / "train").glob("k.corrupt-*"))
+    assert len(aside) == 1 and (aside[0] / "sub" / "model.json").exists()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "train/k" in warnings[0].getMessage() and "rebuilding" in warnings[0].getMessage()
+    assert cache.get("train", "k", build).reused and len(builds) == 2  # the rebuilt entry verifies
+
+
+def test_old_style_entry_without_manifest_is_rebuilt(tmp_path, caplog):
+    old = tmp_path / "cache" / "train" / "k"
+    old.mkdir(parents=True)
+    (old / "out.txt").write_text("artifact")
+    (old / DONE).write_text("2024-01-01T00:00:00")  # what .done held before manifests
+    builds = []
+    cache, build = _cache_with_entry(tmp_path, builds)
+    with caplog.at_level(logging.WARNING, logger="robprune"):
+        result = cache.get("train", "k", build)
+    assert not result.reused and len(builds) == 1
+    assert "no manifest" in caplog.text and len(list(old.parent.glob("k.corrupt-*"))) == 1
+
+
+def test_manifest_stage_json_and_record(tmp_path):
+    builds = []
+    cache, build = _cache_with_entry(tmp_path, builds)
+    meta = {"inputs": {"train": "abc"}, "device": "cpu", "config": {"epochs": 1}}
+    built = cache.get("prune", "k", build, meta=meta)
+    manifest = json.loads((built.path / DONE).read_text())
+    assert set(manifest["files"]) == {"model.safetensors", "sub/model.json", STAGE_JSON}
+    assert manifest["files"]["model.safetensors"]["size"] == 2048
+    stage = json.loads((built.path / STAGE_JSON).read_text())
+    assert stage["device"] == "cpu" and stage["name"] == "prune" and "built_at" in stage and "seconds" in stage
+    reused = cache.get("prune", "k", build, meta=meta)
+    assert reused.meta == stage and reused.record()["inputs"] == {"train": "abc"}
+    assert set(reused.record()) >= {"key", "reused", "seconds", "path", "device", "inputs"}
+    assert (reused.path / ".last_used").exists()
