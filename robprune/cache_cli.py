@@ -197,6 +197,11 @@ def remove_entry(entry: Entry, older_than: float | None, now: float) -> bool:
         return True
 
 
+def _lock_free(entry: Entry) -> bool:
+    with try_lock(lock_path(entry.path)) as held:
+        return held
+
+
 def clean_command(root: Path, older_than: float | None, dry_run: bool) -> int:
     """Remove corrupt and abandoned partial folders, and with ``older_than`` (seconds) finished entries
     not used for that long. ``dry_run`` only lists them."""
@@ -209,8 +214,11 @@ def clean_command(root: Path, older_than: float | None, dry_run: bool) -> int:
         if reason is None:
             continue
         size = dir_size(entry.path)
-        if dry_run:
+        if dry_run and (entry.state == "corrupt" or _lock_free(entry)):
             print(f"would remove {entry.path} ({reason}, {fmt_size(size)})")
+        elif dry_run:
+            print(f"would keep {entry.path}: a running job holds its lock")
+            continue
         elif remove_entry(entry, older_than, now):
             print(f"removed {entry.path} ({reason}, {fmt_size(size)})")
         else:

@@ -91,6 +91,8 @@ def test_clean_removes_partial_only_when_its_lock_is_free(tmp_path, capsys):
         assert main(["cache", "clean", "--cache-dir", str(root)]) == 0
         assert partial.exists() and not corrupt.exists()
         assert "kept" in capsys.readouterr().out
+        assert main(["cache", "clean", "--cache-dir", str(root), "--dry-run"]) == 0
+        assert "would keep" in capsys.readouterr().out
     assert main(["cache", "clean", "--cache-dir", str(root), "--dry-run"]) == 0
     assert "would remove" in capsys.readouterr().out and partial.exists()
     assert main(["cache", "clean", "--cache-dir", str(root)]) == 0
