@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robprune.attacks import ATTACKS, L2Ball, LinfBall, autoattack, capture_warnings, fgsm, pgd
-from robprune.attacks.threat import l2_norm, linf_norm
+from robprune.attacks.common import kl_loss, loss_target
+from robprune.attacks.threat import l2_norm, linf_norm, normal_start
 from robprune.errors import ConfigError
 from robprune.models import small_cnn
 
@@ -73,6 +74,8 @@ CASES = [
     Case("pgd-linf", partial(pgd, eps=EPS, steps=5), EPS, linf_norm),
     Case("pgd-l2", partial(pgd, eps=EPS_L2, steps=5, norm="l2"), EPS_L2, l2_norm),
     Case("pgd-restarts-earlystop", partial(pgd, eps=EPS, steps=5, restarts=2, early_stop=True), EPS, linf_norm),
+    Case("pgd-kl", partial(pgd, eps=EPS, steps=5, loss="kl", random_start="normal"), EPS, linf_norm),
+    Case("pgd-kl-l2-restarts", partial(pgd, eps=EPS_L2, steps=5, norm="l2", loss="kl", restarts=2), EPS_L2, l2_norm),
     Case("autoattack-apgd-fab", partial(autoattack, eps=EPS, attacks=["apgd-ce", "fab-t"], n_iter=5), EPS, linf_norm),
 ]
 
@@ -168,6 +171,44 @@ def test_generator_and_global_rng_make_pgd_deterministic(trained):
     assert torch.equal(c, pgd(model, x, y, eps=EPS, steps=3))
 
 
+def clean_kl(model, x, x_adv) -> torch.Tensor:
+    """Per-example KL(p(x) ‖ p(x_adv)) (N,), model in its current mode."""
+    with torch.no_grad():
+        return kl_loss(model(x_adv), F.softmax(model(x), dim=1))
+
+
+@pytest.mark.parametrize("norm,eps,norm_fn", [("linf", EPS, linf_norm), ("l2", EPS_L2, l2_norm)])
+def test_pgd_kl_ascends_the_kl_inside_the_ball(norm, eps, norm_fn, trained):
+    """loss='kl' (TRADES' inner maximisation) moves away from the clean distribution, in the ε-ball and [0, 1]."""
+    model, x, y = trained
+    x_adv = pgd(model, x, y, eps=eps, steps=10, norm=norm, loss="kl", random_start="normal",
+                generator=torch.Generator().manual_seed(0))
+    start = normal_start(x, 0.001, torch.Generator().manual_seed(0)).clamp(0, 1)
+    assert clean_kl(model, x, x_adv).sum() > 10 * clean_kl(model, x, start).sum()
+    assert norm_fn(x_adv - x).max().item() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_pgd_kl_computes_the_clean_distribution_once(trained):
+    """One extra forward pass (the detached p(x)) besides the steps, shared by every restart."""
+    model, x, y = trained
+    for restarts, calls in [(1, 1 + 5), (2, 1 + 2 * (5 + 1))]:  # p(x) + steps (+ a final evaluation per restart)
+        seen, handle = count_images(model)
+        gen = torch.Generator().manual_seed(0)
+        pgd(model, x[:16], y[:16], eps=EPS, steps=5, loss="kl", restarts=restarts, generator=gen)
+        handle.remove()
+        assert seen["calls"] == calls
+    assert torch.equal(loss_target(model, x, y, "ce"), y)
+
+
+def test_normal_start_is_trades_start(trained):
+    """random_start='normal' with a zero step returns clamp(x + init_std·N(0, I)) from the generator."""
+    model, x, y = trained
+    x_adv = pgd(model, x, y, eps=EPS, steps=1, step_size=0.0, loss="kl", random_start="normal", init_std=0.01,
+                generator=torch.Generator().manual_seed(3))
+    expected = (x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    assert torch.equal(x_adv, expected)
+
+
 @pytest.mark.parametrize("ball", [LinfBall(0.1), L2Ball(0.5)], ids=["linf", "l2"])
 def test_random_start_inside_ball(ball):
     x = torch.rand(32, 3, 4, 4)
@@ -192,6 +233,8 @@ def test_adverfine_compat_uses_normalised_units(trained):
     ({"eps": 0.1, "steps": 5, "restarts": 0}, "attack.restarts"),
     ({"eps": 0.1, "steps": 5, "loss": "mse"}, "attack.loss"),
     ({"eps": 0.1, "steps": 5, "compat": "madry"}, "attack.compat"),
+    ({"eps": 0.1, "steps": 5, "random_start": "gaussian"}, "attack.random_start"),
+    ({"eps": 0.1, "steps": 5, "random_start": "normal", "init_std": -0.1}, "attack.init_std"),
     ({"eps": 0.1, "steps": 5, "norm": "l2", "compat": "adverfine"}, "attack.norm"),
 ])
 def test_pgd_bad_arguments_name_the_key(kwargs, key, trained):

@@ -11,7 +11,7 @@ from torch import nn
 
 from robprune.errors import ConfigError
 
-LOSSES = ("ce", "dlr")
+LOSSES = ("ce", "dlr", "kl")
 
 
 def check_eps(eps: float) -> float:
@@ -44,15 +44,37 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(z_y - best_other) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
 
 
-def per_example_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """(N, K), (N,) -> (N,) loss that the attack ascends."""
+def kl_loss(logits: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
+    """KL(p_clean ‖ softmax(logits)) per example, TRADES' inner objective (Zhang et al. 2019, Eq. 5).
+
+    logits: (N, K); p_clean: (N, K) probabilities of the clean inputs, detached -> (N,) in [0, ∞).
+    """
+    return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="none").sum(1)
+
+
+def loss_target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """What :func:`per_example_loss` compares the logits with: the labels y (N,) for 'ce' and 'dlr';
+    for 'kl' the clean distribution softmax(model(x)) (N, K), computed once, without gradient and in
+    the model's current mode (a model in train mode updates BN statistics, as any forward pass does)."""
+    if loss != "kl":
+        return y
+    with torch.no_grad():
+        return F.softmax(model(x), dim=1).detach()
+
+
+def per_example_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """(N, K) logits and the :func:`loss_target` ((N,) labels, or (N, K) clean probabilities for
+    'kl') -> (N,) loss that the attack ascends."""
     if loss == "dlr":
-        return dlr_loss(logits, y)
-    return F.cross_entropy(logits, y, reduction="none")
+        return dlr_loss(logits, target)
+    if loss == "kl":
+        return kl_loss(logits, target)
+    return F.cross_entropy(logits, target, reduction="none")
 
 
 def loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str):
-    """Logits (N, K), per-example loss (N,) and its gradient w.r.t. x (N, C, H, W).
+    """Logits (N, K), per-example loss (N,) and its gradient w.r.t. x (N, C, H, W); y is the
+    :func:`loss_target` ((N,) labels, or (N, K) clean probabilities for 'kl').
 
     Uses torch.autograd.grad on x only, so parameter ``.grad`` fields are never touched. The summed
     loss gives every example its own gradient, unscaled by the batch size.

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robprune.attacks.common import LOSSES, check_choice, check_eps, check_min, loss_and_grad, per_example_loss
-from robprune.attacks.threat import NORMS, Budget, L2Ball, LinfBall, make_ball
+from robprune.attacks.common import (LOSSES, check_choice, check_eps, check_min, loss_and_grad, loss_target,
+                                     per_example_loss)
+from robprune.attacks.threat import NORMS, Budget, L2Ball, LinfBall, make_ball, normal_start
 from robprune.errors import ConfigError
 
 COMPAT = (None, "adverfine")
+STARTS = {True: "uniform", False: "none", "normal": "normal"}  # random_start value -> first iterate
 
 
 @dataclass(frozen=True)
@@ -29,34 +31,40 @@ class _Plan:
     ball: LinfBall | L2Ball
     steps: int
     step_size: Budget
-    random_start: bool
+    start: str  # 'none' (x) | 'uniform' (in the ball) | 'normal' (x + init_std·N(0, I), TRADES)
+    init_std: float  # pixels, for start 'normal' only
     clamp: bool  # keep x_adv in [0, 1]; only the adverfine compat mode turns it off
     early_stop: bool
     loss: str
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
-        step_size: float | None = None, norm: str = "linf", random_start: bool = True, restarts: int = 1,
-        early_stop: bool = False, loss: str = "ce", compat: str | None = None,
+        step_size: float | None = None, norm: str = "linf", random_start: bool | str = True, init_std: float = 0.001,
+        restarts: int = 1, early_stop: bool = False, loss: str = "ce", compat: str | None = None,
         generator: torch.Generator | None = None) -> torch.Tensor:
     """PGD adversarial examples, (N, C, H, W) in [0, 1], detached, on x's device.
 
     eps: budget in pixel units (L∞ or L2 per ``norm``); steps: gradient steps per restart;
-    step_size: pixels per step, None = 2.5·eps/steps (Madry et al.); random_start: uniform start in
-    the ball; restarts: independent starts, per example the first one that fools the model is kept,
+    step_size: pixels per step, None = 2.5·eps/steps (Madry et al.); random_start: True = uniform
+    start in the ball, False = start at x, 'normal' = x + init_std·N(0, I) (TRADES' start; init_std
+    in pixels); restarts: independent starts, per example the first one that fools the model is kept,
     else the one with the highest final loss; early_stop: stop attacking an example as soon as it is
     misclassified (evaluation: the returned point is that first fooling one; fewer gradient calls);
-    loss: 'ce' (cross-entropy) or 'dlr' (Croce & Hein 2020); compat: None = pixel-space convention,
-    'adverfine' = Adver-Fine's code (no random start, no clamp, eps and step in normalised units,
-    L∞ only). Raises ConfigError for invalid settings.
+    loss: 'ce' (cross-entropy), 'dlr' (Croce & Hein 2020) or 'kl' (KL(p(x) ‖ p(x')), TRADES' inner
+    maximisation; p(x) = softmax(model(x)) once per call, detached, in the model's current mode);
+    compat: None = pixel-space convention, 'adverfine' = Adver-Fine's code (no random start, no
+    clamp, eps and step in normalised units, L∞ only). Raises ConfigError for invalid settings.
     """
     plan = _plan(model, eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start,
-                 early_stop=early_stop, loss=loss, compat=compat)
+                 init_std=init_std, early_stop=early_stop, loss=loss, compat=compat)
     restarts = check_min(restarts, "attack.restarts", 1)
     x, y = x.detach(), y.detach()
-    if restarts == 1 or x.shape[0] == 0:
-        return _run(model, x, y, plan, generator, final_eval=False)[0]
-    return _best_of_restarts(model, x, y, plan, restarts, generator)
+    if x.shape[0] == 0:
+        return x.clone()
+    target = loss_target(model, x, y, plan.loss)  # labels, or the clean distribution (kl), once for all restarts
+    if restarts == 1:
+        return _run(model, x, y, target, plan, generator, final_eval=False)[0]
+    return _best_of_restarts(model, x, y, target, plan, restarts, generator)
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf") -> torch.Tensor:
@@ -65,18 +73,21 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     return pgd(model, x, y, eps=eps, steps=1, step_size=eps, norm=norm, random_start=False)
 
 
-def _plan(model: nn.Module, *, eps, steps, step_size, norm, random_start, early_stop, loss, compat) -> _Plan:
+def _plan(model: nn.Module, *, eps, steps, step_size, norm, random_start, init_std, early_stop, loss, compat) -> _Plan:
     eps = check_eps(eps)
     steps = check_min(steps, "attack.steps", 1)
     check_choice(norm, "attack.norm", NORMS)
     check_choice(loss, "attack.loss", LOSSES)
     check_choice(compat, "attack.compat", COMPAT)
+    check_choice(random_start, "attack.random_start", tuple(STARTS))
+    if init_std < 0:
+        raise ConfigError(f"attack.init_std must be >= 0 (pixels), got {init_std}; TRADES uses attack.init_std=0.001")
     if step_size is not None and step_size < 0:
         raise ConfigError(f"attack.step_size must be >= 0 or null (= 2.5·eps/steps), got {step_size}")
     step: Budget = 2.5 * eps / steps if step_size is None else float(step_size)
     if compat == "adverfine":
         return _adverfine_plan(model, eps, steps, step, norm, early_stop, loss)
-    return _Plan(make_ball(norm, eps), steps, step, bool(random_start), True, bool(early_stop), loss)
+    return _Plan(make_ball(norm, eps), steps, step, STARTS[random_start], float(init_std), True, bool(early_stop), loss)
 
 
 def _adverfine_plan(model: nn.Module, eps: float, steps: int, step: float, norm: str, early_stop: bool, loss: str) -> _Plan:
@@ -91,32 +102,42 @@ def _adverfine_plan(model: nn.Module, eps: float, steps: int, step: float, norm:
         raise ConfigError("attack.compat=adverfine needs a model with a robprune.models.Normalize layer "
                           "(to convert normalised units to pixels); use attack.compat=null")
     std = layer.std.detach()  # (1, C, 1, 1)
-    return _Plan(LinfBall(eps * std), steps, step * std, False, False, bool(early_stop), loss)
+    return _Plan(LinfBall(eps * std), steps, step * std, "none", 0.0, False, bool(early_stop), loss)
 
 
-def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: _Plan, generator, *, final_eval: bool):
+def _start(x: torch.Tensor, plan: _Plan, generator) -> torch.Tensor:
+    """The first iterate (N, C, H, W): x, a uniform draw from the ball clamped to [0, 1], or TRADES'
+    x + init_std·N(0, I) as their code takes it (unclamped; every later iterate is projected and clamped)."""
+    if plan.start == "normal":
+        return normal_start(x, plan.init_std, generator)
+    xa = plan.ball.random_start(x, generator) if plan.start == "uniform" else x.clone()
+    return xa.clamp(0.0, 1.0) if plan.clamp else xa
+
+
+def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, plan: _Plan, generator, *,
+         final_eval: bool):
     """One PGD run from one start. Returns (x_adv (N, C, H, W), loss (N,), fooled (N,) bool).
 
+    target: the :func:`loss_target` of x (labels (N,), or clean probabilities (N, K) for 'kl').
     With ``final_eval`` False, loss is -inf and fooled only marks examples stopped early. With
-    early stopping the working tensors (xa, x_ref, ya) hold only the examples still attacked, and
+    early stopping the working tensors (xa, x_ref, ya, ta) hold only the examples still attacked, and
     ``active`` their indices in x: a fooled example is written to x_adv once and leaves the batch, so
     later steps cost less (index bookkeeping, no Python loop over examples).
     """
     n = x.shape[0]
-    xa = plan.ball.random_start(x, generator) if plan.random_start else x.clone()
-    xa = xa.clamp(0.0, 1.0) if plan.clamp else xa
-    x_adv, x_ref, ya = x.clone(), x, y
+    xa = _start(x, plan, generator)
+    x_adv, x_ref, ya, ta = x.clone(), x, y, target
     active = torch.arange(n, device=x.device)
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     for _ in range(plan.steps):
-        logits, _, grad = loss_and_grad(model, xa, ya, plan.loss)
+        logits, _, grad = loss_and_grad(model, xa, ta, plan.loss)
         if plan.early_stop:
             hit = logits.argmax(1) != ya
-            if hit.any():  # compact only when someone left: saves four gathers on most steps
+            if hit.any():  # compact only when someone left: saves five gathers on most steps
                 x_adv[active[hit]] = xa[hit]  # the first fooling point is the one returned
                 fooled[active[hit]] = True
                 keep = ~hit
-                active, xa, x_ref, ya, grad = active[keep], xa[keep], x_ref[keep], ya[keep], grad[keep]
+                active, xa, x_ref, ya, ta, grad = active[keep], xa[keep], x_ref[keep], ya[keep], ta[keep], grad[keep]
                 if active.numel() == 0:
                     break
         xa = plan.ball.project(plan.ball.step(xa, grad, plan.step_size), x_ref)
@@ -126,12 +147,13 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: _Plan, genera
     if final_eval and active.numel():
         with torch.no_grad():
             logits = model(xa)
-            losses[active] = per_example_loss(logits, ya, plan.loss)
+            losses[active] = per_example_loss(logits, ta, plan.loss)
             fooled[active] = logits.argmax(1) != ya
     return x_adv.detach(), losses, fooled
 
 
-def _best_of_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: _Plan, restarts: int, generator) -> torch.Tensor:
+def _best_of_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, plan: _Plan,
+                      restarts: int, generator) -> torch.Tensor:
     """Per example, the first restart's x_adv that fools the model, else the highest-loss one.
     Examples fooled by an earlier restart are not attacked again."""
     best = x.clone()
@@ -141,7 +163,7 @@ def _best_of_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: 
         todo = (~fooled).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
-        adv, losses, hit = _run(model, x[todo], y[todo], plan, generator, final_eval=True)
+        adv, losses, hit = _run(model, x[todo], y[todo], target[todo], plan, generator, final_eval=True)
         take = hit | (losses > best_loss[todo])
         best[todo[take]] = adv[take]
         best_loss[todo[take]] = losses[take]

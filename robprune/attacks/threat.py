@@ -86,6 +86,13 @@ class L2Ball:
 NORMS = ("linf", "l2")
 
 
+def normal_start(x: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
+    """x + std·N(0, I), TRADES' start (Zhang et al. 2019, their code: 0.001·randn), for every norm.
+    Neither projected nor clamped (their code takes the first gradient there); x: (N, C, H, W)."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + std * noise
+
+
 def make_ball(norm: str, eps: Budget) -> LinfBall | L2Ball:
     """Threat model for a validated norm name ('linf' | 'l2')."""
     return LinfBall(eps) if norm == "linf" else L2Ball(eps)

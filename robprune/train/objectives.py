@@ -114,83 +114,74 @@ def pgd_at(*, attack: Callable, eps_ramp_epochs: float = 0.0, adv_ratio: float =
     return PGDAT(attack=attack, eps_ramp_epochs=eps_ramp_epochs, adv_ratio=check_adv_ratio(adv_ratio))
 
 
-def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """TRADES (Zhang et al. 2019, Eq. 5; their ``trades_loss``): CE(f(x), y) + β · (1/N) Σ_i KL(f(x_i) ‖ f(x'_i)),
-    f = softmax of the logits. logits_nat, logits_adv: (N, K); y: (N,)."""
-    natural = F.cross_entropy(logits_nat, y)
-    robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="sum") / len(y)
-    return natural + beta * robust
+def mean_over_attacked(per_example: torch.Tensor, n_attacked: int | None) -> torch.Tensor:
+    """(1/k) Σ_{i<k} per_example[i]: the robust terms average over the k attacked examples only (the
+    first k of the batch; k = None means all N, the papers' case). per_example: (N,) -> scalar."""
+    k = len(per_example) if n_attacked is None else int(n_attacked)
+    return per_example[:k].sum() / k
 
 
-def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """MART (Wang et al. 2020, Eq. 9; their ``mart_loss``): BCE(p(x'), y) + β · (1/N) Σ_i KL(p(x_i) ‖ p(x'_i)) · (1 − p_y(x_i)),
-    BCE(p, y) = −log p_y − log(1 − max_{k≠y} p_k) (the boosted CE of Eq. 6). logits: (N, K); y: (N,).
-    The 1e-12 / 1.0001 / 1.0000001 guards are the authors' code's."""
+def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
+                n_attacked: int | None = None) -> torch.Tensor:
+    """TRADES (Zhang et al. 2019, Eq. 5; their ``trades_loss``): CE(f(x), y) over all N
+    + β · (1/k) Σ_{i<k} KL(f(x_i) ‖ f(x'_i)), f = softmax of the logits, over the k = n_attacked attacked
+    examples (the first k rows; None = all N, the paper's batchmean). logits_nat, logits_adv: (N, K); y: (N,)."""
+    natural = F.cross_entropy(logits_nat, y)  # Eq. 5, first term: the natural loss, every example
+    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="none").sum(1)
+    return natural + beta * mean_over_attacked(kl, n_attacked)  # Eq. 5, second term: β · mean KL over the attacked
+
+
+def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
+              n_attacked: int | None = None) -> torch.Tensor:
+    """MART (Wang et al. 2020, the MART objective L^MART; their ``mart_loss``): (1/N) Σ_i BCE(p(x'_i), y_i)
+    + β · (1/k) Σ_{i<k} KL(p(x_i) ‖ p(x'_i)) · (1 − p_y(x_i)), BCE(p, y) = −log p_y − log(1 − max_{j≠y} p_j)
+    (their boosted CE). The BCE averages over all N (an un-attacked example has x' = x: its BCE is
+    the boosted CE of its clean point); the KL over the k = n_attacked attacked examples (the first k
+    rows; None = all N, the paper's case). logits: (N, K); y: (N,). The 1e-12 / 1.0001 / 1.0000001
+    guards are the authors' code's."""
     adv_probs = F.softmax(logits_adv, dim=1)
     top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
     other = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])  # most likely wrong class
+    # MART's first term, BCE(p(x'), y) = CE + −log(1 − max_{j≠y} p_j), mean over every example of the batch
     bce = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), other)
     nat_probs = F.softmax(logits_nat, dim=1)
     true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
     kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
-    return bce + beta * (kl * (1.0000001 - true_probs)).sum() / len(y)
+    # MART's second term: β · KL(p(x) ‖ p(x')) · (1 − p_y(x)), mean over the attacked examples
+    return bce + beta * mean_over_attacked(kl * (1.0000001 - true_probs), n_attacked)
 
 
-def kl_adversary(model: nn.Module, x: torch.Tensor, *, eps: float, steps: int, step_size: float, norm: str = "linf") -> torch.Tensor:
-    """TRADES' inner maximisation (Zhang et al. 2019, Eq. 5, their code): x' = x + 0.001·N(0, I), then
-    ``steps`` ascent steps on KL(f(x) ‖ f(x')) with the threat model's step and projection, clamped to
-    [0, 1]. x: (N, C, H, W) in [0, 1]; eps, step_size in pixels. Input gradients only
-    (torch.autograd.grad), so parameter ``.grad`` is untouched; run it with the model in eval mode."""
-    from robprune.attacks.threat import make_ball
-
-    ball = make_ball(norm, eps)
-    with torch.no_grad():
-        p_nat = F.softmax(model(x), dim=1)
-    x_adv = x.detach() + 0.001 * torch.randn_like(x)
-    for _ in range(int(steps)):
-        x_adv = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_nat, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, [x_adv])
-        x_adv = ball.project(ball.step(x_adv.detach(), grad, step_size), x).clamp(0.0, 1.0)
-    return x_adv.clamp(0.0, 1.0).detach()
+def _logits_and_attacked(objective: PGDAT, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """(logits of x (N, K), logits of the mixed batch (N, K), k attacked): one forward each, in the
+    model's mode, after the (ramped) attack of the first k = round(adv_ratio·N) in eval mode."""
+    x_mix = objective.adversarial_batch(model, x, y)
+    return model(x), model(x_mix), n_adversarial(len(y), objective.adv_ratio)
 
 
 @dataclass
-class TRADES:
-    """TRADES objective: :func:`trades_loss` on x' from :func:`kl_adversary`. eps/step_size in pixels
-    (step_size None = eps/4), ramped like PGD-AT over ``eps_ramp_epochs``; adv_ratio: the first
-    round(adv_ratio·N) examples of each (shuffled) batch get x', the rest keep x' = x."""
+class TRADES(PGDAT):
+    """TRADES objective: :func:`trades_loss` on x' from the bound attack, which must ascend the KL
+    (``attacks.pgd`` with ``loss: kl``, ``random_start: normal``), with PGD-AT's ε ramp and adv_ratio:
+    the first k = round(adv_ratio·N) examples get x', and β weighs the mean KL over those k."""
 
-    beta: float
-    eps: float
-    steps: int = 10
-    step_size: float | None = None
-    norm: str = "linf"
-    eps_ramp_epochs: float = 0.0
-    adv_ratio: float = 1.0
-    _epoch: int = 0
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self._epoch = epoch
+    beta: float = 6.0
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        scale = ramp_scale(self._epoch, self.eps_ramp_epochs)
-        step = self.eps / 4 if self.step_size is None else self.step_size
-        x_mix = adversarial_mix(model, x, y, self.adv_ratio, lambda xs, _: kl_adversary(
-            model, xs, eps=self.eps * scale, steps=self.steps, step_size=step * scale, norm=self.norm))
-        return trades_loss(model(x), model(x_mix), y, self.beta)
+        logits_nat, logits_mix, k = _logits_and_attacked(self, model, x, y)
+        return trades_loss(logits_nat, logits_mix, y, self.beta, n_attacked=k)
 
 
 @dataclass
 class MART(PGDAT):
     """MART objective: :func:`mart_loss` on x' from the bound CE attack (PGD), with PGD-AT's ε ramp and
-    adv_ratio (the first round(adv_ratio·N) examples get x', the rest keep x' = x)."""
+    adv_ratio (the first k = round(adv_ratio·N) examples get x', the rest keep x' = x; β weighs the
+    mean KL term over those k)."""
 
     beta: float = 6.0
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return mart_loss(model(x), model(self.adversarial_batch(model, x, y)), y, self.beta)
+        logits_nat, logits_mix, k = _logits_and_attacked(self, model, x, y)
+        return mart_loss(logits_nat, logits_mix, y, self.beta, n_attacked=k)
 
 
 def _check_beta(beta: float) -> float:
@@ -199,13 +190,17 @@ def _check_beta(beta: float) -> float:
     return float(beta)
 
 
-def trades(*, beta: float, eps: float, steps: int = 10, step_size: float | None = None, norm: str = "linf",
-           eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> TRADES:
-    from robprune.attacks.common import check_choice, check_eps, check_min
+def _check_kl_attack(attack: Callable) -> Callable:
+    """TRADES maximises the KL, not the CE: a bound partial must say ``loss='kl'``."""
+    if isinstance(attack, functools.partial) and attack.keywords.get("loss", "ce") != "kl":
+        raise ConfigError(f"TRADES needs an attack that ascends the KL: objective.attack.loss must be kl, got "
+                          f"{attack.keywords.get('loss', 'ce')!r}; e.g. finetune.objective.attack.loss=kl")
+    return attack
 
-    check_choice(norm, "objective.norm", ("linf", "l2"))
-    return TRADES(beta=_check_beta(beta), eps=check_eps(eps), steps=check_min(int(steps), "objective.steps", 1),
-                  step_size=step_size, norm=norm, eps_ramp_epochs=eps_ramp_epochs, adv_ratio=check_adv_ratio(adv_ratio))
+
+def trades(*, attack: Callable, beta: float = 6.0, eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> TRADES:
+    return TRADES(attack=_check_kl_attack(attack), eps_ramp_epochs=eps_ramp_epochs,
+                  adv_ratio=check_adv_ratio(adv_ratio), beta=_check_beta(beta))
 
 
 def mart(*, attack: Callable, beta: float = 6.0, eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> MART:
