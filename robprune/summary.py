@@ -3,15 +3,23 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}%"
 
 
+def checks_text(checks: dict) -> str:
+    """'passed', or 'FAILED: <reason>; <reason>' from checks.failed (older results: see metrics.json)."""
+    if checks.get("passed"):
+        return "passed"
+    return "FAILED: " + ("; ".join(checks.get("failed") or []) or "see metrics.json 'checks'")
+
+
 def summary_rows(metrics: dict) -> list[tuple[str, str]]:
     rows = [("clean accuracy", _pct(metrics.get("clean_acc")))]
-    for key in sorted(k for k in metrics if k.startswith("robust_acc/")):
+    for key in sorted(k for k in metrics if k.startswith("robust_acc/") and k.count("/") == 1):  # not per sub-attack
         name = key.split("/", 1)[1]
         n = metrics.get(f"n_eval/{name}")
         rows.append((f"robust accuracy, {name}" + (f" (n={n})" if n else ""), _pct(metrics[key])))
@@ -34,7 +42,7 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("checkpoint size", f"{metrics['size_bytes'] / 1024:.1f} KiB"))
     checks = metrics.get("checks") or {}
     if checks:
-        rows.append(("sanity checks", "passed" if checks.get("passed") else "FAILED: see metrics.json 'checks'"))
+        rows.append(("sanity checks", checks_text(checks)))
     stages = metrics.get("stages") or {}
     if stages:
         rows.append(("stages reused from cache", ", ".join(k for k, v in stages.items() if v.get("reused")) or "none"))
@@ -48,5 +56,5 @@ def print_summary(metrics: dict, *, title: str) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in summary_rows(metrics):
-        table.add_row(name, value)
+        table.add_row(name, Text(value, style="red") if value.startswith("FAILED") else value)
     Console().print(table)

@@ -240,3 +240,17 @@ def test_rows_must_be_given_and_disjoint_from_cols(sweep):
         make_table(df, [], ["clean_acc"])
     with pytest.raises(ConfigError, match="none of cols"):
         make_table(df, ["prune.channel_ratio", "clean_acc"], ["clean_acc"])
+
+
+def test_checks_column_shows_passed_or_the_failed_reasons(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    reason = "zero_grad_fraction: 100.0% of 32 evaluated inputs have an exactly zero input gradient (> 10%)"
+    for i, seed in enumerate(SEEDS):
+        failed = [reason] if (i == 0) else []
+        write_run(root / f"a{i}", ratio=0.3, seed=seed, checks={"passed": not failed, "failed": failed})
+        write_run(root / f"b{i}", ratio=0.5, seed=seed, checks={"passed": True, "failed": []})
+    display, numeric = make_table(load_runs(root), ["prune.channel_ratio"], ["clean_acc", "checks"])
+    assert list(display.columns) == ["prune.channel_ratio", "n", "clean_acc (%)", "checks"]
+    assert list(display["checks"]) == [f"FAILED 1/3: {reason}", "passed"]
+    assert list(numeric["checks"]) == list(display["checks"])
+    assert table_command(str(root), rows=["prune.channel_ratio"], cols=["checks"], quiet=True)["checks"].iloc[1] == "passed"

@@ -22,6 +22,7 @@ from robprune.errors import ConfigError, DataError
 from robprune.io import atomic_write_text
 
 MISSING = "—"  # shown where a group has no value for a metric
+CHECKS = "checks"  # pseudo-column: passed, or FAILED with the reasons from checks.failed, per group
 DEFAULT_TAIL = ("sparsity", "params", "macs", "latency_ms")  # default cols after the accuracies
 # Config leaves that differ between runs without being an experimental factor.
 _NOT_A_FACTOR = re.compile(r"(^|[._])(dir|path|file|root)$|seed")
@@ -179,23 +180,57 @@ def make_table(df: pd.DataFrame, rows: list[str], cols: list[str] | None = None,
     display: ``"mean ± std"`` strings; accuracies (clean_acc*, robust_acc*) and sparsity in percent
     (header ``"<m> (%)"``), params/macs in K/M/G, *bytes in KiB/MiB, other numbers with ``fmt``.
     ``MISSING`` where no run of the group reports the metric; ``"(n=k)"`` where only k of n do.
+    cols may include ``checks`` (:data:`CHECKS`): per group ``passed``, or ``FAILED k/n: <reason>; ...``
+    from each run's ``checks.passed`` / ``checks.failed`` (text in both frames).
     Raises ConfigError on an unknown key or a non-numeric col.
     """
     rows = _check_keys(df, list(dict.fromkeys(rows)), "rows")
-    cols = _check_keys(df, list(dict.fromkeys(cols)), "cols") if cols is not None else default_cols(df)
+    cols = list(dict.fromkeys(cols)) if cols is not None else default_cols(df)
+    want_checks = CHECKS in cols and CHECKS not in df.columns
+    metrics = _check_keys(df, [c for c in cols if not (want_checks and c == CHECKS)], "cols")
     if not rows or set(rows) & set(cols):
         raise ConfigError(f"rows must name at least one key to group runs by and none of cols, got rows={rows}")
-    values = pd.DataFrame({c: _numeric(df, c) for c in cols}, index=df.index)
+    values = pd.DataFrame({c: _numeric(df, c) for c in metrics}, index=df.index)
     keys = df[rows]
-    groups = pd.concat([keys, values], axis=1).groupby(rows, dropna=False, sort=_sortable(keys))
-    stats = groups[cols].agg(["mean", "std", "count"])
+    status = pd.Series([_run_checks(df, i) for i in df.index], index=df.index, name="_checks")
+    groups = pd.concat([keys, values, status], axis=1).groupby(rows, dropna=False, sort=_sortable(keys))
+    stats = groups[metrics].agg(["mean", "std", "count"]) if metrics else None
     numeric = groups.size().rename("n").to_frame()
-    for col in cols:
+    if want_checks:
+        numeric[CHECKS] = groups["_checks"].agg(_group_checks)
+    for col in metrics:
         numeric[col] = stats[(col, "mean")]
         numeric[f"{col}/std"] = stats[(col, "std")]
         numeric[f"{col}/n"] = stats[(col, "count")].astype(int)
     numeric = numeric.reset_index()
     return Table(_display(numeric, rows, cols, fmt), numeric)
+
+
+def _run_checks(df: pd.DataFrame, i) -> list[str] | None:
+    """One run's failed checks ([] when passed), None when it reports no checks.passed."""
+    passed = df.at[i, "checks.passed"] if "checks.passed" in df.columns else None
+    if passed is None or (isinstance(passed, float) and math.isnan(passed)):
+        return None
+    if passed:
+        return []
+    failed = df.at[i, "checks.failed"] if "checks.failed" in df.columns else None
+    try:
+        reasons = json.loads(failed) if isinstance(failed, str) else []
+    except json.JSONDecodeError:
+        reasons = [failed]
+    return [str(r) for r in reasons] or ["see metrics.json 'checks'"]
+
+
+def _group_checks(runs: pd.Series) -> str:
+    """'passed' when every run of the group passed; else 'FAILED k/n: ' and the distinct reasons."""
+    known = [r for r in runs if r is not None]
+    if not known:
+        return MISSING
+    failed = [r for r in known if r]
+    if not failed:
+        return "passed"
+    reasons = list(dict.fromkeys(reason for run in failed for reason in run))
+    return f"FAILED {len(failed)}/{len(runs)}: " + "; ".join(reasons)
 
 
 def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
@@ -216,6 +251,9 @@ def _display(numeric: pd.DataFrame, rows: list[str], cols: list[str], fmt: str) 
     out = pd.DataFrame({key: numeric[key].map(_key_text) for key in rows})
     out["n"] = numeric["n"].astype(str)
     for col in cols:
+        if col == CHECKS and CHECKS in numeric.columns and f"{CHECKS}/n" not in numeric.columns:
+            out[CHECKS] = numeric[CHECKS]
+            continue
         header = f"{col} (%)" if _kind(col) == "percent" else col
         out[header] = [_cell(col, m, s, k, n, fmt) for m, s, k, n in
                        zip(numeric[col], numeric[f"{col}/std"], numeric[f"{col}/n"], numeric["n"])]
@@ -288,12 +326,13 @@ def print_table(table: pd.DataFrame, title: str) -> None:
     """The display table as a rich table on stdout; metric columns right-aligned."""
     from rich.console import Console
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     rich_table = RichTable(title=title)
     for column, justify in zip(table.columns, _alignment(table)):
         rich_table.add_column(str(column), justify=justify)
-    for row in table.itertuples(index=False):
-        rich_table.add_row(*(str(v) for v in row))
+    for row in table.itertuples(index=False):  # failed checks in red
+        rich_table.add_row(*(Text(str(v), style="red") if str(v).startswith("FAILED") else str(v) for v in row))
     console = Console()
     if not console.is_terminal:  # piped or logged: no width to fit, so don't squeeze to rich's default 80
         console = Console(width=max(console.width, 240))
