@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from robprune.config import config_dir
-from robprune.errors import RobpruneError
+from robprune.errors import ConfigError, RobpruneError
 from robprune.summary import print_summary
 
 log = logging.getLogger("robprune")
@@ -21,6 +21,10 @@ def job(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and "@" not in k and v is not None}
     logging.getLogger("robprune").setLevel(logging.INFO)
+    if cfg.quiet:  # the console shows errors only; run.log keeps every line
+        for handler in logging.getLogger().handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
     from robprune.pipeline import run
 
     try:
@@ -29,10 +33,33 @@ def job(cfg: DictConfig) -> float | None:
         log.error("%s", err)
         print(str(err), file=sys.stderr)
         sys.exit(2)
-    if not cfg.quiet:
+    if cfg.quiet:
+        print(run_dir)
+    else:
         print_summary(metrics, title=f"robprune run → {run_dir}")
     return metrics.get("robust_acc/worst", metrics.get("clean_acc"))
 
 
 def hydra_main() -> None:
+    refuse_finished_dirs(sys.argv[1:])
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(job)()
+
+
+def refuse_finished_dirs(args: list[str]) -> None:
+    """ConfigError before Hydra writes anything (``.hydra/``, ``run.log``) when the run directory (or,
+    with -m, the sweep directory) already holds a finished run: a later run never touches its bytes."""
+    from hydra import compose, initialize_config_dir
+
+    from robprune.compose import expand_overrides
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = expand_overrides([a for a in args if not a.startswith("-")])[0]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        hc = compose("config", overrides=overrides, return_hydra_config=True).hydra
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = Path(str(hc.sweep.dir if multirun else hc.run.dir))
+    finished = sorted(folder.glob("*/metrics.json" if multirun else "metrics.json")) if folder.is_dir() else []
+    if finished:
+        raise ConfigError(f"{folder} already holds a finished run ({finished[0]}), which a later run never "
+                          f"overwrites; choose another directory, e.g. {key}={folder}-2, or leave {key} out "
+                          "for a new timestamped one")

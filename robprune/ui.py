@@ -14,11 +14,13 @@ def console() -> Console:
 
 
 def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """Iterate ``items`` with a progress bar on stderr (transient); silent when ``enabled`` is False."""
-    if not enabled:
+    """Iterate ``items`` with a progress bar on stderr (transient); silent when ``enabled`` is False or
+    stderr is not a terminal (a log redirected to a file would get a blank line per bar otherwise)."""
+    err = console()
+    if not enabled or not err.is_terminal:
         yield from items
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console(), transient=True) as progress:
+    with Progress(*columns, console=err, transient=True) as progress:
         yield from progress.track(items, total=total, description=description)
