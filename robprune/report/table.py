@@ -137,8 +137,9 @@ def pooled_keys(df: pd.DataFrame, rows: list[str], seed_key: str = "seed") -> li
 
 
 def default_cols(df: pd.DataFrame) -> list[str]:
-    """clean_acc, every robust_acc/* (in file order), then sparsity, params, macs, latency_ms, if present."""
-    cols = [c for c in df.columns if c == "clean_acc" or c.startswith("robust_acc/")]
+    """clean_acc, every robust_acc/<attack> (in file order; not AutoAttack's per-sub-attack
+    robust_acc/<attack>/<sub-attack>), then sparsity, params, macs, latency_ms, if present."""
+    cols = [c for c in df.columns if c == "clean_acc" or (c.startswith("robust_acc/") and c.count("/") == 1)]
     cols += [c for c in DEFAULT_TAIL if c in df.columns]
     if not cols:
         raise DataError("the runs hold none of clean_acc, robust_acc/*, " + ", ".join(DEFAULT_TAIL)
