@@ -1,5 +1,9 @@
 """Model size and speed: parameters, MACs, CPU/GPU latency, checkpoint bytes (metrics.json keys
-``params``, ``macs``, ``latency_ms``, ``size_bytes``)."""
+``params``, ``params_total``, ``macs``, ``latency_ms``, ``size_bytes``).
+
+A fake-quantised model is timed on PyTorch's INT8 kernels after conversion
+(:mod:`robprune.quant.int8`), never as the float simulation; where no INT8 kernel applies,
+``latency_ms`` is null and ``latency_note`` says why."""
 from __future__ import annotations
 
 import statistics
@@ -14,8 +18,21 @@ from robprune.config import require_positive
 
 def count_params(model: nn.Module) -> int:
     """Number of parameter elements (weights, biases, BN affine); buffers such as BN running stats
-    and the Normalize mean/std are not counted."""
+    and the Normalize mean/std are not counted (metrics.json ``params_total``)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero_params(model: nn.Module) -> int:
+    """Parameters that remain after unstructured pruning (metrics.json ``params``): the non-zero
+    elements of every Conv2d/Linear weight plus ALL elements of every other parameter (biases, BN
+    affine: an exact zero there is a value, not a removed weight). Masked pruning stores its removed
+    weights as exact zeros (robprune.train.masks), so they are not counted; a structured-pruned model
+    has its channels physically removed, so this equals :func:`count_params` for it (up to weights
+    that are exactly 0.0 by chance). A fake-quantised model counts its float weights."""
+    from robprune.prune.stats import PRUNABLE_TYPES
+
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)}
+    return sum(int(torch.count_nonzero(p.detach())) if id(p) in weights else p.numel() for p in model.parameters())
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
@@ -84,21 +101,58 @@ def dense_model(arch: dict) -> nn.Module:
 
 def measure(model: nn.Module, meta: dict, data, cfg) -> dict:
     """Cost and size of a loaded checkpoint (``model``, its model.json ``meta``), the same keys for a
-    pipeline run and ``robprune eval``: params, MACs (batch 1), CPU latency (median ms per batch of
-    eval.latency.batch_size); the dense model's params_dense, macs_dense and macs_ratio; the ``quant``
-    block; storage_bytes at the bit width, dense_storage_bytes and compression_ratio."""
-    from robprune.quant import quant_record, size_metrics
+    pipeline run and ``robprune eval``: params (non-zero, :func:`count_nonzero_params`) and
+    params_total, MACs (batch 1), CPU latency (median ms per batch of eval.latency.batch_size; for a
+    quantised model on INT8 kernels, see :func:`quantised_latency`); the dense model's params_dense,
+    macs_dense and macs_ratio; the ``quant`` block; storage_bytes at the bit width,
+    dense_storage_bytes and compression_ratio."""
+    from robprune.quant import quant_record, quant_spec_of, size_metrics
 
     model = model.cpu().eval()
     lat = cfg.eval.latency
     batch = torch.rand(int(lat.batch_size), data.in_channels, data.image_size, data.image_size)
+    timing = dict(repeats=int(lat.repeats), warmup=int(lat.warmup))
     now, dense = measure_macs_params(model, data), measure_macs_params(dense_model(meta["arch"]), data)
-    return {**now, **measure_latency(model, batch, repeats=int(lat.repeats), warmup=int(lat.warmup)),
-            "params_dense": dense["params"], "macs_dense": dense["macs"],
+    latency = (quantised_latency(model, batch, meta, data, cfg.get("seed", 0), **timing) if quant_spec_of(model)
+               else measure_latency(model, batch, **timing))
+    return {**now, **latency, "params_dense": dense["params_total"], "macs_dense": dense["macs"],
             "macs_ratio": now["macs"] / max(1, dense["macs"]),
-            "quant": quant_record(model, meta.get("quant_calibration")), **size_metrics(model, dense["params"])}
+            "quant": quant_record(model, meta.get("quant_calibration")), **size_metrics(model, dense["params_total"])}
 
 
 def measure_macs_params(model: nn.Module, data) -> dict:
     one = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
-    return {"params": count_params(model), "macs": count_macs(model, one)}
+    return {"params": count_nonzero_params(model), "params_total": count_params(model), "macs": count_macs(model, one)}
+
+
+INT8_CALIBRATION_N = 512  # training images for the INT8 model's output ranges (a prefix of the PTQ calibration set)
+INT8_CHECK_N = 512  # seeded test images on which the INT8 model must agree with the simulation
+
+
+def quantised_latency(model: nn.Module, batch: torch.Tensor, meta: dict, data, seed: int, *, repeats: int,
+                      warmup: int) -> dict:
+    """Latency of the fake-quantised ``model`` on real INT8 kernels: {latency_ms, latency_batch_size,
+    latency_repeats, latency_threads, latency_device, latency_engine (e.g. 'x86': the first engine
+    whose INT8 model passes int8_check, see robprune.quant.int8.convert_checked), latency_note,
+    int8_check (robprune.quant.int8.int8_check on INT8_CHECK_N test images drawn with ``seed``, plus
+    engines_tried)}. Where the model cannot be converted (bits != 8, no engine, an op without an INT8
+    kernel) latency_ms, latency_engine and int8_check are None and latency_note says why: the
+    simulation's time is never reported."""
+    from robprune.data.tensors import seeded_indices
+    from robprune.quant.int8 import Int8Unsupported, convert_checked, quantized_engine
+
+    calib = meta.get("quant_calibration") or {}
+    train_idx = seeded_indices(data.train_x.shape[0], INT8_CALIBRATION_N, int(calib.get("seed", 0)))
+    test_idx = seeded_indices(data.test_x.shape[0], INT8_CHECK_N, int(seed))
+    try:
+        engine, int8, check = convert_checked(model, data.train_x[train_idx].float() / 255,
+                                              data.test_x[test_idx].float() / 255, data.test_y[test_idx])
+        with quantized_engine(engine):
+            timed = measure_latency(int8, batch, repeats=repeats, warmup=warmup)
+    except (Int8Unsupported, RuntimeError, NotImplementedError) as err:
+        reason = f"{err}; fake quantisation is a float simulation and is not timed"
+        return {"latency_ms": None, "latency_batch_size": int(batch.shape[0]), "latency_repeats": repeats,
+                "latency_threads": torch.get_num_threads(), "latency_device": "cpu", "latency_engine": None,
+                "latency_note": reason, "int8_check": None}
+    note = "INT8 kernels" + ("" if check["ok"] else "; int8_check failed: the INT8 model does not match the simulation")
+    return {**timed, "latency_engine": engine, "latency_note": note, "int8_check": {**check, "seed": int(seed)}}

@@ -1,4 +1,5 @@
-"""Measurement: parameter and MAC counts on layers with known answers, latency contract, file size."""
+"""Measurement: parameter and MAC counts on layers with known answers (non-zero params of masked models),
+latency contract, file size."""
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -7,7 +8,7 @@ from torch import nn
 from robprune.checkpoint import save_checkpoint
 from robprune.config import config_dir
 from robprune.errors import ConfigError
-from robprune.measure import checkpoint_size_bytes, count_macs, count_params, measure_latency
+from robprune.measure import checkpoint_size_bytes, count_macs, count_nonzero_params, count_params, measure_latency
 from robprune.models import build_model
 from robprune.prune import prune_model
 
@@ -20,6 +21,24 @@ def cnn8():
 def test_count_params_excludes_buffers():
     assert count_params(nn.Linear(3, 2)) == 8
     assert count_params(nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2))) == 18 + 4  # not running stats
+
+
+def test_nonzero_params_of_a_masked_model_count_the_kept_weights_only():
+    model = cnn8()
+    assert count_nonzero_params(model) == count_params(model)  # dense: nothing removed
+    prune_model(model, OmegaConf.load(config_dir() / "prune" / "global_magnitude.yaml"), example_inputs=torch.rand(1, 1, 28, 28))
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros >= 0.89 * sum(w.numel() for w in weights)  # prune.sparsity 0.9
+    assert count_nonzero_params(model) == count_params(model) - zeros < count_params(model)
+
+
+def test_nonzero_params_keep_zero_biases_and_bn():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight[0] = 0.0  # 9 removed weights
+        model[2].bias.zero_()  # a zero bias is a value, not a removed weight (BN's bias is zero at init too)
+    assert count_params(model) == 18 + 4 + 6 and count_nonzero_params(model) == 9 + 4 + 6
 
 
 def test_count_macs_known_conv_batch_one():
