@@ -1,35 +1,75 @@
 """Compose configs outside ``hydra.main`` (validation before a run or sweep starts, re-evaluation, tests)."""
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robprune.config import config_dir
 from robprune.errors import ConfigError
+from robprune.schema import unknown_key
 
 
-def compose(overrides: Iterable[str] = ()) -> DictConfig:
-    """The root config with ``overrides`` applied (Hydra syntax), without the ``hydra`` node.
+def compose(overrides: Iterable[str] = (), *, with_hydra: bool = False) -> DictConfig:
+    """The root config with ``overrides`` applied (Hydra syntax), without the ``hydra`` node unless
+    ``with_hydra`` (then its sweeper params can be read; nothing in it is resolved).
 
-    Composition errors become one-line ConfigErrors (unknown option, unknown key).
+    Composition errors become one-line ConfigErrors (unknown option, unknown key, override syntax).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
+    overrides = list(overrides)
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=list(overrides))
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
     except MissingConfigException as err:
         raise ConfigError(_missing_option(err)) from None
-    except (ConfigCompositionException, OverrideParseException) as err:
-        first = str(err).strip().splitlines()[0]
-        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
-        raise ConfigError(f"{first}{cause}; check the spelling, or prefix the key with + to add a new one") from None
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
+    except OverrideParseException as err:
+        raise ConfigError(_parse_error(OverridesParser.create(), overrides, err)) from None
+    except ConfigCompositionException as err:
+        raise ConfigError(_composition_error(err, overrides)) from None
+    if not with_hydra:
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
     return cfg
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _composition_error(err, overrides: list[str]) -> str:
+    """'train.epoch is not a key of train (did you mean train.epochs?); keys: ...' for a key Hydra's
+    struct mode refused; Hydra's first line (and its cause) otherwise."""
+    cause = err.__cause__
+    full_key = re.search(r"full_key: (\S+)", str(cause or ""))
+    if full_key and "not in struct" in str(cause):
+        key = full_key.group(1)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        keys = _keys_at(parent, [o for o in overrides if not _touches(o, key)])
+        if keys is not None:
+            return str(unknown_key(key, parent, keys)).split(": ", 1)[1]
+    extra = f" ({_first_line(cause)})" if cause else ""
+    return f"{_first_line(err)}{extra}; check the key and value against conf/"
+
+
+def _touches(override: str, key: str) -> bool:
+    name = override.lstrip("+~").split("=", 1)[0]
+    return name == key or name.startswith(key + ".")
+
+
+def _keys_at(path: str, overrides: list[str]) -> list[str] | None:
+    """Keys of the node at ``path`` in the config composed from ``overrides`` (None if that fails)."""
+    try:
+        cfg = compose(overrides)
+    except ConfigError:
+        return None
+    node = OmegaConf.select(cfg, path, throw_on_resolution_failure=False) if path else cfg
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else None
 
 
 def _missing_option(err) -> str:
@@ -37,7 +77,11 @@ def _missing_option(err) -> str:
     options = getattr(err, "options", None) or []
     if "/" in missing:
         group, option = missing.rsplit("/", 1)
-        return (f"unknown option {group}={option}; available in '{group}': {', '.join(sorted(options)) or '(none)'}")
+        import difflib
+
+        options = sorted(options)
+        near = (difflib.get_close_matches(option, options, n=1) or options[:1] or ["<option>"])[0]
+        return f"unknown option {group}={option}; available in '{group}': {', '.join(options) or '(none)'}; e.g. {group}={near}"
     return str(err).strip().splitlines()[0]
 
 
@@ -46,10 +90,11 @@ def expand_overrides(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = parser.parse_overrides(overrides)
     except OverrideParseException as err:
-        raise ConfigError(str(err).strip().splitlines()[0]) from None
+        raise ConfigError(_parse_error(parser, overrides, err)) from None
     choices = []
     for ov in parsed:
         if ov.is_sweep_override():
@@ -64,12 +109,43 @@ def expand_overrides(overrides: list[str]) -> list[list[str]]:
     return lists if lists else [[]]
 
 
+def _parse_error(parser, overrides: list[str], err) -> str:
+    """'cannot parse seed=[1 (...)' naming the first override Hydra's grammar refuses."""
+    from hydra.errors import OverrideParseException
+
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as one:
+            key = override.lstrip("+~").split("=", 1)[0]
+            return (f"cannot parse {override} ({_first_line(one)}); quote values with brackets, commas or spaces, "
+                    f"e.g. {key}='<value>'")
+    return _first_line(err)
+
+
 def check_overrides(overrides: list[str]) -> None:
-    """Compose and validate every value of the command line before Hydra starts any job."""
+    """Compose and validate every value of the command line before Hydra starts any job, including
+    the grid an experiment declares under ``hydra.sweeper.params`` (what ``-m`` would run)."""
     from robprune.validate import validate
 
-    for combo in expand_overrides([o for o in overrides if not o.startswith("hydra.")]):
+    overrides = [o for o in overrides if not o.startswith("hydra.")]
+    combos = expand_overrides(overrides)
+    first = compose(combos[0], with_hydra=True)
+    axes = sweeper_overrides(first, overrides)
+    if axes:
+        combos = expand_overrides(overrides + axes)
+    with open_dict(first):
+        first.pop("hydra", None)
+    validate(first)
+    for combo in combos[1:]:
         validate(compose(combo))
+
+
+def sweeper_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """``key=v1,v2`` for every axis of ``cfg.hydra.sweeper.params`` that ``overrides`` do not set."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    return [f"{k}={v}" for k, v in (params or {}).items() if str(k) not in given]
 
 
 __all__ = ["compose", "expand_overrides", "check_overrides"]

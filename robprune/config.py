@@ -34,9 +34,11 @@ def _check_targets(node: Any, path: str) -> None:
     if isinstance(node, DictConfig):
         target = node.get("_target_") if "_target_" in node else None
         if target is not None and not any(str(target).startswith(p) for p in ALLOWED_TARGETS):
+            group = (path or "_target_").split(".")[0]
             raise ConfigError(
-                f"{path}._target_ = {target!r} is not allowed; targets must start with one of "
-                f"{', '.join(ALLOWED_TARGETS)} (add the prefix to robprune.config.ALLOWED_TARGETS if you trust it)"
+                f"{path}._target_ = {target!r} is not allowed: targets must start with one of "
+                f"{', '.join(ALLOWED_TARGETS)}; use one of robprune's own (pick an option of '{group}'), "
+                f"or add the prefix to robprune.config.ALLOWED_TARGETS if you trust it"
             )
         for key in node.keys():
             _check_targets(node._get_node(key), f"{path}.{key}" if path else str(key))

@@ -1,59 +1,330 @@
 """Check a composed config before any work starts, so a wrong value fails in a second with one line
-naming the key, not an hour later deep inside torch."""
+naming the key and the fix, not an hour later deep inside torch.
+
+:func:`validate` is config-only (the CLI runs it on every sweep value before Hydra starts a job);
+:func:`check_before_stages` needs the dense model (the pipeline calls it before the first stage).
+The schemas live in :mod:`robprune.schema`; this module walks the config against them.
+"""
 from __future__ import annotations
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+import functools
+import inspect
+import re
+from pathlib import Path
 
-from robprune.config import require_positive, require_range
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from robprune import schema
+from robprune.config import _check_targets, config_dir
 from robprune.errors import ConfigError
+from robprune.schema import ANY, BOOL, TARGET, MapOf, unknown_key
 
-# key suffix -> check; applied to every node found anywhere in the config tree
-FRACTIONS = ("channel_ratio", "sparsity")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+NOT_OPTIONS = ("scores", "defaults")  # keys of a prune node that are not options of the method
+GROUP_ROOTS = ("defaults", "hydra")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first invalid value (missing ???, ranges, attack budgets, splits)."""
-    missing = OmegaConf.missing_keys(cfg)
+    """Raise ConfigError for the first invalid input: a missing ``???``, a ``_target_`` outside the
+    allow-list, a key no schema has, a wrong type, range or choice, an impossible combination
+    (pruning, attacks, eval subsets, quantisation, splits) or a device that is not there."""
+    try:
+        missing = OmegaConf.missing_keys(cfg)
+    except OmegaConfBaseException:  # a broken interpolation: the walk below names its key
+        missing = set()
     if missing:
         key = sorted(missing)[0]
         raise ConfigError(f"{key} is required but not set; pass it on the command line, e.g. {key}=<value>")
-    _walk(cfg, "")
-    from robprune.prune import check_prune_config
+    _check_targets(cfg, "")  # before any target is imported to read its signature
+    check_node(cfg, {**schema.ROOT, **dict.fromkeys(study_nodes(), ANY)}, "")
+    check_device(cfg.device)
+    check_combinations(cfg)
 
-    check_prune_config(cfg.prune)  # a bad pruning option fails before the dense model trains
+
+@functools.lru_cache(maxsize=1)
+def study_nodes() -> tuple[str, ...]:
+    """Root keys that experiment and compress files define beyond the groups (``adverfine``): a study's
+    knobs, read through interpolations; their content is the study's business."""
+    import yaml
+
+    keys = set()
+    for folder in ("experiment", "compress"):
+        for path in sorted((config_dir() / folder).glob("*.yaml")):
+            keys |= set(yaml.safe_load(path.read_text()) or {})
+    return tuple(sorted(keys - set(schema.ROOT) - set(GROUP_ROOTS)))
+
+
+def value_at(node: DictConfig, key, path: str):
+    """node[key], with a missing or unresolvable value as a ConfigError naming ``path``."""
+    try:
+        return node[key]
+    except MissingMandatoryValue:
+        raise ConfigError(f"{path} is required but not set; pass it on the command line, e.g. {path}=<value>") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: cannot resolve its value ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                          f"set {path} on the command line") from None
+
+
+def check_node(node, spec: dict, path: str) -> None:
+    """Every key of ``node`` is in ``spec`` and its value fits its spec."""
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} must be a group of keys, got {node!r}; pick an option of its group, e.g. {path}=<option>")
+    if path == "dataset":
+        spec = {**spec, **schema.DATASET_EXTRA.get(str(node.get("name")), {})}
+    for key in schema.REQUIRED.get(path, ()):
+        if key not in node:
+            raise ConfigError(f"{path + '.' if path else ''}{key} is not set (removed with ~?); put it back, "
+                              f"e.g. {path + '.' if path else ''}{key}=<value>, or pick an option of the group")
+    # leaves first: a bad seed=abc is reported as seed, not as an attack seed interpolating it
+    for key in sorted(node.keys(), key=lambda k: OmegaConf.is_config(node._get_node(k))):
+        child = f"{path}.{key}" if path else str(key)
+        if key not in spec:
+            raise unknown_key(child, path, spec)
+        check_spec(spec[key], value_at(node, key, child), child)
+
+
+def check_spec(spec, value, path: str) -> None:
+    if spec == ANY:
+        return
+    if spec == TARGET:
+        check_target(value, path)
+    elif isinstance(spec, MapOf):
+        if not isinstance(value, DictConfig):
+            raise ConfigError(f"{path} must be a group of named entries, got {value!r}; e.g. {path}={{}}")
+        for key in value.keys():
+            check_spec(spec.item, value_at(value, key, f"{path}.{key}"), f"{path}.{key}")
+    elif isinstance(spec, dict):
+        check_node(value, spec, path)
+    else:
+        spec.check(value, path)
+
+
+def check_target(node, path: str) -> None:
+    """A node built by ``instantiate``: its keys are parameters of the callable, typed where declared."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(f"{path} must be a node with a _target_ (built from a function), got {node!r}; "
+                          f"pick an option of its group instead")
+    target = str(node._target_)
+    allowed, typed = allowed_keys(target, path), schema.params_of(target)
+    for key in node.keys():
+        child = f"{path}.{key}"
+        if allowed is not None and key not in allowed:
+            raise unknown_key(child, path, allowed)
+        value = value_at(node, key, child)
+        if key in ("_partial_", "_recursive_"):
+            BOOL.check(value, child)
+        elif key in typed:
+            check_spec(typed[key], value, child)
+        elif isinstance(value, DictConfig) and "_target_" in value:
+            check_target(value, child)
+    check_attack(node, path, target)
+
+
+def locate(target: str):
+    """The object a dotted path names, resolved as hydra does (attribute first, else import the
+    submodule), without hydra.utils.get_object's logging of failures."""
+    import importlib
+
+    parts = target.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, name in enumerate(parts[1:], start=2):
+        if hasattr(obj, name):
+            obj = getattr(obj, name)
+            continue
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            raise AttributeError(f"{'.'.join(parts[:i - 1])} has no {name!r}") from None
+    return obj
+
+
+@functools.lru_cache(maxsize=None)
+def _signature_keys(target: str) -> frozenset | None:
+    """Parameter names a config may bind: not *args, not positional ones without a default (the
+    runtime arguments such as model, x, y or params); None when the callable takes **kwargs."""
+    params = inspect.signature(locate(target)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    runtime = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL
+                     and not (p.kind in runtime and p.default is inspect.Parameter.empty))
+
+
+def allowed_keys(target: str, path: str) -> frozenset | None:
+    """Keys a node with this ``_target_`` may hold; None = anything (a callable taking **kwargs)."""
+    if target in schema.EXPLICIT_KEYS:
+        return frozenset(schema.EXPLICIT_KEYS[target]) | frozenset(schema.HYDRA_KEYS)
+    try:
+        keys = _signature_keys(target)
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
+        raise ConfigError(f"{path}._target_={target!r} cannot be imported ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); check its spelling or pick an option "
+                          f"of '{path.split('.')[0]}'") from None
+    return None if keys is None else keys | frozenset(schema.HYDRA_KEYS)
+
+
+def check_attack(node: DictConfig, path: str, target: str) -> None:
+    """Combinations inside one attack node."""
+    if target == "robprune.attacks.autoattack" and node.get("version") == "custom" and not node.get("attacks"):
+        raise ConfigError(f"{path}.version=custom needs {path}.attacks, a list from {', '.join(schema.AA_ATTACKS)}; "
+                          f"e.g. {path}.attacks=[apgd-ce,square]")
+    if target == "robprune.attacks.pgd" and node.get("compat") == "adverfine" and node.get("norm", "linf") != "linf":
+        raise ConfigError(f"{path}.compat=adverfine reproduces an L∞ attack only, but {path}.norm={node.norm}; "
+                          f"set {path}.norm=linf or {path}.compat=null")
+
+
+def check_device(value) -> None:
+    """device: auto | cpu | cuda | cuda:N | mps, and the device must be present on this machine."""
+    if not isinstance(value, str) or not DEVICE.match(value):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}; e.g. device=auto")
+    import torch
+
+    if value.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= count:
+            seen = "no CUDA GPU is visible" if count == 0 else f"only cuda:0..cuda:{count - 1} are visible"
+            raise ConfigError(f"device={value} but {seen} on this machine; use device=auto or device=cpu")
+    if value == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps but Apple's MPS backend is not available on this machine; use device=auto or device=cpu")
+
+
+def check_combinations(cfg: DictConfig) -> None:
+    """Checks across keys, and the ones other modules own (pruning, quantisation, splits)."""
+    from robprune.data import parse_split
+    from robprune.prune import check_prune_config
     from robprune.quant import spec_from_config
 
-    spec_from_config(cfg.get("quant"))  # quant.bits in [2, 16], method, observer: fail before any training
-    from robprune.data import parse_split
-
+    for key in ("train", "finetune"):
+        check_recipe(cfg[key], key)
+    if cfg.quant.get("method") == "qat" and "train" in cfg.quant:
+        check_recipe(cfg.quant.train, "quant.train")
+    check_eval_subsets(cfg.eval)
+    check_prune_combinations(cfg.prune)
+    check_prune_config(cfg.prune)
+    spec_from_config(cfg.get("quant"))
     for key in ("train_split", "test_split"):
-        parse_split(str(cfg.dataset[key]), key=f"dataset.{key}")
+        check_split_not_empty(str(cfg.dataset[key]), parse_split(str(cfg.dataset[key]), key=f"dataset.{key}")[1], key)
+    check_data_root(cfg.dataset)
 
 
-def _walk(node, path: str) -> None:
-    if isinstance(node, DictConfig):
-        target = str(node.get("_target_", "")) if "_target_" in node else ""
-        if target.startswith("robprune.attacks."):
-            _check_attack(node, path)
-        for key in node.keys():
-            child = f"{path}.{key}" if path else str(key)
-            try:
-                value = node[key]
-            except MissingMandatoryValue:
-                raise ConfigError(f"{child} is required but not set; pass it on the command line, e.g. {child}=<value>") from None
-            if key in FRACTIONS and value is not None:
-                require_range(float(value), child, 0.0, 1.0)
-            if key == "epochs" and value is not None:
-                require_positive(int(value), child, allow_zero=True)
-            _walk(value, child)
-    elif isinstance(node, ListConfig):
-        for i, item in enumerate(node):
-            _walk(item, f"{path}[{i}]")
+def check_split_not_empty(spec: str, part, key: str) -> None:
+    """A slice whose bounds are of one kind and sign, stop <= start, is empty whatever the split's size."""
+    start, stop = part.start, part.stop
+    if start is None or stop is None or start.percent != stop.percent or (start.value < 0) != (stop.value < 0):
+        return
+    if stop.value <= start.value:
+        raise ConfigError(f"dataset.{key}={spec!r} selects an empty slice (stop <= start); "
+                          f"e.g. dataset.{key}='{spec.split('[')[0]}[:1000]'")
 
 
-def _check_attack(node: DictConfig, path: str) -> None:
-    if "eps" in node and node.eps is not None and float(node.eps) < 0:
-        raise ConfigError(f"{path}.eps must be >= 0 (pixel units), got {node.eps}; e.g. {path}.eps=0.03137 for 8/255")
-    if "steps" in node and node.steps is not None and int(node.steps) < 1:
-        raise ConfigError(f"{path}.steps must be >= 1, got {node.steps}; e.g. {path}.steps=10")
+def check_data_root(node: DictConfig) -> None:
+    """A dataset read from files, without download, needs its folder to exist."""
+    if str(node.name) in schema.FILELESS or node.get("download"):
+        return
+    root = node.get("root")
+    if root is None or not Path(str(root)).expanduser().is_dir():
+        raise ConfigError(f"dataset.root={root} is not a folder (dataset {node.name!r} is read from files); "
+                          f"pass data.root=<folder with the {node.name} files>, or data.download=true")
+
+
+def check_recipe(node: DictConfig, key: str) -> None:
+    """A training recipe that runs (epochs > 0) names its objective, optimizer and schedule."""
+    if int(node.get("epochs") or 0) > 0:
+        for part in ("objective", "optimizer", "schedule"):
+            if part not in node:
+                raise ConfigError(f"{key}.{part} is not set but {key}.epochs={node.epochs}; pick a recipe with "
+                                  f"{key.split('.')[0]}=pgd_at or {key.split('.')[0]}=standard, or set {key}.epochs=0")
+
+
+def check_eval_subsets(node: DictConfig) -> None:
+    """Every eval.n_examples.<name> names an attack of eval.attacks."""
+    import difflib
+
+    attacks = list((node.get("attacks") or {}).keys())
+    for name in (node.get("n_examples") or {}).keys():
+        if name not in attacks:
+            near = difflib.get_close_matches(str(name), attacks, n=1)
+            hint = f"did you mean eval.n_examples.{near[0]}?" if near else f"remove it with ~eval.n_examples.{name}"
+            raise ConfigError(f"eval.n_examples.{name} names no attack of eval.attacks ({hint}); "
+                              f"attacks: {', '.join(attacks) or '(none)'}")
+
+
+def check_prune_combinations(node: DictConfig) -> None:
+    """Combinations robprune.prune.check_prune_config does not see without a model."""
+    target = str(node.get("_target_", ""))
+    if target not in schema.EXPLICIT_KEYS:
+        return
+    scores = str((node.get("scores") or {}).get("_target_", ""))
+    allocation = node.get("allocation", "mrs" if target.endswith(".mrpf") else "uniform")
+    if node.get("criterion") == "taylor" and not scores:
+        raise ConfigError("prune.criterion=taylor needs a scores node that makes the calibration set; use prune=taylor, "
+                          "or set prune.criterion=l1")
+    if allocation == "mrs":
+        if not scores.endswith("mrs_scores"):
+            raise ConfigError("prune.allocation=mrs needs MRS scores (prune.scores._target_=robprune.prune.sensitivity."
+                              "mrs_scores); use prune=mrs, or set prune.allocation=uniform")
+        normalization = node.get("normalization", "bisection")
+        if normalization == "bisection" and node.get("sparsity") is None:
+            raise ConfigError("prune.normalization=bisection needs prune.sparsity (a global parameter fraction); "
+                              "e.g. prune.sparsity=0.9, or prune.normalization=mean with prune.channel_ratio")
+
+
+def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | None:
+    """The largest parameter sparsity (methods.md §0) ``prune_cfg`` can reach on ``model``; None when
+    the config sets no parameter target (channel ratios, no pruning). model: the dense model (left
+    untouched: a copy is traced); example_inputs: (N, C, H, W) pixels in [0, 1], only the shape matters."""
+    import copy
+
+    from robprune.config import to_container
+    from robprune.prune import methods
+
+    target = str(prune_cfg.get("_target_", ""))
+    options = {k: v for k, v in to_container(prune_cfg).items() if k not in NOT_OPTIONS and not k.startswith("_")}
+    if target == "robprune.prune.global_magnitude":
+        from robprune.prune.stats import prunable_weight_count
+        from robprune.prune.unstructured import candidate_layers
+
+        layers = candidate_layers(model, exclude_stem=bool(options.get("exclude_stem", False)),
+                                  exclude_linear=bool(options.get("exclude_linear", False)))
+        total = prunable_weight_count(model)
+        return sum(m.weight.numel() for m in layers.values()) / total if total else 0.0
+    fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
+    if target not in schema.EXPLICIT_KEYS:
+        return None
+    opts = methods.channel_options({**fixed.get(target, {}), **options})
+    if opts.semantics() != "params":
+        return None
+    return _channel_limit(copy.deepcopy(model).cpu(), example_inputs[:1].cpu(), opts)
+
+
+def _channel_limit(model, example_inputs, opts) -> float:
+    """Sparsity with every prunable group cut at r_max: the top of every allocator's bisection
+    (uniform, global and MRS ratios all reach r_max in every group at their upper bracket)."""
+    from robprune.prune.budget import ParamBudget
+    from robprune.prune.structured import build_groups
+
+    _, groups = build_groups(model, example_inputs, exclude_stem=opts.exclude_stem, exclude_linear=opts.exclude_linear)
+    budget = ParamBudget(model, groups, min_keep=int(opts.min_channels))
+    return budget.sparsity({g.root: float(opts.r_max) for g in groups})
+
+
+def check_before_stages(cfg: DictConfig, model, example_inputs) -> None:
+    """The checks that need the model: prune.sparsity must be reachable on it (r_max caps channel
+    ratios, exclude_stem / exclude_linear keep layers). model: the dense, untrained model the run builds
+    (not modified); example_inputs: (N, C, H, W) pixels in [0, 1]. Raises ConfigError naming the key."""
+    limit = reachable_sparsity(cfg.prune, model, example_inputs)
+    sparsity = cfg.prune.get("sparsity")
+    if limit is None or sparsity is None or float(sparsity) <= limit + 1e-9:
+        return
+    keeps = ", ".join(f"prune.{k}={str(cfg.prune[k]).lower()}" for k in ("r_max", "exclude_stem", "exclude_linear") if k in cfg.prune)
+    raise ConfigError(f"prune.sparsity={float(sparsity):g} is not reachable on this model: at most {limit:.4f} of the "
+                      f"Conv2d/Linear weights can be removed with {keeps}; lower it, e.g. prune.sparsity={_floor2(limit)}")
+
+
+def _floor2(x: float) -> str:
+    return f"{int(x * 100) / 100:.2f}"
+
+
+__all__ = ["validate", "check_before_stages", "reachable_sparsity", "check_device"]

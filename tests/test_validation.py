@@ -1,0 +1,246 @@
+"""Every user input is checked before the first stage: the wrong-input matrix (exit 2, one line naming the
+key and the fix, no traceback, no cache entry, finished results untouched) and the schemas' positive side
+(every option of every group and every experiment validates clean)."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from robprune.cli import main
+from robprune.compose import check_overrides, compose
+from robprune.errors import ConfigError, DataError
+from robprune.results import read_metrics
+from robprune.validate import check_before_stages, reachable_sparsity, validate
+from tests.helpers import REPO, robprune
+
+FIX = re.compile(r"e\.g\.|did you mean|; use |; set |; pick |pick a|; remove|; lower|; pass |; quote|set prune|or set |remove it")
+NO_GPU = not torch.cuda.is_available()
+
+# (overrides, text the one line must contain: the key or file it names)
+MATRIX = [
+    # the old matrix of tests/test_cli.py
+    (["prune=foo"], "prune=foo"),
+    (["dataset=imagenet_lol"], "dataset=imagenet_lol"),
+    (["prune.channel_ratio=1.5"], "prune.channel_ratio"),
+    (["prune.channel_ratio=-0.1"], "prune.channel_ratio"),
+    (["eval.attacks.pgd20.eps=-0.1"], "eval.attacks.pgd20.eps"),
+    (["train.objective.attack.steps=0"], "train.objective.attack.steps"),
+    (["dataset.train_split=train[abc]"], "dataset.train_split"),
+    (["dataset.test_split=test[5:5]"], "dataset.test_split"),
+    (["prune.no_such_key=1"], "prune.no_such_key"),
+    (["-m", "prune.channel_ratio=0.3,1.2"], "prune.channel_ratio"),
+    (["dataset=mnist", "data.root=/nonexistent/mnist"], "/nonexistent/mnist"),
+    # types of the root keys
+    (["seed=abc"], "seed must be an integer"),
+    (["seed=1.5"], "seed must be an integer"),
+    (["train_seed=true"], "train_seed"),
+    (["seed=[1"], "seed=[1"),
+    (["~seed"], "seed is not set"),
+    (["threads=-1"], "threads"),
+    (["threads=0"], "threads"),
+    (["threads=two"], "threads"),
+    (["device=gpu"], "device"),
+    (["device=cuda:99"], "device=cuda:99"),
+    # unknown keys, with and without +
+    (["+train.epoch=50"], "did you mean train.epochs?"),
+    (["train.epoch=50"], "did you mean train.epochs?"),
+    (["eval.attacks.pgd21.steps=3"], "eval.attacks.pgd21"),
+    (["+eval.attacks.pgd20.stepz=3"], "eval.attacks.pgd20.stepz"),
+    (["+dataset.num_train=5"], "dataset.num_train"),
+    # attacks: types, ranges, enums
+    (["eval.attacks.pgd20.eps=abc"], "eval.attacks.pgd20.eps"),
+    (["eval.attacks.pgd20.step_size=-1"], "eval.attacks.pgd20.step_size"),
+    (["eval.attacks.pgd20.restarts=0"], "eval.attacks.pgd20.restarts"),
+    (["eval.attacks.pgd20.norm=l3"], "eval.attacks.pgd20.norm"),
+    (["eval.attacks.autoattack.norm=linf"], "eval.attacks.autoattack.norm"),
+    (["eval.attacks.autoattack.version=standrd"], "eval.attacks.autoattack.version"),
+    (["eval.attacks.autoattack.version=custom"], "eval.attacks.autoattack.attacks"),
+    (["eval.attacks.autoattack.attacks=[apgd-ce,foo]"], "eval.attacks.autoattack.attacks[1]"),
+    (["train.objective.attack.random_start=maybe"], "train.objective.attack.random_start"),
+    # evaluation subsets and batches, data, training
+    (["eval.batch_size=0"], "eval.batch_size"),
+    (["eval.n_examples.pgd20=0"], "eval.n_examples.pgd20"),
+    (["+eval.n_examples.pgd30=5"], "eval.n_examples.pgd30"),
+    (["eval.large_eps_n=0"], "eval.large_eps_n"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["train.optimizer.lr=0"], "train.optimizer.lr"),
+    (["train.epochs=-1"], "train.epochs"),
+    (["finetune=none", "finetune.epochs=2"], "finetune.objective"),
+    (["dataset.augment.hflip=maybe"], "dataset.augment.hflip"),
+    # the allow-list, up front
+    (["finetune.objective._target_=os.system"], "finetune.objective._target_"),
+    (["model._target_=builtins.eval"], "model._target_"),
+    (["train.optimizer._target_=torch.optim.NoSuchOptimizer"], "train.optimizer._target_"),
+    # pruning and quantisation combinations
+    (["prune=mrs", "prune.sparsity=null", "prune.channel_ratio=0.5"], "prune.sparsity"),
+    (["prune=l2_filter", "prune.criterion=taylor"], "prune.criterion=taylor"),
+    (["prune.allocation=mrs"], "prune.allocation=mrs"),
+    (["prune=global_magnitude", "prune.ratio_semantics=channel"], "prune.ratio_semantics"),
+    (["quant=ptq", "quant.bits=40"], "quant.bits"),
+]
+if NO_GPU:
+    MATRIX.append((["device=cuda"], "device=cuda"))
+
+
+@pytest.fixture
+def finished(tmp_path):
+    """A fake finished run directory with known bytes, and a snapshot function over all its files."""
+    run = tmp_path / "finished"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"clean_acc": 0.9, "seed": 0}))
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run / "run.log").write_bytes(b"finished\n")
+    return run, lambda: {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(["run", *args])
+    except SystemExit as exit_:  # a job that fails inside Hydra exits from app.job
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(code: int, err: str, named: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2, (code, err[-1500:])
+    assert len(lines) == 1 and "Traceback" not in err, err[-1500:]
+    assert named in lines[0] and "Error: " in lines[0], lines[0]
+    assert FIX.search(lines[0]), f"no fix hint in: {lines[0]}"
+    return lines[0]
+
+
+def no_cache_entry(cache: Path) -> bool:
+    return not cache.exists() or {p.name for p in cache.iterdir()} <= {"datasets"}
+
+
+@pytest.mark.parametrize("overrides,named", MATRIX, ids=[" ".join(m[0]) for m in MATRIX])
+def test_wrong_input_exit_2_one_line_nothing_written(overrides, named, finished, tmp_path, capsys):
+    run, snapshot = finished
+    before = snapshot()
+    code, err = run_main([*overrides, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"], capsys)
+    assert_one_line(code, err, named)
+    assert no_cache_entry(tmp_path / "cache")
+    assert snapshot() == before
+
+
+def test_wrong_input_real_command(finished, tmp_path):
+    run, snapshot = finished
+    before = snapshot()
+    res = robprune(["run", "+train.epoch=50", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert_one_line(res.returncode, res.stderr, "did you mean train.epochs?")
+    assert no_cache_entry(tmp_path / "cache") and snapshot() == before
+
+
+def test_unreachable_sparsity_fails_before_training(finished, tmp_path):
+    """prune.sparsity depends on the model: the pipeline checks it after building the dense model."""
+    run, snapshot = finished
+    before = snapshot()
+    res = robprune(["run", "prune.sparsity=0.99", f"cache_dir={tmp_path / 'cache'}",
+                    f"hydra.run.dir={tmp_path / 'new_run'}"], cwd=tmp_path)
+    line = assert_one_line(res.returncode, res.stderr, "prune.sparsity=0.99")
+    assert "reachable" in line
+    assert no_cache_entry(tmp_path / "cache") and snapshot() == before
+
+
+def _dense(cfg):
+    from robprune.measure import dense_model
+
+    arch = {"model": dict(cfg.model), "in_channels": 1, "image_size": 8, "num_classes": 10, "mean": [0.3], "std": [0.4]}
+    return dense_model(arch), torch.zeros(1, 1, 8, 8)
+
+
+@pytest.mark.parametrize("overrides,ok", [
+    (["prune.sparsity=0.5"], True), (["prune.sparsity=0.99"], False), (["prune=mrs", "prune.sparsity=0.99"], False),
+    (["prune=global_magnitude", "prune.sparsity=0.99"], True),
+    (["prune=global_magnitude", "prune.sparsity=0.99", "prune.exclude_linear=true"], False),
+    (["prune.channel_ratio=0.9"], True), (["prune=none"], True),
+])
+def test_check_before_stages(overrides, ok):
+    cfg = compose(overrides)
+    model, x = _dense(cfg)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    if ok:
+        check_before_stages(cfg, model, x)
+    else:
+        with pytest.raises(ConfigError, match=r"prune\.sparsity=0\.99 is not reachable.*e\.g\. prune\.sparsity=0\.\d\d"):
+            check_before_stages(cfg, model, x)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the model is left untouched
+
+
+def test_reachable_sparsity_is_what_allocation_reaches():
+    """The limit is the top of the allocator's bisection: just above it the real cut refuses, at it it works."""
+    from robprune.prune import prune_model
+
+    cfg = compose(["prune.sparsity=0.5"])
+    model, x = _dense(cfg)
+    limit = reachable_sparsity(cfg.prune, model, x)
+    assert 0.5 < limit < 1
+    with pytest.raises(ConfigError, match="not reachable"):
+        prune_model(model, compose([f"prune.sparsity={limit + 0.001:.4f}"]).prune, example_inputs=x)
+    info = prune_model(model, compose([f"prune.sparsity={limit - 0.001:.4f}"]).prune, example_inputs=x)
+    assert info["sparsity"] == pytest.approx(limit, abs=0.01)
+
+
+def _zip_options() -> list[list[str]]:
+    """Every option of every group at least once (options of different groups combined row by row)."""
+    groups = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml"))
+              for g in ("dataset", "model", "train", "prune", "quant", "finetune", "eval")}
+    rows = max(len(v) for v in groups.values())
+    combos = [[f"{g}={opts[i % len(opts)]}" for g, opts in groups.items()] for i in range(rows)]
+    attacks = sorted(p.stem for p in (REPO / "conf" / "attack").glob("*.yaml"))
+    combos.append([f"+attack@eval.attacks.extra_{a}={a}" for a in attacks])
+    combos += [[f"+compress={p.stem}"] for p in sorted((REPO / "conf" / "compress").glob("*.yaml"))]
+    return combos
+
+
+@pytest.mark.parametrize("overrides", [[]] + _zip_options(), ids=lambda o: " ".join(o) or "default")
+def test_every_option_validates(overrides, tmp_path):
+    validate(compose([*overrides, f"data.root={tmp_path}"]))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_validates(name, tmp_path):
+    validate(compose([f"+experiment={name}", f"data.root={tmp_path}"]))
+
+
+def test_experiment_grid_is_checked_before_a_sweep(tmp_path):
+    """check_overrides also walks the values of hydra.sweeper.params (what -m runs); a bad one fails."""
+    from robprune.compose import sweeper_overrides
+
+    overrides = ["+experiment=adverfine_mnist", f"data.root={tmp_path}", "seed=0"]
+    axes = sweeper_overrides(compose(overrides, with_hydra=True), overrides)
+    assert [a.split("=")[0] for a in axes] == ["train", "compress", "finetune"]  # seed=0 given: that axis is not swept
+    check_overrides(overrides)
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b'{"clean_acc": 0.9', b"[1, 2]", b"\"text\""],
+                         ids=["random bytes", "invalid JSON", "a list", "a string"])
+def test_corrupt_metrics_json_is_a_data_error(content, tmp_path):
+    path = tmp_path / "run" / "metrics.json"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        read_metrics(path)
+    message = str(err.value)
+    assert message.startswith(f"DataError: {path}: not a valid metrics.json (") and "delete it or re-run" in message
+    assert "\n" not in message
+
+
+def _table_reads_with_results() -> bool:
+    import inspect
+
+    import robprune.report.table as table
+
+    return "robprune.results" in inspect.getsource(table)
+
+
+@pytest.mark.skipif(not _table_reads_with_results(), reason="robprune/report/table.py does not call robprune.results.read_metrics yet")
+def test_table_on_corrupt_metrics_json(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_bytes(bytes(range(256)))
+    code = main(["table", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a valid metrics.json" in err, err
