@@ -132,4 +132,20 @@ def assemble_metrics(cfg, data, results: dict[str, StageResult], final: StageRes
         "provenance": provenance(device),
         "version": robprune.__version__, "attack_compat": attack_compat(cfg),
     })
+    add_int8_check(metrics)
     return metrics
+
+
+def add_int8_check(metrics: dict) -> None:
+    """A quantised model's INT8 conversion must predict like the fake-quantised model it times
+    (``int8_check`` from :func:`robprune.measure.measure`); a mismatch fails the run's checks."""
+    record, checks = metrics.get("int8_check"), metrics.setdefault("checks", {})
+    if not record:
+        return
+    checks["int8_matches_fake"] = bool(record["ok"])
+    if not record["ok"]:
+        tol = record.get("tolerance", {})
+        checks.setdefault("failed", []).append(
+            f"int8_matches_fake: INT8 accuracy {record['acc_int8']:.4f} vs fake-quant {record['acc_fake']:.4f}, "
+            f"agreement {record['agreement']:.4f} (allowed: ±{tol.get('acc')}, ≥ {tol.get('agreement')})")
+    checks["passed"] = not checks.get("failed")

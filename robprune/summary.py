@@ -30,7 +30,10 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
     if "sparsity" in metrics:
         rows.append(("parameter sparsity", _pct(metrics["sparsity"])))
     if "latency_ms" in metrics:
-        rows.append((f"CPU latency (batch {metrics.get('latency_batch_size')})", f"{metrics['latency_ms']:.2f} ms"))
+        engine = f", {metrics['latency_engine']} INT8" if metrics.get("latency_engine") else ""
+        value = metrics["latency_ms"]
+        rows.append((f"CPU latency (batch {metrics.get('latency_batch_size')}{engine})",
+                     f"{value:.2f} ms" if value is not None else f"— ({metrics.get('latency_note')})"))
     if "storage_bytes" in metrics:
         quant = metrics.get("quant") or {}
         where = f"{quant['method']} {quant['bits']}-bit" if quant.get("method", "none") != "none" else "FP32"

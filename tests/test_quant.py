@@ -223,9 +223,10 @@ def test_pipeline_ptq_and_qat_stages(tmp_path):
     assert abs(m8["clean_acc"] - plain["clean_acc"]) < 0.1
     assert json.loads((tmp_path / "qat" / "model.json").read_text())["quant"]["method"] == "qat"
     assert len(json.loads((tmp_path / "qat" / "model.json").read_text())["qat_log"]) == 1
-    # the end-of-run table shows the size at the bit width and the ratio (latency_ms dropped: summary.py does not
-    # yet format a null latency, see the INT8 latency change)
-    rows = dict(summary_rows({k: v for k, v in qat.items() if k != "latency_ms"}))
+    # the end-of-run table shows the size at the bit width, the ratio, and why a 4-bit model has no latency
+    rows = dict(summary_rows(qat))
+    assert "4-bit" in rows["CPU latency (batch 8)"]
+    assert "INT8" in next(k for k in summary_rows(m8) if k[0].startswith("CPU latency"))[0]
     assert rows["compression ratio"] == f"{qat['compression_ratio']:.2f}×"
     assert f"{qat['storage_bytes'] / 1024:.1f} KiB" in rows["storage (dense FP32 → now, qat 4-bit)"]
     assert "storage (dense FP32 → now, FP32)" in dict(summary_rows(plain))
@@ -313,3 +314,18 @@ def test_measure_of_a_float_model_has_no_int8_keys(digits_model, digits_bundle):
     out = measure(copy.deepcopy(digits_model[0]), digits_meta(), digits_bundle, LATENCY_CFG)
     assert not {"latency_engine", "latency_note", "int8_check"} & set(out)
     assert out["latency_ms"] > 0 and out["params"] == out["params_total"] == out["params_dense"]
+
+
+def test_an_int8_conversion_that_disagrees_fails_the_run_checks():
+    from robprune.pipeline import add_int8_check
+
+    record = {"n": 100, "acc_int8": 0.80, "acc_fake": 0.90, "agreement": 0.85, "ok": False,
+              "tolerance": {"acc": 0.01, "agreement": 0.98}}
+    metrics = {"checks": {"failed": [], "passed": True}, "int8_check": record}
+    add_int8_check(metrics)
+    assert metrics["checks"]["passed"] is False and metrics["checks"]["int8_matches_fake"] is False
+    assert metrics["checks"]["failed"] == [
+        "int8_matches_fake: INT8 accuracy 0.8000 vs fake-quant 0.9000, agreement 0.8500 (allowed: ±0.01, ≥ 0.98)"]
+    ok = {"checks": {"failed": [], "passed": True}, "int8_check": {**record, "ok": True}}
+    add_int8_check(ok)
+    assert ok["checks"]["passed"] is True and ok["checks"]["int8_matches_fake"] is True
