@@ -53,7 +53,10 @@ def run_command(args: list[str]) -> int:
     from robprune.app import hydra_main
 
     sys.argv = ["robprune", *args]
-    hydra_main()
+    try:
+        hydra_main()
+    except SystemExit as exit_:  # a job's user error exits 2 from inside Hydra; main() returns the code
+        return int(exit_.code or 0)
     return 0
 
 

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from robprune.errors import ConfigError, DataError
+from robprune.results import read_metrics
 from robprune.io import atomic_write_text
 
 MISSING = "—"  # shown where a group has no value for a metric
@@ -55,7 +56,7 @@ def load_runs(root: Path) -> pd.DataFrame:
     records, config_keys = [], {}
     for path in files:
         config = _flatten(_read_config(path.parent / "config.yaml"))
-        metrics = _flatten(_read_metrics(path))
+        metrics = _flatten(read_metrics(path))
         config_keys.update(dict.fromkeys(config))
         records.append({"run_dir": str(path.parent), **config, **metrics})
     df = pd.DataFrame.from_records(records)
@@ -63,16 +64,6 @@ def load_runs(root: Path) -> pd.DataFrame:
     df = df[["run_dir"] + [c for c in metric_first if c != "run_dir"] + [c for c in df.columns if c in config_keys]]
     df.attrs["config_keys"] = list(config_keys)
     return df
-
-
-def _read_metrics(path: Path) -> dict:
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON ({err}); rerun that run or delete its directory") from None
-    if not isinstance(metrics, dict):
-        raise DataError(f"{path} must hold a JSON object of metrics, got {type(metrics).__name__}")
-    return metrics
 
 
 def _read_config(path: Path) -> dict:
