@@ -239,16 +239,18 @@ def check_recipe(node: DictConfig, key: str) -> None:
 
 
 def check_eval_subsets(node: DictConfig) -> None:
-    """Every eval.n_examples.<name> names an attack of eval.attacks."""
+    """An eval.n_examples.<name> that looks like a misspelt attack of eval.attacks is an error.
+
+    A subset size for an attack the eval config does not run is otherwise left alone: an experiment
+    sets ``n_examples.autoattack`` and a user who swaps in ``eval=pgd`` keeps it, harmlessly."""
     import difflib
 
     attacks = list((node.get("attacks") or {}).keys())
     for name in (node.get("n_examples") or {}).keys():
-        if name not in attacks:
-            near = difflib.get_close_matches(str(name), attacks, n=1)
-            hint = f"did you mean eval.n_examples.{near[0]}?" if near else f"remove it with ~eval.n_examples.{name}"
-            raise ConfigError(f"eval.n_examples.{name} names no attack of eval.attacks ({hint}); "
-                              f"attacks: {', '.join(attacks) or '(none)'}")
+        near = difflib.get_close_matches(str(name), attacks, n=1) if name not in attacks else []
+        if near:
+            raise ConfigError(f"eval.n_examples.{name} names no attack of eval.attacks (did you mean "
+                              f"eval.n_examples.{near[0]}?); attacks: {', '.join(attacks)}")
 
 
 def check_prune_combinations(node: DictConfig) -> None:
