@@ -151,7 +151,7 @@ EXPERIMENT_SHRINK = [
     "train.epochs=1", "finetune.epochs=1", "eval=pgd", "eval.attacks.pgd20.steps=2", "eval.n_examples.pgd20=16",
     "eval.latency.repeats=1", "eval.latency.warmup=0", "eval.latency.batch_size=2", "data.batch_size=32",
     "prune.scores.n_images=32", "prune.scores.draws=1", "prune.scores.attack.steps=2",
-    "train.objective.attack.steps=2", "finetune.objective.steps=2",
+    "train.objective.attack.steps=2", "finetune.objective.attack.steps=2",
 ]
 SYNTHETIC = ["dataset=synthetic", "dataset.num_train=64", "dataset.num_test=16", "dataset.train_split=train",
              "dataset.test_split=test"]
