@@ -6,8 +6,6 @@ import and call arbitrary code.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +68,6 @@ def to_container(cfg: Any) -> Any:
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
-
-
-def config_hash(*parts: Any) -> str:
-    """Stable 16-hex-digit hash of config slices and upstream keys (order of dict keys ignored)."""
-    blob = json.dumps([to_container(p) for p in parts], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def require_range(value: float, key: str, low: float, high: float, *, high_open: bool = True) -> float:

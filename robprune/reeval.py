@@ -26,7 +26,7 @@ FROM_RUN = ("dataset", "data", "model", "seed")  # taken from the run's config.y
 
 def reevaluate(path: Path, overrides: list[str]) -> dict:
     from robprune.measure import measure
-    from robprune.pipeline import resolve_device
+    from robprune.pipeline import add_int8_check, resolve_device
 
     path = Path(path)
     if not path.exists():
@@ -51,6 +51,7 @@ def reevaluate(path: Path, overrides: list[str]) -> dict:
     metrics = evaluate_robustness(model.to(device).eval(), data.test_x, data.test_y, cfg.eval, device=device,
                                   seed=cfg.seed, progress=not cfg.quiet)
     metrics.update(measure(model, meta, data, cfg))
+    add_int8_check(metrics)
     metrics.update({"checkpoint": str(path.resolve()), "seed": int(cfg.seed),
                     "sparsity": float((meta.get("prune") or {}).get("sparsity", 0.0))})
     atomic_write_json(out / "metrics.json", metrics)
