@@ -30,14 +30,22 @@ def job(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg, run_dir, choices=choices)
     except RobpruneError as err:
-        log.error("%s", err)
-        print(str(err), file=sys.stderr)
+        log_to_file_only(err)
+        print(str(err), file=sys.stderr)  # the one line the user sees
         sys.exit(2)
     if cfg.quiet:
         print(run_dir)
     else:
         print_summary(metrics, title=f"robprune run → {run_dir}")
     return metrics.get("robust_acc/worst", metrics.get("clean_acc"))
+
+
+def log_to_file_only(err: Exception) -> None:
+    """Record a user error in run.log without a second copy of it on the console."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (err,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def hydra_main() -> None:

@@ -142,6 +142,8 @@ def test_unreachable_sparsity_fails_before_training(finished, tmp_path):
                     f"hydra.run.dir={tmp_path / 'new_run'}"], cwd=tmp_path)
     line = assert_one_line(res.returncode, res.stderr, "prune.sparsity=0.99")
     assert "reachable" in line
+    assert "reachable" not in res.stdout                                  # one copy on the console, not two
+    assert line in (tmp_path / "new_run" / "run.log").read_text()         # and the run's log records it
     assert no_cache_entry(tmp_path / "cache") and snapshot() == before
 
 
