@@ -181,11 +181,14 @@ class ConfigView:
         return self._child(key)
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._child(key)
-        return default if value is None else value
+        """Like DictConfig.get: the value (None included) of a declared key, the default for a declared
+        path that is absent from the config; an undeclared key raises instead of answering the default."""
+        if key in self._node or not self._readable(f"{self._prefix}{key}"):
+            return self._child(key)  # an undeclared key raises here
+        return default
 
     def __contains__(self, key: str) -> bool:
-        return self._child(key) is not None
+        return self.get(key) is not None
 
     def keys(self) -> list[str]:
         """The keys of this node a stage may read."""
