@@ -187,3 +187,35 @@ def test_manifest_stage_json_and_record(tmp_path):
     assert reused.meta == stage and reused.record()["inputs"] == {"train": "abc"}
     assert set(reused.record()) >= {"key", "reused", "seconds", "path", "device", "inputs"}
     assert (reused.path / ".last_used").exists()
+
+
+def test_truncated_cache_model_leaves_finished_runs_intact_and_is_rebuilt(tmp_path, caplog):
+    """The measured failure: truncating one cached model.safetensors damaged every finished run that
+    hard-linked it, and the next run failed with the wrong advice. Now runs hold copies, and the
+    damaged entry is moved aside and rebuilt with the same numbers."""
+    import hashlib
+
+    from robprune.checkpoint import load_checkpoint
+    from robprune.compose import compose
+    from robprune.pipeline import run
+    from tests.helpers import SHRINK, stable
+
+    cfg = compose([*SHRINK, "train.epochs=1", f"cache_dir={tmp_path / 'cache'}"])
+    first = run(cfg, tmp_path / "a")
+    second = run(cfg, tmp_path / "b")
+    assert all(s["reused"] for s in second["stages"].values())
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    published = {d: digest(tmp_path / d / "model.safetensors") for d in ("a", "b")}
+    cached = Path(first["stages"]["finetune"]["path"]) / "model.safetensors"
+    with open(cached, "r+b") as fh:
+        fh.truncate(100)
+    assert {d: digest(tmp_path / d / "model.safetensors") for d in ("a", "b")} == published
+    load_checkpoint(tmp_path / "a")                                        # the finished runs still load
+    with caplog.at_level(logging.WARNING, logger="robprune"):
+        third = run(cfg, tmp_path / "c")
+    warnings = [r.getMessage() for r in caplog.records if "failed verification" in r.getMessage()]
+    assert len(warnings) == 1 and "finetune/" in warnings[0]
+    assert not third["stages"]["finetune"]["reused"] and third["stages"]["train"]["reused"]
+    assert list((tmp_path / "cache" / "finetune").glob("*.corrupt-*"))
+    assert stable(third) == stable(first)
+    assert digest(tmp_path / "c" / "model.safetensors") == published["a"]
