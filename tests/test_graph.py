@@ -201,7 +201,7 @@ def test_a_finished_run_directory_is_never_touched_by_a_later_run(tmp_path, caps
             f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
     assert cli_main(args) == 0
     assert (run_dir / "metrics.json").exists() and (run_dir / ".hydra" / "config.yaml").exists()
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_dir)   # quiet: only the run path
+    assert capsys.readouterr().out.strip().splitlines() == [str(run_dir)]   # quiet: only the run path
     before = _tree_digest(run_dir)
     assert cli_main(args) == 2                                                 # the same run again
     err = capsys.readouterr().err.strip().splitlines()
