@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from robprune.errors import RobpruneError
 
 MODEL = "<model>"  # an input meaning "the model made by the latest model-producing stage before this one"
 LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors")
@@ -107,7 +106,7 @@ def plan(stages: Iterable[Stage], cfg: DictConfig) -> list[Planned]:
         for ref in stage.inputs:
             if ref == MODEL:
                 if last_model is None:
-                    raise RobpruneError(f"stage {stage.name} needs a model but no earlier stage makes one")
+                    raise RuntimeError(f"stage {stage.name} needs a model but no earlier stage makes one")
                 inputs[MODEL] = last_model
             elif ref.endswith("?"):
                 if ref[:-1] in names:
@@ -115,7 +114,7 @@ def plan(stages: Iterable[Stage], cfg: DictConfig) -> list[Planned]:
             elif ref in names:
                 inputs[ref] = ref
             else:
-                raise RobpruneError(f"stage {stage.name} needs stage {ref}, which this config does not run")
+                raise RuntimeError(f"stage {stage.name} needs stage {ref}, which this config does not run")
         placed.append(Planned(stage, inputs))
         names.add(stage.name)
         if stage.produces_model:
