@@ -231,15 +231,6 @@ def test_corrupt_metrics_json_is_a_data_error(content, tmp_path):
     assert "\n" not in message
 
 
-def _table_reads_with_results() -> bool:
-    import inspect
-
-    import robprune.report.table as table
-
-    return "robprune.results" in inspect.getsource(table)
-
-
-@pytest.mark.skipif(not _table_reads_with_results(), reason="robprune/report/table.py does not call robprune.results.read_metrics yet")
 def test_table_on_corrupt_metrics_json(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_bytes(bytes(range(256)))
