@@ -3,7 +3,8 @@ naming the key and the fix, not an hour later deep inside torch.
 
 :func:`validate` is config-only (the CLI runs it on every sweep value before Hydra starts a job);
 :func:`check_before_stages` needs the dense model (the pipeline calls it before the first stage).
-The schemas live in :mod:`robprune.schema`; this module walks the config against them.
+The schemas live in :mod:`robprune.schema`; this module walks the config against them. The pruning
+checks (combinations, reachability on the model) live in :mod:`robprune.validate_prune`.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from robprune import schema
 from robprune.config import _check_targets, config_dir
 from robprune.errors import ConfigError
 from robprune.schema import ANY, BOOL, TARGET, MapOf, unknown_key
+from robprune.validate_prune import check_before_stages, check_prune_combinations, reachable_sparsity
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-NOT_OPTIONS = ("scores", "defaults")  # keys of a prune node that are not options of the method
 GROUP_ROOTS = ("defaults", "hydra")
 
 
@@ -251,82 +252,6 @@ def check_eval_subsets(node: DictConfig) -> None:
         if near:
             raise ConfigError(f"eval.n_examples.{name} names no attack of eval.attacks (did you mean "
                               f"eval.n_examples.{near[0]}?); attacks: {', '.join(attacks)}")
-
-
-def check_prune_combinations(node: DictConfig) -> None:
-    """Combinations robprune.prune.check_prune_config does not see without a model."""
-    target = str(node.get("_target_", ""))
-    if target not in schema.EXPLICIT_KEYS:
-        return
-    scores = str((node.get("scores") or {}).get("_target_", ""))
-    allocation = node.get("allocation", "mrs" if target.endswith(".mrpf") else "uniform")
-    if node.get("criterion") == "taylor" and not scores:
-        raise ConfigError("prune.criterion=taylor needs a scores node that makes the calibration set; use prune=taylor, "
-                          "or set prune.criterion=l1")
-    if allocation == "mrs":
-        if not scores.endswith("mrs_scores"):
-            raise ConfigError("prune.allocation=mrs needs MRS scores (prune.scores._target_=robprune.prune.sensitivity."
-                              "mrs_scores); use prune=mrs, or set prune.allocation=uniform")
-        normalization = node.get("normalization", "bisection")
-        if normalization == "bisection" and node.get("sparsity") is None:
-            raise ConfigError("prune.normalization=bisection needs prune.sparsity (a global parameter fraction); "
-                              "e.g. prune.sparsity=0.9, or prune.normalization=mean with prune.channel_ratio")
-
-
-def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | None:
-    """The largest parameter sparsity (methods.md §0) ``prune_cfg`` can reach on ``model``; None when
-    the config sets no parameter target (channel ratios, no pruning). model: the dense model (left
-    untouched: a copy is traced); example_inputs: (N, C, H, W) pixels in [0, 1], only the shape matters."""
-    import copy
-
-    from robprune.config import to_container
-    from robprune.prune import methods
-
-    target = str(prune_cfg.get("_target_", ""))
-    options = {k: v for k, v in to_container(prune_cfg).items() if k not in NOT_OPTIONS and not k.startswith("_")}
-    if target == "robprune.prune.global_magnitude":
-        from robprune.prune.stats import prunable_weight_count
-        from robprune.prune.unstructured import candidate_layers
-
-        layers = candidate_layers(model, exclude_stem=bool(options.get("exclude_stem", False)),
-                                  exclude_linear=bool(options.get("exclude_linear", False)))
-        total = prunable_weight_count(model)
-        return sum(m.weight.numel() for m in layers.values()) / total if total else 0.0
-    fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
-    if target not in schema.EXPLICIT_KEYS:
-        return None
-    opts = methods.channel_options({**fixed.get(target, {}), **options})
-    if opts.semantics() != "params":
-        return None
-    return _channel_limit(copy.deepcopy(model).cpu(), example_inputs[:1].cpu(), opts)
-
-
-def _channel_limit(model, example_inputs, opts) -> float:
-    """Sparsity with every prunable group cut at r_max: the top of every allocator's bisection
-    (uniform, global and MRS ratios all reach r_max in every group at their upper bracket)."""
-    from robprune.prune.budget import ParamBudget
-    from robprune.prune.structured import build_groups
-
-    _, groups = build_groups(model, example_inputs, exclude_stem=opts.exclude_stem, exclude_linear=opts.exclude_linear)
-    budget = ParamBudget(model, groups, min_keep=int(opts.min_channels))
-    return budget.sparsity({g.root: float(opts.r_max) for g in groups})
-
-
-def check_before_stages(cfg: DictConfig, model, example_inputs) -> None:
-    """The checks that need the model: prune.sparsity must be reachable on it (r_max caps channel
-    ratios, exclude_stem / exclude_linear keep layers). model: the dense, untrained model the run builds
-    (not modified); example_inputs: (N, C, H, W) pixels in [0, 1]. Raises ConfigError naming the key."""
-    limit = reachable_sparsity(cfg.prune, model, example_inputs)
-    sparsity = cfg.prune.get("sparsity")
-    if limit is None or sparsity is None or float(sparsity) <= limit + 1e-9:
-        return
-    keeps = ", ".join(f"prune.{k}={str(cfg.prune[k]).lower()}" for k in ("r_max", "exclude_stem", "exclude_linear") if k in cfg.prune)
-    raise ConfigError(f"prune.sparsity={float(sparsity):g} is not reachable on this model: at most {limit:.4f} of the "
-                      f"Conv2d/Linear weights can be removed with {keeps}; lower it, e.g. prune.sparsity={_floor2(limit)}")
-
-
-def _floor2(x: float) -> str:
-    return f"{int(x * 100) / 100:.2f}"
 
 
 __all__ = ["validate", "check_before_stages", "reachable_sparsity", "check_device"]

@@ -78,6 +78,20 @@ MATRIX = [
     (["prune=l2_filter", "prune.criterion=taylor"], "prune.criterion=taylor"),
     (["prune.allocation=mrs"], "prune.allocation=mrs"),
     (["prune=global_magnitude", "prune.ratio_semantics=channel"], "prune.ratio_semantics"),
+    # MRPF's score → ratio rule (methods.md §2 step 4)
+    (["prune=mrs", "prune.rule=inverted"], "prune.rule"),
+    (["prune=mrs", "prune.lam=-0.1"], "prune.lam"),
+    (["prune=mrs", "prune.r_min=0.6", "prune.r_max=0.5"], "prune.r_min=0.6 exceeds prune.r_max=0.5"),
+    (["prune=mrs", "prune.r_min=0.6"], "prune.r_min=0.6 exceeds prune.r_max_small=0.5"),
+    (["prune=mrs", "prune.r_min=-0.1"], "prune.r_min"),
+    (["prune=mrs", "prune.r_min=1.0"], "prune.r_min"),
+    (["prune=mrs", "prune.r_max=1.0"], "prune.r_max"),
+    (["prune=mrs", "prune.r_max_small=1.0"], "prune.r_max_small"),
+    (["prune=mrs", "prune.score_floor=0"], "prune.score_floor"),
+    (["prune=mrs", "prune.score_floor=1.5"], "prune.score_floor"),
+    (["prune=mrs", "prune.small_fraction=1.0"], "prune.small_fraction"),
+    (["prune=mrs", "prune.small_fraction=-0.01"], "prune.small_fraction"),
+    (["prune=mrs", "prune.normalization=median"], "prune.normalization"),
     (["quant=ptq", "quant.bits=40"], "quant.bits"),
 ]
 if NO_GPU:
@@ -183,6 +197,38 @@ def test_reachable_sparsity_is_what_allocation_reaches():
     with pytest.raises(ConfigError, match="not reachable"):
         prune_model(model, compose([f"prune.sparsity={limit + 0.001:.4f}"]).prune, example_inputs=x)
     info = prune_model(model, compose([f"prune.sparsity={limit - 0.001:.4f}"]).prune, example_inputs=x)
+    assert info["sparsity"] == pytest.approx(limit, abs=0.01)
+
+
+@pytest.mark.parametrize("rule,ok", [("bounded", False), ("inverse", True)])
+def test_reachability_counts_r_max_small(rule, ok):
+    """Under rule bounded the most removable sparsity caps small groups at r_max_small (small_cnn: both
+    prunable convs are small at small_fraction=0.5); the inverse rule has no such cap."""
+    cfg = compose(["prune=mrs", "prune.sparsity=0.5", "prune.small_fraction=0.5", "prune.r_max_small=0.1", f"prune.rule={rule}"])
+    model, x = _dense(cfg)
+    limit = reachable_sparsity(cfg.prune, model, x)
+    if ok:
+        check_before_stages(cfg, model, x)
+        assert limit > 0.5
+    else:
+        with pytest.raises(ConfigError, match=r"prune\.sparsity=0\.5 is not reachable.*prune\.r_max_small=0\.1.*e\.g\. prune\.sparsity="):
+            check_before_stages(cfg, model, x)
+        assert limit < 0.5 < reachable_sparsity(compose(["prune=mrs", "prune.small_fraction=0.5", "prune.r_max_small=0.95"]).prune, model, x)
+
+
+def test_reachable_sparsity_is_what_bounded_mrs_reaches():
+    """The bounded rule's limit (small groups at r_max_small) is the top of its bisection: just above it the
+    real cut refuses, just below it works."""
+    from robprune.prune import PruneContext, prune_model
+
+    cfg = compose(["prune=mrs", "prune.small_fraction=0.5"])
+    model, x = _dense(cfg)
+    limit = reachable_sparsity(cfg.prune, model, x)
+    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    context = PruneContext(x, scores={"layers": [{"name": n, "mrs": 0.1 * (i + 1)} for i, n in enumerate(names)]})
+    with pytest.raises(ConfigError, match="not reachable"):
+        prune_model(model, compose(["prune=mrs", "prune.small_fraction=0.5", f"prune.sparsity={limit + 0.001:.4f}"]).prune, context)
+    info = prune_model(model, compose(["prune=mrs", "prune.small_fraction=0.5", f"prune.sparsity={limit - 0.001:.4f}"]).prune, context)
     assert info["sparsity"] == pytest.approx(limit, abs=0.01)
 
 

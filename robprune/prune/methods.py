@@ -19,7 +19,8 @@ from torch import nn
 from robprune.config import require_range
 from robprune.errors import ConfigError
 from robprune.measure import count_params
-from robprune.prune.allocation import global_by_score, mrs_ratios, uniform_ratios, uniform_sparsity
+from robprune.prune.allocation import (BoundedRule, bounded_ratios, global_by_score, inverse_ratios, rule_terms,
+                                       uniform_ratios, uniform_sparsity)
 from robprune.prune.context import PruneContext
 from robprune.prune.importance import make_importance
 from robprune.prune.sensitivity import group_scores
@@ -28,6 +29,8 @@ from robprune.prune.structured import structured_prune
 
 RATIO_SEMANTICS = ("params", "channel")
 ALLOCATIONS = ("uniform", "global", "mrs")
+RULES = ("bounded", "inverse")   # allocation mrs: how scores become ratios
+NORMALIZATIONS = ("bisection", "mean")
 # the options l1_filter and mrpf fix before the config's own (also what check_options assumes for them)
 L1_FILTER = {"method": "l1_filter", "criterion": "l1"}
 MRPF = {"method": "mrs", "criterion": "l1", "allocation": "mrs"}
@@ -43,8 +46,14 @@ class ChannelPruning:
     sparsity: float | None = None        # global parameter sparsity target (ratio_semantics params)
     channel_ratio: float | None = None   # per-group channel ratio (ratio_semantics channel)
     ratio_semantics: str | None = None   # params | channel | None = inferred from which key is set
-    normalization: str = "bisection"     # mrs only: bisection (hit sparsity) | mean (spread channel_ratio)
+    normalization: str = "bisection"     # mrs only: bisection (c hits sparsity) | mean (c from channel_ratio)
+    rule: str = "bounded"                # mrs only: bounded clip(c − λ·z_l, r_min, r_max_l) | inverse clip(c/s_l, 0, r_max)
+    lam: float = 0.2                     # mrs bounded: λ, channel ratio per unit of standardised log score
+    r_min: float = 0.0                   # mrs bounded: smallest per-group channel ratio
     r_max: float = 0.95                  # largest per-group channel ratio when allocating to a sparsity
+    r_max_small: float = 0.5             # mrs bounded: r_max of groups holding under small_fraction of the weights
+    small_fraction: float = 0.02         # mrs bounded: share of the Conv2d/Linear weights below which a group is small
+    score_floor: float = 0.1             # mrs bounded: scores floored at this fraction of the median score
     min_channels: int = 1                # channels every group keeps
     exclude_stem: bool = True            # never prune the first conv
     exclude_linear: bool = True          # never prune Linear outputs
@@ -70,7 +79,32 @@ class ChannelPruning:
             raise ConfigError(f"prune.allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if int(self.min_channels) < 1:
             raise ConfigError(f"prune.min_channels must be >= 1, got {self.min_channels}")
+        if self.allocation == "mrs":
+            self.check_mrs()
         return semantics
+
+    def check_mrs(self) -> None:
+        """The MRS rule's options: ranges and r_min <= min(r_max, r_max_small) (ConfigError naming the key)."""
+        for key, choices in (("rule", RULES), ("normalization", NORMALIZATIONS)):
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"prune.{key} must be {' or '.join(choices)}, got {getattr(self, key)!r}; "
+                                  f"e.g. prune.{key}={choices[0]}")
+        if float(self.lam) < 0:
+            raise ConfigError(f"prune.lam must be >= 0, got {self.lam}; e.g. prune.lam=0.2")
+        for key in ("r_min", "r_max_small", "small_fraction"):
+            require_range(float(getattr(self, key)), f"prune.{key}", 0, 1)
+        if not 0 < float(self.score_floor) <= 1:
+            raise ConfigError(f"prune.score_floor must be in (0, 1], got {self.score_floor}; e.g. prune.score_floor=0.1")
+        for key in ("r_max", "r_max_small"):
+            if float(self.r_min) > float(getattr(self, key)):
+                raise ConfigError(f"prune.r_min={self.r_min:g} exceeds prune.{key}={getattr(self, key):g}, so the ratio "
+                                  f"range is empty; lower prune.r_min, e.g. prune.r_min=0")
+
+    def bounded_rule(self) -> BoundedRule:
+        """The options of :func:`robprune.prune.allocation.bounded_ratios`."""
+        return BoundedRule(lam=float(self.lam), r_min=float(self.r_min), r_max=float(self.r_max),
+                           r_max_small=float(self.r_max_small), small_fraction=float(self.small_fraction),
+                           score_floor=float(self.score_floor))
 
 
 def allocator(options: ChannelPruning, semantics: str, context: PruneContext):
@@ -86,13 +120,16 @@ def allocator(options: ChannelPruning, semantics: str, context: PruneContext):
 
 
 def _mrs_allocate(inp, *, options: ChannelPruning, context: PruneContext):
+    """MRPF §2 step 4: ratios from the groups' MRS by ``options.rule`` (bounded | inverse)."""
     layer_mrs = context.layer_mrs()
     if not layer_mrs:
         raise ConfigError("prune.allocation=mrs needs MRS scores: the prune config must have a 'scores' node that "
                           "computes them (use prune=mrs)")
     scores = group_scores(layer_mrs, [{"root": g.root, "members": g.members} for g in inp.groups])
-    return mrs_ratios(inp, group_scores=scores, sparsity=options.sparsity, channel_ratio=options.channel_ratio,
-                      r_max=float(options.r_max), normalization=options.normalization)
+    amount = {"sparsity": options.sparsity, "channel_ratio": options.channel_ratio, "normalization": options.normalization}
+    if options.rule == "inverse":
+        return inverse_ratios(inp, group_scores=scores, r_max=float(options.r_max), **amount)
+    return bounded_ratios(inp, group_scores=scores, rule=options.bounded_rule(), **amount)
 
 
 def channel_options(options: dict) -> ChannelPruning:
@@ -111,8 +148,6 @@ def check_options(method) -> None:
     if method.func in defaults:
         opts = channel_options({**defaults[method.func], **method.keywords})
         opts.semantics()
-        if opts.allocation == "mrs" and opts.normalization not in ("bisection", "mean"):
-            raise ConfigError(f"prune.normalization must be bisection or mean, got {opts.normalization!r}")
 
 
 def channel_pruning(model: nn.Module, context: PruneContext, **options) -> dict:
@@ -126,7 +161,7 @@ def channel_pruning(model: nn.Module, context: PruneContext, **options) -> dict:
     info = structured_prune(model, example_inputs=context.example_inputs, importance=importance,
                             allocate=allocator(opts, semantics, context), exclude_stem=opts.exclude_stem,
                             exclude_linear=opts.exclude_linear, min_channels=int(opts.min_channels))
-    _attach_mrs(info, context)
+    _attach_mrs(info, context, opts)
     return {**info, "method": opts.method, "ratio_semantics": semantics, "criterion": opts.criterion,
             "allocation": opts.allocation,
             "sparsity_target": float(opts.sparsity) if semantics == "params" else None,
@@ -134,12 +169,19 @@ def channel_pruning(model: nn.Module, context: PruneContext, **options) -> dict:
             "channel_ratio_achieved": achieved_channel_ratio(info["layers"]), "options": asdict(opts)}
 
 
-def _attach_mrs(info: dict, context: PruneContext) -> None:
-    """Add each layer's MRS (when scores exist) to the per-layer rows, so results hold score and ratio side by side."""
+def _attach_mrs(info: dict, context: PruneContext, opts: ChannelPruning) -> None:
+    """Add each layer's MRS (when scores exist) to the per-layer rows, so results hold score and ratio side
+    by side; under allocation mrs also its group's terms: s (the floored group score) and z (its
+    standardised log score, the ratio's input under rule bounded; None under inverse)."""
     mrs = context.layer_mrs()
-    if mrs:
-        for row in info["layers"]:
-            row["mrs"] = mrs.get(row["name"])
+    if not mrs:
+        return
+    terms = {}
+    if opts.allocation == "mrs":
+        terms = rule_terms(group_scores(mrs, info["groups"]), rule=opts.rule, score_floor=float(opts.score_floor))
+    for row in info["layers"]:
+        row["mrs"] = mrs.get(row["name"])
+        row.update(terms.get(row.get("group"), {}))
 
 
 def achieved_channel_ratio(layers: list[dict]) -> float:
@@ -158,8 +200,9 @@ def l1_filter(model: nn.Module, context: PruneContext, **options) -> dict:
 
 def mrpf(model: nn.Module, context: PruneContext, **options) -> dict:
     """MRPF (arXiv 2410.15176, methods.md §2 steps 4-5): per-group ratios from the cached MRS scores
-    (bisection to the parameter ``sparsity``, or ``normalization: mean``), L1 filter norm inside each
-    group (group norm for coupled groups)."""
+    (``rule: bounded``, r_l = clip(c − λ·z_l, r_min, r_max_l), or ``inverse``; c by bisection to the
+    parameter ``sparsity``, or ``normalization: mean``), L1 filter norm inside each group (group norm
+    for coupled groups)."""
     return channel_pruning(model, context, **{**MRPF, **options})
 
 

@@ -1,0 +1,108 @@
+"""The pruning checks of :mod:`robprune.validate`: combinations of a prune node's keys (config only) and,
+once the dense model exists, whether ``prune.sparsity`` is reachable on it (:func:`check_before_stages`).
+
+Ranges and choices of single keys are the schema's (:data:`robprune.schema.PRUNE`); the MRS rule's
+cross-key ranges (r_min <= r_max, r_max_small) are checked by
+:meth:`robprune.prune.methods.ChannelPruning.check_mrs`, which validation reaches through
+:func:`robprune.prune.check_prune_config`.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from robprune import schema
+from robprune.errors import ConfigError
+
+NOT_OPTIONS = ("scores", "defaults")  # keys of a prune node that are not options of the method
+
+
+def check_prune_combinations(node: DictConfig) -> None:
+    """Combinations robprune.prune.check_prune_config does not see without a model."""
+    target = str(node.get("_target_", ""))
+    if target not in schema.EXPLICIT_KEYS:
+        return
+    scores = str((node.get("scores") or {}).get("_target_", ""))
+    allocation = node.get("allocation", "mrs" if target.endswith(".mrpf") else "uniform")
+    if node.get("criterion") == "taylor" and not scores:
+        raise ConfigError("prune.criterion=taylor needs a scores node that makes the calibration set; use prune=taylor, "
+                          "or set prune.criterion=l1")
+    if allocation == "mrs":
+        if not scores.endswith("mrs_scores"):
+            raise ConfigError("prune.allocation=mrs needs MRS scores (prune.scores._target_=robprune.prune.sensitivity."
+                              "mrs_scores); use prune=mrs, or set prune.allocation=uniform")
+        normalization = node.get("normalization", "bisection")
+        if normalization == "bisection" and node.get("sparsity") is None:
+            raise ConfigError("prune.normalization=bisection needs prune.sparsity (a global parameter fraction); "
+                              "e.g. prune.sparsity=0.9, or prune.normalization=mean with prune.channel_ratio")
+
+
+def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | None:
+    """The largest parameter sparsity (methods.md §0) ``prune_cfg`` can reach on ``model``; None when
+    the config sets no parameter target (channel ratios, no pruning). model: the dense model (left
+    untouched: a copy is traced); example_inputs: (N, C, H, W) pixels in [0, 1], only the shape matters."""
+    import copy
+
+    from robprune.config import to_container
+    from robprune.prune import methods
+
+    target = str(prune_cfg.get("_target_", ""))
+    options = {k: v for k, v in to_container(prune_cfg).items() if k not in NOT_OPTIONS and not k.startswith("_")}
+    if target == "robprune.prune.global_magnitude":
+        from robprune.prune.stats import prunable_weight_count
+        from robprune.prune.unstructured import candidate_layers
+
+        layers = candidate_layers(model, exclude_stem=bool(options.get("exclude_stem", False)),
+                                  exclude_linear=bool(options.get("exclude_linear", False)))
+        total = prunable_weight_count(model)
+        return sum(m.weight.numel() for m in layers.values()) / total if total else 0.0
+    fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
+    if target not in schema.EXPLICIT_KEYS:
+        return None
+    opts = methods.channel_options({**fixed.get(target, {}), **options})
+    if opts.semantics() != "params":
+        return None
+    return _channel_limit(copy.deepcopy(model).cpu(), example_inputs[:1].cpu(), opts)
+
+
+def _bounded(opts) -> bool:
+    """Whether the allocation caps small groups at r_max_small (allocation mrs with rule bounded)."""
+    return opts.allocation == "mrs" and opts.rule == "bounded"
+
+
+def _channel_limit(model, example_inputs, opts) -> float:
+    """Sparsity with every prunable group cut at its largest ratio: the top of every allocator's bisection
+    (uniform, global and inverse MRS ratios reach r_max in every group at their upper bracket; bounded
+    MRS ratios reach r_max_l = min(r_max_small, r_max) in the groups under small_fraction of the weights)."""
+    from robprune.prune.allocation import group_caps
+    from robprune.prune.budget import ParamBudget
+    from robprune.prune.structured import build_groups
+
+    _, groups = build_groups(model, example_inputs, exclude_stem=opts.exclude_stem, exclude_linear=opts.exclude_linear)
+    budget = ParamBudget(model, groups, min_keep=int(opts.min_channels))
+    if _bounded(opts):
+        caps = group_caps(groups, budget, r_max=float(opts.r_max), r_max_small=float(opts.r_max_small),
+                          small_fraction=float(opts.small_fraction))
+    else:
+        caps = {g.root: float(opts.r_max) for g in groups}
+    return budget.sparsity(caps)
+
+
+def check_before_stages(cfg: DictConfig, model, example_inputs) -> None:
+    """The checks that need the model: prune.sparsity must be reachable on it (r_max, and r_max_small for
+    small groups under the bounded MRS rule, cap channel ratios; exclude_stem / exclude_linear keep layers).
+    model: the dense, untrained model the run builds (not modified); example_inputs: (N, C, H, W) pixels
+    in [0, 1]. Raises ConfigError naming the key."""
+    limit = reachable_sparsity(cfg.prune, model, example_inputs)
+    sparsity = cfg.prune.get("sparsity")
+    if limit is None or sparsity is None or float(sparsity) <= limit + 1e-9:
+        return
+    keys = ("r_max", "r_max_small", "small_fraction", "exclude_stem", "exclude_linear")
+    if cfg.prune.get("rule", "bounded") != "bounded":
+        keys = tuple(k for k in keys if k not in ("r_max_small", "small_fraction"))
+    keeps = ", ".join(f"prune.{k}={str(cfg.prune[k]).lower()}" for k in keys if k in cfg.prune)
+    raise ConfigError(f"prune.sparsity={float(sparsity):g} is not reachable on this model: at most {limit:.4f} of the "
+                      f"Conv2d/Linear weights can be removed with {keeps}; lower it, e.g. prune.sparsity={_floor2(limit)}")
+
+
+def _floor2(x: float) -> str:
+    return f"{int(x * 100) / 100:.2f}"
