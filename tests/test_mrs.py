@@ -62,20 +62,20 @@ def _mrs(model, x, y, **kw):
     return {name: row["mrs"] for name, row in result.layers.items()}, result
 
 
-@pytest.mark.parametrize("perturbation", ["gaussian_rel", "grad_rel"])
+@pytest.mark.parametrize("perturbation", ["worst_case", "gaussian_rel", "grad_rel"])
 def test_mrs_deterministic_and_zero_branch_is_least_sensitive(trained_two_branch, perturbation):
     # α = 1: at small α a Gaussian draw can *lower* the loss on AE (the examples were tuned to the
     # unperturbed weights), i.e. MRS < 0, which allocation floors to τ; α = 1 makes every live layer clearly > 0.
     model, x, y = trained_two_branch
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    first, result = _mrs(model, x, y, perturbation=perturbation, seed=0, alpha=1.0)
-    again, _ = _mrs(model, x, y, perturbation=perturbation, seed=0, alpha=1.0)
+    first, result = _mrs(model, x, y, perturbation=perturbation, seed=0, alpha=1.0, steps=3)
+    again, _ = _mrs(model, x, y, perturbation=perturbation, seed=0, alpha=1.0, steps=3)
     assert first == again
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # restored bit-exactly
     assert first["branch_b"] == 0.0  # provably no effect on the loss
     assert all(v > 0 for k, v in first.items() if k != "branch_b"), first
     if perturbation == "gaussian_rel":
-        other_seed, _ = _mrs(model, x, y, perturbation=perturbation, seed=1, alpha=1.0)
+        other_seed, _ = _mrs(model, x, y, perturbation=perturbation, seed=1, alpha=1.0, steps=3)
         assert other_seed != first
         assert len(result.layers["stem"]["losses"]) == 5  # R = 5 draws by default
     # ... and so the largest ratio: allocation with the real scores
@@ -85,14 +85,41 @@ def test_mrs_deterministic_and_zero_branch_is_least_sensitive(trained_two_branch
     assert ratios["branch_b"] == max(ratios.values()) > ratios["branch_a"]  # r_l = min(c/s_l, r_max), s floored at τ
 
 
+def test_worst_case_is_positive_restores_weights_and_beats_a_random_direction(trained_two_branch):
+    model, x, y = trained_two_branch
+    model.train()  # mode and .grad must come back as found
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    worst, result = _mrs(model, x, y, alpha=0.1, steps=4)
+    assert model.training
+    assert all((g is None and p.grad is None) or torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    model.eval()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # restored bit-exactly
+    assert all(v >= 0 for v in worst.values()) and worst["branch_b"] == 0.0, worst
+    assert result.info["steps"] == 4 and all(len(r["losses"]) == 4 for r in result.layers.values())
+    _, gauss = _mrs(model, x, y, perturbation="gaussian_rel", alpha=0.1, draws=1)
+    for name, row in result.layers.items():  # same AE (same seed), same ‖ΔW‖_F: ascent beats a random direction
+        assert max(row["losses"]) >= gauss.layers[name]["losses"][0], name
+    assert _mrs(model, x, y, alpha=0.1, steps=4)[0] == worst  # deterministic for a seed
+
+
+@pytest.mark.parametrize("key, value", [("alpha", 0.0), ("alpha", -1.0), ("steps", 0), ("draws", 0)])
+def test_bad_scores_options_name_the_key(trained_two_branch, key, value):
+    from robprune.errors import ConfigError
+
+    model, x, y = trained_two_branch
+    with pytest.raises(ConfigError, match=rf"prune\.scores\.{key} must be .*e\.g\. prune\.scores\.{key}="):
+        _mrs(model, x, y, **{key: value})
+
+
 def test_calibration_set_is_adversarial_and_from_training_images(trained_two_branch):
     model, x, y = trained_two_branch
-    _, result = _mrs(model, x, y, draws=1)
+    _, result = _mrs(model, x, y, steps=1)
     assert result.x_adv.shape == (128, 1, 8, 8) and result.y.shape == (128,)
     with torch.no_grad():
         adv_loss = F.cross_entropy(model(result.x_adv), result.y).item()
     assert result.baseline_loss == pytest.approx(adv_loss, rel=1e-5)
-    assert result.info["n_images"] == 128 and result.info["perturbation"] == "gaussian_rel"
+    assert result.info["n_images"] == 128 and result.info["perturbation"] == "worst_case"  # the default
 
 
 def test_coupled_layers_share_the_mean_score():
@@ -102,7 +129,7 @@ def test_coupled_layers_share_the_mean_score():
     model = build_model(OmegaConf.create({"_target_": "robprune.models.resnet18", "width": 4}), in_channels=3, image_size=8,
                         num_classes=10, mean=[0.5] * 3, std=[0.25] * 3).eval()
     x, y = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8), torch.arange(32) % 10
-    result = mrs_scores(model, x, y, device=torch.device("cpu"), attack=ATTACK, n_images=32, draws=1)
+    result = mrs_scores(model, x, y, device=torch.device("cpu"), attack=ATTACK, n_images=32, steps=1)
     record = scores_record(model, result, torch.rand(1, 3, 8, 8))
     layer = {r["name"]: r["mrs"] for r in record["layers"]}
     group = next(g for g in record["groups"] if "layer2.0.shortcut.0" in g["members"])
@@ -113,7 +140,7 @@ def test_coupled_layers_share_the_mean_score():
 
 def _run(tmp_path, name, *overrides):
     cfg = compose([*SHRINK, f"cache_dir={tmp_path / 'cache'}", "prune=mrs", "prune.scores.n_images=64",
-                   "prune.scores.draws=2", "train_seed=0", *overrides])
+                   "prune.scores.steps=2", "prune.scores.damage_seeds=[0]", "train_seed=0", *overrides])
     return run(cfg, tmp_path / name, choices={}), tmp_path / name
 
 
@@ -125,7 +152,7 @@ def test_scores_stage_runs_once_per_dense_model(tmp_path):
     assert b["stages"]["train"]["reused"] and not b["stages"]["prune"]["reused"]
     assert a["sparsity"] == pytest.approx(0.5, abs=0.1) and b["sparsity"] > a["sparsity"]
     for d in (dir_a, dir_b):
-        assert {"scores.json", "scores.md", "mrs.png"} <= {p.name for p in d.iterdir()}
+        assert {"scores.json", "scores.md", "mrs.png", "damage.png"} <= {p.name for p in d.iterdir()}
     scores = json.loads((dir_a / "scores.json").read_text())
     assert scores["kind"] == "mrs" and len(scores["layers"]) == 5 and scores["n_images"] == 64
     rows = [r for r in b["prune_layers"] if r["group"]]
@@ -150,7 +177,8 @@ EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("mrpf_*.
 EXPERIMENT_SHRINK = [
     "train.epochs=1", "finetune.epochs=1", "eval=pgd", "eval.attacks.pgd20.steps=2", "eval.n_examples.pgd20=16",
     "eval.latency.repeats=1", "eval.latency.warmup=0", "eval.latency.batch_size=2", "data.batch_size=32",
-    "prune.scores.n_images=32", "prune.scores.draws=1", "prune.scores.attack.steps=2",
+    "prune.scores.n_images=32", "prune.scores.draws=1", "prune.scores.steps=2", "prune.scores.damage_seeds=[0]",
+    "prune.scores.attack.steps=2",
     "train.objective.attack.steps=2", "finetune.objective.attack.steps=2",
 ]
 SYNTHETIC = ["dataset=synthetic", "dataset.num_train=64", "dataset.num_test=16", "dataset.train_split=train",

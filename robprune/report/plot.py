@@ -84,6 +84,39 @@ def line_figure(series: dict[str, list[tuple[float, float, str]]], *, title: str
     return fig
 
 
+def scatter_plot(points: dict[str, tuple[float, float]], out_png: Path, *, title: str, xlabel: str, ylabel: str,
+                 log_x: bool = True) -> Path:
+    """One labelled point per item of ``points`` (label -> (x, y)), saved atomically to out_png.
+
+    log_x: logarithmic x axis when every x is > 0; symmetric-log (linear within the smallest positive
+    |x|) when some x are <= 0 but one is positive; linear otherwise. Non-finite points are skipped.
+    Raises ValueError if no point is finite. Returns out_png.
+    """
+    finite = {k: (float(x), float(y)) for k, (x, y) in points.items() if math.isfinite(float(x)) and math.isfinite(float(y))}
+    if not finite:
+        raise ValueError("scatter_plot needs at least one finite point")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs, ys = [p[0] for p in finite.values()], [p[1] for p in finite.values()]
+    ax.scatter(xs, ys, color="tab:blue")
+    for label, (x, y) in finite.items():
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    positive = [abs(x) for x in xs if x > 0]
+    if log_x and len(positive) == len(xs):
+        ax.set_xscale("log")
+    elif log_x and positive:
+        ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return _save_png(fig, Path(out_png))
+
+
 def _save_png(fig, path: Path) -> Path:
     """Render to a temp file beside ``path``, then rename over it, so readers never see half a PNG."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
