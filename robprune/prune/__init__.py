@@ -43,7 +43,8 @@ def prune_model(model: nn.Module, prune_cfg: DictConfig, context: PruneContext |
         elements of ALL Conv2d and Linear modules (excluded stem and classifier included; biases and
         BN not) — methods.md §0; channel_ratio_achieved (structured methods);
       prunable_before/after: those W counts; params_before/after: all parameters (incl. BN, biases);
-      layers: [{name, channels_before, channels_after, group, ratio[, mrs]}] per Conv2d;
+      layers: [{name, channels_before, channels_after, group, ratio[, mrs, s, z]}] per Conv2d (s, z: the
+        allocation rule's floored score and standardised log score under prune.rule=bounded);
       ratios: {group root: channel ratio}; groups: [{root, members, channels}] that were prunable;
       history: Torch-Pruning's pruning history, [[module name, is_out_channel_cut, [indices]], ...],
         replayable on the dense model with ``DependencyGraph.load_pruning_history``.
