@@ -3,7 +3,6 @@ conf/eval and conf/attack files composed by Hydra inside a minimal config tree (
 depend on conf/config.yaml)."""
 from __future__ import annotations
 
-import math
 import shutil
 
 import pytest
@@ -14,7 +13,8 @@ from torch import nn
 
 from robprune.config import config_dir, instantiate
 from robprune.errors import ConfigError, DataError
-from robprune.evaluate import _accuracies, adversarial, evaluate_robustness
+from robprune.evaluate import adversarial, evaluate_robustness
+from robprune.evaluate.adversarial import _accuracies
 from robprune.evaluate.checks import ZERO_GRAD_MAX, autoattack_gap_check, ball_excess, ball_tolerance
 from robprune.models import small_cnn
 

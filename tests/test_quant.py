@@ -19,7 +19,6 @@ from robprune.compose import compose
 from robprune.data import build_data
 from robprune.summary import summary_rows
 from robprune.errors import ConfigError
-from robprune.models import small_cnn
 from robprune.pipeline import run
 from robprune.quant import (QuantSpec, QuantWrapper, calibrate, quant_spec_of, quantize_and_calibrate, quantize_model,
                             spec_from_config, storage_bytes)
