@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from robprune.io import source_fingerprint
+
 
 MODEL = "<model>"  # an input meaning "the model made by the latest model-producing stage before this one"
 LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors")
@@ -254,16 +256,9 @@ def data_meta(bundle: Any) -> dict:
 
 # --- keys and provenance --------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=8)
 def code_fingerprint(package_dir: str | None = None) -> str:
     """16 hex digits over every ``*.py`` file of the robprune package (relative path + bytes)."""
-    root = Path(package_dir) if package_dir else Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    return source_fingerprint(str(Path(package_dir) if package_dir else Path(__file__).resolve().parent))
 
 
 @functools.lru_cache(maxsize=32)

@@ -2,11 +2,26 @@
 so a reader (or a crash) never sees a half-written file and a finished file is only ever replaced whole."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+
+@functools.lru_cache(maxsize=16)
+def source_fingerprint(root: str) -> str:
+    """16 hex digits over every ``*.py`` file below ``root`` (relative path + bytes): the identity of
+    the code there, for cache keys (the stage cache uses the whole package, the decode cache data/)."""
+    top = Path(root)
+    h = hashlib.sha256()
+    for path in sorted(top.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        h.update(str(path.relative_to(top)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:

@@ -240,6 +240,30 @@ def test_cache_is_written_then_read_instead_of_decoding(tmp_path):
     assert torch.equal(third.test_y, first.test_y) and len(list(cache.glob("mnist-test-*"))) == 2
 
 
+def test_decode_cache_follows_the_decoding_code(tmp_path, monkeypatch):
+    """Editing robprune/data (or upgrading numpy/Pillow/scipy/torch) makes old decode-cache files stop
+    matching: the data package's source fingerprint is part of every cache file's name."""
+    import shutil
+
+    from robprune.data import source
+    from robprune.io import source_fingerprint
+
+    copy = tmp_path / "data_pkg"
+    shutil.copytree(Path(source.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = source_fingerprint(str(copy))
+    with open(copy / "mnist.py", "a") as fh:
+        fh.write("\n# a decoder edit\n")
+    source_fingerprint.cache_clear()
+    assert source_fingerprint(str(copy)) != before
+    make_mnist(tmp_path / "src", n_train=8, n_test=6)
+    cache = tmp_path / "cache"
+    build_data(dataset_cfg("mnist", tmp_path / "src"), cache_dir=cache)
+    edited = {**source.decoder_identity(), "code": source_fingerprint(str(copy))}
+    monkeypatch.setattr(source, "decoder_identity", lambda: edited)   # as if robprune/data were the edited copy
+    build_data(dataset_cfg("mnist", tmp_path / "src"), cache_dir=cache)
+    assert len(list(cache.glob("mnist-test-*.safetensors"))) == 2
+
+
 # ---------------------------------------------------------------- built-in datasets
 
 def test_digits_defaults():

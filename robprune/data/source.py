@@ -13,11 +13,10 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from robprune.errors import ConfigError, DataError
-from robprune.io import atomic_save_tensors
+from robprune.io import atomic_save_tensors, source_fingerprint
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # x (N, C, H, W) uint8, y (N,) int64
 _REQUIRED = object()
-_CACHE_FORMAT = "robprune-data-v1"  # bump when decoding changes, so old cache files stop matching
 
 
 @dataclass(frozen=True)
@@ -84,13 +83,28 @@ def try_download(name: str, root: Path, fetch: Callable[[], Any]) -> None:
                         "check the network, or pass data.root=<folder with the files> and data.download=false") from None
 
 
+def decoder_identity() -> dict[str, Any]:
+    """What decodes the files: robprune's data/ code and the libraries that read images and .mat files.
+    A change to any of them makes old decode-cache files stop matching (no format number to bump)."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("numpy", "pillow", "scipy", "torch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"code": source_fingerprint(str(Path(__file__).resolve().parent)), **versions}
+
+
 def fingerprint(files: list[Path], extra: dict[str, Any]) -> str:
-    """16 hex digits over (absolute path, size, mtime_ns) of each source file plus decode options."""
+    """16 hex digits over (absolute path, size, mtime_ns) of each source file, the decode options and
+    :func:`decoder_identity`."""
     stats = []
     for path in files:
         st = path.stat()
         stats.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
-    blob = json.dumps([_CACHE_FORMAT, stats, extra], sort_keys=True, default=str)
+    blob = json.dumps([decoder_identity(), stats, extra], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
