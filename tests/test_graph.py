@@ -230,3 +230,15 @@ def test_metrics_list_the_graph_and_provenance(tmp_path):
                 tmp_path / "b")
     assert other["stages"]["train"]["reused"] and other["stages"]["finetune"]["reused"]   # test split: eval only
     assert not other["stages"]["eval"]["reused"]
+
+
+def test_a_stage_whose_inputs_the_config_does_not_provide_is_a_declaration_error():
+    cfg = compose([])
+    orphan = Stage("orphan", reads=("seed",), inputs=("scores",), build=lambda ctx: None)
+    with pytest.raises(RuntimeError, match="needs stage scores"):
+        plan([orphan], cfg)
+    modelless = Stage("modelless", reads=("seed",), inputs=(MODEL,), build=lambda ctx: None)
+    with pytest.raises(RuntimeError, match="needs a model"):
+        plan([modelless], cfg)
+    optional = Stage("optional", reads=("seed",), inputs=("scores?",), build=lambda ctx: None)
+    assert plan([optional], cfg)[0].inputs == {}
