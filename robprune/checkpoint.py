@@ -141,8 +141,11 @@ def _rebuild(meta: dict, meta_path: Path) -> nn.Module:
     from robprune.models import build_model
 
     arch = meta["arch"]
+    model_cfg = dict(arch["model"])
+    if model_cfg.get("pretrained"):  # the checkpoint holds the weights: never fetch pretrained ones again
+        model_cfg["pretrained"] = False
     try:
-        model = build_model(OmegaConf.create(arch["model"]), in_channels=arch["in_channels"],
+        model = build_model(OmegaConf.create(model_cfg), in_channels=arch["in_channels"],
                             image_size=arch["image_size"], num_classes=arch["num_classes"],
                             mean=arch["mean"], std=arch["std"])
     except ConfigError as err:

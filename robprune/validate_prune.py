@@ -14,6 +14,7 @@ from robprune import schema
 from robprune.errors import ConfigError
 
 NOT_OPTIONS = ("scores", "defaults")  # keys of a prune node that are not options of the method
+TIMM = "robprune.models.timm_model"
 
 
 def check_prune_combinations(node: DictConfig) -> None:
@@ -56,7 +57,9 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
         total = prunable_weight_count(model)
         return sum(m.weight.numel() for m in layers.values()) / total if total else 0.0
     fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
-    if target not in schema.EXPLICIT_KEYS:
+    if target == "robprune.prune.adasap":  # pruning during training: the same uniform allocation, after training
+        options = {k: v for k, v in options.items() if k != "during_training"}
+    elif target not in schema.EXPLICIT_KEYS:
         return None
     opts = methods.channel_options({**fixed.get(target, {}), **options})
     if opts.semantics() != "params":
@@ -91,7 +94,9 @@ def check_before_stages(cfg: DictConfig, model, example_inputs) -> None:
     """The checks that need the model: prune.sparsity must be reachable on it (r_max, and r_max_small for
     small groups under the bounded MRS rule, cap channel ratios; exclude_stem / exclude_linear keep layers).
     model: the dense, untrained model the run builds (not modified); example_inputs: (N, C, H, W) pixels
-    in [0, 1]. Raises ConfigError naming the key."""
+    in [0, 1]. Raises ConfigError naming the key. For a timm model the cut is also tried once
+    (:func:`check_cut_fits`)."""
+    check_cut_fits(cfg, model, example_inputs)
     limit = reachable_sparsity(cfg.prune, model, example_inputs)
     sparsity = cfg.prune.get("sparsity")
     if limit is None or sparsity is None or float(sparsity) <= limit + 1e-9:
@@ -102,6 +107,60 @@ def check_before_stages(cfg: DictConfig, model, example_inputs) -> None:
     keeps = ", ".join(f"prune.{k}={str(cfg.prune[k]).lower()}" for k in keys if k in cfg.prune)
     raise ConfigError(f"prune.sparsity={float(sparsity):g} is not reachable on this model: at most {limit:.4f} of the "
                       f"Conv2d/Linear weights can be removed with {keeps}; lower it, e.g. prune.sparsity={_floor2(limit)}")
+
+
+def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
+    """Channel pruning of a timm model (config-selected architectures robprune's tests do not cover):
+    Torch-Pruning's dependency graph does not keep every architecture consistent, so a copy of the dense
+    model is cut once, half the channels of every prunable group, and run on one example. ConfigError when
+    that fails (RegNet's grouped convs, MobileViT-v2's split attention) or changes the output shape, and
+    when a prunable group holds an attention projection (a module with ``num_heads``): its channels would
+    be cut across heads, which can run and be wrong (MobileViT with prune.exclude_linear=false)."""
+    import copy
+
+    import torch
+
+    from robprune.config import to_container
+    from robprune.prune import methods
+    from robprune.prune.structured import build_groups, cut_group
+
+    target = str(cfg.prune.get("_target_", ""))
+    if str(cfg.model.get("_target_")) != TIMM or target not in schema.EXPLICIT_KEYS:
+        return
+    fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
+    options = {k: v for k, v in to_container(cfg.prune).items() if k not in NOT_OPTIONS and not k.startswith("_")}
+    opts = methods.channel_options({**fixed.get(target, {}), **options})
+    name, trial, x = cfg.model.get("name"), copy.deepcopy(model).cpu().eval(), example_inputs[:1].cpu()
+    with torch.no_grad():
+        expected = trial(x).shape
+    try:
+        dg, groups = build_groups(trial, x, exclude_stem=opts.exclude_stem, exclude_linear=opts.exclude_linear)
+        _check_heads(trial, groups, name, exclude_linear=opts.exclude_linear)
+        for group in groups:
+            cut_group(dg, group, torch.zeros(group.channels), 0.5, min_keep=int(opts.min_channels))
+        with torch.no_grad():
+            shape = trial.eval()(x).shape
+    except (RuntimeError, IndexError, ValueError, TypeError, AttributeError, KeyError) as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"model.name={name}: Torch-Pruning's channel removal does not fit this architecture (cutting "
+                          f"half the channels of every prunable group fails: {type(err).__name__}: {reason}); pick "
+                          f"another model (resnet*, vgg*_bn, mobilevit_xxs/xs/s, efficientnet_*, mobilenetv3_*) or "
+                          f"prune=global_magnitude (weight masks, no channel removal)") from None
+    if shape != expected:
+        raise ConfigError(f"model.name={name}: cutting channels changes the output shape from {tuple(expected)} to "
+                          f"{tuple(shape)}; pick another model or prune=global_magnitude")
+
+
+def _check_heads(model, groups, name, *, exclude_linear: bool) -> None:
+    """ConfigError if a prunable group has a member inside a multi-head attention module."""
+    members = [m for g in groups for m in g.members]
+    fix = "pick another model or prune=global_magnitude" if exclude_linear else "set prune.exclude_linear=true"
+    for path, module in model.named_modules():
+        heads = getattr(module, "num_heads", None)
+        inside = [m for m in members if m.startswith(f"{path}.")] if isinstance(heads, int) and path else []
+        if inside:
+            raise ConfigError(f"model.name={name}: channel pruning would cut {inside[0]} across the {heads} heads of "
+                              f"{path} (Torch-Pruning's graph does not keep attention heads whole); {fix}")
 
 
 def _floor2(x: float) -> str:

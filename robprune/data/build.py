@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from robprune.data import cifar, imagefolder, mnist, svhn
+from robprune.data import cifar, imagefolder, mnist, svhn, tiny_imagenet
 from robprune.data.builtin import DIGITS, SYNTHETIC
 from robprune.data.source import Arrays, Source, get, load_split
 from robprune.data.splits import parse_split
@@ -23,6 +23,7 @@ REGISTRY: dict[str, Source] = {
     "cifar100": cifar.SOURCE,
     "svhn": svhn.SOURCE,
     "imagefolder": imagefolder.SOURCE,
+    "tiny_imagenet": tiny_imagenet.SOURCE,
     "synthetic": SYNTHETIC,
 }
 
