@@ -30,7 +30,7 @@ from robprune.io import source_fingerprint
 
 
 MODEL = "<model>"  # an input meaning "the model made by the latest model-producing stage before this one"
-LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors")
+LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors", "timm")
 DATA_PARTS = ("meta", "train", "test")
 
 
@@ -50,6 +50,9 @@ class Stage:
     stage. data: parts of the data bundle read ('meta' = shapes, classes, mean/std; 'train' and
     'test' include 'meta'). when: does the config ask for this stage. build(ctx) writes every output
     into ctx.work. produces_model: the output is a checkpoint (model.safetensors + model.json).
+    externals(view): files outside the data bundle that the builder reads, as JSON-able records (e.g.
+    [path, size, mtime_ns], the decode cache's rule), from the stage's own config view; they enter the
+    key's environment part, so replacing such a file rebuilds the stage without changing its seeds.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Stage:
     when: Callable[[DictConfig], bool] = lambda cfg: True
     produces_model: bool = True
     libraries: tuple[str, ...] = LIBRARIES
+    externals: Callable[["ConfigView"], Any] | None = None
 
     def __post_init__(self):
         unknown = set(self.data) - set(DATA_PARTS)
@@ -287,16 +291,19 @@ def _digest(obj: Any) -> str:
 
 
 def stage_keys(stage: Stage, sliced: DictConfig, input_keys: dict[str, tuple[str, str]],
-               data_prints: dict[str, str], device_type: str) -> tuple[str, str]:
+               data_prints: dict[str, str], device_type: str, externals: Any = None) -> tuple[str, str]:
     """(cache key, semantic key) of a stage. sliced: :func:`config_slice` of the run config for this
     stage; input_keys: role -> (upstream key, upstream semantic key); data_prints: part -> fingerprint
-    for (at least) the parts the stage declares."""
+    for (at least) the parts the stage declares; externals: what ``stage.externals`` returned (falsy:
+    nothing, and the key is as without the hook)."""
     semantic = {"stage": stage.name, "config": OmegaConf.to_container(sliced),
                 "inputs": {role: keys[1] for role, keys in sorted(input_keys.items())},
                 "data": {part: data_prints[part] for part in sorted(stage.data)}}
     environment = {"code": code_fingerprint(), "device": device_type,
                    "libraries": {name: library_version(name) for name in stage.libraries},
                    "inputs": {role: keys[0] for role, keys in sorted(input_keys.items())}}
+    if externals:
+        environment["externals"] = externals
     seed_key = _digest(semantic)
     return _digest({"semantic": seed_key, "environment": environment}), seed_key
 

@@ -19,14 +19,16 @@ import robprune
 from robprune.attacks.compat import attack_compat
 from robprune.checkpoint import load_checkpoint
 from robprune.data import DataBundle, build_data
+from robprune.evaluate.corruption import check_inputs as check_corruption_inputs
 from robprune.graph import (MODEL, ConfigView, DataView, Planned, StageContext, config_slice, data_fingerprint,
                             plan, provenance, stage_keys)
 from robprune.io import atomic_write_json, atomic_write_text
 from robprune.measure import checkpoint_size_bytes, dense_model, measure
+from robprune.prune.gradual import check_schedule
 from robprune.prune.scores import PUBLISHED_FILES as SCORES_FILES
 from robprune.stages import STAGES
 from robprune.stages.common import architecture, example_inputs
-from robprune.stages.evaluate import EVAL_FILE
+from robprune.stages.evaluate import EVAL_FILE, EVAL_PLOTS
 from robprune.store import StageCache, StageResult, publish_files
 from robprune.validate import check_before_stages, validate
 
@@ -55,8 +57,9 @@ def walk(planned: list[Planned], cfg: DictConfig, data: DataBundle, cache: Stage
                 prints[part] = data_fingerprint(data, part)
         input_keys = {role: (results[up].key, semantic[up]) for role, up in p.inputs.items()}
         sliced = config_slice(cfg, stage.reads, stage.ignores)
-        key, seed_key = stage_keys(stage, sliced, input_keys, prints, device.type)
         view = ConfigView(sliced, stage.name, stage.reads, stage.ignores)
+        externals = stage.externals(view) if stage.externals else None
+        key, seed_key = stage_keys(stage, sliced, input_keys, prints, device.type, externals)
         inputs = {role: results[up] for role, up in p.inputs.items()}
         meta = {"name": stage.name, "key": key, "inputs": {role: results[up].key for role, up in p.inputs.items()},
                 "input_stages": dict(p.inputs), "data": {part: prints[part] for part in stage.data},
@@ -85,6 +88,8 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     log.info("run dir %s, device %s", run_dir, device)
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
     check_before_stages(cfg, dense_model(architecture(cfg.model, data)), example_inputs(data))
+    check_corruption_inputs(cfg, data)
+    check_schedule(cfg.prune, len(data.train_y), int(cfg.data.batch_size))  # pruning during training reaches its target
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
     planned = plan(STAGES, cfg)
     results = walk(planned, cfg, data, cache, device, progress=not cfg.quiet)
@@ -98,6 +103,8 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     scores = results.get("scores")
     if scores:  # scores.json, scores.md, mrs.png: the per-layer scores behind this run's ratios
         publish_files(scores.path, run_dir, [f for f in SCORES_FILES if (scores.path / f).exists()])
+    evaluated = results["eval"].path  # corruptions.png: accuracy per corruption and severity
+    publish_files(evaluated, run_dir, [f for f in EVAL_PLOTS if (evaluated / f).exists()])
     metrics["size_bytes"] = checkpoint_size_bytes(run_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(run_dir / "metrics.json", metrics)

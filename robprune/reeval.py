@@ -16,6 +16,7 @@ from robprune.compose import compose
 from robprune.data import build_data
 from robprune.errors import CheckpointError
 from robprune.evaluate import evaluate_robustness
+from robprune.evaluate.corruption import check_inputs as check_corruption_inputs
 from robprune.io import atomic_write_json, atomic_write_text
 from robprune.summary import print_summary
 from robprune.validate import validate
@@ -45,11 +46,14 @@ def reevaluate(path: Path, overrides: list[str]) -> dict:
     model, meta = load_checkpoint(path)
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
     _check_shape(meta["arch"], data, path)
+    check_corruption_inputs(cfg, data)
     device = resolve_device(cfg.device)
     out = Path(cfg.eval_out or f"outputs/evals/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.time_ns() % 10**6:06d}")
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = evaluate_robustness(model.to(device).eval(), data.test_x, data.test_y, cfg.eval, device=device,
                                   seed=cfg.seed, progress=not cfg.quiet)
+    if cfg.eval.get("corruptions") is not None:
+        metrics.update(_corruptions(model, data, cfg, device, out))
     metrics.update(measure(model, meta, data, cfg))
     add_int8_check(metrics)
     metrics.update({"checkpoint": str(path.resolve()), "seed": int(cfg.seed),
@@ -57,6 +61,19 @@ def reevaluate(path: Path, overrides: list[str]) -> dict:
     atomic_write_json(out / "metrics.json", metrics)
     if not cfg.quiet:
         print_summary(metrics, title=f"robprune eval {path} → {out}")
+    return metrics
+
+
+def _corruptions(model, data, cfg, device, out: Path) -> dict:
+    """eval.corruptions metrics of the model, and out/corruptions.png."""
+    from robprune.evaluate.corruption import PLOT_FILE, evaluate_corruptions
+    from robprune.report.corruptions import corruption_heatmap
+
+    metrics = evaluate_corruptions(model, data.test_x, data.test_y, cfg.eval.corruptions, device=device,
+                                   seed=int(cfg.seed), batch_size=int(cfg.eval.get("batch_size", 256)),
+                                   test_split=str(cfg.dataset.test_split), num_classes=int(data.num_classes),
+                                   progress=not cfg.quiet)
+    corruption_heatmap(metrics, out / PLOT_FILE)
     return metrics
 
 

@@ -23,6 +23,13 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
         name = key.split("/", 1)[1]
         n = metrics.get(f"n_eval/{name}")
         rows.append((f"robust accuracy, {name}" + (f" (n={n})" if n else ""), _pct(metrics[key])))
+    if "corruption_acc/mean" in metrics:
+        cells = [key.split("/")[1:] for key in metrics if key.startswith("corruption_acc/") and key.count("/") == 2]
+        shape = f"{len({c[0] for c in cells})} corruptions × {len({c[1] for c in cells})} severities"
+        rows.append((f"corruption accuracy ({shape}, n={metrics.get('n_eval/corruptions')})",
+                     _pct(metrics["corruption_acc/mean"])))
+        rc = metrics.get("corruption_rc")
+        rows.append(("R_C (corruption / clean accuracy)", "—" if rc is None else f"{rc:.3f}"))
     if "params" in metrics:
         rows.append(("params (dense → now)", f"{metrics.get('params_dense', 0):,} → {metrics['params']:,}"))
     if "macs" in metrics:

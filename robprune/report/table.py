@@ -25,6 +25,7 @@ from robprune.io import atomic_write_text
 MISSING = "—"  # shown where a group has no value for a metric
 CHECKS = "checks"  # pseudo-column: passed, or FAILED with the reasons from checks.failed, per group
 DEFAULT_TAIL = ("sparsity", "params", "macs", "latency_ms")  # default cols after the accuracies
+CORRUPTION_COLS = ("corruption_acc/mean", "corruption_rc")  # default cols of runs with eval.corruptions
 # Config leaves that differ between runs without being an experimental factor.
 _NOT_A_FACTOR = re.compile(r"(^|[._])(dir|path|file|root)$|seed")
 
@@ -129,8 +130,10 @@ def pooled_keys(df: pd.DataFrame, rows: list[str], seed_key: str = "seed") -> li
 
 def default_cols(df: pd.DataFrame) -> list[str]:
     """clean_acc, every robust_acc/<attack> (in file order; not AutoAttack's per-sub-attack
-    robust_acc/<attack>/<sub-attack>), then sparsity, params, macs, latency_ms, if present."""
+    robust_acc/<attack>/<sub-attack>), corruption_acc/mean and corruption_rc, then sparsity, params,
+    macs, latency_ms, if present."""
     cols = [c for c in df.columns if c == "clean_acc" or (c.startswith("robust_acc/") and c.count("/") == 1)]
+    cols += [c for c in CORRUPTION_COLS if c in df.columns]
     cols += [c for c in DEFAULT_TAIL if c in df.columns]
     if not cols:
         raise DataError("the runs hold none of clean_acc, robust_acc/*, " + ", ".join(DEFAULT_TAIL)
@@ -261,7 +264,7 @@ def _key_text(value: Any) -> str:
 def _kind(metric: str) -> str:
     """How a metric is shown, from its name: percent, count (K/M/G), bytes (KiB/MiB) or float."""
     leaf = metric.rsplit(".", 1)[-1]
-    if leaf.startswith(("clean_acc", "robust_acc")) or leaf == "sparsity":
+    if leaf.startswith(("clean_acc", "robust_acc", "corruption_acc", "corruption_error")) or leaf == "sparsity":
         return "percent"
     if leaf in ("params", "macs", "flops"):
         return "count"
@@ -339,10 +342,15 @@ def table_command(root: str, rows: list[str] | None = None, cols: list[str] | No
     rows = list(rows) if rows else default_rows(runs)
     display, numeric = make_table(runs, rows, cols)
     paths = write_table(display, numeric, Path(out) if out else Path(root))
+    from robprune.report.corruptions import severity_curves
+
+    plot = severity_curves(runs, rows, (Path(out) if out else Path(root)) / "corruptions.png")
     if not quiet:
         from robprune.ui import console
 
         print_table(display, f"{root}: {len(runs)} runs")
+        if plot:
+            console().print(f"wrote {plot} (accuracy against corruption severity per row)")
         pooled = pooled_keys(runs, rows)
         if pooled:
             console().print(f"note: rows average over runs that differ in {', '.join(pooled[:5])}; "

@@ -1,13 +1,16 @@
-"""Clean and robust accuracy of the final model on the test split, with the sanity checks
-(``eval.latency`` is measured per run, outside the cache, so it is not part of the key)."""
+"""Clean and robust accuracy of the final model on the test split, with the sanity checks, and, when
+``eval.corruptions`` is set, corruption accuracy and its plot (``eval.latency`` is measured per run,
+outside the cache, so it is not part of the key). ``dataset.test_split`` is read to map released
+corruption files (CIFAR-10-C) onto the run's test points; those files' (path, size, mtime) enter the key."""
 from __future__ import annotations
 
 from robprune.checkpoint import load_checkpoint
-from robprune.graph import MODEL, Stage, StageContext
+from robprune.graph import MODEL, ConfigView, Stage, StageContext
 from robprune.io import atomic_write_json
 from robprune.stages.common import seed_stage
 
 EVAL_FILE = "eval.json"
+EVAL_PLOTS = ("corruptions.png",)  # published into the run directory when present
 
 
 def build(ctx: StageContext) -> None:
@@ -18,8 +21,30 @@ def build(ctx: StageContext) -> None:
     model.to(ctx.device).eval()
     metrics = evaluate_robustness(model, ctx.data.test_x, ctx.data.test_y, ctx.cfg.eval, device=ctx.device,
                                   seed=ctx.cfg.seed, progress=ctx.progress, work=ctx.work)
+    node = ctx.cfg.eval.get("corruptions")
+    if node is not None:
+        metrics.update(corruptions(model, ctx, node))
     atomic_write_json(ctx.work / EVAL_FILE, metrics)
 
 
-STAGE = Stage("eval", reads=("eval", "seed"), ignores=("eval.latency",), inputs=(MODEL,), data=("test",),
-              build=build, produces_model=False)
+def corruptions(model, ctx: StageContext, node) -> dict:
+    """Corruption metrics of the model on the test split, and work/corruptions.png."""
+    from robprune.evaluate.corruption import PLOT_FILE, evaluate_corruptions
+    from robprune.report.corruptions import corruption_heatmap
+
+    metrics = evaluate_corruptions(model, ctx.data.test_x, ctx.data.test_y, node, device=ctx.device,
+                                   seed=int(ctx.cfg.seed), batch_size=int(ctx.cfg.eval.get("batch_size", 256)),
+                                   test_split=str(ctx.cfg.dataset.test_split), num_classes=int(ctx.data.num_classes),
+                                   progress=ctx.progress, work=ctx.work)
+    corruption_heatmap(metrics, ctx.work / PLOT_FILE)
+    return metrics
+
+
+def externals(view: ConfigView) -> list:
+    from robprune.evaluate.corruption import input_stats
+
+    return input_stats(view.eval.get("corruptions"))
+
+
+STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("eval.latency",), inputs=(MODEL,),
+              data=("test",), build=build, produces_model=False, externals=externals)
