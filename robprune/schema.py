@@ -15,7 +15,9 @@ from robprune.attacks.autoattack import AA_ATTACKS, AA_NORMS, AA_VERSIONS
 from robprune.attacks.common import LOSSES
 from robprune.attacks.pgd import COMPAT, STARTS
 from robprune.attacks.threat import NORMS
+from robprune.corruptions import SOURCES
 from robprune.errors import ConfigError
+from robprune.models.timm import STEMS
 from robprune.prune.importance import CRITERIA
 from robprune.prune.methods import ALLOCATIONS, NORMALIZATIONS, RATIO_SEMANTICS, RULES
 from robprune.prune.sensitivity import PERTURBATIONS
@@ -147,13 +149,21 @@ SEED = Int(null=True, example="0")
 
 # ---- groups without a _target_ -------------------------------------------------------------------
 SCHEDULE = {"name": Choice(*SCHEDULES), "milestones": Value("list", item=Int(0)), "gamma": Float(0)}
-TRAIN = {"epochs": Int(0, example="2"), "objective": TARGET, "optimizer": TARGET, "schedule": SCHEDULE}
+SHARPNESS = {"method": Choice("none", "sam", "asam", "adasap"), "rho": Float(0, low_open=True, example="0.05"),
+             "eta": Float(0, example="0.01"), "rho_min": Float(0, low_open=True, example="0.01"),
+             "rho_max": Float(0, low_open=True, example="2.0"), "importance": Choice("l2", "taylor"),
+             "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}  # rho_min <= rho_max: robprune.train.sharpness
+TRAIN = {"epochs": Int(0, example="2"), "objective": TARGET, "optimizer": TARGET, "schedule": SCHEDULE,
+         "sharpness": SHARPNESS}
 QUANT = {"method": ANY, "bits": ANY, "per_channel": ANY, "observer": ANY, "ema_decay": ANY, "freeze_ranges": ANY,
          "calibration": {"n_examples": Int(1, null=True, example="1024"), "batch_size": SIZE}, "train": TRAIN}
 DATA = {"root": PATH, "download": BOOL, "batch_size": Int(1, example="128"), "cache_dir": PATH}
 LATENCY = {"batch_size": SIZE, "repeats": Int(1, example="20"), "warmup": Int(0, example="3")}
+CORRUPTIONS = {"source": Choice(*SOURCES), "root": PATH, "frost_textures": PATH,
+               "names": Value("list", item=STR, example="[fog,snow]"), "severities": Value("list", item=Int(), example="[1,2,3,4,5]"),
+               "n_examples": Int(1, null=True, example="1000")}  # names, severities, root: robprune.corruptions.check_node
 EVAL = {"attacks": MapOf(TARGET), "n_examples": MapOf(Int(1, null=True, example="200")), "batch_size": Int(1, example="256"),
-        "large_eps_check": BOOL, "large_eps_n": Int(1, example="100"), "latency": LATENCY}
+        "large_eps_check": BOOL, "large_eps_n": Int(1, example="100"), "latency": LATENCY, "corruptions": CORRUPTIONS}
 DATASET = {"name": STR, "root": PATH, "download": BOOL, "train_split": STR, "test_split": STR,
            "num_classes": Int(1, null=True, example="10"), "mean": Value("list", item=Float(0, high=1)),
            "std": Value("list", item=Float(0, low_open=True)), "eps": EPS, "eps_l2": Float(0, example="0.5"),
@@ -197,6 +207,13 @@ SCORES = {"n_images": Int(1, example="1024"), "batch_size": SIZE, "seed": SEED, 
 OPTIMIZER = {"lr": Float(0, low_open=True, example="0.001"), "momentum": Float(0, example="0.9"),
              "weight_decay": Float(0, example="0.0005")}
 MODEL = {"width": Int(1, example="32"), "hidden": Int(1, example="128"), "width_mult": Float(0, low_open=True, example="1.0")}
+DROP = Float(0, high=1, high_open=True, null=True, example="0.1")
+TIMM = {"name": Value("str", example="resnet18"), "pretrained": BOOL, "stem": Choice(*STEMS), "drop_rate": DROP,
+        "drop_path_rate": DROP}  # model.name itself is checked against timm's registry by robprune.validate
+# prune=adasap (robprune.prune.gradual): channel options plus the training it prunes during
+DURING_TRAINING = {**TRAIN, "prune_interval": Int(1, example="50"), "prune_steps": Int(1, example="10")}
+ADASAP = {k: PRUNE[k] for k in ("method", "sparsity", "r_max", "min_channels", "exclude_stem", "exclude_linear")}
+ADASAP.update(criterion=Choice("l2", "taylor"), during_training=DURING_TRAINING)
 TARGET_PARAMS = {
     "robprune.attacks.pgd": PGD, "robprune.attacks.fgsm": {"eps": EPS, "norm": Choice("linf", "l2")},
     "robprune.attacks.autoattack": AUTOATTACK,
@@ -205,6 +222,8 @@ TARGET_PARAMS = {
     "robprune.train.objectives.trades": {**RAMP, "eps": EPS, "steps": STEPS, "step_size": PGD["step_size"], "norm": Choice("linf", "l2")},
     "robprune.prune.global_magnitude": {**PRUNE, "ratio_semantics": Choice("params")},
     "robprune.prune.sensitivity.mrs_scores": SCORES, "robprune.prune.sensitivity.calibration_set": SCORES,
+    "robprune.models.timm_model": TIMM,
+    "robprune.prune.adasap": ADASAP,
 }
 PREFIX_PARAMS = {"torch.optim.": OPTIMIZER, "robprune.models.": MODEL, "robprune.prune.": PRUNE}
 # callables taking **options: their keys, explicitly (robprune.prune.methods.ChannelPruning's fields + scores)

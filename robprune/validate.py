@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from robprune import schema
+from robprune.corruptions import check_node as check_corruptions
 from robprune.config import _check_targets, config_dir
 from robprune.errors import ConfigError
 from robprune.schema import ANY, BOOL, TARGET, MapOf, unknown_key
@@ -199,15 +200,28 @@ def check_combinations(cfg: DictConfig) -> None:
 
     for key in ("train", "finetune"):
         check_recipe(cfg[key], key)
+    if cfg.prune.get("during_training") is not None:
+        check_recipe(cfg.prune.during_training, "prune.during_training")
     if cfg.quant.get("method") == "qat" and "train" in cfg.quant:
         check_recipe(cfg.quant.train, "quant.train")
     check_eval_subsets(cfg.eval)
+    if cfg.eval.get("corruptions") is not None:
+        check_corruptions(cfg.eval.corruptions)
+    check_model(cfg.model)
     check_prune_combinations(cfg.prune)
     check_prune_config(cfg.prune)
     spec_from_config(cfg.get("quant"))
     for key in ("train_split", "test_split"):
         check_split_not_empty(str(cfg.dataset[key]), parse_split(str(cfg.dataset[key]), key=f"dataset.{key}")[1], key)
     check_data_root(cfg.dataset)
+
+
+def check_model(node: DictConfig) -> None:
+    """A timm model's name must be in timm's registry (close matches listed); imports timm only then."""
+    if str(node.get("_target_")) == "robprune.models.timm_model" and "name" in node:
+        from robprune.models.timm import check_timm_name
+
+        check_timm_name(str(node.name))
 
 
 def check_split_not_empty(spec: str, part, key: str) -> None:
@@ -231,7 +245,12 @@ def check_data_root(node: DictConfig) -> None:
 
 
 def check_recipe(node: DictConfig, key: str) -> None:
-    """A training recipe that runs (epochs > 0) names its objective, optimizer and schedule."""
+    """A training recipe that runs (epochs > 0) names its objective, optimizer and schedule; its
+    sharpness node (SAM / ASAM / AdaSAP) is consistent (rho_min <= rho_max)."""
+    from robprune.train.sharpness import check_node as check_sharpness
+
+    if node.get("sharpness") is not None:
+        check_sharpness(node.sharpness, f"{key}.sharpness")
     if int(node.get("epochs") or 0) > 0:
         for part in ("objective", "optimizer", "schedule"):
             if part not in node:

@@ -21,6 +21,8 @@ from tests.helpers import REPO, SHRINK
 
 # configs under which every registered stage runs (scores needs prune=mrs, quant needs quant=ptq)
 FULL = ["prune=mrs", "quant=ptq"]
+# stages that replace one of FULL's: prune_train runs instead of prune when the prune node trains (AdaSAP)
+RUNS_UNDER = {"prune_train": ["prune=adasap", "quant=ptq"]}
 PRINTS = {"meta": "m" * 16, "train": "t" * 16, "test": "e" * 16}
 
 
@@ -71,8 +73,9 @@ def with_leaf(cfg, path, value):
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
 def test_key_changes_exactly_with_the_paths_a_stage_reads(stage):
-    cfg = resolved(FULL)
-    assert stage.when(cfg), f"{stage.name} should run under {FULL}"
+    overrides = RUNS_UNDER.get(stage.name, FULL)
+    cfg = resolved(overrides)
+    assert stage.when(cfg), f"{stage.name} should run under {overrides}"
     base = key_of(stage, cfg)
     paths = list(leaves(OmegaConf.to_container(cfg)))
     read = [p for p in paths if _covered(p, stage.reads) and not _covered(p, stage.ignores)]
@@ -141,6 +144,8 @@ def test_plan_follows_the_config_and_resolves_the_model_input():
     assert full["prune"] == {"train": "train", "scores": "scores"}
     assert full["finetune"] == {MODEL: "quant"} and full["eval"] == {MODEL: "finetune"}
     assert names(["finetune=none", "prune=none"])["eval"] == {MODEL: "prune"}
+    adasap = names(["prune=adasap"])
+    assert list(adasap) == ["train", "prune_train", "finetune", "eval"] and adasap["finetune"] == {MODEL: "prune_train"}
 
 
 def test_data_fingerprint_is_the_content_of_the_part():
@@ -185,7 +190,7 @@ def test_editing_a_source_file_changes_every_key(tmp_path):
     with open(copy / "robprune" / "measure.py", "a") as fh:   # a file no stage's builder imports directly
         fh.write("\n# an edit\n")
     after = _keys_with_package(copy)
-    assert set(before) == {s.name for s in STAGES}
+    assert set(before) == {s.name for s in STAGES} - set(RUNS_UNDER)
     assert all(before[name] != after[name] for name in before), (before, after)
 
 

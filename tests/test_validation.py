@@ -93,6 +93,31 @@ MATRIX = [
     (["prune=mrs", "prune.small_fraction=-0.01"], "prune.small_fraction"),
     (["prune=mrs", "prune.normalization=median"], "prune.normalization"),
     (["quant=ptq", "quant.bits=40"], "quant.bits"),
+    # model=timm: the name is checked against timm's registry, the options by the schema
+    (["model=timm", "model.name=resnet1888"], "model.name='resnet1888' is not a timm model; close matches: resnet18"),
+    (["model=timm", "model.stem=tiny"], "model.stem"),
+    (["model=timm", "model.drop_rate=1.5"], "model.drop_rate"),
+    (["model=timm", "model.pretrand=true"], "did you mean model.pretrained?"),
+    (["dataset=tiny_imagenet", "data.root=/nonexistent/tiny"], "/nonexistent/tiny"),
+    # sharpness-aware optimizers and pruning during training (AdaSAP)
+    (["finetune=asam", "finetune.sharpness.rho=0"], "finetune.sharpness.rho"),
+    (["finetune=asam", "finetune.sharpness.method=sharp"], "finetune.sharpness.method"),
+    (["+train.sharpness.method=sam", "+train.sharpness.rho=-1"], "train.sharpness.rho"),
+    (["prune=adasap", "prune.during_training.sharpness.rho_min=3.0"], "rho_min (3.0) is above"),
+    (["prune=adasap", "prune.criterion=l1"], "prune.criterion"),
+    # corruption robustness (eval.corruptions): names, severities, sources
+    (["eval=corruptions", "eval.corruptions.names=[fogg]"], "unknown corruption 'fogg' (did you mean fog?); valid: gaussian_noise"),
+    (["+eval/corruptions@eval.corruptions=default", "eval.corruptions.names=[snow,pixelation]"], "eval.corruptions.names"),
+    (["eval=corruptions", "eval.corruptions.severities=[1,6]"], "eval.corruptions.severities has 6"),
+    (["eval=corruptions", "eval.corruptions.severities=[0]"], "eval.corruptions.severities has 0"),
+    (["eval=corruptions", "eval.corruptions.severities=[]"], "eval.corruptions.severities is empty"),
+    (["eval=corruptions", "eval.corruptions.names=[fog,fog]"], "eval.corruptions.names lists fog twice"),
+    (["eval=corruptions", "eval.corruptions.n_examples=0"], "eval.corruptions.n_examples"),
+    (["eval=corruptions", "eval.corruptions.source=webcam"], "eval.corruptions.source"),
+    (["eval=corruptions", "eval.corruptions.source=files"], "eval.corruptions.root=null is not a folder"),
+    (["eval=corruptions", "eval.corruptions.source=folders", "eval.corruptions.root=/nonexistent/c"], "/nonexistent/c"),
+    (["eval=corruptions", "eval.corruptions.frost_textures=/nonexistent/frost"], "eval.corruptions.frost_textures"),
+    (["eval=corruptions", "+eval.corruptions.severity=3"], "did you mean eval.corruptions.severities?"),
 ]
 if NO_GPU:
     MATRIX.append((["device=cuda"], "device=cuda"))
@@ -283,3 +308,74 @@ def test_table_on_corrupt_metrics_json(tmp_path, capsys):
     code = main(["table", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not a valid metrics.json" in err, err
+
+
+def test_tiny_imagenet_without_val_annotations(finished, tmp_path, capsys):
+    """A Tiny-ImageNet tree whose val/val_annotations.txt is missing: one line naming the file, exit 2."""
+    from tests.test_tiny_imagenet import make_tiny_imagenet
+
+    run, snapshot = finished
+    before = snapshot()
+    base = make_tiny_imagenet(tmp_path / "data")
+    (base / "val" / "val_annotations.txt").unlink()
+    code, err = run_main(["dataset=tiny_imagenet", "dataset.num_classes=null", f"data.root={tmp_path / 'data'}",
+                          f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'new_run'}"], capsys)
+    line = assert_one_line(code, err, str(base / "val" / "val_annotations.txt"))
+    assert "is missing" in line and "data.download=true" in line
+    assert no_cache_entry(tmp_path / "cache") and snapshot() == before
+
+
+def test_timm_pretrained_offline_real_command(finished, tmp_path):
+    """model.pretrained=true without the hub (offline, empty cache): one line naming the fix, exit 2, nothing run."""
+    pytest.importorskip("timm")
+    run, snapshot = finished
+    before = snapshot()
+    res = robprune(["run", "model=timm", "model.name=resnet10t", "model.pretrained=true", "dataset=synthetic",
+                    f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'new_run'}"], cwd=tmp_path,
+                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    line = assert_one_line(res.returncode, res.stderr, "model.pretrained=true")
+    assert "resnet10t" in line and "set model.pretrained=false" in line
+    assert no_cache_entry(tmp_path / "cache") and snapshot() == before
+
+
+def test_timm_attention_cut_fails_before_training(finished, tmp_path, capsys):
+    """MobileViT with every Linear prunable: Torch-Pruning would cut attention heads apart; refused after the
+    dense model is built, before the first stage."""
+    run, snapshot = finished
+    before = snapshot()
+    code, err = run_main(["model=timm", "model.name=mobilevit_xxs", "dataset=synthetic", "prune.exclude_linear=false",
+                          f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'new_run'}"], capsys)
+    line = assert_one_line(code, err, "model.name=mobilevit_xxs")
+    assert "heads" in line and "set prune.exclude_linear=true" in line
+    assert no_cache_entry(tmp_path / "cache") and snapshot() == before
+
+
+def _corruption_files(root: Path, damage: str) -> Path:
+    """CIFAR-10-C layout for the digits test split (355 grey 8x8 images), with one thing wrong."""
+    import numpy as np
+
+    from robprune.data import build_data
+
+    y = build_data(compose([]).dataset).test_y.numpy()
+    root.mkdir(parents=True)
+    shape = {"shape": (5 * 355, 8, 4, 2), "count": (5 * 355 - 5, 8, 8, 1)}.get(damage, (5 * 355, 8, 8, 1))
+    np.save(root / "fog.npy", np.zeros(shape, dtype=np.float64 if damage == "dtype" else np.uint8))
+    np.save(root / "labels.npy", np.tile(np.roll(y, 3) if damage == "labels" else y, 5).astype(np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("damage,named", [("shape", "fog.npy holds uint8 (1775, 8, 4, 2)"),
+                                          ("dtype", "fog.npy holds float64 (1775, 8, 8, 1)"),
+                                          ("count", "the files hold 354 images per severity but the run's test split"),
+                                          ("labels", "labels.npy does not match the run's test labels")])
+def test_wrong_corruption_files_fail_before_training(damage, named, finished, tmp_path, capsys):
+    """eval.corruptions.source=files with a .npy of the wrong shape, dtype or length, or labels that are not
+    the run's: one line naming the file, exit 2, before any stage (no cache entry)."""
+    run, snapshot = finished
+    before = snapshot()
+    root = _corruption_files(tmp_path / "c10c", damage)
+    code, err = run_main(["eval=pgd", "+eval/corruptions@eval.corruptions=default", "eval.corruptions.source=files",
+                          f"eval.corruptions.root={root}", "eval.corruptions.names=[fog]",
+                          f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'new_run'}"], capsys)
+    assert_one_line(code, err, named)
+    assert no_cache_entry(tmp_path / "cache") and snapshot() == before

@@ -15,6 +15,7 @@ from torch import nn
 from robprune.config import instantiate
 from robprune.errors import ConfigError
 from robprune.prune.context import PruneContext
+from robprune.prune.gradual import adasap
 from robprune.prune.methods import channel_pruning, l1_filter, mrpf, no_pruning
 from robprune.prune.unstructured import global_magnitude
 
@@ -22,7 +23,7 @@ from robprune.prune.unstructured import global_magnitude
 # defaults list when a YAML file is loaded without composition (tests, scripts)
 NOT_OPTIONS = ("scores", "defaults")
 
-__all__ = ["PruneContext", "check_prune_config", "prune_model", "channel_pruning", "global_magnitude", "l1_filter", "mrpf", "no_pruning"]
+__all__ = ["PruneContext", "adasap", "check_prune_config", "prune_model", "channel_pruning", "global_magnitude", "l1_filter", "mrpf", "no_pruning"]
 
 
 def prune_model(model: nn.Module, prune_cfg: DictConfig, context: PruneContext | None = None, *,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,6 +27,8 @@ class PruneContext:
     device: where gradient computations on the calibration set run (the cut itself runs on the CPU).
     seed: the prune stage's seed (random importance draws from it).
     scores: the parsed ``scores.json`` of the scores stage (per-layer MRS values), or None.
+    train: ``fn(model, train_node, hooks) -> per-epoch log`` running the one training loop on the training
+      split, for methods that prune while training (``prune=adasap``; the prune_train stage sets it), or None.
     """
 
     example_inputs: torch.Tensor
@@ -34,6 +37,7 @@ class PruneContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     scores: dict | None = None
+    train: Callable | None = None
 
     def layer_mrs(self) -> dict[str, float]:
         """{layer name: MRS} from the scores stage ({} without scores or with a calibration-only record)."""

@@ -37,6 +37,9 @@ def train_model(model, cfg_train, key: str, ctx: StageContext, generator: torch.
     """Run the one loop with a train/finetune node (``key`` names it in messages); the stage must
     declare ``data.batch_size`` and ``dataset.augment``. Epoch checkpoints go to work/epochs (resume)."""
     objective, optimizer = build_training(cfg_train, model, key)
+    for hook in hooks:  # hooks that need the optimizer (masks a two-pass optimizer must not perturb)
+        if hasattr(hook, "bind"):
+            hook.bind(optimizer, model)
     loader = BatchLoader(ctx.data.train_x, ctx.data.train_y, int(ctx.cfg.data.batch_size), shuffle=True,
                          generator=generator, augment=ctx.cfg.dataset.augment, device=ctx.device)
     epochs = int(cfg_train.epochs)

@@ -21,4 +21,5 @@ def build(ctx: StageContext) -> None:
                     extra={"prune": {k: v for k, v in info.items() if k != "history"}})
 
 
-STAGE = Stage("prune", reads=("prune", "seed"), inputs=("train", "scores?"), data=("meta",), build=build)
+STAGE = Stage("prune", reads=("prune", "seed"), inputs=("train", "scores?"), data=("meta",), build=build,
+              when=lambda cfg: cfg.prune.get("during_training") is None)  # else prune_train prunes while training

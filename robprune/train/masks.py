@@ -47,6 +47,11 @@ class WeightMask:
             self._bound = (id(model), pairs)
         return self._bound[1]
 
+    def bind(self, optimizer, model: nn.Module) -> None:
+        """Hand the masks to a two-pass optimizer (SAM-style), which must neither perturb nor revive them."""
+        if hasattr(optimizer, "masks"):
+            optimizer.masks.update({w: m.bool() for w, m in self._pairs(model)})
+
     def sparsity(self) -> float:
         """Fraction of masked-out elements over the masked layers (0 when there are none)."""
         total = sum(m.numel() for m in self.masks.values())

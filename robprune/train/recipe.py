@@ -9,6 +9,7 @@ from torch import nn
 
 from robprune.config import instantiate, require_positive
 from robprune.errors import ConfigError
+from robprune.train.sharpness import wrap
 
 SCHEDULES = ("constant", "cosine", "step")
 
@@ -23,7 +24,7 @@ def build_training(cfg: DictConfig, model: nn.Module, key: str) -> tuple[Callabl
     objective = instantiate(cfg.objective, f"{key}.objective")
     make_optimizer = instantiate(cfg.optimizer, f"{key}.optimizer")
     require_positive(cfg.optimizer.lr, f"{key}.optimizer.lr")
-    optimizer = make_optimizer(model.parameters())
+    optimizer = wrap(cfg, model, make_optimizer(model.parameters()), key)  # SAM / ASAM / AdaSAP when asked
     if cfg.schedule.name not in SCHEDULES:
         raise ConfigError(f"{key}.schedule.name must be one of {', '.join(SCHEDULES)}, got {cfg.schedule.name!r}")
     return objective, optimizer

@@ -1,0 +1,145 @@
+"""AdaSAP's pruning during training: gradual masks reach the target, the physical cut keeps the masked
+network's function, the sparsity accounting is l1_filter's, the schedule is checked before work, and a
+shrunk end-to-end run through the CLI."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import pytest
+
+from helpers import REPO, SHRINK, read_metrics, robprune
+from robprune.errors import ConfigError
+from robprune.models import cnn8
+from robprune.prune import PruneContext, prune_model
+from robprune.prune.gradual import GradualChannelMasks, check_schedule
+from robprune.prune.structured import build_groups
+from robprune.train import fit
+from robprune.train.sharpness import SharpnessAware
+
+
+def _model():
+    torch.manual_seed(0)
+    return cnn8(in_channels=1, image_size=8, num_classes=3, mean=[0.5], std=[0.5], width=4, hidden=16)
+
+
+def _data(n=64):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_masks_grow_step_by_step_to_the_target_and_stay_zero_under_adasap():
+    model, (x, y) = _model(), _data()
+    _, groups = build_groups(model, x[:1], exclude_stem=True, exclude_linear=True)
+    targets = {g.root: g.channels // 2 for g in groups}
+    hook = GradualChannelMasks(model, groups, targets, criterion="l2", interval=2, steps=3)
+    opt = SharpnessAware(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), method="adasap")
+    hook.bind(opt, model)
+    assert opt.neurons is hook.neurons and opt.masks is hook.masks
+    masked = []
+    loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    objective = lambda m, a, b: nn.functional.cross_entropy(m(a), b)
+
+    class Record:
+        def after_step(self, m):
+            masked.append(sum(int((~k).sum()) for k in hook.kept.values()))
+
+    fit(model, loader, objective, opt, epochs=2, lr_factor=lambda e: 1.0, generator=torch.Generator(),
+        hooks=[hook, Record()], progress=False)
+    total = sum(targets.values())
+    assert masked[1] < masked[3] < masked[5] == total and masked[-1] == total  # steps 1, 2, 3 at iterations 2, 4, 6
+    for g in groups:
+        conv = dict(model.named_modules())[g.root]
+        dead = ~hook.kept[g.root]
+        assert int(dead.sum()) == targets[g.root]
+        assert bool((conv.weight[dead] == 0).all())  # momentum and the perturbation did not revive them
+    assert opt.last_radii is not None and float(opt.last_radii.max()) <= 2.0 + 1e-6
+
+
+def test_adasap_cut_keeps_the_masked_function_and_the_l1_filter_accounting():
+    x, y = _data()
+    model = _model()
+    reference = _model()
+    captured = {}
+
+    def train(m, node, hooks):
+        opt = SharpnessAware(m, torch.optim.SGD(m.parameters(), lr=0.05), method="adasap")
+        for h in hooks:
+            h.bind(opt, m)
+        loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+        log = fit(m, loader, lambda mm, a, b: nn.functional.cross_entropy(mm(a), b), opt, epochs=int(node["epochs"]),
+                  lr_factor=lambda e: 1.0, generator=torch.Generator(), hooks=hooks, progress=False)
+        m.eval()
+        captured["masked_logits"] = m(x).detach().clone()
+        return log
+
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create({"_target_": "robprune.prune.adasap", "_partial_": True, "_recursive_": False,
+                            "sparsity": 0.5, "during_training": {"epochs": 2, "prune_interval": 2, "prune_steps": 2}})
+    info = prune_model(model, cfg, PruneContext(x[:1], train=train))
+    model.eval()
+    assert torch.allclose(model(x), captured["masked_logits"], atol=1e-5)  # removing zero channels changes nothing
+    l1 = prune_model(reference, OmegaConf.create({"_target_": "robprune.prune.l1_filter", "_partial_": True,
+                                                  "sparsity": 0.5}), PruneContext(x[:1]))
+    assert info["ratios"] == l1["ratios"] and info["sparsity"] == pytest.approx(l1["sparsity"])
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [c.out_channels for c in reference.modules() if isinstance(c, nn.Conv2d)]
+    assert info["schedule"]["iterations"] == 8 and info["structured"] is True
+
+
+def test_a_schedule_that_cannot_reach_the_target_is_refused():
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create({"during_training": {"epochs": 2, "prune_interval": 50, "prune_steps": 5}})
+    with pytest.raises(ConfigError, match=r"prune_interval=50 x prune_steps=5 = 250 iterations, but epochs=2 x 8 batches = 16"):
+        check_schedule(cfg, n_train=1000, batch_size=128)
+    check_schedule(OmegaConf.create({"during_training": {"epochs": 2, "prune_interval": 4, "prune_steps": 4}}), 1000, 128)
+
+
+def test_adasap_end_to_end_through_the_cli(tmp_path):
+    args = ["run", *SHRINK, "prune=adasap", "prune.sparsity=0.5", "+adasap.prune_epochs=2", "+adasap.prune_interval=5",
+            "+adasap.prune_steps=3", "finetune=asam", "finetune.epochs=1", f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = robprune(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = read_metrics(tmp_path / "run")
+    assert set(m["stages"]) == {"train", "prune_train", "finetune", "eval"}  # no one-shot prune stage
+    assert m["params"] < m["params_dense"] and abs(m["sparsity"] - 0.5) < 0.1 and 0 <= m["clean_acc"] <= 1
+    from robprune.checkpoint import load_checkpoint
+    model, meta = load_checkpoint(tmp_path / "run")
+    assert meta["prune"]["method"] == "adasap" and meta["prune"]["schedule"]["prune_steps"] == 3
+    weights = sum(mod.weight.numel() for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.Linear)))
+    assert weights == meta["prune"]["prunable_after"]  # the saved checkpoint holds what the accounting says
+    bad = robprune(["run", *SHRINK, "prune=adasap", "+adasap.prune_interval=500", f"cache_dir={tmp_path / 'cache'}",
+                    f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
+    assert bad.returncode == 2 and "prune_interval=500" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+ADASAP_EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("adasap_*.yaml"))
+SHRUNK = ["train.epochs=1", "adasap.prune_epochs=1", "adasap.prune_interval=1", "adasap.prune_steps=2", "data.batch_size=16",
+          "adasap.finetune_epochs.adasap=1", "adasap.finetune_epochs.l2_filter=2", "eval.latency.repeats=1",
+          "eval.latency.warmup=0", "eval.latency.batch_size=2", "eval.corruptions.n_examples=8",
+          "eval.corruptions.names=[gaussian_noise,fog]", "eval.corruptions.severities=[1,5]",
+          "dataset=synthetic", "dataset.num_train=48", "dataset.num_test=16", "dataset.train_split=train",
+          "dataset.test_split=test"]
+SIZE = {"resnet18": ["dataset.image_size=8", "model.width=4"], "vgg16_bn": ["dataset.image_size=32", "model.width_mult=0.0625"],
+        "cnn8": ["dataset.image_size=8", "model.width=4", "model.hidden=16"]}
+
+
+@pytest.mark.parametrize("name", ADASAP_EXPERIMENTS)
+def test_adasap_experiments_run_shrunk_with_equal_budgets(tmp_path, name):
+    from robprune.compose import compose
+    from robprune.pipeline import run
+
+    full = compose([f"+experiment={name}"])
+    assert full.prune.method == "adasap" and full.finetune.sharpness.method == "asam" and "corruptions" in full.eval
+    base = compose([f"+experiment={name}", "prune=l2_filter"])
+    assert base.finetune.sharpness.method == "none" and "during_training" not in base.prune
+    assert base.finetune.epochs == full.finetune.epochs + full.prune.during_training.epochs  # the same budget
+    model = full.model._target_.rsplit(".", 1)[1]
+    overrides = [f"+experiment={name}", *SHRUNK, *SIZE[model], f"cache_dir={tmp_path / 'cache'}"]
+    m = run(compose(overrides), tmp_path / "adasap", choices={"experiment": name})
+    assert m["params"] < m["params_dense"] and 0 <= m["corruption_acc/mean"] <= 1
+    b = run(compose([*overrides, "prune=l2_filter"]), tmp_path / "l2", choices={"experiment": name})
+    assert b["stages"]["train"]["key"] == m["stages"]["train"]["key"] and b["stages"]["train"]["reused"]
+    assert abs(b["sparsity"] - m["sparsity"]) < 0.05  # same size (the same uniform ratio by bisection)
