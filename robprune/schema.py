@@ -197,12 +197,12 @@ PRUNE = {"method": STR, "criterion": Choice(*CRITERIA), "allocation": Choice(*AL
          "normalization": Choice(*NORMALIZATIONS), "r_max": Float(0, high=1, high_open=True, example="0.95"),
          "min_channels": Int(1), "exclude_stem": BOOL, "exclude_linear": BOOL, "scores": TARGET,
          # allocation mrs (methods.md §2 step 4); r_min <= r_max, r_max_small is checked by ChannelPruning.check_mrs
-         "rule": Choice(*RULES), "lam": Float(0, example="0.2"), "r_min": Float(0, high=1, high_open=True, example="0"),
+         "rule": Choice(*RULES), "lam": Float(0, example="0.4"), "r_min": Float(0, high=1, high_open=True, example="0"),
          "r_max_small": Float(0, high=1, high_open=True, example="0.5"),
          "small_fraction": Float(0, high=1, high_open=True, example="0.02"),
          "score_floor": Float(0, high=1, low_open=True, example="0.1")}
 SCORES = {"n_images": Int(1, example="1024"), "batch_size": SIZE, "seed": SEED, "attack": TARGET,
-          "perturbation": Choice(*PERTURBATIONS), "alpha": Float(0, low_open=True, example="0.1"), "draws": Int(1),
+          "perturbation": Choice(*PERTURBATIONS), "alpha": Float(0, low_open=True, example="0.2"), "draws": Int(1),
           "steps": STEPS, "damage_check": BOOL, "damage_seeds": Value("list", item=Int(), example="[0,1,2]")}
 OPTIMIZER = {"lr": Float(0, low_open=True, example="0.001"), "momentum": Float(0, example="0.9"),
              "weight_decay": Float(0, example="0.0005")}

@@ -62,9 +62,13 @@ def test_noise_sized_scores_no_longer_send_groups_to_r_max(cnn):
     scores = dict(zip(PRUNABLE, [-2e-5, -1.1e-5, -4e-6, -1e-6, 1.1e-5]))
     old = inverse_ratios(inp, group_scores=scores, sparsity=0.6, r_max=0.95)
     assert [old[r] for r in PRUNABLE[:4]] == [0.95] * 4
-    new = bounded_ratios(inp, group_scores=scores, rule=BoundedRule(), sparsity=0.6)
+    new = bounded_ratios(inp, group_scores=scores, rule=BoundedRule(lam=0.2), sparsity=0.6)
     assert max(new.values()) < 0.85 and new["features.2"] <= 0.5
     assert abs(inp.budget.sparsity(new) - 0.6) <= 0.01
+    # the chosen default λ = 0.4 moves ratios twice as far: noise-sized scores can again send a group to
+    # r_max (README: the worst-case score, not λ, is what keeps MRS from being noise)
+    default = bounded_ratios(inp, group_scores=scores, rule=BoundedRule(), sparsity=0.6)
+    assert BoundedRule().lam == 0.4 and max(default.values()) == 0.95 and default["features.2"] <= 0.5
 
 
 def test_standardising_is_scale_free(cnn):
@@ -121,9 +125,9 @@ def test_standardised_log_scores():
 
 def test_bounded_mean_normalization_centres_on_channel_ratio(cnn):
     _, inp = cnn
-    ratios = bounded_ratios(inp, group_scores=dict(zip(PRUNABLE, [0.02, 0.5, 0.004, 0.1, 0.03])), rule=NO_SMALL,
-                            channel_ratio=0.4, normalization="mean")
-    assert sum(ratios.values()) / 5 == pytest.approx(0.4)  # no clipping here: mean of c − λ·z is c
+    ratios = bounded_ratios(inp, group_scores=dict(zip(PRUNABLE, [0.02, 0.5, 0.004, 0.1, 0.03])),
+                            rule=BoundedRule(r_max_small=0.95, lam=0.2), channel_ratio=0.4, normalization="mean")
+    assert sum(ratios.values()) / 5 == pytest.approx(0.4)  # no clipping at λ = 0.2: mean of c − λ·z is c
 
 
 @pytest.mark.parametrize("rule", ["bounded", "inverse"])
@@ -139,6 +143,6 @@ def test_prune_record_carries_ratio_s_and_z(cnn, rule):
     if rule == "bounded":
         s, z = standardised_log_scores(mrs, 0.1)
         assert all(rows[r]["z"] == z[r] and rows[r]["s"] == s[r] for r in PRUNABLE)
-        assert info["options"]["rule"] == "bounded" and info["options"]["lam"] == 0.2
+        assert info["options"]["rule"] == "bounded" and info["options"]["lam"] == 0.4
     else:
         assert all(rows[r]["z"] is None and rows[r]["s"] == mrs[r] for r in PRUNABLE)

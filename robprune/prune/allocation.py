@@ -80,7 +80,7 @@ class BoundedRule:
     (never above r_max); score_floor ∈ (0, 1]: scores are floored at this fraction of the median.
     """
 
-    lam: float = 0.2
+    lam: float = 0.4
     r_min: float = 0.0
     r_max: float = 0.95
     r_max_small: float = 0.5

@@ -48,7 +48,7 @@ class ChannelPruning:
     ratio_semantics: str | None = None   # params | channel | None = inferred from which key is set
     normalization: str = "bisection"     # mrs only: bisection (c hits sparsity) | mean (c from channel_ratio)
     rule: str = "bounded"                # mrs only: bounded clip(c − λ·z_l, r_min, r_max_l) | inverse clip(c/s_l, 0, r_max)
-    lam: float = 0.2                     # mrs bounded: λ, channel ratio per unit of standardised log score
+    lam: float = 0.4                     # mrs bounded: λ, channel ratio per unit of standardised log score
     r_min: float = 0.0                   # mrs bounded: smallest per-group channel ratio
     r_max: float = 0.95                  # largest per-group channel ratio when allocating to a sparsity
     r_max_small: float = 0.5             # mrs bounded: r_max of groups holding under small_fraction of the weights
@@ -90,7 +90,7 @@ class ChannelPruning:
                 raise ConfigError(f"prune.{key} must be {' or '.join(choices)}, got {getattr(self, key)!r}; "
                                   f"e.g. prune.{key}={choices[0]}")
         if float(self.lam) < 0:
-            raise ConfigError(f"prune.lam must be >= 0, got {self.lam}; e.g. prune.lam=0.2")
+            raise ConfigError(f"prune.lam must be >= 0, got {self.lam}; e.g. prune.lam=0.4")
         for key in ("r_min", "r_max_small", "small_fraction"):
             require_range(float(getattr(self, key)), f"prune.{key}", 0, 1)
         if not 0 < float(self.score_floor) <= 1:

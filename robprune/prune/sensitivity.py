@@ -177,7 +177,7 @@ def check_options(perturbation: str, alpha: float, draws: int, steps: int, damag
         raise ConfigError(f"prune.scores.perturbation must be one of {', '.join(PERTURBATIONS)}, got {perturbation!r}; "
                           "e.g. prune.scores.perturbation=worst_case")
     if not alpha > 0:
-        raise ConfigError(f"prune.scores.alpha must be > 0, got {alpha}; e.g. prune.scores.alpha=0.1")
+        raise ConfigError(f"prune.scores.alpha must be > 0, got {alpha}; e.g. prune.scores.alpha=0.2")
     if int(steps) < 1:
         raise ConfigError(f"prune.scores.steps must be >= 1, got {steps}; e.g. prune.scores.steps=10")
     if int(draws) < 1:
@@ -189,7 +189,7 @@ def check_options(perturbation: str, alpha: float, draws: int, steps: int, damag
 
 def mrs_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device, attack: Callable,
                n_images: int = 1024, batch_size: int = 256, seed: int = 0, perturbation: str = "worst_case",
-               alpha: float = 0.1, steps: int = 10, draws: int = 5, damage_check: bool = False,
+               alpha: float = 0.2, steps: int = 10, draws: int = 5, damage_check: bool = False,
                damage_seeds: Sequence[int] = (0, 1, 2)) -> Sensitivity:
     """MRS(l) = L_adv(W_l + δ_l; AE) − L_adv(W; AE) for every Conv2d/Linear l (MRPF §2 step 3).
     worst_case: δ_l = the loss-maximising ΔW in ‖ΔW‖_F ≤ α‖W_l‖_F found in ``steps`` projected gradient
