@@ -151,7 +151,7 @@ SEED = Int(null=True, example="0")
 SCHEDULE = {"name": Choice(*SCHEDULES), "milestones": Value("list", item=Int(0)), "gamma": Float(0)}
 SHARPNESS = {"method": Choice("none", "sam", "asam", "adasap"), "rho": Float(0, low_open=True, example="0.05"),
              "eta": Float(0, example="0.01"), "rho_min": Float(0, low_open=True, example="0.01"),
-             "rho_max": Float(0, low_open=True, example="2.0"), "importance": Choice("l2", "taylor"),
+             "rho_max": Float(0, low_open=True, example="2.0"), "importance": Choice("l2", "taylor"), "normalize": Choice("global", "neuron"),
              "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}  # rho_min <= rho_max: robprune.train.sharpness
 TRAIN = {"epochs": Int(0, example="2"), "objective": TARGET, "optimizer": TARGET, "schedule": SCHEDULE,
          "sharpness": SHARPNESS}

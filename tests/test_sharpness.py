@@ -62,7 +62,7 @@ def test_adasap_radii_from_importance_and_per_neuron_normalisation():
     model = Quadratic([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
     neurons = NeuronMap(rows={model.weight: torch.tensor([0, 1, 2])}, n=3)
     opt = SharpnessAware(model, torch.optim.SGD(model.parameters(), lr=0.1), method="adasap",
-                         rho_min=0.1, rho_max=1.0, eta=0.01, neurons=neurons)
+                         rho_min=0.1, rho_max=1.0, eta=0.01, neurons=neurons, normalize="neuron")
     _grad_at(model, opt)
     eps = opt.perturbation()[model.weight]
     assert torch.allclose(opt.last_radii, torch.tensor([1.0, 0.55, 0.1], dtype=opt.last_radii.dtype))
@@ -72,6 +72,20 @@ def test_adasap_radii_from_importance_and_per_neuron_normalisation():
         expect = rho * t[i] ** 2 * g[i] / (t[i] * g[i]).norm()
         assert torch.allclose(eps[i], expect)
         assert (eps[i] / t[i]).norm().item() == pytest.approx(rho, rel=1e-6)
+
+
+def test_adasap_global_normalisation_scales_asam_per_neuron():
+    """normalize=global (the default): ε_i = ρ_i T_i² g_i / ‖T g‖, i.e. ASAM's step with each neuron's radius."""
+    model = Quadratic([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    neurons = NeuronMap(rows={model.weight: torch.tensor([0, 1, 2])}, n=3)
+    opt = SharpnessAware(model, torch.optim.SGD(model.parameters(), lr=0.1), method="adasap",
+                         rho_min=0.1, rho_max=1.0, eta=0.01, neurons=neurons)
+    _grad_at(model, opt)
+    eps = opt.perturbation()[model.weight]
+    w = model.weight.detach()
+    g, t = w.clone(), w.abs() + 0.01
+    radii = torch.tensor([1.0, 0.55, 0.1], dtype=w.dtype)
+    assert torch.allclose(eps, radii[:, None] * t * t * g / (t * g).norm())
 
 
 def test_adasap_neurons_follow_torch_pruning_groups():

@@ -17,7 +17,9 @@ Perturbations, with g the first gradient and blocks normalised separately:
 - ASAM (Kwon et al., ICML 2021, Eq. 9 with T_w = |w| + η): ε = ρ · T² g / ‖T g‖; T = |w| + η for
   weights (tensors named ``*weight``, incl. norm layers' γ, as in ASAM's reference code), T = 1 otherwise.
 - AdaSAP (Bair et al., ICLR 2024, §3.1): per neuron i (an output channel with its norm-layer entries and
-  every coupled layer's matching channel) ε_i = ρ_i · T_i² g_i / ‖T_i g_i‖, with radius
+  every coupled layer's matching channel) ε_i = ρ_i · T_i² g_i / ‖T g‖ (``normalize: global``, the default:
+  ASAM's network-wide norm; ``neuron`` divides by ‖T_i g_i‖ as methods.md writes it, which at ρ_max = 2
+  moves every neuron by twice its own scale and collapsed training to chance on MNIST; README), with radius
   ρ_i = ρ_max − (s_i − s_min)/(s_max − s_min) · (ρ_max − ρ_min) from the neuron's importance s_i, so the
   least important neurons (the next to be pruned) are pushed into flat regions hardest. Parameters the
   pruner never removes get ρ_min, one neuron per output row.
@@ -35,6 +37,7 @@ from robprune.errors import ConfigError
 
 METHODS = ("none", "sam", "asam", "adasap")
 IMPORTANCES = ("l2", "taylor")
+NORMALIZE = ("global", "neuron")  # AdaSAP: ‖T g‖ over the whole network (ASAM's) | per neuron ‖T_i g_i‖
 
 
 @dataclass
@@ -99,12 +102,14 @@ class SharpnessAware(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, base: torch.optim.Optimizer, *, method: str = "sam", rho: float = 0.05,
                  eta: float = 0.01, rho_min: float = 0.01, rho_max: float = 2.0, importance: str = "l2",
-                 clip_grad_norm: float | None = None, neurons: NeuronMap | None = None):
+                 clip_grad_norm: float | None = None, neurons: NeuronMap | None = None, normalize: str = "global"):
         if method not in METHODS[1:]:
             raise ConfigError(f"sharpness.method must be one of {', '.join(METHODS)}, got {method!r}")
         self.model, self.base, self.method = model, base, method
         self.rho, self.eta, self.rho_min, self.rho_max = float(rho), float(eta), float(rho_min), float(rho_max)
-        self.importance, self.clip_grad_norm = importance, clip_grad_norm
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"sharpness.normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+        self.importance, self.clip_grad_norm, self.normalize = importance, clip_grad_norm, normalize
         self.masks: dict[nn.Parameter, torch.Tensor] = {}
         self.neurons = neurons
         self.names = {p: n for n, p in model.named_parameters()}
@@ -176,13 +181,17 @@ class SharpnessAware(torch.optim.Optimizer):
         frac = ((s - lo) / (hi - lo)).clamp(0, 1) if float(hi - lo) > 0 else torch.zeros_like(s)
         radii = self.rho_max - frac * (self.rho_max - self.rho_min)  # Bair et al. 2024, §3.1 (linear in s)
         self.last_radii = radii
-        coef = radii / (sq.sqrt() + 1e-12)          # ρ_i / ‖T_i g_i‖
+        if self.normalize == "neuron":               # methods.md's literal ε_i = ρ_i T_i² g_i / ‖T_i g_i‖
+            coef = radii / (sq.sqrt() + 1e-12)
+        else:                                        # ASAM's global ‖T g‖ with the per-neuron ρ_i (README: resolution)
+            total = torch.sqrt(sum(v[2].pow(2).sum() for v in tg.values())) + 1e-12
+            coef = radii / total
         eps = {}
         for p, (g, t, tgp) in tg.items():
             tt_g = g if t is None else t * t * g
             ids = ids_of.get(p)                     # None: never pruned, one block per output row with ρ_min
             rows = tgp.reshape(tgp.shape[0], -1) if tgp.dim() else tgp.reshape(1, 1)
-            row_norm = rows.pow(2).sum(1).sqrt() + 1e-12
+            row_norm = rows.pow(2).sum(1).sqrt() + 1e-12 if self.normalize == "neuron" else total
             c = self.rho_min / row_norm
             if ids is not None:
                 sel = ids >= 0
@@ -246,7 +255,7 @@ def wrap(cfg, model: nn.Module, base: torch.optim.Optimizer, key: str, *, neuron
     return SharpnessAware(model, base, method=node.method, rho=node.get("rho", 0.05), eta=node.get("eta", 0.01),
                           rho_min=node.get("rho_min", 0.01), rho_max=node.get("rho_max", 2.0),
                           importance=node.get("importance", "l2"), clip_grad_norm=node.get("clip_grad_norm"),
-                          neurons=neurons)
+                          neurons=neurons, normalize=node.get("normalize", "global"))
 
 
 def check_node(node, path: str) -> None:
@@ -266,6 +275,8 @@ def check_node(node, path: str) -> None:
             raise ConfigError(f"{path}.rho_min must be > 0, got {lo}")
         if lo > hi:
             raise ConfigError(f"{path}.rho_min ({lo}) is above {path}.rho_max ({hi}); set rho_min <= rho_max")
+        if node.get("normalize", "global") not in NORMALIZE:
+            raise ConfigError(f"{path}.normalize must be one of {', '.join(NORMALIZE)}, got {node.get('normalize')!r}")
         if node.get("importance", "l2") not in IMPORTANCES:
             raise ConfigError(f"{path}.importance must be one of {', '.join(IMPORTANCES)}, got {node.get('importance')!r}")
     clip = node.get("clip_grad_norm")
