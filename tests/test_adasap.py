@@ -3,12 +3,11 @@ network's function, the sparsity accounting is l1_filter's, the schedule is chec
 shrunk end-to-end run through the CLI."""
 from __future__ import annotations
 
+import pytest
 import torch
+from helpers import REPO, read_metrics, robprune
 from torch import nn
 
-import pytest
-
-from helpers import REPO, SHRINK, read_metrics, robprune
 from robprune.errors import ConfigError
 from robprune.models import cnn8
 from robprune.prune import PruneContext, prune_model
@@ -96,7 +95,9 @@ def test_a_schedule_that_cannot_reach_the_target_is_refused():
 
 
 def test_adasap_end_to_end_through_the_cli(tmp_path):
-    args = ["run", *SHRINK, "prune=adasap", "prune.sparsity=0.5", "+adasap.prune_epochs=2", "+adasap.prune_interval=5",
+    quick = ["train=standard", "train.epochs=2", "model.width=8", "eval=clean", "eval.latency.repeats=2",
+             "eval.latency.warmup=1", "eval.latency.batch_size=8"]
+    args = ["run", *quick, "prune=adasap", "prune.sparsity=0.5", "+adasap.prune_epochs=2", "+adasap.prune_interval=5",
             "+adasap.prune_steps=3", "finetune=asam", "finetune.epochs=1", f"cache_dir={tmp_path / 'cache'}",
             f"hydra.run.dir={tmp_path / 'run'}"]
     proc = robprune(args, tmp_path)
@@ -109,7 +110,7 @@ def test_adasap_end_to_end_through_the_cli(tmp_path):
     assert meta["prune"]["method"] == "adasap" and meta["prune"]["schedule"]["prune_steps"] == 3
     weights = sum(mod.weight.numel() for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.Linear)))
     assert weights == meta["prune"]["prunable_after"]  # the saved checkpoint holds what the accounting says
-    bad = robprune(["run", *SHRINK, "prune=adasap", "+adasap.prune_interval=500", f"cache_dir={tmp_path / 'cache'}",
+    bad = robprune(["run", *quick, "prune=adasap", "+adasap.prune_interval=500", f"cache_dir={tmp_path / 'cache'}",
                     f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
     assert bad.returncode == 2 and "prune_interval=500" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad" / "metrics.json").exists()

@@ -22,14 +22,18 @@ import torch
 from torch import nn
 
 from robprune.errors import ConfigError
+from robprune.measure import count_params
 from robprune.prune.allocation import AllocationInput, uniform_sparsity
 from robprune.prune.budget import ParamBudget
 from robprune.prune.context import PruneContext
 from robprune.prune.importance import FilterNormImportance, TaylorImportance
 from robprune.prune.methods import ChannelPruning, achieved_channel_ratio
-from robprune.prune.stats import conv_channels, parameter_sparsity, prunable_weight_count
+from robprune.prune.stats import (
+    conv_channels,
+    parameter_sparsity,
+    prunable_weight_count,
+)
 from robprune.prune.structured import build_groups, json_history, layer_rows
-from robprune.measure import count_params
 from robprune.train.sharpness import NeuronMap, neuron_map
 
 log = logging.getLogger("robprune")

@@ -26,9 +26,9 @@ Perturbations, with g the first gradient and blocks normalised separately:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
