@@ -125,10 +125,12 @@ def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
     from robprune.prune.structured import build_groups, cut_group
 
     target = str(cfg.prune.get("_target_", ""))
-    if str(cfg.model.get("_target_")) != TIMM or target not in schema.EXPLICIT_KEYS:
+    adasap = target == "robprune.prune.adasap"  # cuts channels too, after training
+    if str(cfg.model.get("_target_")) != TIMM or (target not in schema.EXPLICIT_KEYS and not adasap):
         return
     fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
-    options = {k: v for k, v in to_container(cfg.prune).items() if k not in NOT_OPTIONS and not k.startswith("_")}
+    options = {k: v for k, v in to_container(cfg.prune).items() if k not in NOT_OPTIONS and not k.startswith("_")
+               and k != "during_training"}
     opts = methods.channel_options({**fixed.get(target, {}), **options})
     name, trial, x = cfg.model.get("name"), copy.deepcopy(model).cpu().eval(), example_inputs[:1].cpu()
     with torch.no_grad():

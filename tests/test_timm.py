@@ -136,9 +136,11 @@ def test_attention_heads_are_not_cut():
         check_before_stages(cfg, dense_model(arch("mobilevit_xxs")), torch.zeros(1, 3, SIZE, SIZE))
 
 
-def test_architecture_the_cut_breaks_is_refused_before_training():
-    """RegNet's grouped convs: Torch-Pruning's cut leaves inconsistent group widths; the trial cut says so."""
-    cfg = compose(["model=timm", "model.name=regnetx_002"])
+@pytest.mark.parametrize("prune", ["l1_filter", "adasap"])
+def test_architecture_the_cut_breaks_is_refused_before_training(prune):
+    """RegNet's grouped convs: Torch-Pruning's cut leaves inconsistent group widths; the trial cut says so
+    (also for prune=adasap, which cuts after training)."""
+    cfg = compose(["model=timm", "model.name=regnetx_002", f"prune={prune}"])
     with pytest.raises(ConfigError, match=r"model\.name=regnetx_002: Torch-Pruning's channel removal does not fit.*"
                                           r"prune=global_magnitude"):
         check_before_stages(cfg, dense_model(arch("regnetx_002")), torch.zeros(1, 3, SIZE, SIZE))
