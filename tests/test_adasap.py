@@ -110,10 +110,18 @@ def test_adasap_end_to_end_through_the_cli(tmp_path):
     assert meta["prune"]["method"] == "adasap" and meta["prune"]["schedule"]["prune_steps"] == 3
     weights = sum(mod.weight.numel() for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.Linear)))
     assert weights == meta["prune"]["prunable_after"]  # the saved checkpoint holds what the accounting says
-    bad = robprune(["run", *quick, "prune=adasap", "+adasap.prune_interval=500", f"cache_dir={tmp_path / 'cache'}",
-                    f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
-    assert bad.returncode == 2 and "prune_interval=500" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_impossible_schedule_fails_before_training(tmp_path, capsys):
+    from robprune.cli import main
+
+    quick = ["train=standard", "train.epochs=1", "eval=clean"]
+    code = main(["run", *quick, "prune=adasap", "+adasap.prune_interval=500", f"cache_dir={tmp_path / 'cache'}",
+                 f"hydra.run.dir={tmp_path / 'bad'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "prune_interval=500" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad" / "metrics.json").exists()
+    assert not (tmp_path / "cache" / "train").exists()  # nothing was trained
 
 
 ADASAP_EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("adasap_*.yaml"))
