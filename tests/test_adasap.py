@@ -152,3 +152,17 @@ def test_adasap_experiments_run_shrunk_with_equal_budgets(tmp_path, name):
     b = run(compose([*overrides, "prune=l2_filter"]), tmp_path / "l2", choices={"experiment": name})
     assert b["stages"]["train"]["key"] == m["stages"]["train"]["key"] and b["stages"]["train"]["reused"]
     assert abs(b["sparsity"] - m["sparsity"]) < 0.05  # same size (the same uniform ratio by bisection)
+
+
+def test_adasap_refuses_to_run_outside_the_training_stage_or_without_a_target():
+    from omegaconf import OmegaConf
+
+    x, _ = _data()
+    node = {"epochs": 1, "prune_interval": 1, "prune_steps": 1}
+    base = {"_target_": "robprune.prune.adasap", "_partial_": True, "_recursive_": False, "during_training": node}
+    with pytest.raises(ConfigError, match="prunes during training"):
+        prune_model(_model(), OmegaConf.create({**base, "sparsity": 0.5}), PruneContext(x[:1]))
+    with pytest.raises(ConfigError, match="prune.sparsity must be set"):
+        prune_model(_model(), OmegaConf.create({**base, "sparsity": None}), PruneContext(x[:1], train=lambda m, n, h: []))
+    with pytest.raises(ConfigError, match="only 0 of prune_steps=1"):  # a training that stops early is caught too
+        prune_model(_model(), OmegaConf.create({**base, "sparsity": 0.5}), PruneContext(x[:1], train=lambda m, n, h: []))

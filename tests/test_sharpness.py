@@ -22,6 +22,15 @@ class Quadratic(nn.Module):
         return 0.5 * (self.a * self.weight ** 2).sum()
 
 
+def _loss_closure(model, opt):
+    def closure():
+        opt.zero_grad()
+        loss = model.loss()
+        loss.backward()
+        return loss
+    return closure
+
+
 def _grad_at(model, opt):
     opt.zero_grad()
     model.loss().backward()
@@ -37,12 +46,7 @@ def test_sam_epsilon_is_rho_g_over_norm_and_step_uses_second_gradient():
     _grad_at(model, opt)
     eps = opt.perturbation()[model.weight]
     assert torch.allclose(eps, 0.3 * g / g.norm())  # Foret et al. 2021, Eq. 2
-    def closure():
-        opt.zero_grad()
-        loss = model.loss()
-        loss.backward()
-        return loss
-    opt.step(closure)
+    opt.step(_loss_closure(model, opt))
     g_adv = model.a * (w0 + 0.3 * g / g.norm())
     assert torch.allclose(model.weight.detach(), w0 - 0.1 * g_adv)
 
@@ -158,12 +162,7 @@ def test_clipping_acts_on_the_second_gradient():
     model = Quadratic([[10.0, -20.0]], [[1.0, 1.0]])
     opt = SharpnessAware(model, torch.optim.SGD(model.parameters(), lr=1.0), method="sam", rho=0.1, clip_grad_norm=1.0)
     w0 = model.weight.detach().clone()
-    def closure():
-        opt.zero_grad()
-        loss = model.loss()
-        loss.backward()
-        return loss
-    opt.step(closure)
+    opt.step(_loss_closure(model, opt))
     assert (w0 - model.weight.detach()).norm().item() == pytest.approx(1.0, rel=1e-6)
 
 
@@ -189,7 +188,18 @@ def test_the_one_loop_trains_with_sam_and_resumes_its_base_state(tmp_path):
     ({"method": "adasap", "rho_min": 0.0}, "rho_min must be > 0"),
     ({"method": "adasap", "importance": "l7"}, "importance must be one of"),
     ({"method": "asam", "clip_grad_norm": -1}, "clip_grad_norm must be > 0"),
+    ({"method": "adasap", "normalize": "layer"}, "normalize must be one of"),
+    ({"method": "asam", "eta": -0.1}, "eta must be >= 0"),
 ])
 def test_bad_sharpness_nodes_are_one_line_errors(node, match):
     with pytest.raises(ConfigError, match=match):
         check_node(node, "train.sharpness")
+
+
+def test_the_optimizer_refuses_a_bad_normalisation_and_a_stepless_call():
+    model = Quadratic([[1.0]], [[1.0]])
+    with pytest.raises(ConfigError, match="sharpness.normalize must be one of"):
+        SharpnessAware(model, torch.optim.SGD(model.parameters(), lr=0.1), method="adasap", normalize="layer")
+    opt = SharpnessAware(model, torch.optim.SGD(model.parameters(), lr=0.1), method="sam")
+    with pytest.raises(RuntimeError, match="needs step\\(closure\\)"):
+        opt.step()

@@ -15,7 +15,6 @@ optimizer step (momentum or the SAM perturbation cannot revive them).
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict
 
 import torch
@@ -36,7 +35,6 @@ from robprune.prune.stats import (
 from robprune.prune.structured import build_groups, json_history, layer_rows
 from robprune.train.sharpness import NeuronMap, neuron_map
 
-log = logging.getLogger("robprune")
 GRADUAL_CRITERIA = ("l2", "taylor")
 
 
