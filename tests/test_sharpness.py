@@ -203,3 +203,26 @@ def test_the_optimizer_refuses_a_bad_normalisation_and_a_stepless_call():
     opt = SharpnessAware(model, torch.optim.SGD(model.parameters(), lr=0.1), method="sam")
     with pytest.raises(RuntimeError, match="needs step\\(closure\\)"):
         opt.step()
+
+
+def test_a_weight_mask_hook_hands_its_masks_to_a_two_pass_optimizer():
+    """Fine-tuning an unstructured-pruned model with SAM: WeightMask.bind (called by the training stage)
+    gives the optimizer the masks, so the zeros get no perturbation and stay zero."""
+    from robprune.train.masks import WeightMask
+
+    model = _bn_net()
+    with torch.no_grad():
+        model[4].weight[:, ::2] = 0
+    hook = WeightMask.from_zeros(model)
+    opt = SharpnessAware(model, torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9), method="sam", rho=1.0)
+    hook.bind(opt, model)
+    assert set(opt.masks) == {model[4].weight} and opt.masks[model[4].weight].dtype == torch.bool
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    assert bool((model[4].weight[:, ::2] == 0).all())

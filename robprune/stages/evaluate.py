@@ -5,7 +5,7 @@ corruption files (CIFAR-10-C) onto the run's test points; those files' (path, si
 from __future__ import annotations
 
 from robprune.checkpoint import load_checkpoint
-from robprune.graph import MODEL, ConfigView, Stage, StageContext
+from robprune.graph import LIBRARIES, MODEL, ConfigView, Stage, StageContext
 from robprune.io import atomic_write_json
 from robprune.stages.common import seed_stage
 
@@ -47,4 +47,5 @@ def externals(view: ConfigView) -> list:
 
 
 STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("eval.latency",), inputs=(MODEL,),
-              data=("test",), build=build, produces_model=False, externals=externals)
+              data=("test",), build=build, produces_model=False, externals=externals,
+              libraries=(*LIBRARIES, "pillow"))  # Pillow: the JPEG corruption's fallback codec and frost texture reader
