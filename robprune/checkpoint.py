@@ -29,7 +29,13 @@ from robprune.quant.modules import QuantSpec, quant_spec_of, quantize_model
 
 WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
 FORMAT_VERSION = 1
-ARCH_KEYS = ("model", "in_channels", "image_size", "num_classes", "mean", "std")
+ARCH_KEYS = ("model", "in_channels", "image_size", "num_classes", "mean", "std")  # an image model's arch
+TEXT_ARCH_KEYS = ("model", "num_classes", "pad_id", "vocab_size")  # a text model's (its tokenizer's pad id and size)
+
+
+def arch_keys(arch: dict) -> tuple[str, ...]:
+    """The keys an arch record must hold: a text model's when it names a pad id, else an image model's."""
+    return TEXT_ARCH_KEYS if "pad_id" in arch else ARCH_KEYS
 # Written by save_checkpoint itself; the same keys in ``extra`` are ignored.
 RESERVED_KEYS = ("format_version", "arch", "pruning_history", "weights_sha256")
 # Also written by save_checkpoint, optional on load (absent in checkpoints of float models saved before it existed).
@@ -50,22 +56,26 @@ def save_checkpoint(model: nn.Module, directory: Path | str, *, arch: dict, hist
                     extra: dict | None = None) -> Path:
     """Write ``directory/model.safetensors`` (state_dict incl. buffers) and ``directory/model.json``.
 
-    arch: {"model": model config incl. _target_, "in_channels", "image_size", "num_classes", "mean",
-    "std"} (DictConfig values are converted). history: the pruning history of
+    arch: {"model": model config incl. _target_, "num_classes", and the rest of the data's ``arch_record``
+    (images: in_channels, image_size, mean, std; text: pad_id, vocab_size)}, extended by the model's own
+    ``arch_update()`` when it has one (a text model's transformers config) (DictConfig values are
+    converted). history: the pruning history of
     :func:`robprune.prune.prune_model` ([] or None for a dense model). extra: JSON-serialisable keys
     stored at the top level of model.json. Returns ``directory``.
     """
     directory = Path(directory)
     arch = to_container(arch)
-    missing = [k for k in ARCH_KEYS if k not in arch]
+    missing = [k for k in arch_keys(arch) if k not in arch]
     if missing:
         raise CheckpointError(f"{directory}: arch is missing {', '.join(missing)}; pass the dict the model was built from")
+    if hasattr(model, "arch_update"):
+        arch = {**arch, **model.arch_update()}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     digest = tensors_digest(state)
     atomic_save_tensors(directory / WEIGHTS_FILE, state, metadata={"weights_sha256": digest})
     meta = {k: v for k, v in (extra or {}).items() if k not in (*RESERVED_KEYS, QUANT_KEY)}
     spec = quant_spec_of(model)
-    meta.update(format_version=FORMAT_VERSION, arch=to_container(arch), pruning_history=list(history or []),
+    meta.update(format_version=FORMAT_VERSION, arch=arch, pruning_history=list(history or []),
                 weights_sha256=digest, **{QUANT_KEY: spec.to_dict() if spec else None})
     atomic_write_json(directory / META_FILE, meta)
     return directory
@@ -111,7 +121,7 @@ def _read_meta(meta_path: Path) -> dict:
         raise CheckpointError(f"{meta_path}: not valid JSON ({err}); restore it or save the checkpoint again") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path}: expected a JSON object; restore it or save the checkpoint again")
-    missing = [k for k in RESERVED_KEYS if k not in meta] + [f"arch.{k}" for k in ARCH_KEYS if k not in meta.get("arch", {})]
+    missing = [k for k in RESERVED_KEYS if k not in meta] + [f"arch.{k}" for k in arch_keys(meta.get("arch", {})) if k not in meta.get("arch", {})]
     if missing:
         raise CheckpointError(f"{meta_path}: missing {', '.join(missing)}; it was not written by save_checkpoint")
     if meta["format_version"] != FORMAT_VERSION:
@@ -145,13 +155,14 @@ def _rebuild(meta: dict, meta_path: Path) -> nn.Module:
     if model_cfg.get("pretrained"):  # the checkpoint holds the weights: never fetch pretrained ones again
         model_cfg["pretrained"] = False
     try:
-        model = build_model(OmegaConf.create(model_cfg), in_channels=arch["in_channels"],
-                            image_size=arch["image_size"], num_classes=arch["num_classes"],
-                            mean=arch["mean"], std=arch["std"])
+        model = build_model(OmegaConf.create(model_cfg), **{k: v for k, v in arch.items() if k != "model"})
     except ConfigError as err:
         raise CheckpointError(f"{meta_path}: cannot rebuild arch.model: {err.args[0]}") from None
     history = meta["pruning_history"]
     if history:
+        if "image_size" not in arch:
+            raise CheckpointError(f"{meta_path}: a pruning_history replay needs an image model's arch "
+                                  "(in_channels, image_size); this checkpoint was not written by robprune")
         example = torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"])
         try:
             with torch.enable_grad():  # Torch-Pruning traces through autograd

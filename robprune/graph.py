@@ -30,7 +30,8 @@ from robprune.io import source_fingerprint
 
 
 MODEL = "<model>"  # an input meaning "the model made by the latest model-producing stage before this one"
-LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors", "timm")
+LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors", "timm", "transformers",
+             "tokenizers")
 DATA_PARTS = ("meta", "train", "test")
 
 
@@ -222,7 +223,8 @@ class ConfigView:
 class DataView:
     """The parts of a :class:`robprune.data.DataBundle` a stage declared ('meta', 'train', 'test')."""
 
-    _PARTS = {"train_x": "train", "train_y": "train", "test_x": "test", "test_y": "test"}
+    _PARTS = {"train_x": "train", "train_y": "train", "test_x": "test", "test_y": "test",
+              "train_text": "train", "test_text": "test"}
 
     def __init__(self, bundle: Any, stage: str, parts: tuple[str, ...]):
         self._bundle, self._stage, self._parts = bundle, stage, set(parts)
@@ -240,7 +242,8 @@ class DataView:
 
 
 def data_fingerprint(bundle: Any, part: str) -> str:
-    """16 hex digits over the decoded tensors of a data part ('train' / 'test') and the bundle's meta.
+    """16 hex digits over the decoded tensors of a data part ('train' / 'test'), its sentences for a text
+    dataset, and the bundle's meta (for text: the tokenizer's content id and max_length).
 
     Content, not file names or times: replacing the images of a folder changes it, touching them does not."""
     key = ("data", part, data_meta(bundle))
@@ -250,12 +253,13 @@ def data_fingerprint(bundle: Any, part: str) -> str:
             t = t.contiguous()
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
             h.update(t.numpy().tobytes() if t.numel() else b"")
+        for text in getattr(bundle, f"{part}_text", None) or ():
+            h.update(text.encode("utf-8", "surrogatepass") + b"\x00")
     return h.hexdigest()[:16]
 
 
 def data_meta(bundle: Any) -> dict:
-    return {"name": bundle.name, "num_classes": int(bundle.num_classes), "mean": list(bundle.mean),
-            "std": list(bundle.std), "example_shape": list(bundle.train_x.shape[1:])}
+    return bundle.meta()
 
 
 # --- keys and provenance --------------------------------------------------------------------------

@@ -44,6 +44,8 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
     """
     import torch_pruning as tp
 
+    if hasattr(model, "count_macs"):  # text models count their own (Linear layers + attention products)
+        return int(model.count_macs(example_inputs[:1]))
     macs, _ = tp.utils.count_ops_and_params(model, example_inputs[:1])
     return int(macs)
 
@@ -95,8 +97,7 @@ def dense_model(arch: dict) -> nn.Module:
 
     from robprune.models import build_model
 
-    return build_model(OmegaConf.create(arch["model"]), in_channels=arch["in_channels"], image_size=arch["image_size"],
-                       num_classes=arch["num_classes"], mean=arch["mean"], std=arch["std"])
+    return build_model(OmegaConf.create(arch["model"]), **{k: v for k, v in arch.items() if k != "model"})
 
 
 def measure(model: nn.Module, meta: dict, data, cfg) -> dict:
@@ -110,7 +111,7 @@ def measure(model: nn.Module, meta: dict, data, cfg) -> dict:
 
     model = model.cpu().eval()
     lat = cfg.eval.latency
-    batch = torch.rand(int(lat.batch_size), data.in_channels, data.image_size, data.image_size)
+    batch = data.example_inputs(int(lat.batch_size), random=True)
     timing = dict(repeats=int(lat.repeats), warmup=int(lat.warmup))
     now, dense = measure_macs_params(model, data), measure_macs_params(dense_model(meta["arch"]), data)
     latency = (quantised_latency(model, batch, meta, data, cfg.get("seed", 0), **timing) if quant_spec_of(model)
@@ -121,7 +122,7 @@ def measure(model: nn.Module, meta: dict, data, cfg) -> dict:
 
 
 def measure_macs_params(model: nn.Module, data) -> dict:
-    one = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
+    one = data.example_inputs(1)
     return {"params": count_nonzero_params(model), "params_total": count_params(model), "macs": count_macs(model, one)}
 
 

@@ -87,7 +87,9 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     run_dir = Path(run_dir)
     log.info("run dir %s, device %s", run_dir, device)
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
-    check_before_stages(cfg, dense_model(architecture(cfg.model, data)), example_inputs(data))
+    dense = dense_model(architecture(cfg.model, data))
+    data.check_model(dense)  # e.g. an image model on a text dataset
+    check_before_stages(cfg, dense, example_inputs(data))
     check_corruption_inputs(cfg, data)
     check_schedule(cfg.prune, len(data.train_y), int(cfg.data.batch_size))  # pruning during training reaches its target
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")

@@ -148,13 +148,14 @@ SIZE = Int(1, example="64")
 SEED = Int(null=True, example="0")
 
 # ---- groups without a _target_ -------------------------------------------------------------------
-SCHEDULE = {"name": Choice(*SCHEDULES), "milestones": Value("list", item=Int(0)), "gamma": Float(0)}
+SCHEDULE = {"name": Choice(*SCHEDULES), "milestones": Value("list", item=Int(0)), "gamma": Float(0),
+            "warmup": Float(0, high=1, high_open=True, example="0.1")}  # warmup: linear only, fraction of all steps
 SHARPNESS = {"method": Choice("none", "sam", "asam", "adasap"), "rho": Float(0, low_open=True, example="0.05"),
              "eta": Float(0, example="0.01"), "rho_min": Float(0, low_open=True, example="0.01"),
              "rho_max": Float(0, low_open=True, example="2.0"), "importance": Choice("l2", "taylor"), "normalize": Choice("global", "neuron"),
              "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}  # rho_min <= rho_max: robprune.train.sharpness
 TRAIN = {"epochs": Int(0, example="2"), "objective": TARGET, "optimizer": TARGET, "schedule": SCHEDULE,
-         "sharpness": SHARPNESS}
+         "sharpness": SHARPNESS, "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}
 QUANT = {"method": ANY, "bits": ANY, "per_channel": ANY, "observer": ANY, "ema_decay": ANY, "freeze_ranges": ANY,
          "calibration": {"n_examples": Int(1, null=True, example="1024"), "batch_size": SIZE}, "train": TRAIN}
 DATA = {"root": PATH, "download": BOOL, "batch_size": Int(1, example="128"), "cache_dir": PATH}
@@ -163,13 +164,16 @@ CORRUPTIONS = {"source": Choice(*SOURCES), "root": PATH, "frost_textures": PATH,
                "names": Value("list", item=STR, example="[fog,snow]"), "severities": Value("list", item=Int(), example="[1,2,3,4,5]"),
                "n_examples": Int(1, null=True, example="1000")}  # names, severities, root: robprune.corruptions.check_node
 EVAL = {"attacks": MapOf(TARGET), "n_examples": MapOf(Int(1, null=True, example="200")), "batch_size": Int(1, example="256"),
-        "large_eps_check": BOOL, "large_eps_n": Int(1, example="100"), "latency": LATENCY, "corruptions": CORRUPTIONS}
+        "large_eps_check": BOOL, "large_eps_n": Int(1, example="100"), "latency": LATENCY, "corruptions": CORRUPTIONS,
+        "max_length": Int(2, example="64")}  # max_length: text evaluation (tokens per attacked sentence)
 DATASET = {"name": STR, "root": PATH, "download": BOOL, "train_split": STR, "test_split": STR,
            "num_classes": Int(1, null=True, example="10"), "mean": Value("list", item=Float(0, high=1)),
            "std": Value("list", item=Float(0, low_open=True)), "eps": EPS, "eps_l2": Float(0, example="0.5"),
            "augment": {"crop_padding": Int(0, example="4"), "hflip": BOOL}}
 FILELESS = ("digits", "synthetic")  # datasets that need no dataset.root folder
+TEXT_DATASET = {"modality": Choice("text"), "max_length": Int(2, example="64"), "tokenizer": Value("str", example="minilm-l6")}
 DATASET_EXTRA = {  # keys only some datasets read (conf/dataset/<name>.yaml)
+    "sst2": TEXT_DATASET, "imdb": TEXT_DATASET, "ag_news": TEXT_DATASET,
     "imagefolder": {"channels": Choice(1, 3, example="3"), "image_size": Int(1, null=True, example="32"),
                     "mean": Value("list", item=Float(0, high=1), null=True), "std": Value("list", item=Float(0, low_open=True), null=True)},
     "synthetic": {"num_train": Int(1, example="1024"), "num_test": Int(1, example="256"), "channels": Int(1, example="3"),

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from robprune.errors import ConfigError
 from robprune.models import small_cnn
-from robprune.train import build_training, fit, schedule_factor
+from robprune.train import build_training, fit, per_step, schedule_factor
 from robprune.train.objectives import PGDAT, Standard
 
 
@@ -100,6 +100,9 @@ def test_schedules():
     step = OmegaConf.create({"name": "step", "milestones": [2, 4], "gamma": 0.1})
     assert schedule_factor(cos, 0, 10) == 1.0 and schedule_factor(cos, 5, 10) == pytest.approx(0.5)
     assert [schedule_factor(step, e, 6) for e in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    linear = OmegaConf.create({"name": "linear", "warmup": 0.1})  # BERT's warm-up then decay, per step
+    assert per_step(linear) and not per_step(cos)
+    assert [schedule_factor(linear, t, 2) for t in (0.0, 0.1, 0.2, 1.1, 2.0)] == pytest.approx([0, 0.5, 1, 0.5, 0])
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -109,7 +112,7 @@ def test_build_training_sgd_and_errors(momentum):
                             "schedule": {"name": "constant"}})
     obj, opt = build_training(cfg, _model(), "train")
     assert isinstance(obj, Standard) and opt.param_groups[0]["momentum"] == momentum
-    bad = OmegaConf.merge(cfg, {"schedule": {"name": "linear"}})
+    bad = OmegaConf.merge(cfg, {"schedule": {"name": "exponential"}})
     with pytest.raises(ConfigError, match="train.schedule.name"):
         build_training(bad, _model(), "train")
     evil = OmegaConf.merge(cfg, {"objective": {"_target_": "os.system"}})

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from robprune.data import cifar, imagefolder, mnist, svhn, tiny_imagenet
 from robprune.data.builtin import DIGITS, SYNTHETIC
+from robprune.data.loader import BatchLoader
 from robprune.data.source import Arrays, Source, get, load_split
 from robprune.data.splits import parse_split
 from robprune.errors import ConfigError, DataError
@@ -45,6 +46,8 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    modality = "image"
+
     @property
     def in_channels(self) -> int:
         return int(self.train_x.shape[1])
@@ -58,14 +61,41 @@ class DataBundle:
                             "for an imagefolder set dataset.image_size=<pixels> to resize")
         return int(height)
 
+    def arch_record(self) -> dict:
+        """What a model builder needs from the data (stored in a checkpoint's ``arch``)."""
+        return {"in_channels": self.in_channels, "image_size": self.image_size, "num_classes": self.num_classes,
+                "mean": list(self.mean), "std": list(self.std)}
 
-def build_data(dataset_cfg: DictConfig, *, cache_dir: str | Path | None = None) -> DataBundle:
-    """Load ``dataset_cfg.train_split`` and ``dataset_cfg.test_split`` of dataset ``dataset_cfg.name``.
+    def meta(self) -> dict:
+        """Shapes and statistics that enter every stage's data fingerprint."""
+        return {"name": self.name, "num_classes": int(self.num_classes), "mean": list(self.mean),
+                "std": list(self.std), "example_shape": list(self.train_x.shape[1:])}
+
+    def example_inputs(self, n: int = 1, *, random: bool = False) -> torch.Tensor:
+        """(n, C, H, W) pixels: zeros (tracing: only the shape matters) or uniform in [0, 1] (timing)."""
+        shape = (int(n), self.in_channels, self.image_size, self.image_size)
+        return torch.rand(shape) if random else torch.zeros(shape)
+
+    def loader(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, **kwargs) -> BatchLoader:
+        """Float [0, 1] batches of uint8 images ``x`` (see :class:`BatchLoader` for the keywords)."""
+        return BatchLoader(x, y, batch_size, **kwargs)
+
+    def check_model(self, model) -> None:
+        """Nothing to check beyond what the builder did (shapes come from this bundle)."""
+
+
+def build_data(dataset_cfg: DictConfig, *, cache_dir: str | Path | None = None):
+    """Load ``dataset_cfg.train_split`` and ``dataset_cfg.test_split`` of dataset ``dataset_cfg.name``:
+    a :class:`DataBundle` of images, or for ``modality: text`` a :class:`robprune.data.text.TextBundle`.
 
     cache_dir: if given, decoded base splits of file-backed datasets are stored there as safetensors
     and reused while the source files are unchanged (same path, size and mtime).
     """
     name = str(get(dataset_cfg, "name"))
+    if str(dataset_cfg.get("modality", "image")) == "text":
+        from robprune.data.text import build_text_data
+
+        return build_text_data(dataset_cfg, cache_dir=cache_dir)
     source = REGISTRY.get(name)
     if source is None:
         raise ConfigError(f"dataset.name={name!r} is not a known dataset; choose one of {', '.join(sorted(REGISTRY))}")

@@ -1,11 +1,13 @@
 """Model registry. A config names a builder by ``_target_: robprune.models.<name>``; every builder takes
 ``in_channels, image_size, num_classes, mean, std`` (filled from the dataset) plus its own options, and
 returns a model whose first layer is :class:`Normalize`, so inputs are pixels in [0, 1]. ``timm_model``
-builds any timm architecture by name (``model=timm model.name=...``)."""
+builds any timm architecture by name (``model=timm model.name=...``). ``text_classifier`` builds a
+transformers sequence classifier whose input is token ids (:mod:`robprune.models.text`)."""
 from robprune.models.cnn import cnn8, small_cnn
 from robprune.models.common import Normalize, build_model
 from robprune.models.resnet import resnet18
+from robprune.models.text import TextClassifier, text_classifier
 from robprune.models.timm import timm_model
 from robprune.models.vgg import vgg16_bn
 
-__all__ = ["Normalize", "build_model", "cnn8", "small_cnn", "resnet18", "timm_model", "vgg16_bn"]
+__all__ = ["Normalize", "build_model", "cnn8", "small_cnn", "resnet18", "timm_model", "vgg16_bn", "TextClassifier", "text_classifier"]

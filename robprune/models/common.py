@@ -21,14 +21,15 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def build_model(model_cfg, *, in_channels: int, image_size: int, num_classes: int,
-                mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+def build_model(model_cfg, **shape) -> nn.Module:
     """Instantiate ``model_cfg`` (a ``conf/model`` node) for a dataset's shape; architecture is fully
-    determined by (model_cfg, these kwargs), which is what checkpoints record as ``arch``."""
+    determined by (model_cfg, shape), which is what checkpoints record as ``arch``. shape: for images
+    ``in_channels, image_size, num_classes, mean, std``; for text ``num_classes, pad_id, vocab_size``
+    (and ``hf_config`` when a checkpoint is rebuilt): whatever the data bundle's ``arch_record`` gives."""
     from robprune.config import instantiate
 
-    return instantiate(model_cfg, "model", in_channels=in_channels, image_size=image_size,
-                       num_classes=num_classes, mean=list(mean), std=list(std))
+    shape = {k: (list(v) if isinstance(v, tuple) else v) for k, v in shape.items()}
+    return instantiate(model_cfg, "model", **shape)
 
 
 def flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:

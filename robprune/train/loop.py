@@ -93,11 +93,14 @@ def load_epoch_checkpoint(directory: Path, model: nn.Module, optimizer, generato
 def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torch.optim.Optimizer, *,
         epochs: int, lr_factor: Callable[[int], float], generator: torch.Generator,
         checkpoint_dir: Path | None = None, hooks: Iterable = (), progress: bool = True,
-        description: str = "train") -> list[dict]:
+        description: str = "train", per_step: bool = False, clip_grad_norm: float | None = None) -> list[dict]:
     """Train ``model`` in place for ``epochs`` epochs; returns the per-epoch log.
 
     loader: yields (x, y) on the model's device, x in [0, 1]; its shuffling/augmentation draws from
-    ``generator`` (saved in checkpoints). lr_factor(epoch) multiplies each group's base lr.
+    ``generator`` (saved in checkpoints). lr_factor(epoch) multiplies each group's base lr, set once per
+    epoch; with ``per_step`` it is set before every step from the fractional epoch ``e + i / len(loader)``
+    (linear warm-up and decay). clip_grad_norm: clip the gradient's global L2 norm before each step
+    (for a two-pass optimizer, each pass's gradient; the first one only sets ε's direction).
     hooks: objects with optional ``on_epoch_start(epoch)`` and ``after_step(model)`` (masks, observers).
     checkpoint_dir: when given, a checkpoint is written after every epoch and training resumes from it.
     Steps go through ``optimizer.step(closure)`` so two-pass optimizers (SAM, ASAM) need no other loop.
@@ -114,12 +117,19 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
             group["lr"] = group["base_lr"] * lr_factor(epoch)
         _call(hooks, "on_epoch_start", epoch)
         model.train()
-        total, count = 0.0, 0
-        for x, y in track(loader, f"{description} epoch {epoch + 1}/{epochs}", total=len(loader), enabled=progress):
+        total, count, steps = 0.0, 0, max(1, len(loader))
+        for i, (x, y) in enumerate(track(loader, f"{description} epoch {epoch + 1}/{epochs}", total=len(loader),
+                                         enabled=progress)):
+            if per_step:
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * lr_factor(epoch + i / steps)
+
             def closure():
                 optimizer.zero_grad(set_to_none=True)
                 loss = objective(model, x, y)
                 loss.backward()
+                if clip_grad_norm:
+                    nn.utils.clip_grad_norm_(model.parameters(), float(clip_grad_norm))
                 return loss
 
             loss = optimizer.step(closure)

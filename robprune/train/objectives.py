@@ -205,3 +205,51 @@ def trades(*, attack: Callable, beta: float = 6.0, eps_ramp_epochs: float = 0.0,
 
 def mart(*, attack: Callable, beta: float = 6.0, eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> MART:
     return MART(attack=attack, eps_ramp_epochs=eps_ramp_epochs, adv_ratio=check_adv_ratio(adv_ratio), beta=_check_beta(beta))
+
+
+@dataclass
+class FreeLB:
+    """FreeLB (Zhu et al. 2020, Algorithm 1): adversarial training in the word-embedding space of a text
+    model, the text counterpart of PGD-AT. δ₀ ~ U(−σ, σ)/√(L·H) on the non-pad tokens (σ = init_mag);
+    for t = 1..K: L_t = CE(f(E(x) + δ_{t−1}), y) / K; δ_t = δ_{t−1} + α·g/‖g‖_F (g = ∂L_t/∂δ, per example),
+    projected to ‖δ‖_F ≤ max_norm when max_norm > 0. The returned loss Σ_t L_t has the gradient FreeLB
+    accumulates over its K ascent steps ("free" training: one parameter update per batch).
+
+    x: (N, L) token ids; the model must offer ``embed(ids)`` and ``forward_embeds(embeds, ids)``
+    (:class:`robprune.models.text.TextClassifier`). Dropout stays as the model's mode has it.
+    """
+
+    adv_steps: int = 2
+    adv_lr: float = 0.1
+    init_mag: float = 0.05
+    max_norm: float = 0.0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not hasattr(model, "forward_embeds"):
+            raise ConfigError("objective freelb needs a text model (token ids in, embeddings inside); "
+                              "use train=pgd_at for images")
+        embeds = model.embed(x)
+        mask = (x != model.pad_id).unsqueeze(-1).to(embeds.dtype)                        # (N, L, 1)
+        scale = self.init_mag / torch.sqrt(mask.sum((1, 2)) * embeds.shape[-1]).clamp_min(1.0)
+        delta = (torch.rand_like(embeds) * 2 - 1) * mask * scale.view(-1, 1, 1)        # Alg. 1 line 5
+        total = embeds.new_zeros(())
+        for _ in range(self.adv_steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model.forward_embeds(embeds + delta, x), y) / self.adv_steps  # line 8
+            total = total + loss
+            (grad,) = torch.autograd.grad(loss, delta, retain_graph=True)
+            norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+            delta = (delta + self.adv_lr * grad / norm).detach() * mask                # line 10
+            if self.max_norm > 0:                                                      # line 11: project
+                over = (delta.flatten(1).norm(dim=1) / self.max_norm).clamp_min(1.0).view(-1, 1, 1)
+                delta = delta / over
+        return total
+
+
+def freelb(*, adv_steps: int = 2, adv_lr: float = 0.1, init_mag: float = 0.05, max_norm: float = 0.0) -> FreeLB:
+    if int(adv_steps) < 1:
+        raise ConfigError(f"objective.adv_steps must be >= 1, got {adv_steps}; e.g. train.objective.adv_steps=2")
+    for key, value in (("adv_lr", adv_lr), ("init_mag", init_mag), ("max_norm", max_norm)):
+        if float(value) < 0:
+            raise ConfigError(f"objective.{key} must be >= 0, got {value}; e.g. train.objective.{key}=0.1")
+    return FreeLB(int(adv_steps), float(adv_lr), float(init_mag), float(max_norm))

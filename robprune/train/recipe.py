@@ -11,7 +11,7 @@ from robprune.config import instantiate, require_positive
 from robprune.errors import ConfigError
 from robprune.train.sharpness import wrap
 
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "linear")
 
 
 def build_training(cfg: DictConfig, model: nn.Module, key: str) -> tuple[Callable, object]:
@@ -30,8 +30,19 @@ def build_training(cfg: DictConfig, model: nn.Module, key: str) -> tuple[Callabl
     return objective, optimizer
 
 
-def schedule_factor(schedule: DictConfig, epoch: int, epochs: int) -> float:
-    """Multiplier on the base lr for 0-based ``epoch`` (set once per epoch)."""
+def per_step(schedule: DictConfig) -> bool:
+    """Does the schedule change the lr within an epoch (``linear``) rather than once per epoch?"""
+    return str(schedule.name) == "linear"
+
+
+def schedule_factor(schedule: DictConfig, epoch: float, epochs: int) -> float:
+    """Multiplier on the base lr for 0-based ``epoch`` (set once per epoch; ``linear`` takes the
+    fractional epoch of each step)."""
+    if schedule.name == "linear":  # BERT's schedule (Devlin et al. 2019): linear warm-up, then linear decay to 0
+        t, warmup = float(epoch) / max(1, epochs), float(schedule.get("warmup", 0.0))
+        if t < warmup:
+            return t / warmup  # 0 at the first step, as transformers' get_linear_schedule_with_warmup
+        return max(0.0, (1.0 - t) / (1.0 - warmup)) if warmup < 1 else 1.0
     if schedule.name == "cosine":  # Loshchilov & Hutter 2017 (SGDR), Eq. 5 without restarts, per epoch
         return 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
     if schedule.name == "step":
