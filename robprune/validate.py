@@ -208,6 +208,7 @@ def check_combinations(cfg: DictConfig) -> None:
     if cfg.eval.get("corruptions") is not None:
         check_corruptions(cfg.eval.corruptions)
     check_model(cfg.model)
+    check_modality(cfg)
     check_prune_combinations(cfg.prune)
     check_prune_config(cfg.prune)
     spec_from_config(cfg.get("quant"))
@@ -222,6 +223,47 @@ def check_model(node: DictConfig) -> None:
         from robprune.models.timm import check_timm_name
 
         check_timm_name(str(node.name))
+
+
+TEXT_MODELS = ("robprune.models.text_classifier",)  # builders whose models take token ids
+TEXT_OBJECTIVES = ("robprune.train.objectives.standard", "robprune.train.objectives.freelb")
+TEXT_ATTACKS = "robprune.attacks.text."  # prefix of the text attacks' targets
+
+
+def check_modality(cfg: DictConfig) -> None:
+    """Model, attacks, objectives, pruning and quantisation must fit the data's modality (images or
+    text): e.g. PGD on SST-2, a CNN on SST-2 or TextFooler on MNIST is one line before any work."""
+    text = str(cfg.dataset.get("modality", "image")) == "text"
+    kind = "text" if text else "image"
+    data_name = f"dataset={cfg.dataset.name} ({kind})"
+    if (str(cfg.model.get("_target_")) in TEXT_MODELS) != text:
+        raise ConfigError(f"model._target_={cfg.model.get('_target_')} does not take {kind} inputs but {data_name}; "
+                          f"use {'model=minilm (or model=bert)' if text else 'an image model, e.g. model=cnn8'}")
+    for name in (cfg.eval.get("attacks") or {}):
+        target = str(cfg.eval.attacks[name].get("_target_", ""))
+        if target.startswith(TEXT_ATTACKS) != text:
+            raise ConfigError(f"eval.attacks.{name} ({target}) is {'an image' if text else 'a text'} attack but "
+                              f"{data_name}; use eval={'text' if text else 'default'}")
+    for key in ("train", "finetune"):
+        objective = cfg[key].get("objective")
+        if int(cfg[key].get("epochs") or 0) == 0 or objective is None:
+            continue
+        target = str(objective.get("_target_"))
+        if (text and target not in TEXT_OBJECTIVES) or (not text and target.endswith(".freelb")):
+            fix = f"{key}=text_finetune or {key}=freelb" if text else f"{key}=standard or {key}=pgd_at"
+            raise ConfigError(f"{key}.objective ({target}) does not apply to {data_name}; use {fix}")
+    if text:
+        _check_text_compression(cfg)
+
+
+def _check_text_compression(cfg: DictConfig) -> None:
+    if str(cfg.prune.get("method", "none")) != "none":
+        raise ConfigError(f"prune={cfg.prune.method} prunes image models (channels of convolutions), not a text "
+                          "model; use prune=none with a text dataset")
+    if str(cfg.quant.get("method", "none")) != "none":
+        raise ConfigError(f"quant={cfg.quant.method} quantises image models only; use quant=none with a text dataset")
+    if cfg.eval.get("corruptions") is not None:
+        raise ConfigError("eval.corruptions are image corruptions; remove them (eval=text) for a text dataset")
 
 
 def check_split_not_empty(spec: str, part, key: str) -> None:
