@@ -1,2 +1,11 @@
 """robprune: config-driven experiment runner for robustness-aware compression of neural networks."""
+import os
+
 __version__ = "0.1.0"
+
+# The Hugging Face hub is offline unless the environment says otherwise (HF_HUB_OFFLINE=0): its
+# libraries read these once, at their own import, so they are set before anything imports them.
+# Pretrained text models and timm weights from the hub then need HF_HUB_OFFLINE=0 and the internet once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # robprune draws its own progress (rich)

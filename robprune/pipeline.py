@@ -20,6 +20,7 @@ from robprune.attacks.compat import attack_compat
 from robprune.checkpoint import load_checkpoint
 from robprune.data import DataBundle, build_data
 from robprune.evaluate.corruption import check_inputs as check_corruption_inputs
+from robprune.evaluate.text import check_inputs as check_text_attack_inputs
 from robprune.graph import (MODEL, ConfigView, DataView, Planned, StageContext, config_slice, data_fingerprint,
                             plan, provenance, stage_keys)
 from robprune.io import atomic_write_json, atomic_write_text
@@ -91,6 +92,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     data.check_model(dense)  # e.g. an image model on a text dataset
     check_before_stages(cfg, dense, example_inputs(data))
     check_corruption_inputs(cfg, data)
+    check_text_attack_inputs(cfg.eval)  # word vectors and sentence encoders of text attacks load
     check_schedule(cfg.prune, len(data.train_y), int(cfg.data.batch_size))  # pruning during training reaches its target
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
     planned = plan(STAGES, cfg)

@@ -15,7 +15,7 @@ from robprune.checkpoint import load_checkpoint
 from robprune.compose import compose
 from robprune.data import build_data
 from robprune.errors import CheckpointError
-from robprune.evaluate import evaluate_robustness
+from robprune.evaluate.model import evaluate_model
 from robprune.evaluate.corruption import check_inputs as check_corruption_inputs
 from robprune.io import atomic_write_json, atomic_write_text
 from robprune.summary import print_summary
@@ -50,10 +50,8 @@ def reevaluate(path: Path, overrides: list[str]) -> dict:
     device = resolve_device(cfg.device)
     out = Path(cfg.eval_out or f"outputs/evals/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.time_ns() % 10**6:06d}")
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = evaluate_robustness(model.to(device).eval(), data.test_x, data.test_y, cfg.eval, device=device,
-                                  seed=cfg.seed, progress=not cfg.quiet)
-    if cfg.eval.get("corruptions") is not None:
-        metrics.update(_corruptions(model, data, cfg, device, out))
+    metrics = evaluate_model(model.to(device).eval(), data, cfg.eval, seed=int(cfg.seed),
+                             test_split=str(cfg.dataset.test_split), device=device, progress=not cfg.quiet, out=out)
     metrics.update(measure(model, meta, data, cfg))
     add_int8_check(metrics)
     metrics.update({"checkpoint": str(path.resolve()), "seed": int(cfg.seed),
@@ -64,22 +62,9 @@ def reevaluate(path: Path, overrides: list[str]) -> dict:
     return metrics
 
 
-def _corruptions(model, data, cfg, device, out: Path) -> dict:
-    """eval.corruptions metrics of the model, and out/corruptions.png."""
-    from robprune.evaluate.corruption import PLOT_FILE, evaluate_corruptions
-    from robprune.report.corruptions import corruption_heatmap
-
-    metrics = evaluate_corruptions(model, data.test_x, data.test_y, cfg.eval.corruptions, device=device,
-                                   seed=int(cfg.seed), batch_size=int(cfg.eval.get("batch_size", 256)),
-                                   test_split=str(cfg.dataset.test_split), num_classes=int(data.num_classes),
-                                   progress=not cfg.quiet)
-    corruption_heatmap(metrics, out / PLOT_FILE)
-    return metrics
-
-
 def _check_shape(arch: dict, data, path: Path) -> None:
-    want = (arch["in_channels"], arch["image_size"], arch["num_classes"])
-    have = (data.in_channels, data.image_size, data.num_classes)
+    keys = [k for k in data.arch_record() if k not in ("mean", "std")]  # images: channels, size, classes; text: classes, pad id, vocabulary
+    want, have = tuple(arch.get(k) for k in keys), tuple(data.arch_record()[k] for k in keys)
     if want != have:
-        raise CheckpointError(f"{path}: the model expects (channels, size, classes) = {want} but dataset "
+        raise CheckpointError(f"{path}: the model expects ({', '.join(keys)}) = {want} but dataset "
                               f"'{data.name}' gives {have}; pass the dataset it was trained on, e.g. dataset=<name>")

@@ -171,7 +171,7 @@ DATASET = {"name": STR, "root": PATH, "download": BOOL, "train_split": STR, "tes
            "std": Value("list", item=Float(0, low_open=True)), "eps": EPS, "eps_l2": Float(0, example="0.5"),
            "augment": {"crop_padding": Int(0, example="4"), "hflip": BOOL}}
 FILELESS = ("digits", "synthetic")  # datasets that need no dataset.root folder
-TEXT_DATASET = {"modality": Choice("text"), "max_length": Int(2, example="64"), "tokenizer": Value("str", example="minilm-l6")}
+TEXT_DATASET = {"modality": Choice("text"), "max_length": Int(2, example="64"), "tokenizer": Value("str", null=True, example="minilm-l6")}
 DATASET_EXTRA = {  # keys only some datasets read (conf/dataset/<name>.yaml)
     "sst2": TEXT_DATASET, "imdb": TEXT_DATASET, "ag_news": TEXT_DATASET,
     "imagefolder": {"channels": Choice(1, 3, example="3"), "image_size": Int(1, null=True, example="32"),

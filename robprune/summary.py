@@ -10,6 +10,10 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}%"
 
 
+def _num(v, fmt: str) -> str:
+    return "—" if v is None or v != v else format(v, fmt)
+
+
 def checks_text(checks: dict) -> str:
     """'passed', or 'FAILED: <reason>; <reason>' from checks.failed (older results: see metrics.json)."""
     if checks.get("passed"):
@@ -23,6 +27,12 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
         name = key.split("/", 1)[1]
         n = metrics.get(f"n_eval/{name}")
         rows.append((f"robust accuracy, {name}" + (f" (n={n})" if n else ""), _pct(metrics[key])))
+    for key in sorted(k for k in metrics if k.startswith("text_attack/") and k.endswith("/asr")):
+        name = key.split("/")[1]
+        queries, words = metrics.get(f"text_attack/{name}/avg_queries"), metrics.get(f"text_attack/{name}/words_changed")
+        rows.append((f"attack success rate, {name}", _pct(metrics[key])))
+        rows.append((f"  avg queries / words changed, {name}",
+                     f"{_num(queries, '.1f')} / {_pct(words) if words == words else '—'}"))  # NaN: no success
     if "corruption_acc/mean" in metrics:
         cells = [key.split("/")[1:] for key in metrics if key.startswith("corruption_acc/") and key.count("/") == 2]
         shape = f"{len({c[0] for c in cells})} corruptions × {len({c[1] for c in cells})} severities"

@@ -1,7 +1,7 @@
 """User-facing output: rich progress bars and tables. ``enabled=False`` (quiet mode, CI) prints nothing."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -13,9 +13,11 @@ def console() -> Console:
     return Console(stderr=True)
 
 
-def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True,
+          status: Callable[[], str] | None = None) -> Iterator[T]:
     """Iterate ``items`` with a progress bar on stderr (transient); silent when ``enabled`` is False or
-    stderr is not a terminal (a log redirected to a file would get a blank line per bar otherwise)."""
+    stderr is not a terminal (a log redirected to a file would get a blank line per bar otherwise).
+    status: called after each item; its text follows the description (e.g. running counts)."""
     err = console()
     if not enabled or not err.is_terminal:
         yield from items
@@ -23,4 +25,12 @@ def track(items: Iterable[T], description: str, *, total: int | None = None, ena
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as progress:
-        yield from progress.track(items, total=total, description=description)
+        if status is None:
+            yield from progress.track(items, total=total, description=description)
+            return
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.update(task, advance=1, description=f"{description} {status()}")

@@ -39,6 +39,7 @@ def validate(cfg: DictConfig) -> None:
         key = sorted(missing)[0]
         raise ConfigError(f"{key} is required but not set; pass it on the command line, e.g. {key}=<value>")
     _check_targets(cfg, "")  # before any target is imported to read its signature
+    check_modality(cfg)  # before the walk: a mismatch (PGD on text) would show as an unresolvable ${dataset.eps}
     check_node(cfg, {**schema.ROOT, **dict.fromkeys(study_nodes(), ANY)}, "")
     check_device(cfg.device)
     check_combinations(cfg)
@@ -167,7 +168,10 @@ def allowed_keys(target: str, path: str) -> frozenset | None:
 
 
 def check_attack(node: DictConfig, path: str, target: str) -> None:
-    """Combinations inside one attack node."""
+    """Combinations inside one attack node; a text attack checks its own parameters (budgets > 0, ...)."""
+    if target.startswith(TEXT_ATTACKS):
+        params = {k: value_at(node, k, f"{path}.{k}") for k in node.keys() if k not in schema.HYDRA_KEYS}
+        locate(target).check_params(where=path, **OmegaConf.to_container(OmegaConf.create(params), resolve=True))
     if target == "robprune.attacks.autoattack" and node.get("version") == "custom" and not node.get("attacks"):
         raise ConfigError(f"{path}.version=custom needs {path}.attacks, a list from {', '.join(schema.AA_ATTACKS)}; "
                           f"e.g. {path}.attacks=[apgd-ce,square]")
@@ -208,7 +212,6 @@ def check_combinations(cfg: DictConfig) -> None:
     if cfg.eval.get("corruptions") is not None:
         check_corruptions(cfg.eval.corruptions)
     check_model(cfg.model)
-    check_modality(cfg)
     check_prune_combinations(cfg.prune)
     check_prune_config(cfg.prune)
     spec_from_config(cfg.get("quant"))

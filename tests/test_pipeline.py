@@ -1,7 +1,6 @@
 """The pipeline in-process on the embedded digits default with the real configs, shrunk."""
 import json
 
-import pytest
 import torch
 
 from robprune.checkpoint import load_checkpoint

@@ -118,6 +118,16 @@ MATRIX = [
     (["eval=corruptions", "eval.corruptions.source=folders", "eval.corruptions.root=/nonexistent/c"], "/nonexistent/c"),
     (["eval=corruptions", "eval.corruptions.frost_textures=/nonexistent/frost"], "eval.corruptions.frost_textures"),
     (["eval=corruptions", "+eval.corruptions.severity=3"], "did you mean eval.corruptions.severities?"),
+    # text: the modality must match; attack parameters are checked up front (the data-dependent cases: test_text_cli.py)
+    (["+experiment=text_sst2", "model=cnn8"], "does not take text inputs"),
+    (["+experiment=text_sst2", "eval=default"], "is an image attack"),
+    (["+experiment=text_sst2", "prune=l1_filter"], "prune=l1_filter prunes image models"),
+    (["+experiment=text_sst2", "dataset.max_length=1"], "dataset.max_length"),
+    (["+experiment=text_sst2", "eval.attacks.textfooler.query_budget=0"], "eval.attacks.textfooler.query_budget"),
+    (["+experiment=text_sst2", "eval.attacks.textbugger.max_words_changed=1.5"], "eval.attacks.textbugger.max_words_changed"),
+    (["+experiment=text_sst2", "eval.attacks.textfooler.min_cos=2"], "eval.attacks.textfooler.min_cos"),
+    (["+experiment=text_sst2", "+attack@eval.attacks.ba=bert_attack"], "eval.attacks.ba.mlm"),
+    (["eval=text"], "is a text attack"),
 ]
 if NO_GPU:
     MATRIX.append((["device=cuda"], "device=cuda"))
@@ -257,15 +267,30 @@ def test_reachable_sparsity_is_what_bounded_mrs_reaches():
     assert info["sparsity"] == pytest.approx(limit, abs=0.01)
 
 
+TEXT_OPTIONS = {"dataset": ("sst2", "imdb", "ag_news"), "model": ("minilm", "bert"), "train": ("text_finetune", "freelb"),
+                "eval": ("text",)}  # the text modality's options (the rest of each group is for images)
+
+
+def _is_text_attack(path: Path) -> bool:
+    return "robprune.attacks.text." in path.read_text()
+
+
 def _zip_options() -> list[list[str]]:
-    """Every option of every group at least once (options of different groups combined row by row)."""
-    groups = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml"))
+    """Every option of every group at least once (options of different groups combined row by row),
+    images and text separately (a text dataset takes a text model, text attacks and no pruning yet)."""
+    groups = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml") if p.stem not in TEXT_OPTIONS.get(g, ()))
               for g in ("dataset", "model", "train", "prune", "quant", "finetune", "eval")}
     rows = max(len(v) for v in groups.values())
     combos = [[f"{g}={opts[i % len(opts)]}" for g, opts in groups.items()] for i in range(rows)]
-    attacks = sorted(p.stem for p in (REPO / "conf" / "attack").glob("*.yaml"))
-    combos.append([f"+attack@eval.attacks.extra_{a}={a}" for a in attacks])
+    attacks = sorted(p for p in (REPO / "conf" / "attack").glob("*.yaml"))
+    combos.append([f"+attack@eval.attacks.extra_{a.stem}={a.stem}" for a in attacks if not _is_text_attack(a)])
     combos += [[f"+compress={p.stem}"] for p in sorted((REPO / "conf" / "compress").glob("*.yaml"))]
+    text_rows = max(len(v) for v in TEXT_OPTIONS.values())
+    text = ["prune=none", "quant=none", "finetune=none"]
+    combos += [[*text, *(f"{g}={opts[i % len(opts)]}" for g, opts in TEXT_OPTIONS.items())] for i in range(text_rows)]
+    combos.append([*text, "dataset=sst2", "model=minilm", "train=text_finetune", "eval=text",
+                   *(f"+attack@eval.attacks.extra_{a.stem}={a.stem}" for a in attacks if _is_text_attack(a)),
+                   "eval.attacks.extra_bert_attack.mlm=path/to/bert-base-uncased"])  # BERT-Attack's masked LM is required
     return combos
 
 

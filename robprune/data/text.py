@@ -127,7 +127,11 @@ def build_text_data(cfg: DictConfig, *, cache_dir: str | Path | None = None) -> 
     max_length = get(cfg, "max_length")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ConfigError(f"dataset.max_length must be an integer >= 2 (tokens incl. [CLS] and [SEP]), got {max_length!r}")
-    tokenizer, tokenizer_id = load_tokenizer(str(get(cfg, "tokenizer")))
+    tokenizer = get(cfg, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError("dataset.tokenizer is null and the model names no pretrained tokenizer; pass "
+                          "dataset.tokenizer=<hub name or folder> or a text model (model=minilm)")
+    tokenizer, tokenizer_id = load_tokenizer(str(tokenizer))
     bases: dict[str, tuple[list[str], torch.Tensor]] = {}
     (train_text, train_y), train_at = _select(source, cfg, "train_split", bases)
     (test_text, test_y), test_at = _select(source, cfg, "test_split", bases)

@@ -22,6 +22,12 @@ Thresholds (module constants):
   PGD, so being weaker than PGD-20 beyond sampling noise means it is misconfigured or fooled.
 - AutoAttack's own warnings (randomised or dynamic defence, probabilities instead of logits,
   Square beating the white-box attacks, zero gradients): any one fails.
+- Text attacks (:mod:`robprune.evaluate.text`): ``text_attack_flips`` replays every attacked text in
+  a fresh batch; a "succeeded" text the model still classifies correctly, a "failed" one it gets
+  wrong, or a clean prediction that disagrees with the attack's own, fails (one example is enough:
+  the numbers would not be what the model does). ``text_attack_budget`` fails when any example spent
+  more queries than ``query_budget`` or changed more than ``max_words_changed`` of its words
+  (recounted from the texts).
 """
 from __future__ import annotations
 
@@ -106,6 +112,29 @@ def autoattack_gap_check(aa: str, pgd: str, aa_robust: torch.Tensor, pgd_robust:
 
 def warnings_check(messages: list[str]) -> tuple[dict[str, Any], list[str]]:
     return {"autoattack_warnings": list(messages)}, [f"autoattack_warnings: {m}" for m in messages]
+
+
+def text_flips_check(name: str, problems: list[str], n_replayed: int) -> tuple[dict[str, Any], list[str]]:
+    """problems: one line per attacked text whose replayed prediction contradicts its result."""
+    values = {f"text_attack_flips/{name}": len(problems), f"text_attack_replayed/{name}": n_replayed}
+    if not problems:
+        return values, []
+    return values, [f"text_attack_flips/{name}: {len(problems)} of {n_replayed} attacked texts disagree with a "
+                    f"fresh prediction of the model (first: {problems[0]})"]
+
+
+def text_budget_check(name: str, max_queries: int, query_budget: int | None, max_words: float,
+                      words_limit: float | None) -> tuple[dict[str, Any], list[str]]:
+    """max_queries: most queries any example spent; max_words: largest fraction of words changed (recounted)."""
+    values = {f"text_attack_max_queries/{name}": max_queries, f"text_attack_query_budget/{name}": query_budget,
+              f"text_attack_max_words_changed/{name}": max_words, f"text_attack_words_limit/{name}": words_limit}
+    failed = []
+    if query_budget is not None and max_queries > query_budget:
+        failed.append(f"text_attack_budget/{name}: an example spent {max_queries} queries > query_budget {query_budget}")
+    if words_limit is not None and max_words > words_limit + 1e-9:
+        failed.append(f"text_attack_budget/{name}: an example changed {max_words:.1%} of its words > "
+                      f"max_words_changed {words_limit:.1%}")
+    return values, failed
 
 
 def finish(parts: list[tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:

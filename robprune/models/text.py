@@ -61,11 +61,13 @@ def hub_error(name: str, key: str, err: Exception) -> ConfigError:
     """One line for a pretrained name that could not be loaded (offline hub, unknown name, no weights)."""
     if Path(name).is_dir():
         return ConfigError(f"{key}={name}: cannot load it ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
-                           "the folder needs config.json and model.safetensors (robprune loads safetensors only)")
+                           "pass a folder with config.json, model.safetensors and the tokenizer files (save_pretrained)")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "false", "False", "")
-    fix = ("the hub is offline (HF_HUB_OFFLINE=1): pass a local folder or minilm-l6, or run with HF_HUB_OFFLINE=0 "
-           "and internet" if offline else "check the name on the hub and the network, or pass a local folder")
-    return ConfigError(f"{key}={name!r} is not a local folder and could not be loaded from the hub; {fix}")
+    why = "the hub is offline, HF_HUB_OFFLINE=1" if offline else "unknown name or no network"
+    fix = ("pass a local folder or minilm-l6, or run with HF_HUB_OFFLINE=0 and internet" if offline
+           else "check the name on the hub and the network, or pass a local folder")
+    follows = " (it follows model.pretrained)" if key == "dataset.tokenizer" else ""
+    return ConfigError(f"{key}={name!r}{follows} is not a local folder and could not be loaded from the hub ({why}); {fix}")
 
 
 class TextClassifier(nn.Module):
@@ -130,9 +132,13 @@ def text_classifier(*, num_classes: int, pad_id: int, vocab_size: int, pretraine
     """
     offline_hub()
     from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: robprune draws its own progress
     if hf_config is not None:
-        config = AutoConfig.for_model(**hf_config)
+        from robprune.config import to_container
+
+        config = AutoConfig.for_model(**to_container(hf_config))  # instantiate hands dicts over as DictConfig
         hf = AutoModelForSequenceClassification.from_config(config)
     else:
         hf = _load_pretrained(pretrained, num_classes, dropout)
@@ -152,11 +158,12 @@ def _load_pretrained(pretrained: str, num_classes: int, dropout: float | None) -
 
     where = resolve_pretrained(pretrained)
     if Path(where).is_dir() and not (Path(where) / "model.safetensors").is_file():
-        raise ConfigError(f"model.pretrained={pretrained}: {where} has no model.safetensors; robprune loads "
-                          "safetensors only (never pickled .bin files): save the model with safe_serialization=True")
+        raise ConfigError(f"model.pretrained={pretrained}: {where} has no model.safetensors (robprune loads safetensors "
+                          "only, never pickled .bin files); pass a folder saved with save_pretrained(safe_serialization=True)")
     extra = {} if dropout is None else {"hidden_dropout_prob": float(dropout)}
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights newly initialised" is expected: the head is new
+    hf_logging.disable_progress_bar()  # robprune draws its own progress
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         return AutoModelForSequenceClassification.from_pretrained(where, num_labels=int(num_classes),

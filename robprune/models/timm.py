@@ -66,8 +66,9 @@ def timm_model(*, in_channels: int, image_size: int, num_classes: int, mean, std
         if not pretrained:
             raise
         raise ConfigError(f"model.pretrained=true: the weights of timm model {name!r} could not be loaded "
-                          f"({type(err).__name__}: {_first_line(err)}); connect to the internet once (they are "
-                          f"cached under HF_HOME), or set model.pretrained=false") from None
+                          f"({type(err).__name__}: {_first_line(err)}); connect to the internet once with HF_HUB_OFFLINE=0 "
+                          f"(robprune's default is offline; weights are then cached under HF_HOME), or set "
+                          f"model.pretrained=false") from None
     if stem == "small" or (stem == "auto" and image_size <= SMALL_IMAGE):
         small_stem(net, name, required=stem == "small")
     return TimmNet(net, mean, std)

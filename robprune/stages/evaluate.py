@@ -15,55 +15,22 @@ EVAL_PLOTS = ("corruptions.png", "adversarial.jsonl")  # published into the run 
 
 
 def build(ctx: StageContext) -> None:
+    from robprune.evaluate.model import evaluate_model
+
     seed_stage(ctx.cfg.seed, ctx)
     model, _ = load_checkpoint(ctx.input(MODEL).path)
     model.to(ctx.device).eval()
-    metrics = EVALUATORS[ctx.data.modality](model, ctx)
+    metrics = evaluate_model(model, ctx.data, ctx.cfg.eval, seed=int(ctx.cfg.seed),
+                             test_split=str(ctx.cfg.dataset.test_split), device=ctx.device, progress=ctx.progress,
+                             work=ctx.work)
     atomic_write_json(ctx.work / EVAL_FILE, metrics)
-
-
-def images(model, ctx: StageContext) -> dict:
-    """Clean and robust accuracy under the image attacks, and corruption accuracy when asked."""
-    from robprune.evaluate import evaluate_robustness
-
-    metrics = evaluate_robustness(model, ctx.data.test_x, ctx.data.test_y, ctx.cfg.eval, device=ctx.device,
-                                  seed=ctx.cfg.seed, progress=ctx.progress, work=ctx.work)
-    node = ctx.cfg.eval.get("corruptions")
-    if node is not None:
-        metrics.update(corruptions(model, ctx, node))
-    return metrics
-
-
-def text(model, ctx: StageContext) -> dict:
-    """Clean accuracy and accuracy under the text attacks; every attacked sentence in adversarial.jsonl."""
-    from robprune.evaluate.text import evaluate_text_robustness
-
-    max_length = int(ctx.cfg.eval.get("max_length") or ctx.data.max_length)
-    return evaluate_text_robustness(model, ctx.data.test_text, ctx.data.test_y, ctx.data.tokenizer, ctx.cfg.eval,
-                                    max_length=max_length, device=ctx.device, seed=int(ctx.cfg.seed),
-                                    progress=ctx.progress, work=ctx.work)
-
-
-def corruptions(model, ctx: StageContext, node) -> dict:
-    """Corruption metrics of the model on the test split, and work/corruptions.png."""
-    from robprune.evaluate.corruption import PLOT_FILE, evaluate_corruptions
-    from robprune.report.corruptions import corruption_heatmap
-
-    metrics = evaluate_corruptions(model, ctx.data.test_x, ctx.data.test_y, node, device=ctx.device,
-                                   seed=int(ctx.cfg.seed), batch_size=int(ctx.cfg.eval.get("batch_size", 256)),
-                                   test_split=str(ctx.cfg.dataset.test_split), num_classes=int(ctx.data.num_classes),
-                                   progress=ctx.progress, work=ctx.work)
-    corruption_heatmap(metrics, ctx.work / PLOT_FILE)
-    return metrics
-
-
-EVALUATORS = {"image": images, "text": text}  # data modality -> evaluator
 
 
 def externals(view: ConfigView) -> list:
     from robprune.evaluate.corruption import input_stats
+    from robprune.evaluate.text import input_stats as text_input_stats
 
-    return input_stats(view.eval.get("corruptions"))
+    return input_stats(view.eval.get("corruptions")) + text_input_stats(view.eval)
 
 
 STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("eval.latency",), inputs=(MODEL,),

@@ -1,0 +1,164 @@
+"""What every text attack shares: the result record, the per-text attack state (queries against the
+budget, the current perturbation) and parameter checks with one-line errors naming the config key.
+
+Contract: ``attack(victim, text, label, *, seed, **params) -> TextAttackResult``. ``attack.check_params(
+where="eval.attacks.<name>", **params)`` raises :class:`~robprune.errors.ConfigError` for a bad or
+unknown parameter before any work, so the config validation and the evaluator can call it first.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
+
+import torch
+
+from robprune.attacks.text.words import Sentence
+from robprune.errors import ConfigError, DataError
+
+STATUSES = ("succeeded", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class TextAttackResult:
+    """One attacked text. status: ``succeeded`` (pred_after != label), ``failed`` (still correct; perturbed
+    holds the partial changes kept), ``skipped`` (misclassified before the attack: perturbed == original,
+    queries = 1, the clean prediction). queries: victim predictions spent, the clean one included.
+    words_changed: fraction in [0, 1] of the original's n_words attackable words that were changed."""
+
+    original: str
+    perturbed: str
+    label: int
+    pred_before: int
+    pred_after: int
+    status: str
+    queries: int
+    words_changed: float
+    n_words: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "TextAttackResult":
+        """The result a :meth:`to_json` dict describes; DataError when a field is missing or malformed."""
+        try:
+            result = cls(**{f.name: record[f.name] for f in fields(cls)})
+        except (KeyError, TypeError) as err:
+            raise DataError(f"text attack result: missing or malformed field ({err})") from None
+        ints = (result.label, result.pred_before, result.pred_after, result.queries, result.n_words)
+        ok = (isinstance(result.original, str) and isinstance(result.perturbed, str) and result.status in STATUSES
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
+              and isinstance(result.words_changed, (int, float)) and 0.0 <= result.words_changed <= 1.0)
+        if not ok:
+            raise DataError(f"text attack result: a field has a wrong type or value: {record!r:.200}")
+        return result
+
+
+class AttackState:
+    """One attack on one text: the original and current :class:`Sentence`, the changed word slots,
+    the victim's current prediction and true-class probability, and the queries spent (clean included).
+    ``query`` refuses a batch that would take the queries past ``query_budget`` (queries <= budget always)."""
+
+    def __init__(self, victim, text: str, label: int, query_budget: int | None):
+        self.victim, self.label, self.budget = victim, int(label), query_budget
+        self.original = self.current = Sentence.parse(text)
+        self.n_words = len(self.original.attackable())
+        self.changed: set[int] = set()
+        self.queries = 1  # the clean prediction; every budget allows it (check_params: budget >= 1)
+        probs = victim.predict([text])
+        self.pred_before = self.pred = int(probs[0].argmax())
+        self.p_true = float(probs[0, self.label])
+
+    def query(self, texts: list[str]) -> torch.Tensor | None:
+        """(n, C) probabilities of texts, or None (nothing spent) when they do not fit in the budget."""
+        if self.budget is not None and self.queries + len(texts) > self.budget:
+            return None
+        self.queries += len(texts)
+        return self.victim.predict(texts)
+
+    def can_change(self, limit: int | None) -> bool:
+        return limit is None or len(self.changed) < limit
+
+    def accept(self, index: int, word: str, probs: torch.Tensor) -> None:
+        """Put ``word`` in slot ``index``; probs: (C,) the victim's output on the resulting text."""
+        self.current = self.current.replace(index, word)
+        if word != self.original.words[index]:
+            self.changed.add(index)
+        self.pred, self.p_true = int(probs.argmax()), float(probs[self.label])
+
+    def result(self) -> TextAttackResult:
+        status = ("skipped" if self.pred_before != self.label else
+                  "succeeded" if self.pred != self.label else "failed")
+        fraction = len(self.changed) / self.n_words if self.n_words else 0.0
+        return TextAttackResult(self.original.text, self.current.text, self.label, self.pred_before, self.pred,
+                                status, self.queries, fraction, self.n_words)
+
+
+def change_limit(max_words_changed: float | None, n_words: int) -> int | None:
+    """Most words an attack may change: floor(fraction · n_words), so words_changed <= the fraction."""
+    return None if max_words_changed is None else math.floor(max_words_changed * n_words + 1e-9)
+
+
+# ---- parameter checks: each takes (value, key) and raises a one-line ConfigError ------------------
+
+def budget(value, key: str) -> None:
+    """null, or a positive number of victim queries."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}; e.g. {key}=2000, or null for no budget")
+
+
+def positive_int(*, null: bool = False, example: int = 50) -> Callable:
+    def check(value, key: str) -> None:
+        if value is None and null:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer{' or null' if null else ''}, got {value!r}; "
+                              f"e.g. {key}={example}")
+    return check
+
+
+def integer(value, key: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {value!r}; e.g. {key}=0")
+
+
+def fraction(value, key: str) -> None:
+    """null, or a fraction in (0, 1]."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
+        raise ConfigError(f"{key} must be a fraction in (0, 1] or null, got {value!r}; e.g. {key}=0.4")
+
+
+def between(low: float, high: float, *, null: bool = False) -> Callable:
+    def check(value, key: str) -> None:
+        if value is None and null:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ConfigError(f"{key} must be a number in [{low}, {high}]{' or null' if null else ''}, got {value!r}; "
+                              f"e.g. {key}={high}")
+    return check
+
+
+def choice(*options) -> Callable:
+    def check(value, key: str) -> None:
+        if value not in options:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, options))}, got {value!r}; e.g. {key}={options[0]}")
+    return check
+
+
+def text_or_null(value, key: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a name or a path (or null), got {value!r}; e.g. {key}=null")
+
+
+def boolean(value, key: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}; e.g. {key}=true")
+
+
+def check_with(spec: dict[str, Callable], where: str, params: dict[str, Any]) -> None:
+    """Every key of params is in spec and passes its check; ``where`` prefixes the key in errors."""
+    for key, value in params.items():
+        if key not in spec:
+            raise ConfigError(f"{where}.{key} is not a parameter of this attack; remove it (known: {', '.join(sorted(spec))})")
+        spec[key](value, f"{where}.{key}")

@@ -1,0 +1,112 @@
+"""TextBugger, black-box (Li, Ji, Du, Li & Wang 2019, "TextBugger: Generating Adversarial Text Against
+Real-world Applications", NDSS; §3, the black-box attack), offline.
+
+Words ranked by the drop of the true-class score when deleted (the black-box word importance, one
+batched call); for each non-stop word in that order the five bugs of §3 (bug generation): insert a
+space into the word, delete a middle character, swap two adjacent middle characters, Sub-C (a
+visually similar character: o→0, l→1, a→@ …, or a keyboard-adjacent one: m→n), Sub-W (its
+``word_candidates`` nearest neighbours in GloVe, as the paper uses). Character positions are drawn
+from ``random.Random(seed)``. Candidates whose sentence-encoder similarity to the original text is
+below ``min_similarity`` (the paper's cosine ε = 0.8) are dropped; of the rest, one victim call, and
+the bug lowering the true-class probability most is kept (the paper's SelectBug), until the
+prediction flips.
+
+Differences, stated: sentences are not ranked first (the black-box attack's first step matters for
+documents; SST-2 items are single sentences); all-MiniLM-L6-v2 instead of the Universal Sentence
+Encoder; Sub-C draws one visual and one keyboard substitute per word (TextAttack's recipe draws
+homoglyphs only).
+"""
+from __future__ import annotations
+
+import random
+
+from robprune.attacks.text import base
+from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
+from robprune.attacks.text.encoder import MINILM, load_encoder
+from robprune.attacks.text.search import Similarity, greedy_swap, rank_words
+from robprune.attacks.text.vectors import GLOVE, load_vectors
+from robprune.attacks.text.words import is_stop_word, match_case
+
+# Sub-C: visually similar characters (the paper's examples o→0, l→1, a→@, and the same idea for others)
+VISUAL = {"o": "0", "0": "o", "l": "1", "1": "l", "i": "1", "a": "@", "e": "3", "s": "$", "t": "7", "b": "6",
+          "g": "9", "z": "2"}
+_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+# Sub-C: keys next to each letter on a QWERTY keyboard (same row neighbours, and the keys above and below)
+KEYBOARD = {c: "".join(sorted({row[j] for row in _ROWS[max(0, r - 1):r + 2] for j in (i - 1, i, i + 1)
+                                if 0 <= j < len(row)} - {c}))
+            for r, keys in enumerate(_ROWS) for i, c in enumerate(keys)}
+
+PARAMS = {
+    "seed": base.integer, "word_candidates": base.positive_int(null=True, example=5), "min_cos": base.between(-1, 1, null=True),
+    "min_similarity": base.between(-1, 1, null=True), "similarity_metric": base.choice("angular", "cosine"),
+    "max_words_changed": base.fraction, "query_budget": base.budget, "vectors": base.text_or_null,
+    "vocab_size": base.positive_int(null=True, example=100000), "encoder": base.text_or_null,
+}
+
+
+def check_params(*, where: str = "attack.textbugger", **params) -> None:
+    """ConfigError naming ``<where>.<key>`` for an unknown or invalid parameter of :func:`textbugger`."""
+    base.check_with(PARAMS, where, params)
+
+
+def textbugger(victim, text: str, label: int, *, seed: int = 0, word_candidates: int | None = 5,
+               min_cos: float | None = None, min_similarity: float | None = 0.8, similarity_metric: str = "cosine",
+               max_words_changed: float | None = None, query_budget: int | None = None, vectors: str | None = GLOVE,
+               vocab_size: int | None = None, encoder: str | None = MINILM) -> TextAttackResult:
+    """Attack ``text`` (true class ``label``) against ``victim``; deterministic for a given ``seed``.
+
+    word_candidates: Sub-W neighbours per word (None or vectors None: no word bug); min_cos: their
+    cosine bound (None: none); min_similarity: encoder similarity of the whole text to the original
+    in the units of ``similarity_metric`` (None or encoder None: no check); max_words_changed,
+    query_budget, vectors, vocab_size, encoder: as for :func:`~robprune.attacks.text.textfooler`.
+    """
+    check_params(**{k: v for k, v in locals().items() if k in PARAMS})
+    state = AttackState(victim, text, label, query_budget)
+    if state.pred_before != state.label:
+        return state.result()
+    words = state.original.words
+    slots = [i for i in state.original.attackable() if not is_stop_word(words[i])]
+    rng = random.Random(seed)
+    bugs = {i: character_bugs(words[i], rng) for i in slots}
+    if vectors is not None and word_candidates:
+        found = load_vectors(vectors, vocab_size).neighbours_many([words[i] for i in slots], word_candidates, min_cos,
+                                                                 alphabetic=True)
+        for i, nbrs in zip(slots, found):
+            bugs[i] += [match_case(w, words[i]) for w, _ in nbrs]
+    order = rank_words(state, [i for i in slots if bugs[i]])
+    if order is None:
+        return state.result()
+    similarity = None
+    if encoder is not None and min_similarity is not None:
+        similarity = Similarity(load_encoder(encoder, victim.device), float(min_similarity), similarity_metric,
+                                window=None, against="original")
+    greedy_swap(state, order, lambda i: bugs[i], similarity=similarity,
+                limit=change_limit(max_words_changed, state.n_words), most_similar_flip=False)
+    return state.result()
+
+
+def character_bugs(word: str, rng: random.Random) -> list[str]:
+    """Insert, Delete, Swap, Sub-C (visual) and Sub-C (keyboard) bugs of ``word``, one each where the word
+    allows it (the first and last characters stay, as in the paper), positions drawn from rng."""
+    n, out = len(word), []
+    if n >= 2:
+        p = rng.randrange(1, n)
+        out.append(word[:p] + " " + word[p:])
+    if n >= 3:
+        p = rng.randrange(1, n - 1)
+        out.append(word[:p] + word[p + 1:])
+    if n >= 4:
+        p = rng.randrange(1, n - 2)
+        out.append(word[:p] + word[p + 1] + word[p] + word[p + 2:])
+    visual = [p for p, c in enumerate(word) if c.lower() in VISUAL]
+    if visual:
+        p = rng.choice(visual)
+        out.append(word[:p] + VISUAL[word[p].lower()] + word[p + 1:])
+    keyboard = [p for p, c in enumerate(word) if c.lower() in KEYBOARD]
+    if keyboard:
+        p = rng.choice(keyboard)
+        out.append(word[:p] + rng.choice(KEYBOARD[word[p].lower()]) + word[p + 1:])
+    return [b for b in dict.fromkeys(out) if b != word]
+
+
+textbugger.check_params = check_params

@@ -1,0 +1,78 @@
+"""TextFooler (Jin, Jin, Zhou & Szolovits 2020, "Is BERT Really Robust?", AAAI; Algorithm 1), offline.
+
+Following Algorithm 1 and TextAttack's ``textfooler`` recipe: words ranked by the drop of the
+true-class probability when deleted (step 1, word importance ranking); stop words filtered out; for
+each remaining word in that order, its ``max_candidates`` nearest neighbours in a word-vector table
+with cosine >= ``min_cos``, letters only (step 2, synonym extraction); sentence-encoder similarity of
+the ±``window``/2-word windows around the word, against the text before this step, >= ``min_similarity``
+(angular, TextAttack's 0.840845 = 1 - 0.5/π; texts shorter than the window skip it, as TextAttack
+does); of the candidates that flip the prediction the most similar one wins, else the one lowering
+the true-class probability most is kept if it lowers it, and the next word follows.
+
+Differences, stated: no part-of-speech filter (the paper's POS check needs NLTK's tagger, which
+downloads its data; without it more candidates pass, so the attack is at least as strong); GloVe
+6B 50-d by default instead of counter-fitted vectors (pass a counter-fitted file as ``vectors`` to
+follow the paper: GloVe places antonyms close, so its neighbours are less often synonyms);
+all-MiniLM-L6-v2 instead of the Universal Sentence Encoder.
+"""
+from __future__ import annotations
+
+from robprune.attacks.text import base
+from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
+from robprune.attacks.text.encoder import MINILM, load_encoder
+from robprune.attacks.text.search import Similarity, greedy_swap, rank_words
+from robprune.attacks.text.vectors import GLOVE, load_vectors
+from robprune.attacks.text.words import is_stop_word, match_case
+from robprune.errors import ConfigError
+
+PARAMS = {
+    "seed": base.integer, "max_candidates": base.positive_int(), "min_cos": base.between(-1, 1),
+    "min_similarity": base.between(-1, 1, null=True), "similarity_metric": base.choice("angular", "cosine"),
+    "window": base.positive_int(null=True, example=15), "skip_short": base.boolean, "max_words_changed": base.fraction,
+    "query_budget": base.budget, "vectors": base.text_or_null, "vocab_size": base.positive_int(null=True, example=100000),
+    "encoder": base.text_or_null,
+}
+
+
+def check_params(*, where: str = "attack.textfooler", **params) -> None:
+    """ConfigError naming ``<where>.<key>`` for an unknown or invalid parameter of :func:`textfooler`."""
+    base.check_with(PARAMS, where, params)
+    if params.get("vectors", GLOVE) is None:
+        raise ConfigError(f"{where}.vectors must name word vectors ({GLOVE} or a file); TextFooler's candidates come from them")
+
+
+def textfooler(victim, text: str, label: int, *, seed: int = 0, max_candidates: int = 50, min_cos: float = 0.5,
+               min_similarity: float | None = 0.840845057, similarity_metric: str = "angular", window: int | None = 15,
+               skip_short: bool = True, max_words_changed: float | None = None, query_budget: int | None = None,
+               vectors: str = GLOVE, vocab_size: int | None = None, encoder: str | None = MINILM) -> TextAttackResult:
+    """Attack ``text`` (true class ``label``) against ``victim`` (:class:`~robprune.attacks.text.Victim`).
+
+    max_candidates: neighbours per word; min_cos: their cosine bound in [-1, 1]; min_similarity:
+    encoder similarity bound in the units of ``similarity_metric`` (None or encoder None: no check);
+    window: words compared around the changed one (None: whole texts); max_words_changed: fraction
+    in (0, 1] of the attackable words, None = no limit; query_budget: victim queries incl. the clean
+    prediction, None = no budget; vectors: ``glove-6b-50d`` or a text-format file (first vocab_size
+    words); encoder: ``minilm`` or a local folder. Deterministic: seed is accepted for the common
+    signature and unused (nothing is drawn at random).
+    """
+    check_params(**{k: v for k, v in locals().items() if k in PARAMS})
+    state = AttackState(victim, text, label, query_budget)
+    if state.pred_before != state.label:
+        return state.result()
+    slots = [i for i in state.original.attackable() if not is_stop_word(state.original.words[i])]
+    table = load_vectors(vectors, vocab_size)
+    found = table.neighbours_many([state.original.words[i] for i in slots], max_candidates, min_cos, alphabetic=True)
+    neighbours = {i: [match_case(w, state.original.words[i]) for w, _ in nbrs] for i, nbrs in zip(slots, found) if nbrs}
+    order = rank_words(state, list(neighbours))
+    if order is None:
+        return state.result()
+    similarity = None
+    if encoder is not None and min_similarity is not None:
+        similarity = Similarity(load_encoder(encoder, victim.device), float(min_similarity), similarity_metric,
+                                window, against="current", skip_short=skip_short)
+    greedy_swap(state, order, lambda i: neighbours[i], similarity=similarity,
+                limit=change_limit(max_words_changed, state.n_words), most_similar_flip=True)
+    return state.result()
+
+
+textfooler.check_params = check_params

