@@ -54,6 +54,11 @@ class Stage:
     externals(view): files outside the data bundle that the builder reads, as JSON-able records (e.g.
     [path, size, mtime_ns], the decode cache's rule), from the stage's own config view; they enter the
     key's environment part, so replacing such a file rebuilds the stage without changing its seeds.
+    instances(cfg): for a *family* (one stage per entry of a config node, e.g. the ingredients of a
+    weight average), the concrete stages this config asks for, each with its own name and reads; the
+    family's own declaration is then only a template. An input ``name*`` consumes every placed stage
+    whose name starts with ``name`` (role = that stage's name), so adding an entry leaves the other
+    members' keys, and caches, as they were.
     """
 
     name: str
@@ -66,6 +71,7 @@ class Stage:
     produces_model: bool = True
     libraries: tuple[str, ...] = LIBRARIES
     externals: Callable[["ConfigView"], Any] | None = None
+    instances: Callable[[DictConfig], list["Stage"]] | None = None
 
     def __post_init__(self):
         unknown = set(self.data) - set(DATA_PARTS)
@@ -102,31 +108,43 @@ class Planned:
 
 
 def plan(stages: Iterable[Stage], cfg: DictConfig) -> list[Planned]:
-    """The stages the config asks for, in order, with each input resolved to an upstream stage name."""
+    """The stages the config asks for, in order (a family expanded into its members), with each input
+    resolved to an upstream stage name."""
     placed: list[Planned] = []
-    names: set[str] = set()
+    names: list[str] = []
     last_model: str | None = None
-    for stage in stages:
-        if not stage.when(cfg):
-            continue
-        inputs = {}
-        for ref in stage.inputs:
-            if ref == MODEL:
-                if last_model is None:
-                    raise RuntimeError(f"stage {stage.name} needs a model but no earlier stage makes one")
-                inputs[MODEL] = last_model
-            elif ref.endswith("?"):
-                if ref[:-1] in names:
-                    inputs[ref[:-1]] = ref[:-1]
-            elif ref in names:
-                inputs[ref] = ref
-            else:
-                raise RuntimeError(f"stage {stage.name} needs stage {ref}, which this config does not run")
-        placed.append(Planned(stage, inputs))
-        names.add(stage.name)
-        if stage.produces_model:
-            last_model = stage.name
+    for family in stages:
+        for stage in (family.instances(cfg) if family.instances else [family]):
+            if not stage.when(cfg):
+                continue
+            placed.append(Planned(stage, _resolve_inputs(stage, names, last_model)))
+            names.append(stage.name)
+            if stage.produces_model:
+                last_model = stage.name
     return placed
+
+
+def _resolve_inputs(stage: Stage, names: list[str], last_model: str | None) -> dict[str, str]:
+    """role -> upstream stage name for each declared input (see :class:`Stage`)."""
+    inputs = {}
+    for ref in stage.inputs:
+        if ref == MODEL:
+            if last_model is None:
+                raise RuntimeError(f"stage {stage.name} needs a model but no earlier stage makes one")
+            inputs[MODEL] = last_model
+        elif ref.endswith("*"):
+            members = [n for n in names if n.startswith(ref[:-1])]
+            if not members:
+                raise RuntimeError(f"stage {stage.name} needs the stages {ref}, none of which this config runs")
+            inputs.update({n: n for n in members})
+        elif ref.endswith("?"):
+            if ref[:-1] in names:
+                inputs[ref[:-1]] = ref[:-1]
+        elif ref in names:
+            inputs[ref] = ref
+        else:
+            raise RuntimeError(f"stage {stage.name} needs stage {ref}, which this config does not run")
+    return inputs
 
 
 # --- config slices -------------------------------------------------------------------------------

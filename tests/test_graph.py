@@ -247,3 +247,36 @@ def test_a_stage_whose_inputs_the_config_does_not_provide_is_a_declaration_error
         plan([modelless], cfg)
     optional = Stage("optional", reads=("seed",), inputs=("scores?",), build=lambda ctx: None)
     assert plan([optional], cfg)[0].inputs == {}
+
+
+def test_a_family_expands_per_entry_and_adding_an_entry_keeps_the_other_keys():
+    """Stage.instances: one stage per entry of a config node (weight-averaging ingredients); a consumer
+    declares ``member*``; adding an entry changes no other member's key."""
+    def members(cfg):
+        return [Stage(f"member_{k}", reads=("seed", f"study.members.{k}"), build=lambda ctx: None)
+                for k in cfg.study.members]
+
+    family = Stage("member", reads=("seed",), build=lambda ctx: None, instances=members)
+    consumer = Stage("mix", reads=("seed",), inputs=("member*",), build=lambda ctx: None, produces_model=False)
+
+    def keys(entries):
+        cfg = compose([])
+        OmegaConf.set_struct(cfg, False)
+        cfg = OmegaConf.merge(cfg, {"study": {"members": entries}})
+        placed, out = plan([family, consumer], cfg), {}
+        for p in placed:
+            sliced = config_slice(cfg, p.stage.reads)
+            inputs = {role: (out[up], out[up]) for role, up in p.inputs.items()}
+            out[p.stage.name] = stage_keys(p.stage, sliced, inputs, PRINTS, "cpu")[0]
+        return placed, out
+
+    placed, two = keys({"a": {"lr": 1}, "b": {"lr": 2}})
+    assert [p.stage.name for p in placed] == ["member_a", "member_b", "mix"]
+    assert placed[-1].inputs == {"member_a": "member_a", "member_b": "member_b"}
+    _, three = keys({"a": {"lr": 1}, "b": {"lr": 2}, "c": {"lr": 3}})
+    assert three["member_a"] == two["member_a"] and three["member_b"] == two["member_b"]
+    assert three["mix"] != two["mix"]
+    _, changed = keys({"a": {"lr": 1}, "b": {"lr": 5}})
+    assert changed["member_a"] == two["member_a"] and changed["member_b"] != two["member_b"]
+    with pytest.raises(RuntimeError, match="none of which"):
+        plan([consumer], compose([]))
