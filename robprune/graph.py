@@ -32,7 +32,7 @@ from robprune.io import source_fingerprint
 MODEL = "<model>"  # an input meaning "the model made by the latest model-producing stage before this one"
 LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors", "timm", "transformers",
              "tokenizers")
-DATA_PARTS = ("meta", "train", "test")
+DATA_PARTS = ("meta", "train", "test", "heldout")  # heldout: text datasets with dataset.heldout_split
 
 
 class UndeclaredRead(RuntimeError):
@@ -54,6 +54,7 @@ class Stage:
     externals(view): files outside the data bundle that the builder reads, as JSON-able records (e.g.
     [path, size, mtime_ns], the decode cache's rule), from the stage's own config view; they enter the
     key's environment part, so replacing such a file rebuilds the stage without changing its seeds.
+    publishes: files of its output copied into the run directory when present (plots, tables, reports).
     instances(cfg): for a *family* (one stage per entry of a config node, e.g. the ingredients of a
     weight average), the concrete stages this config asks for, each with its own name and reads; the
     family's own declaration is then only a template. An input ``name*`` consumes every placed stage
@@ -72,6 +73,7 @@ class Stage:
     libraries: tuple[str, ...] = LIBRARIES
     externals: Callable[["ConfigView"], Any] | None = None
     instances: Callable[[DictConfig], list["Stage"]] | None = None
+    publishes: tuple[str, ...] = ()
 
     def __post_init__(self):
         unknown = set(self.data) - set(DATA_PARTS)
@@ -242,11 +244,12 @@ class DataView:
     """The parts of a :class:`robprune.data.DataBundle` a stage declared ('meta', 'train', 'test')."""
 
     _PARTS = {"train_x": "train", "train_y": "train", "test_x": "test", "test_y": "test",
-              "train_text": "train", "test_text": "test"}
+              "train_text": "train", "test_text": "test", "heldout_x": "heldout", "heldout_y": "heldout",
+              "heldout_text": "heldout"}
 
     def __init__(self, bundle: Any, stage: str, parts: tuple[str, ...]):
         self._bundle, self._stage, self._parts = bundle, stage, set(parts)
-        if self._parts & {"train", "test"}:
+        if self._parts & {"train", "test", "heldout"}:
             self._parts.add("meta")
 
     def __getattr__(self, name: str) -> Any:
@@ -266,8 +269,10 @@ def data_fingerprint(bundle: Any, part: str) -> str:
     Content, not file names or times: replacing the images of a folder changes it, touching them does not."""
     key = ("data", part, data_meta(bundle))
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
-    if part in ("train", "test"):
-        for t in (getattr(bundle, f"{part}_x"), getattr(bundle, f"{part}_y")):
+    if part in ("train", "test", "heldout"):
+        for t in (getattr(bundle, f"{part}_x", None), getattr(bundle, f"{part}_y", None)):
+            if t is None:  # no such part in this bundle (a stage that needs it fails on reading it)
+                continue
             t = t.contiguous()
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
             h.update(t.numpy().tobytes() if t.numel() else b"")

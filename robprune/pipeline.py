@@ -26,12 +26,12 @@ from robprune.graph import (MODEL, ConfigView, DataView, Planned, StageContext, 
 from robprune.io import atomic_write_json, atomic_write_text
 from robprune.measure import checkpoint_size_bytes, dense_model, measure
 from robprune.prune.gradual import check_schedule
-from robprune.prune.scores import PUBLISHED_FILES as SCORES_FILES
 from robprune.stages import STAGES
 from robprune.stages.common import architecture, example_inputs
-from robprune.stages.evaluate import EVAL_FILE, EVAL_PLOTS
+from robprune.stages.evaluate import EVAL_FILE
 from robprune.store import StageCache, StageResult, publish_files
 from robprune.validate import check_before_stages, validate
+from robprune.validate_prune import check_calibration
 
 log = logging.getLogger("robprune")
 CHECKPOINT_FILES = ["model.safetensors", "model.json"]
@@ -94,6 +94,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     check_corruption_inputs(cfg, data)
     check_text_attack_inputs(cfg.eval)  # word vectors and sentence encoders of text attacks load
     check_schedule(cfg.prune, len(data.train_y), int(cfg.data.batch_size))  # pruning during training reaches its target
+    check_calibration(cfg.prune, len(data.train_y))  # layer-wise pruners' calibration sentences fit
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
     planned = plan(STAGES, cfg)
     results = walk(planned, cfg, data, cache, device, progress=not cfg.quiet)
@@ -104,11 +105,9 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     # Results are written only now, each file atomically (copies, never links into the cache): a run
     # that fails earlier leaves an earlier finished result in the same directory untouched.
     publish_files(final.path, run_dir, CHECKPOINT_FILES)
-    scores = results.get("scores")
-    if scores:  # scores.json, scores.md, mrs.png: the per-layer scores behind this run's ratios
-        publish_files(scores.path, run_dir, [f for f in SCORES_FILES if (scores.path / f).exists()])
-    evaluated = results["eval"].path  # corruptions.png: accuracy per corruption and severity
-    publish_files(evaluated, run_dir, [f for f in EVAL_PLOTS if (evaluated / f).exists()])
+    for p in planned:  # each stage's reports (scores.json, reconstruction.md, average.json, corruptions.png, ...)
+        out = results[p.stage.name].path
+        publish_files(out, run_dir, [f for f in p.stage.publishes if (out / f).exists()])
     metrics["size_bytes"] = checkpoint_size_bytes(run_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(run_dir / "metrics.json", metrics)
@@ -144,7 +143,26 @@ def assemble_metrics(cfg, data, results: dict[str, StageResult], final: StageRes
         "version": robprune.__version__, "attack_compat": attack_compat(cfg),
     })
     add_int8_check(metrics)
+    add_sparsity_check(metrics, model, prune_info)
     return metrics
+
+
+def add_sparsity_check(metrics: dict, model, prune_info: dict) -> None:
+    """Layer-wise language-model pruning: the sparsity reported is the one measured on the saved (and
+    possibly fine-tuned) checkpoint; it must equal what the pruner reported (masks kept zero)."""
+    from robprune.prune.lm_methods import measured_sparsity
+
+    if prune_info.get("sparsity_total") is None:
+        return
+    measured, checks = measured_sparsity(model), metrics.setdefault("checks", {})
+    metrics.update(measured)
+    ok = abs(measured["sparsity"] - float(prune_info["sparsity"])) <= 1e-9
+    checks["sparsity_matches_pruner"] = ok
+    if not ok:
+        checks.setdefault("failed", []).append(
+            f"sparsity_matches_pruner: the checkpoint's encoder sparsity {measured['sparsity']:.6f} differs from the "
+            f"pruner's {float(prune_info['sparsity']):.6f} (masked weights revived?)")
+    checks["passed"] = not checks.get("failed")
 
 
 def add_int8_check(metrics: dict) -> None:

@@ -171,7 +171,8 @@ DATASET = {"name": STR, "root": PATH, "download": BOOL, "train_split": STR, "tes
            "std": Value("list", item=Float(0, low_open=True)), "eps": EPS, "eps_l2": Float(0, example="0.5"),
            "augment": {"crop_padding": Int(0, example="4"), "hflip": BOOL}}
 FILELESS = ("digits", "synthetic")  # datasets that need no dataset.root folder
-TEXT_DATASET = {"modality": Choice("text"), "max_length": Int(2, example="64"), "tokenizer": Value("str", null=True, example="minilm-l6")}
+TEXT_DATASET = {"modality": Choice("text"), "max_length": Int(2, example="64"), "tokenizer": Value("str", null=True, example="minilm-l6"),
+                "heldout_split": Value("str", null=True, example="'train[8000:8500]'")}
 DATASET_EXTRA = {  # keys only some datasets read (conf/dataset/<name>.yaml)
     "sst2": TEXT_DATASET, "imdb": TEXT_DATASET, "ag_news": TEXT_DATASET,
     "imagefolder": {"channels": Choice(1, 3, example="3"), "image_size": Int(1, null=True, example="32"),
@@ -179,11 +180,15 @@ DATASET_EXTRA = {  # keys only some datasets read (conf/dataset/<name>.yaml)
     "synthetic": {"num_train": Int(1, example="1024"), "num_test": Int(1, example="256"), "channels": Int(1, example="3"),
                   "image_size": Int(1, example="32"), "seed": Int(example="0")},
 }
+# greedy weight averaging (robprune.stages.average): ingredient recipes merged over `train`, the scoring attack
+INGREDIENT = {"epochs": Int(0, example="2"), "objective": ANY, "optimizer": ANY, "schedule": ANY,  # merged over train, then checked as a train node
+              "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0"), "seed": Int(example="1")}
+AVERAGE = {"ingredients": MapOf(INGREDIENT), "attack": TARGET, "n_score": Int(1, example="100"), "batch_size": SIZE}
 ROOT = {"dataset": DATASET, "model": TARGET, "train": TRAIN, "prune": TARGET, "quant": QUANT, "finetune": TRAIN,
         "eval": EVAL, "data": DATA, "seed": Int(example="0"), "train_seed": Int(example="0"), "device": ANY,
         "cache": BOOL, "cache_dir": Value("path", example="outputs/cache"), "quiet": Choice(False, True, 0, 1),
-        "threads": Int(1, null=True, example="2"), "eval_out": PATH}
-REQUIRED = {"": tuple(ROOT), "data": tuple(DATA), "train": ("epochs",), "finetune": ("epochs",),
+        "threads": Int(1, null=True, example="2"), "eval_out": PATH, "average": AVERAGE}
+REQUIRED = {"": tuple(k for k in ROOT if k != "average"), "average": ("ingredients", "attack", "n_score", "batch_size"), "data": tuple(DATA), "train": ("epochs",), "finetune": ("epochs",),
             "eval": ("attacks", "batch_size", "latency"), "dataset": ("name", "train_split", "test_split"),
             "quant": ("method",)}
 
@@ -218,6 +223,11 @@ TIMM = {"name": Value("str", example="resnet18"), "pretrained": BOOL, "stem": Ch
 DURING_TRAINING = {**TRAIN, "prune_interval": Int(1, example="50"), "prune_steps": Int(1, example="10")}
 ADASAP = {k: PRUNE[k] for k in ("method", "sparsity", "r_max", "min_channels", "exclude_stem", "exclude_linear")}
 ADASAP.update(criterion=Choice("l2", "taylor"), during_training=DURING_TRAINING)
+# layer-wise language-model pruners (robprune.prune.lm_methods); calibration: the calib stage's node
+LM_PRUNE = {"method": STR, "sparsity": FRACTION, "n_m": Value("str", null=True, example="2:4"),
+            "rel_damp": Float(0, low_open=True, example="0.01"), "percdamp": Float(0, low_open=True, example="0.01"),
+            "blocksize": Int(1, example="128"), "batch_size": SIZE, "scope": Choice("layer", "global"),
+            "calibration": {"n": Int(1, example="512"), "heldout": Int(0, example="64")}}
 TARGET_PARAMS = {
     "robprune.attacks.pgd": PGD, "robprune.attacks.fgsm": {"eps": EPS, "norm": Choice("linf", "l2")},
     "robprune.attacks.autoattack": AUTOATTACK,
@@ -228,11 +238,17 @@ TARGET_PARAMS = {
     "robprune.prune.sensitivity.mrs_scores": SCORES, "robprune.prune.sensitivity.calibration_set": SCORES,
     "robprune.models.timm_model": TIMM,
     "robprune.prune.adasap": ADASAP,
+    **{f"robprune.prune.lm_methods.{name}": LM_PRUNE for name in ("kr_obs", "sparsegpt", "magnitude")},
 }
 PREFIX_PARAMS = {"torch.optim.": OPTIMIZER, "robprune.models.": MODEL, "robprune.prune.": PRUNE}
 # callables taking **options: their keys, explicitly (robprune.prune.methods.ChannelPruning's fields + scores)
 CHANNEL_KEYS = tuple(k for k in PRUNE)
-EXPLICIT_KEYS = {f"robprune.prune.{name}": CHANNEL_KEYS for name in ("channel_pruning", "l1_filter", "mrpf")}
+CHANNEL_TARGETS = tuple(f"robprune.prune.{name}" for name in ("channel_pruning", "l1_filter", "mrpf"))
+EXPLICIT_KEYS = dict.fromkeys(CHANNEL_TARGETS, CHANNEL_KEYS)
+EXPLICIT_KEYS.update({  # the layer-wise pruners: their parameters plus the calib stage's node
+    "robprune.prune.lm_methods.kr_obs": ("method", "sparsity", "n_m", "rel_damp", "batch_size", "calibration"),
+    "robprune.prune.lm_methods.sparsegpt": ("method", "sparsity", "n_m", "percdamp", "blocksize", "batch_size", "calibration"),
+    "robprune.prune.lm_methods.magnitude": ("method", "sparsity", "n_m", "scope", "calibration")})
 
 
 def params_of(target: str) -> dict:

@@ -209,6 +209,8 @@ def check_combinations(cfg: DictConfig) -> None:
     if cfg.quant.get("method") == "qat" and "train" in cfg.quant:
         check_recipe(cfg.quant.train, "quant.train")
     check_eval_subsets(cfg.eval)
+    if cfg.get("average") is not None:
+        check_average(cfg)
     if cfg.eval.get("corruptions") is not None:
         check_corruptions(cfg.eval.corruptions)
     check_model(cfg.model)
@@ -218,6 +220,31 @@ def check_combinations(cfg: DictConfig) -> None:
     for key in ("train_split", "test_split"):
         check_split_not_empty(str(cfg.dataset[key]), parse_split(str(cfg.dataset[key]), key=f"dataset.{key}")[1], key)
     check_data_root(cfg.dataset)
+
+
+def check_average(cfg: DictConfig) -> None:
+    """Greedy weight averaging: text data with a held-out part, at least one ingredient, each ingredient's
+    recipe (train merged with its entries) a valid train node, a text attack to score them."""
+    from robprune.train.recipe import merge_recipe
+
+    node = cfg.average
+    if str(cfg.dataset.get("modality", "image")) != "text":
+        raise ConfigError("average scores its ingredients under a text attack; use it with a text dataset "
+                          "(e.g. +experiment=kr_sst2), or remove average")
+    if not node.ingredients:
+        raise ConfigError("average.ingredients is empty (K = 0); list at least one, e.g. "
+                          "average.ingredients={lr3e5: {optimizer: {lr: 3.0e-5}}}")
+    if cfg.dataset.get("heldout_split") is None:
+        raise ConfigError("average needs held-out training sentences to score the ingredients; set "
+                          "dataset.heldout_split, e.g. dataset.heldout_split='train[8000:8500]'")
+    for name in node.ingredients:
+        entry = OmegaConf.to_container(node.ingredients[name], resolve=True)
+        merged = merge_recipe(cfg.train, {k: v for k, v in entry.items() if k != "seed"})
+        check_node(merged, schema.TRAIN, f"average.ingredients.{name}")
+        check_recipe(merged, f"average.ingredients.{name}")
+    if not str(node.attack.get("_target_", "")).startswith(TEXT_ATTACKS):
+        raise ConfigError(f"average.attack ({node.attack.get('_target_')}) must be a text attack; e.g. "
+                          "override /attack@average.attack: textfooler")
 
 
 def check_model(node: DictConfig) -> None:
@@ -257,12 +284,19 @@ def check_modality(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}.objective ({target}) does not apply to {data_name}; use {fix}")
     if text:
         _check_text_compression(cfg)
+    elif str(cfg.prune.get("method", "none")) in ("kr_obs", "sparsegpt", "magnitude"):
+        raise ConfigError(f"prune={cfg.prune.method} prunes transformer text models layer by layer, not "
+                          f"{cfg.model.get('_target_')} on {data_name}; use prune=global_magnitude or a channel "
+                          "pruner (prune=l1_filter) for images")
 
 
 def _check_text_compression(cfg: DictConfig) -> None:
-    if str(cfg.prune.get("method", "none")) != "none":
+    from robprune.prune.lm_methods import LM_METHODS, parse_n_m
+
+    if str(cfg.prune.get("method", "none")) not in ("none", *LM_METHODS):
         raise ConfigError(f"prune={cfg.prune.method} prunes image models (channels of convolutions), not a text "
-                          "model; use prune=none with a text dataset")
+                          f"model; use prune={' or prune='.join(LM_METHODS)} (or none) with a text dataset")
+    parse_n_m(cfg.prune.get("n_m"))  # 'N:M' with 0 < N < M; whether M divides the layers: check_before_stages
     if str(cfg.quant.get("method", "none")) != "none":
         raise ConfigError(f"quant={cfg.quant.method} quantises image models only; use quant=none with a text dataset")
     if cfg.eval.get("corruptions") is not None:

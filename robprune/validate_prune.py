@@ -13,14 +13,14 @@ from omegaconf import DictConfig
 from robprune import schema
 from robprune.errors import ConfigError
 
-NOT_OPTIONS = ("scores", "defaults")  # keys of a prune node that are not options of the method
+NOT_OPTIONS = ("scores", "calibration", "defaults")  # keys of a prune node that are not options of the method
 TIMM = "robprune.models.timm_model"
 
 
 def check_prune_combinations(node: DictConfig) -> None:
     """Combinations robprune.prune.check_prune_config does not see without a model."""
     target = str(node.get("_target_", ""))
-    if target not in schema.EXPLICIT_KEYS:
+    if target not in schema.CHANNEL_TARGETS:
         return
     scores = str((node.get("scores") or {}).get("_target_", ""))
     allocation = node.get("allocation", "mrs" if target.endswith(".mrpf") else "uniform")
@@ -59,7 +59,7 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
     fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
     if target == "robprune.prune.adasap":  # pruning during training: the same uniform allocation, after training
         options = {k: v for k, v in options.items() if k != "during_training"}
-    elif target not in schema.EXPLICIT_KEYS:
+    elif target not in schema.CHANNEL_TARGETS:
         return None
     opts = methods.channel_options({**fixed.get(target, {}), **options})
     if opts.semantics() != "params":
@@ -97,6 +97,7 @@ def check_before_stages(cfg: DictConfig, model, example_inputs) -> None:
     in [0, 1]. Raises ConfigError naming the key. For a timm model the cut is also tried once
     (:func:`check_cut_fits`)."""
     check_cut_fits(cfg, model, example_inputs)
+    check_n_m_fits(cfg.prune, model)
     limit = reachable_sparsity(cfg.prune, model, example_inputs)
     sparsity = cfg.prune.get("sparsity")
     if limit is None or sparsity is None or float(sparsity) <= limit + 1e-9:
@@ -107,6 +108,31 @@ def check_before_stages(cfg: DictConfig, model, example_inputs) -> None:
     keeps = ", ".join(f"prune.{k}={str(cfg.prune[k]).lower()}" for k in keys if k in cfg.prune)
     raise ConfigError(f"prune.sparsity={float(sparsity):g} is not reachable on this model: at most {limit:.4f} of the "
                       f"Conv2d/Linear weights can be removed with {keeps}; lower it, e.g. prune.sparsity={_floor2(limit)}")
+
+
+def check_n_m_fits(prune_cfg: DictConfig, model) -> None:
+    """A layer-wise pruner's N:M pattern must divide the input width of every encoder Linear it prunes."""
+    from torch import nn
+
+    from robprune.prune.lm_methods import parse_n_m
+
+    pattern = parse_n_m(prune_cfg.get("n_m")) if "n_m" in prune_cfg else None
+    encoder = getattr(getattr(getattr(model, "hf", None), "base_model", None), "encoder", None)
+    if pattern is None or encoder is None:
+        return
+    widths = sorted({m.in_features for m in encoder.modules() if isinstance(m, nn.Linear)})
+    bad = [w for w in widths if w % pattern[1]]
+    if bad:
+        raise ConfigError(f"prune.n_m={pattern[0]}:{pattern[1]}: M={pattern[1]} does not divide the encoder's Linear "
+                          f"input widths {bad}; use an M dividing {widths}, e.g. prune.n_m=2:4")
+
+
+def check_calibration(prune_cfg: DictConfig, n_train: int) -> None:
+    """A layer-wise pruner's calibration and held-out sentences must fit in the training split."""
+    node = prune_cfg.get("calibration")
+    if node is not None and int(node.n) + int(node.heldout) > n_train:
+        raise ConfigError(f"prune.calibration.n={node.n} + prune.calibration.heldout={node.heldout} sentences exceed the "
+                          f"training split's {n_train}; lower prune.calibration.n or widen dataset.train_split")
 
 
 def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
@@ -126,7 +152,7 @@ def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
 
     target = str(cfg.prune.get("_target_", ""))
     adasap = target == "robprune.prune.adasap"  # cuts channels too, after training
-    if str(cfg.model.get("_target_")) != TIMM or (target not in schema.EXPLICIT_KEYS and not adasap):
+    if str(cfg.model.get("_target_")) != TIMM or (target not in schema.CHANNEL_TARGETS and not adasap):
         return
     fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
     options = {k: v for k, v in to_container(cfg.prune).items() if k not in NOT_OPTIONS and not k.startswith("_")

@@ -4,7 +4,9 @@ tokenised once by the model's tokenizer and cached, batched with dynamic padding
 :class:`TextBundle` is the text counterpart of :class:`robprune.data.DataBundle` and offers the same
 interface to the stages (``arch_record``, ``meta``, ``example_inputs``, ``loader``, ``check_model``,
 ``train_x``/``train_y``/``test_x``/``test_y``), plus the raw sentences (``train_text``, ``test_text``)
-and the ``tokenizer`` that text attacks need. ``*_x`` are ``(N, L)`` int32 token ids right-padded with
+and the ``tokenizer`` that text attacks need; with ``dataset.heldout_split`` also a third, held-out part
+(``heldout_text``/``_x``/``_y``: e.g. a slice of the training file the models never train on, for
+choosing among them — the weight average's ingredients). ``*_x`` are ``(N, L)`` int32 token ids right-padded with
 the tokenizer's pad id, L = the longest tokenised sentence of the split (at most ``max_length``);
 :class:`TokenLoader` trims each batch to its own longest sentence.
 """
@@ -42,6 +44,9 @@ class TextBundle:
     max_length: int
     tokenizer: Any
     tokenizer_id: str
+    heldout_text: list[str] | None = None
+    heldout_x: torch.Tensor | None = None
+    heldout_y: torch.Tensor | None = None
 
     modality = "text"
 
@@ -136,11 +141,17 @@ def build_text_data(cfg: DictConfig, *, cache_dir: str | Path | None = None) -> 
     (train_text, train_y), train_at = _select(source, cfg, "train_split", bases)
     (test_text, test_y), test_at = _select(source, cfg, "test_split", bases)
     _warn_overlap(train_at, test_at)
-    num_classes = _num_classes(cfg, source, (train_y, test_y))
+    heldout_text, heldout_y = None, None
+    if get(cfg, "heldout_split", None) is not None:
+        (heldout_text, heldout_y), heldout_at = _select(source, cfg, "heldout_split", bases)
+        _warn_overlap(train_at, heldout_at)
+    num_classes = _num_classes(cfg, source, tuple(y for y in (train_y, test_y, heldout_y) if y is not None))
     encode = lambda texts: tokenize(tokenizer, tokenizer_id, texts, max_length, cache_dir)  # noqa: E731
     return TextBundle(name=name, train_text=train_text, train_x=encode(train_text), train_y=train_y,
                       test_text=test_text, test_x=encode(test_text), test_y=test_y, num_classes=num_classes,
-                      max_length=int(max_length), tokenizer=tokenizer, tokenizer_id=tokenizer_id)
+                      max_length=int(max_length), tokenizer=tokenizer, tokenizer_id=tokenizer_id,
+                      heldout_text=heldout_text, heldout_x=None if heldout_text is None else encode(heldout_text),
+                      heldout_y=heldout_y)
 
 
 def _select(source, cfg: DictConfig, key: str, bases: dict) -> tuple[tuple[list[str], torch.Tensor], tuple[str, slice]]:

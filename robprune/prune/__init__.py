@@ -16,14 +16,15 @@ from robprune.config import instantiate
 from robprune.errors import ConfigError
 from robprune.prune.context import PruneContext
 from robprune.prune.gradual import adasap
+from robprune.prune.lm_methods import LM_METHODS
 from robprune.prune.methods import channel_pruning, l1_filter, mrpf, no_pruning
 from robprune.prune.unstructured import global_magnitude
 
 # keys of a conf/prune node that are not options of the method: the scores stage's node, and Hydra's
 # defaults list when a YAML file is loaded without composition (tests, scripts)
-NOT_OPTIONS = ("scores", "defaults")
+NOT_OPTIONS = ("scores", "calibration", "defaults")
 
-__all__ = ["PruneContext", "adasap", "check_prune_config", "prune_model", "channel_pruning", "global_magnitude", "l1_filter", "mrpf", "no_pruning"]
+__all__ = ["LM_METHODS", "PruneContext", "adasap", "check_prune_config", "prune_model", "channel_pruning", "global_magnitude", "l1_filter", "mrpf", "no_pruning"]
 
 
 def prune_model(model: nn.Module, prune_cfg: DictConfig, context: PruneContext | None = None, *,

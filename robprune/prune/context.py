@@ -29,6 +29,10 @@ class PruneContext:
     scores: the parsed ``scores.json`` of the scores stage (per-layer MRS values), or None.
     train: ``fn(model, train_node, hooks) -> per-epoch log`` running the one training loop on the training
       split, for methods that prune while training (``prune=adasap``; the prune_train stage sets it), or None.
+    calib_ids, heldout_ids: layer-wise language-model pruners' calibration sentences and the disjoint
+      held-out ones for the reconstruction report, (M, L) int token ids right-padded (the calib stage's
+      draw from the training split), or None.
+    progress: draw progress bars.
     """
 
     example_inputs: torch.Tensor
@@ -38,6 +42,9 @@ class PruneContext:
     seed: int = 0
     scores: dict | None = None
     train: Callable | None = None
+    calib_ids: torch.Tensor | None = None
+    heldout_ids: torch.Tensor | None = None
+    progress: bool = False
 
     def layer_mrs(self) -> dict[str, float]:
         """{layer name: MRS} from the scores stage ({} without scores or with a calibration-only record)."""
@@ -45,12 +52,18 @@ class PruneContext:
 
     @classmethod
     def from_stage(cls, example_inputs: torch.Tensor, *, scores_dir: Path | None, device: torch.device,
-                   seed: int) -> "PruneContext":
+                   seed: int, calib_dir: Path | None = None, progress: bool = False) -> "PruneContext":
         """Context for the pipeline's prune stage; reads scores.json and calib.safetensors from
-        ``scores_dir`` (the scores stage's output) when given."""
-        if scores_dir is None:
-            return cls(example_inputs, device=device, seed=seed)
+        ``scores_dir`` (the scores stage's output), the calibration sentences from ``calib_dir`` (the
+        calib stage's), when given."""
         from safetensors.torch import load_file
+
+        if calib_dir is not None:
+            sentences = load_file(str(Path(calib_dir) / CALIB_FILE))
+            return cls(example_inputs, device=device, seed=seed, calib_ids=sentences["ids"],
+                       heldout_ids=sentences["heldout_ids"], progress=progress)
+        if scores_dir is None:
+            return cls(example_inputs, device=device, seed=seed, progress=progress)
 
         scores = json.loads((Path(scores_dir) / SCORES_FILE).read_text())
         calib = load_file(str(Path(scores_dir) / CALIB_FILE))

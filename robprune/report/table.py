@@ -26,6 +26,7 @@ MISSING = "—"  # shown where a group has no value for a metric
 CHECKS = "checks"  # pseudo-column: passed, or FAILED with the reasons from checks.failed, per group
 DEFAULT_TAIL = ("sparsity", "params", "macs", "latency_ms")  # default cols after the accuracies
 CORRUPTION_COLS = ("corruption_acc/mean", "corruption_rc")  # default cols of runs with eval.corruptions
+TEXT_COLS = ("/asr", "/avg_queries")  # default cols per text attack (Aua is robust_acc/<attack>)
 # Config leaves that differ between runs without being an experimental factor.
 _NOT_A_FACTOR = re.compile(r"(^|[._])(dir|path|file|root)$|seed")
 
@@ -130,9 +131,10 @@ def pooled_keys(df: pd.DataFrame, rows: list[str], seed_key: str = "seed") -> li
 
 def default_cols(df: pd.DataFrame) -> list[str]:
     """clean_acc, every robust_acc/<attack> (in file order; not AutoAttack's per-sub-attack
-    robust_acc/<attack>/<sub-attack>), corruption_acc/mean and corruption_rc, then sparsity, params,
-    macs, latency_ms, if present."""
+    robust_acc/<attack>/<sub-attack>), each text attack's asr and avg_queries, corruption_acc/mean and
+    corruption_rc, then sparsity, params, macs, latency_ms, if present."""
     cols = [c for c in df.columns if c == "clean_acc" or (c.startswith("robust_acc/") and c.count("/") == 1)]
+    cols += [c for c in df.columns if c.startswith("text_attack/") and c.endswith(TEXT_COLS)]
     cols += [c for c in CORRUPTION_COLS if c in df.columns]
     cols += [c for c in DEFAULT_TAIL if c in df.columns]
     if not cols:

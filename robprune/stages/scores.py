@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from robprune.checkpoint import load_checkpoint
 from robprune.graph import LIBRARIES, Stage, StageContext
-from robprune.prune.scores import compute_scores
+from robprune.prune.scores import PUBLISHED_FILES, compute_scores
 from robprune.stages.common import example_inputs, seed_stage
 
 
@@ -17,5 +17,5 @@ def build(ctx: StageContext) -> None:
 
 
 STAGE = Stage("scores", reads=("prune.scores",), inputs=("train",), data=("train",), build=build,
-              when=lambda cfg: bool(cfg.prune.get("scores")), produces_model=False,
+              when=lambda cfg: bool(cfg.prune.get("scores")), produces_model=False, publishes=PUBLISHED_FILES,
               libraries=(*LIBRARIES, "scipy", "matplotlib"))  # Spearman ρ of the damage check; the plots

@@ -48,3 +48,22 @@ def schedule_factor(schedule: DictConfig, epoch: float, epochs: int) -> float:
     if schedule.name == "step":
         return float(schedule.gamma) ** sum(1 for m in schedule.milestones if epoch >= int(m))
     return 1.0
+
+
+def merge_recipe(base, entry: dict) -> DictConfig:
+    """A train node with ``entry``'s keys over ``base`` (a weight-average ingredient's recipe): nested nodes
+    merge key by key, except a node with its own ``_target_`` (another objective or optimizer), which
+    replaces the base node whole so none of the old callable's parameters linger."""
+    from omegaconf import OmegaConf
+
+    def merge(into: dict, update: dict) -> dict:
+        out = dict(into)
+        for key, value in update.items():
+            if isinstance(value, dict) and "_target_" not in value and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = value
+        return out
+
+    plain = OmegaConf.to_container(base, resolve=True) if OmegaConf.is_config(base) else dict(base)
+    return OmegaConf.create(merge(plain, entry))

@@ -1,0 +1,80 @@
+"""Knowledge-retention pruning in the pipeline (issue "Knowledge-retention pruning"): weight-averaging
+ingredients as a stage family, the greedy average, the shared calibration draw, kr_obs / sparsegpt /
+magnitude on the averaged model, their reports, and the bad inputs — on a tiny BERT."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robprune.compose import compose
+from robprune.graph import MODEL, plan
+from robprune.pipeline import run
+from robprune.stages import STAGES
+from tests.test_validation import assert_one_line, no_cache_entry, run_main
+from tests.text_fixtures import tiny_bert, write_sst2
+
+SHRINK = ["dataset.train_split='train[:200]'", "dataset.heldout_split='train[200:240]'", "train.epochs=6",
+          "train.optimizer.lr=3e-3", "~average.ingredients.lr2e5_wd1e3_2ep", "~average.ingredients.freelb_seed3",
+          "average.ingredients.lr3e5_seed1.optimizer.lr=2e-3", "+average.ingredients.lr3e5_seed1.epochs=6",
+          "average.n_score=6", "average.attack.query_budget=40", "prune.calibration.n=48", "prune.calibration.heldout=16",
+          "eval.n_examples.textfooler=6", "eval.n_examples.textbugger=6", "eval.attacks.textfooler.query_budget=60",
+          "eval.latency.repeats=1", "eval.latency.warmup=0", "eval.latency.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kr")
+    data = write_sst2(root / "sst2", n_train=240, n_dev=30)
+    return {"root": root, "data": data, "bert": tiny_bert(root / "bert", data / "train.tsv")}
+
+
+def _cfg(tiny, tmp_path, *extra):
+    return compose(["+experiment=kr_sst2", f"data.root={tiny['data']}", f"model.pretrained={tiny['bert']}", *SHRINK,
+                    f"cache_dir={tmp_path / 'cache'}", *extra])
+
+
+def test_plan_averages_ingredients_then_prunes_the_average(tiny, tmp_path):
+    placed = {p.stage.name: p.inputs for p in plan(STAGES, compose(["+experiment=kr_sst2", "data.root=x"]))}
+    assert list(placed) == ["train", "ingredient_lr3e5_seed1", "ingredient_lr2e5_wd1e3_2ep", "ingredient_freelb_seed3",
+                            "average", "calib", "prune", "eval"]
+    assert set(placed["average"]) == {"train", "ingredient_lr3e5_seed1", "ingredient_lr2e5_wd1e3_2ep", "ingredient_freelb_seed3"}
+    assert placed["prune"] == {MODEL: "average", "calib": "calib"} and placed["eval"] == {MODEL: "prune"}
+
+
+def test_kr_sweep_builds_the_average_once_and_each_method_reports(tiny, tmp_path):
+    first = run(_cfg(tiny, tmp_path), tmp_path / "kr_obs")
+    record = json.loads((tmp_path / "kr_obs" / "average.json").read_text())
+    assert set(record["scores"]) == {"train", "ingredient_lr3e5_seed1"} and record["chosen"][0] == record["order"][0]
+    assert first["sparsity"] == pytest.approx(0.5, abs=0.01) and 0 < first["sparsity_total"] < first["sparsity"]
+    assert first["checks"]["sparsity_matches_pruner"] and first["checks"]["passed"]
+    assert (tmp_path / "kr_obs" / "reconstruction.md").exists() and (tmp_path / "kr_obs" / "reconstruction.png").exists()
+    for method in ("sparsegpt", "magnitude"):
+        m = run(_cfg(tiny, tmp_path, f"prune={method}"), tmp_path / method)
+        reused = {name for name, s in m["stages"].items() if s["reused"]}
+        assert {"train", "ingredient_lr3e5_seed1", "average", "calib"} <= reused and "prune" not in reused
+        assert m["sparsity"] == pytest.approx(0.5, abs=0.01) and all("rel_error" in row for row in m["prune_layers"])
+        assert (tmp_path / method / "reconstruction.md").exists()
+    n_m = run(_cfg(tiny, tmp_path, "prune.n_m=2:4"), tmp_path / "n_m")
+    assert n_m["sparsity"] == pytest.approx(0.5, abs=1e-9) and n_m["stages"]["calib"]["reused"]
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["~average.ingredients.lr3e5_seed1"], "average.ingredients is empty"),
+    (["prune.calibration.n=500"], "prune.calibration.n=500"),
+    (["prune.n_m=2:3"], "prune.n_m=2:3"),
+    (["prune.n_m=4:2"], "prune.n_m=4:2"),
+    (["prune.sparsity=1.0"], "prune.sparsity"),
+    (["dataset.heldout_split=null"], "dataset.heldout_split"),
+])
+def test_kr_bad_inputs_exit_2_before_any_stage(tiny, tmp_path, capsys, overrides, named):
+    args = ["+experiment=kr_sst2", f"data.root={tiny['data']}", f"model.pretrained={tiny['bert']}", *SHRINK,
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    code, err = run_main(args, capsys)
+    assert_one_line(code, err, named)
+    assert no_cache_entry(tmp_path / "cache")
+
+
+def test_language_pruner_on_a_cnn_is_refused(capsys, tmp_path):
+    code, err = run_main(["prune=kr_obs", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert_one_line(code, err, "prune=kr_obs prunes transformer text models")
