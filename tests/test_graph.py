@@ -22,8 +22,9 @@ from tests.helpers import REPO, SHRINK
 # configs under which every registered stage runs (scores needs prune=mrs, quant needs quant=ptq)
 FULL = ["prune=mrs", "quant=ptq"]
 # stages that replace one of FULL's: prune_train runs instead of prune when the prune node trains (AdaSAP)
-RUNS_UNDER = {"prune_train": ["prune=adasap", "quant=ptq"]}
-PRINTS = {"meta": "m" * 16, "train": "t" * 16, "test": "e" * 16}
+RUNS_UNDER = {"prune_train": ["prune=adasap", "quant=ptq"], "average": ["+experiment=kr_sst2"],
+              "calib": ["+experiment=kr_sst2"], "ingredient": ["+experiment=kr_sst2"]}
+PRINTS = {"meta": "m" * 16, "train": "t" * 16, "test": "e" * 16, "heldout": "h" * 16}
 
 
 def resolved(overrides):
@@ -71,9 +72,17 @@ def with_leaf(cfg, path, value):
     return OmegaConf.create(plain)
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
-def test_key_changes_exactly_with_the_paths_a_stage_reads(stage):
-    overrides = RUNS_UNDER.get(stage.name, FULL)
+def _concrete():
+    """Every registered stage, a family expanded into its members under the config it runs with."""
+    out = []
+    for stage in STAGES:
+        overrides = RUNS_UNDER.get(stage.name, FULL)
+        out += [(m, overrides) for m in stage.instances(resolved(overrides))] if stage.instances else [(stage, overrides)]
+    return out
+
+
+@pytest.mark.parametrize("stage, overrides", _concrete(), ids=lambda s: getattr(s, "name", ""))
+def test_key_changes_exactly_with_the_paths_a_stage_reads(stage, overrides):
     cfg = resolved(overrides)
     assert stage.when(cfg), f"{stage.name} should run under {overrides}"
     base = key_of(stage, cfg)
@@ -141,7 +150,7 @@ def test_plan_follows_the_config_and_resolves_the_model_input():
     assert list(names([])) == ["train", "prune", "finetune", "eval"]
     full = names(FULL)
     assert list(full) == ["train", "scores", "prune", "quant", "finetune", "eval"]
-    assert full["prune"] == {"train": "train", "scores": "scores"}
+    assert full["prune"] == {MODEL: "train", "scores": "scores"}
     assert full["finetune"] == {MODEL: "quant"} and full["eval"] == {MODEL: "finetune"}
     assert names(["finetune=none", "prune=none"])["eval"] == {MODEL: "prune"}
     adasap = names(["prune=adasap"])

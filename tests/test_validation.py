@@ -268,7 +268,7 @@ def test_reachable_sparsity_is_what_bounded_mrs_reaches():
 
 
 TEXT_OPTIONS = {"dataset": ("sst2", "imdb", "ag_news"), "model": ("minilm", "bert"), "train": ("text_finetune", "freelb"),
-                "eval": ("text",)}  # the text modality's options (the rest of each group is for images)
+                "eval": ("text",), "prune": ("kr_obs", "sparsegpt", "magnitude")}  # the text modality's options
 
 
 def _is_text_attack(path: Path) -> bool:
@@ -286,9 +286,9 @@ def _zip_options() -> list[list[str]]:
     combos.append([f"+attack@eval.attacks.extra_{a.stem}={a.stem}" for a in attacks if not _is_text_attack(a)])
     combos += [[f"+compress={p.stem}"] for p in sorted((REPO / "conf" / "compress").glob("*.yaml"))]
     text_rows = max(len(v) for v in TEXT_OPTIONS.values())
-    text = ["prune=none", "quant=none", "finetune=none"]
+    text = ["quant=none", "finetune=none"]
     combos += [[*text, *(f"{g}={opts[i % len(opts)]}" for g, opts in TEXT_OPTIONS.items())] for i in range(text_rows)]
-    combos.append([*text, "dataset=sst2", "model=minilm", "train=text_finetune", "eval=text",
+    combos.append([*text, "prune=none", "dataset=sst2", "model=minilm", "train=text_finetune", "eval=text",
                    *(f"+attack@eval.attacks.extra_{a.stem}={a.stem}" for a in attacks if _is_text_attack(a)),
                    "eval.attacks.extra_bert_attack.mlm=path/to/bert-base-uncased"])  # BERT-Attack's masked LM is required
     return combos
