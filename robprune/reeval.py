@@ -22,7 +22,9 @@ from robprune.summary import print_summary
 from robprune.validate import validate
 
 log = logging.getLogger("robprune")
-FROM_RUN = ("dataset", "data", "model", "seed")  # taken from the run's config.yaml unless overridden
+# taken from the run's config.yaml unless overridden: what the model is and was made with (the recipes do not
+# change an evaluation, but the config written beside it must describe the model, and fit its modality)
+FROM_RUN = ("dataset", "data", "model", "seed", "train", "prune", "quant", "finetune")
 
 
 def reevaluate(path: Path, overrides: list[str]) -> dict:

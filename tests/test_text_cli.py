@@ -95,3 +95,21 @@ def test_text_bad_inputs_exit_2_before_training(tiny, tmp_path, capsys, case):
     code, err = run_main([*_args(tiny, tmp_path), *overrides, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert_one_line(code, err, named)
     assert no_cache_entry(tmp_path / "cache") and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_freelb_training_and_reevaluation(tiny, tmp_path):
+    """train=freelb runs through the one loop; `robprune eval` re-evaluates the saved text model."""
+    run_dir = tmp_path / "freelb"
+    m = run(compose(_args(tiny, tmp_path, "train=freelb", "train.objective.adv_lr=0.01", "train.objective.init_mag=0.01",
+                          "eval.n_examples.textfooler=4", "eval.n_examples.textbugger=4")),
+            run_dir)
+    trained = tmp_path / "cache" / "train" / m["stages"]["train"]["key"] / "model.json"
+    log = json.loads(trained.read_text())["train_log"]
+    assert len(log) == 6 and log[-1]["loss"] < log[0]["loss"] and m["clean_acc"] > 0.5
+    out = tmp_path / "reeval"
+    res = robprune(["eval", str(run_dir), f"eval_out={out}", "eval=text", "eval.n_examples.textfooler=4", "eval.n_examples.textbugger=4",
+                    "eval.latency.repeats=1"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = read_metrics(out)
+    assert again["clean_acc"] == m["clean_acc"] and (out / "adversarial.jsonl").exists()
+    assert again["text_attack/textfooler/aua"] == m["text_attack/textfooler/aua"]
