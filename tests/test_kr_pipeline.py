@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from robprune.compose import compose
 from robprune.graph import MODEL, plan
@@ -78,3 +79,31 @@ def test_kr_bad_inputs_exit_2_before_any_stage(tiny, tmp_path, capsys, overrides
 def test_language_pruner_on_a_cnn_is_refused(capsys, tmp_path):
     code, err = run_main(["prune=kr_obs", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert_one_line(code, err, "prune=kr_obs prunes transformer text models")
+
+
+def _kr_run(root, i, *, method, sparsity, n_m, seed, acc, aua, asr):
+    run_dir = root / str(i)
+    run_dir.mkdir(parents=True)
+    prune = {"method": method} if method == "none" else {"method": method, "sparsity": sparsity, "n_m": n_m}
+    OmegaConf.save(OmegaConf.create({"seed": seed, "dataset": {"name": "sst2"}, "prune": prune}), run_dir / "config.yaml")
+    metrics = {"clean_acc": acc, "text_attack/textfooler/aua": aua, "text_attack/textfooler/asr": asr, "seed": seed,
+               "dataset": {"name": "sst2"}, "choices": {"prune": method}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_kr_table_layout_with_the_papers_numbers(tmp_path):
+    from robprune.cli import main as cli_main
+
+    rows = [("none", None, None, 0.90, 0.30, 0.66), ("kr_obs", 0.5, None, 0.88, 0.40, 0.55),
+            ("sparsegpt", 0.5, None, 0.87, 0.20, 0.77), ("kr_obs", 0.5, "32:64", 0.86, 0.41, 0.52)]
+    for i, (method, sparsity, n_m, acc, aua, asr) in enumerate(rows):
+        for seed in (0, 1):
+            _kr_run(tmp_path, 2 * i + seed, method=method, sparsity=sparsity, n_m=n_m, seed=seed,
+                    acc=acc + 0.01 * seed, aua=aua, asr=asr)
+    assert cli_main(["table", "+table=kr", str(tmp_path), "--quiet"]) == 0
+    md = (tmp_path / "kr.md").read_text()
+    lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines()[2:]}
+    assert list(lines) == ["dense", "this method 50%", "this method 50% 32:64", "SparseGPT 50%"]
+    assert "88.50 ± 0.71 / 40.00 ± 0.00 / 55.00 ± 0.00" in lines["this method 50%"]
+    assert "88.31 / 43.10 / 51.20" in lines["this method 50%"] and "91.40 / 30.40 / 66.75" in lines["dense"]
+    assert "88.42 / 44.30 / 49.90" in lines["this method 50% 32:64"]

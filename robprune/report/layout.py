@@ -38,9 +38,12 @@ def load_layout(name: str) -> dict:
 
 
 def _label(spec: dict, key: str, value) -> str:
+    """The text of a key's value: labels[key][value]; a missing value (null, or the key absent from a run's
+    config) reads labels[key]['null'] when the layout gives one, else —."""
+    labels = (spec.get("labels") or {}).get(key, {})
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    return str((spec.get("labels") or {}).get(key, {}).get(str(value), value))
+        return str(labels.get("null", MISSING))
+    return str(labels.get(str(value), value))
 
 
 def _order(spec: dict, key: str, value) -> tuple:
