@@ -49,7 +49,8 @@ def _label(spec: dict, key: str, value) -> str:
 def _order(spec: dict, key: str, value) -> tuple:
     """Sort key: values listed in labels[key] first, in that order; the others after, by their text."""
     listed = list((spec.get("labels") or {}).get(key, {}))
-    return (listed.index(str(value)), "") if str(value) in listed else (len(listed), str(value))
+    text = "null" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    return (listed.index(text), "") if text in listed else (len(listed), text)
 
 
 def _fill(fmt: str, labels: dict[str, str]) -> str:
