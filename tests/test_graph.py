@@ -232,7 +232,7 @@ def test_metrics_list_the_graph_and_provenance(tmp_path):
     cfg = compose([*SHRINK, "train.epochs=1", f"cache_dir={tmp_path / 'cache'}"])
     m = run(cfg, tmp_path / "a")
     assert list(m["stages"]) == ["train", "prune", "finetune", "eval"]
-    assert m["stages"]["prune"]["inputs"] == {"train": m["stages"]["train"]["key"]}
+    assert m["stages"]["prune"]["inputs"] == {MODEL: m["stages"]["train"]["key"]}
     assert m["stages"]["eval"]["inputs"] == {MODEL: m["stages"]["finetune"]["key"]}
     assert all(s["device"] == "cpu" for s in m["stages"].values())
     # the eval stage's work folder is where evaluation keeps per-attack results for a resume after a kill
