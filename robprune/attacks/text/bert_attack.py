@@ -23,8 +23,8 @@ import torch
 
 from robprune.attacks.text import base
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
-from robprune.attacks.text.encoder import MINILM, load_encoder, quiet_loading
-from robprune.attacks.text.search import Similarity, greedy_swap, rank_words
+from robprune.attacks.text.encoder import MINILM, quiet_loading
+from robprune.attacks.text.search import greedy_swap, rank_words, whole_text_similarity
 from robprune.attacks.text.words import Sentence, is_stop_word, match_case
 from robprune.errors import ConfigError
 
@@ -64,10 +64,7 @@ def bert_attack(victim, text: str, label: int, *, seed: int = 0, mlm: str | None
     order = rank_words(state, [i for i in slots if found.get(i)], unk)
     if order is None:
         return state.result()
-    similarity = None
-    if encoder is not None and min_similarity is not None:
-        similarity = Similarity(load_encoder(encoder, victim.device), float(min_similarity), similarity_metric,
-                                window=None, against="original")
+    similarity = whole_text_similarity(encoder, min_similarity, similarity_metric, victim.device)
     greedy_swap(state, order, lambda i: found[i], similarity=similarity,
                 limit=change_limit(max_words_changed, state.n_words), most_similar_flip=True)
     return state.result()

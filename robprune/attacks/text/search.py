@@ -52,6 +52,16 @@ class Similarity:
         return angular(cos) if self.metric == "angular" else cos
 
 
+def whole_text_similarity(encoder: str | None, min_similarity: float | None, metric: str, device) -> Similarity | None:
+    """The constraint of TextBugger and BERT-Attack: encoder similarity of the whole text to the original
+    >= min_similarity; None when either is null (no check)."""
+    if encoder is None or min_similarity is None:
+        return None
+    from robprune.attacks.text.encoder import load_encoder
+
+    return Similarity(load_encoder(encoder, device), float(min_similarity), metric, window=None, against="original")
+
+
 def rank_words(state: AttackState, slots: list[int], replacement: str = "") -> list[int] | None:
     """slots ordered by importance: the drop of the true-class probability when the word is replaced by
     ``replacement`` ("" deletes it: TextFooler, TextBugger black-box; "[UNK]": BERT-Attack). One victim

@@ -22,8 +22,8 @@ import random
 
 from robprune.attacks.text import base
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
-from robprune.attacks.text.encoder import MINILM, load_encoder
-from robprune.attacks.text.search import Similarity, greedy_swap, rank_words
+from robprune.attacks.text.encoder import MINILM
+from robprune.attacks.text.search import greedy_swap, rank_words, whole_text_similarity
 from robprune.attacks.text.vectors import GLOVE, load_vectors
 from robprune.attacks.text.words import is_stop_word, match_case
 
@@ -76,10 +76,7 @@ def textbugger(victim, text: str, label: int, *, seed: int = 0, word_candidates:
     order = rank_words(state, [i for i in slots if bugs[i]])
     if order is None:
         return state.result()
-    similarity = None
-    if encoder is not None and min_similarity is not None:
-        similarity = Similarity(load_encoder(encoder, victim.device), float(min_similarity), similarity_metric,
-                                window=None, against="original")
+    similarity = whole_text_similarity(encoder, min_similarity, similarity_metric, victim.device)
     greedy_swap(state, order, lambda i: bugs[i], similarity=similarity,
                 limit=change_limit(max_words_changed, state.n_words), most_similar_flip=False)
     return state.result()
