@@ -101,11 +101,12 @@ def test_freelb_training_and_reevaluation(tiny, tmp_path):
     """train=freelb runs through the one loop; `robprune eval` re-evaluates the saved text model."""
     run_dir = tmp_path / "freelb"
     m = run(compose(_args(tiny, tmp_path, "train=freelb", "train.objective.adv_lr=0.01", "train.objective.init_mag=0.01",
+                          "train.epochs=12",
                           "eval.n_examples.textfooler=4", "eval.n_examples.textbugger=4")),
             run_dir)
     trained = tmp_path / "cache" / "train" / m["stages"]["train"]["key"] / "model.json"
     log = json.loads(trained.read_text())["train_log"]
-    assert len(log) == 6 and log[-1]["loss"] < log[0]["loss"] and m["clean_acc"] > 0.5
+    assert len(log) == 12 and log[-1]["loss"] < 0.9 * log[0]["loss"] and m["clean_acc"] >= 0.8
     out = tmp_path / "reeval"
     res = robprune(["eval", str(run_dir), f"eval_out={out}", "eval=text", "eval.n_examples.textfooler=4", "eval.n_examples.textbugger=4",
                     "eval.latency.repeats=1"], cwd=tmp_path, timeout=600)

@@ -65,7 +65,15 @@ def tiny_bert(folder: Path, corpus: Path, *, hidden: int = 32, layers: int = 2, 
     texts = [line.split("\t")[column] for line in lines[1:] if line]
     trainer = BertWordPieceTokenizer(lowercase=True)
     trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1)
-    tokenizer = BertTokenizerFast(tokenizer_object=trainer._tokenizer, do_lower_case=True, unk_token="[UNK]",
+    # the trainer breaks ties between equally frequent merges differently from one process to the next, so
+    # its intermediate sub-words (and every id) vary: keep the deterministic part of what it learned — the
+    # whole words of the corpus and the single characters — in a fixed order, specials first
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = {w for text in texts for w in text.lower().split()}
+    tokens = specials + sorted(t for t in trainer.get_vocab() if t not in specials and
+                               (t in words or len(t.removeprefix("##")) == 1))
+    trained = BertWordPieceTokenizer(vocab={t: i for i, t in enumerate(tokens)}, lowercase=True)
+    tokenizer = BertTokenizerFast(tokenizer_object=trained._tokenizer, do_lower_case=True, unk_token="[UNK]",
                                   sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
     tokenizer.save_pretrained(str(folder))  # tokenizer.json + tokenizer_config.json
     torch.manual_seed(seed)
