@@ -93,6 +93,10 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     check_before_stages(cfg, dense, example_inputs(data))
     check_corruption_inputs(cfg, data)
     check_text_attack_inputs(cfg.eval)  # word vectors and sentence encoders of text attacks load
+    if cfg.get("average") is not None:  # and those of the attack scoring the weight average's ingredients
+        from robprune.stages.average import scoring_eval
+
+        check_text_attack_inputs(scoring_eval(cfg.average.attack))
     check_schedule(cfg.prune, len(data.train_y), int(cfg.data.batch_size))  # pruning during training reaches its target
     check_calibration(cfg.prune, len(data.train_y))  # layer-wise pruners' calibration sentences fit
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")

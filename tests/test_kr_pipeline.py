@@ -107,3 +107,18 @@ def test_kr_table_layout_with_the_papers_numbers(tmp_path):
     assert "88.50 ± 0.71 / 40.00 ± 0.00 / 55.00 ± 0.00" in lines["this method 50%"]
     assert "88.31 / 43.10 / 51.20" in lines["this method 50%"] and "91.40 / 30.40 / 66.75" in lines["dense"]
     assert "88.42 / 44.30 / 49.90" in lines["this method 50% 32:64"]
+
+
+def test_average_key_covers_a_users_vectors_file(tmp_path):
+    """The scoring attack's vectors file is in the average stage's key (path, size, mtime), as for eval."""
+    from robprune.graph import ConfigView, config_slice
+    from robprune.stages.average import STAGE
+
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("good 0.1 0.2\nbad 0.2 0.1\n")
+    cfg = compose(["+experiment=kr_sst2", "data.root=x", f"average.attack.vectors={vectors}"])
+    view = ConfigView(config_slice(cfg, STAGE.reads), STAGE.name, STAGE.reads, ())
+    before = STAGE.externals(view)
+    assert before and str(vectors) in json.dumps(before)
+    vectors.write_text("good 0.1 0.2\nbad 0.2 0.1\nfilm 0.3 0.3\n")
+    assert STAGE.externals(view) != before

