@@ -81,11 +81,14 @@ def test_language_pruner_on_a_cnn_is_refused(capsys, tmp_path):
     assert_one_line(code, err, "prune=kr_obs prunes transformer text models")
 
 
-def _kr_run(root, i, *, method, sparsity, n_m, seed, acc, aua, asr):
+def _kr_run(root, i, *, method, sparsity, n_m, seed, acc, aua, asr, averaged=True):
     run_dir = root / str(i)
     run_dir.mkdir(parents=True)
     prune = {"method": method} if method == "none" else {"method": method, "sparsity": sparsity, "n_m": n_m}
-    OmegaConf.save(OmegaConf.create({"seed": seed, "dataset": {"name": "sst2"}, "prune": prune}), run_dir / "config.yaml")
+    config = {"seed": seed, "dataset": {"name": "sst2"}, "prune": prune}
+    if averaged:  # kr_sst2's `average` node; `~average` runs have none
+        config["average"] = {"n_score": 100, "ingredients": {"a": {"seed": 1}}}
+    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
     metrics = {"clean_acc": acc, "text_attack/textfooler/aua": aua, "text_attack/textfooler/asr": asr, "seed": seed,
                "dataset": {"name": "sst2"}, "choices": {"prune": method}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -100,10 +103,15 @@ def test_kr_table_layout_with_the_papers_numbers(tmp_path):
         for seed in (0, 1):
             _kr_run(tmp_path, 2 * i + seed, method=method, sparsity=sparsity, n_m=n_m, seed=seed,
                     acc=acc + 0.01 * seed, aua=aua, asr=asr)
+    # the train stage's model alone (`~average`): its own row, next to the paper's fine-tuned dense model
+    _kr_run(tmp_path, 99, method="none", sparsity=None, n_m=None, seed=0, acc=0.92, aua=0.1, asr=0.89, averaged=False)
     assert cli_main(["table", "+table=kr", str(tmp_path), "--quiet"]) == 0
     md = (tmp_path / "kr.md").read_text()
     lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines()[2:]}
-    assert list(lines) == ["dense", "this method 50%", "this method 50% 32:64", "SparseGPT 50%"]
+    assert list(lines) == ["dense", "dense (single fine-tune)", "this method 50%", "this method 50% 32:64",
+                           "SparseGPT 50%"]
+    assert "92.00 / 10.00 / 89.00" in lines["dense (single fine-tune)"]
+    assert "92.30 / 12.70 / 86.20" in lines["dense (single fine-tune)"]
     assert "88.50 ± 0.71 / 40.00 ± 0.00 / 55.00 ± 0.00" in lines["this method 50%"]
     assert "88.31 / 43.10 / 51.20" in lines["this method 50%"] and "91.40 / 30.40 / 66.75" in lines["dense"]
     assert "88.42 / 44.30 / 49.90" in lines["this method 50% 32:64"]

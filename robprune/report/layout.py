@@ -4,7 +4,7 @@ alongside. ``robprune table +table=<name> <dir>`` renders it from the runs' file
 
 Spec keys: ``rows`` (list of run keys), ``cols`` (one run key), ``cell`` (metrics shown as
 "a / b"), ``row_label`` (format string over the row keys' labels), ``labels`` ({key: {value: text}},
-which also orders rows and columns), ``title``, and optionally ``paper`` = {dataset_key, compare:
+which also orders rows and columns; ``'null'`` names a missing value or key, ``'*'`` any value not listed), ``title``, and optionally ``paper`` = {dataset_key, compare:
 {our dataset: paper table}, values: {paper table: {row name: {column label: [numbers]}}}}.
 """
 from __future__ import annotations
@@ -38,19 +38,23 @@ def load_layout(name: str) -> dict:
 
 
 def _label(spec: dict, key: str, value) -> str:
-    """The text of a key's value: labels[key][value]; a missing value (null, or the key absent from a run's
-    config) reads labels[key]['null'] when the layout gives one, else —."""
+    """The text of a key's value: labels[key][value], else labels[key]['*'] (any value not listed), else
+    the value; a missing value (null, or the key absent from a run's config) reads labels[key]['null']
+    when the layout gives one, else —."""
     labels = (spec.get("labels") or {}).get(key, {})
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return str(labels.get("null", MISSING))
-    return str(labels.get(str(value), value))
+    return str(labels.get(str(value), labels.get("*", value)))
 
 
 def _order(spec: dict, key: str, value) -> tuple:
-    """Sort key: values listed in labels[key] first, in that order; the others after, by their text."""
+    """Sort key: values listed in labels[key] first, in that order (values not listed where '*' is, when
+    it is); the others after, by their text."""
     listed = list((spec.get("labels") or {}).get(key, {}))
     text = "null" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-    return (listed.index(text), "") if text in listed else (len(listed), text)
+    if text in listed:
+        return (listed.index(text), "")
+    return (listed.index("*"), text) if "*" in listed and text != "null" else (len(listed), text)
 
 
 def _fill(fmt: str, labels: dict[str, str]) -> str:
@@ -95,6 +99,10 @@ def layout_table(runs: pd.DataFrame, spec: dict) -> Table:
     display: ``model``, ``n`` (most runs in a cell), then per column label its cells and, when the
     spec has paper values for these runs' dataset, a ``<label> (paper)`` column."""
     rows, col, cell = list(spec["rows"]), str(spec["cols"]), list(spec["cell"])
+    labels = spec.get("labels") or {}
+    absent = [k for k in rows if k not in runs.columns and "null" in labels.get(k, {})]
+    if absent:  # a labelled optional node no run has (e.g. no run averaged): every run reads its 'null' text
+        runs = runs.assign(**{k: None for k in absent})
     numeric = make_table(runs, [*rows, col], cell).numeric  # n, and per metric mean, /std (ddof 1), /n
     fmt = spec.get("row_label") or " ".join("{%s}" % k for k in rows)
     numeric["model"] = [_fill(fmt, {k: _label(spec, k, r[k]) for k in rows}) for _, r in numeric.iterrows()]
