@@ -2,7 +2,7 @@
 MiniLM-L6-shaped Linear layers (hidden 384, intermediate 1536), float64.
 
 Per layer shape and thread count:
-  obs_batched   robprune.prune.obs.obs_prune: rows in batches, downdates kept as factors, whole layer
+  obs_batched   robprune.prune.obs.obs_prune: rows in batches, blocked downdates (block 64), whole layer
   obs_loop      robprune.prune.obs.obs_prune_loop: one row at a time, explicit rank-1 downdate of a
                 (d_in, d_in) H⁻¹ copy (the textbook OBS loop); timed on the first ``--loop-rows`` rows
                 and reported per row (rows are independent, so whole-layer time = rows x per-row time)
