@@ -1,4 +1,4 @@
-"""``robprune`` command: thin dispatch to Hydra (run), a re-evaluation (eval) or the report (table).
+"""``robprune`` command: thin dispatch to Hydra (run), a re-evaluation (eval) or the report (table, plot).
 
 Every user error ends as one line on stderr and exit code 2.
 """
@@ -17,6 +17,8 @@ USAGE = """usage: robprune run [-m] [group=option ...] [key=value ...]
        robprune eval <run dir | checkpoint dir | model.safetensors> [group=option ...] [key=value ...]
        robprune table <results dir> [--rows KEY ...] [--cols METRIC ...] [--out DIR]
        robprune table +table=NAME <results dir> [--out DIR]   (layout conf/table/NAME.yaml, e.g. adverfine)
+       robprune plot <results dir> --x KEY --y METRIC [METRIC ...] [--hue KEY ...] [--out DIR]
+       robprune plot <results dir> --pareto macs|latency|storage|params --y METRIC [--hue KEY ...]
        robprune cache list [--stage NAME] | verify | clean [--older-than 30d] [--dry-run]   [--cache-dir DIR]"""
 
 
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["run"]
     command, rest = argv[0], argv[1:]
-    commands = {"run": run_command, "eval": eval_command, "table": table_command, "cache": cache_command}
+    commands = {"run": run_command, "eval": eval_command, "table": table_command, "plot": plot_command,
+                "cache": cache_command}
     if command in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -97,6 +100,24 @@ def table_command(args: list[str]) -> int:
     from robprune.report import table_command as make
 
     make(ns.root, ns.rows, ns.cols, out=ns.out, quiet=ns.quiet)
+    return 0
+
+
+def plot_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="robprune plot", description="Mean ± std curves or a Pareto front from "
+                                     "metrics.json files (PNG and SVG).")
+    parser.add_argument("root", help="a run directory or a sweep directory (searched recursively)")
+    parser.add_argument("--x", default=None, help="x axis: a metric or config key, e.g. sparsity or prune.sparsity")
+    parser.add_argument("--y", nargs="+", required=True, help="metrics on the y axis, one figure each, e.g. robust_acc/autoattack")
+    parser.add_argument("--hue", nargs="+", default=None, help="config keys whose values make separate curves, e.g. prune.method")
+    parser.add_argument("--pareto", default=None, help="plot y against this cost metric with the Pareto front "
+                        "(macs, latency, storage, params or any metric key) instead of --x")
+    parser.add_argument("--out", default=None, help="where the figures go (default: the results dir)")
+    parser.add_argument("--quiet", action="store_true")
+    ns = parser.parse_args(args)
+    from robprune.report.curves import plot_command as draw
+
+    draw(ns.root, x=ns.x, ys=ns.y, hue=ns.hue, pareto=ns.pareto, out=ns.out, quiet=ns.quiet)
     return 0
 
 
