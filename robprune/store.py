@@ -6,7 +6,8 @@ holds its epoch checkpoints, so a killed run resumes), given a manifest (``.done
 every file) and ``stage.json`` (how it was built), and renamed into place; a finished directory is never
 written again except for its ``.last_used`` stamp. Every reuse checks the manifest: a damaged entry is
 moved aside to ``<key>.corrupt-<time>`` and rebuilt. Two jobs that need the same artifact take an
-exclusive file lock: one builds, the other waits and reuses. Run directories get copies (reflinks where
+exclusive lock (``<key>.lock``, see :func:`file_lock`: works on network filesystems, dead holders are
+taken over): one builds, the other waits and reuses. Run directories get copies (reflinks where
 the filesystem has them), never links, so nothing a run holds shares storage with the cache.
 """
 from __future__ import annotations
@@ -17,9 +18,12 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,39 +57,181 @@ class StageResult:
         return rec
 
 
+LOCK_STALE_S = float(os.environ.get("ROBPRUNE_LOCK_STALE_S", "120"))  # a lock without a heartbeat this long is dead
+HEARTBEAT_S = max(0.05, LOCK_STALE_S / 8)  # how often a holder refreshes its lock's mtime
+TAKEOVER_STALE_S = 30.0   # a takeover guard older than this was left by a job killed mid-takeover
+HOST = socket.gethostname()
+
+
+def _write_owner(path: Path) -> str | None:
+    """Create ``path`` exclusively (O_CREAT|O_EXCL: atomic on local filesystems and NFSv3+) holding this
+    process's owner record; its token, or None when the file exists."""
+    token = uuid.uuid4().hex
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"host": HOST, "pid": os.getpid(), "token": token, "since": time.time()}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return token
+
+
+def _read_owner(path: Path) -> dict | None:
+    """The owner record of a held lock; {} when it has none (being written, or a pre-1.0 empty lock file);
+    None when the lock is free."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _pid_alive(pid) -> bool:
+    """Whether process ``pid`` of this host is running (a zombie counts as dead: it holds nothing)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    except (TypeError, ValueError):
+        return False
+    try:
+        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def lock_stale(path: Path, owner: dict) -> str | None:
+    """Why the lock at ``path`` held by ``owner`` is dead, or None while it may be alive: its process on
+    this host is gone, or its heartbeat (the file's mtime, refreshed by the holder) is older than
+    LOCK_STALE_S (a job killed on another node of a shared filesystem), or it has no owner record after
+    a few seconds."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    if owner.get("host") == HOST and "pid" in owner and not _pid_alive(owner["pid"]):
+        return f"its job (pid {owner['pid']} on {HOST}) is gone"
+    if age > LOCK_STALE_S:
+        return f"no heartbeat from {owner.get('host', '?')} pid {owner.get('pid', '?')} for {age:.0f} s"
+    if not owner and age > 5.0:
+        return "it has no owner record"
+    return None
+
+
+def _take_over(path: Path, owner: dict, reason: str) -> bool:
+    """Remove the dead lock at ``path`` if it still holds ``owner``. One job at a time does this, under an
+    exclusive ``.takeover`` guard, so two waiters cannot both remove a lock and the second one the
+    first one's fresh lock. True when removed (the caller then tries to acquire again)."""
+    guard = path.with_name(path.name + ".takeover")
+    try:
+        fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            if time.time() - guard.stat().st_mtime > TAKEOVER_STALE_S:
+                guard.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        return False
+    os.close(fd)
+    try:
+        current = _read_owner(path)
+        if current is None or current.get("token") != owner.get("token"):
+            return False  # released or taken meanwhile
+        path.unlink(missing_ok=True)
+        log.warning("lock %s: taken over (%s)", path, reason)
+        return True
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes a held lock's mtime every HEARTBEAT_S so waiters on other hosts know its job is alive."""
+
+    def __init__(self, path: Path):
+        super().__init__(name=f"lock-heartbeat {path.name}", daemon=True)
+        self.path, self.stopped = path, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:  # taken over by another job after a long stall; its owner check will tell
+                return
+
+
+def _release(path: Path, token: str) -> None:
+    """Remove the lock only if it is still ours (another job may have taken it over after a stall)."""
+    owner = _read_owner(path)
+    if owner is not None and owner.get("token") == token:
+        path.unlink(missing_ok=True)
+    elif owner is not None:
+        log.warning("lock %s: another job took it over while this one held it (stalled > %.0f s?)", path, LOCK_STALE_S)
+
+
+def _acquire(path: Path, *, wait: bool, on_wait: Callable[[], None] | None = None) -> str | None:
+    """Token of the lock at ``path``, taking over a dead holder's; None when held and not ``wait``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    delay, waited = 0.02, False
+    while True:
+        token = _write_owner(path)
+        if token is not None:
+            return token
+        owner = _read_owner(path)
+        if owner is None:
+            continue  # released between our create and our read
+        reason = lock_stale(path, owner)
+        if reason is not None and _take_over(path, owner, reason):
+            continue
+        if not wait:
+            return None
+        if on_wait and not waited:
+            on_wait()
+            waited = True
+        time.sleep(delay)
+        delay = min(1.0, delay * 1.5)
+
+
 @contextmanager
 def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (released by the OS if the holder is killed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                on_wait()
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """Exclusive lock on ``path`` that works across processes, hosts and network filesystems (where
+    ``flock`` is often not honoured): the lock is the file itself, created with O_EXCL and holding its
+    owner (host, pid, token); the holder refreshes its mtime every HEARTBEAT_S. A waiter polls, and takes
+    over a lock whose job is dead (:func:`lock_stale`: its pid gone on this host, or no heartbeat for
+    ROBPRUNE_LOCK_STALE_S seconds, default 120). on_wait is called once if the lock is busy."""
+    token = _acquire(path, wait=True, on_wait=on_wait)
+    beat = _Heartbeat(path)
+    beat.start()
+    try:
+        yield
+    finally:
+        beat.stopped.set()
+        beat.join()
+        _release(path, token)
 
 
 @contextmanager
 def try_lock(path: Path) -> Iterator[bool]:
-    """Non-blocking ``file_lock``: yields True while held, False (holding nothing) when another job has it.
-    Creates the lock file if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = True
-        except BlockingIOError:
-            held = False
-        try:
-            yield held
-        finally:
-            if held:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    """Non-blocking ``file_lock``: yields True while held, False (holding nothing) when a live job has it."""
+    token = _acquire(path, wait=False)
+    if token is None:
+        yield False
+        return
+    beat = _Heartbeat(path)
+    beat.start()
+    try:
+        yield True
+    finally:
+        beat.stopped.set()
+        beat.join()
+        _release(path, token)
 
 
 def lock_path(entry: Path) -> Path:

@@ -1,5 +1,4 @@
 """``robprune cache list | verify | clean`` on a real cache folder, in-process through robprune.cli.main."""
-import fcntl
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 from robprune.cache_cli import parse_age
 from robprune.cli import main
 from robprune.errors import ConfigError
-from robprune.store import StageCache
+from robprune.store import StageCache, file_lock
 
 
 def _fill(root):
@@ -86,8 +85,7 @@ def test_clean_removes_partial_only_when_its_lock_is_free(tmp_path, capsys):
     (partial / "epochs").mkdir(parents=True)
     corrupt = root / "train" / "t0.corrupt-20240101-000000"
     corrupt.mkdir()
-    with open(root / "train" / "t2.lock", "a+") as held:  # a live job: flock is per open file description
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with file_lock(root / "train" / "t2.lock"):  # a live job (this process) holds it
         assert main(["cache", "clean", "--cache-dir", str(root)]) == 0
         assert partial.exists() and not corrupt.exists()
         assert "kept" in capsys.readouterr().out
@@ -116,8 +114,7 @@ def test_clean_older_than_skips_an_entry_whose_lock_is_held(tmp_path, capsys):
     root = tmp_path / "cache"
     _fill(root)
     _age(root / "train" / "t1", 40 * 86400)
-    with open(root / "train" / "t1.lock", "a+") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with file_lock(root / "train" / "t1.lock"):
         assert main(["cache", "clean", "--cache-dir", str(root), "--older-than", "30d"]) == 0
     assert (root / "train" / "t1").exists()
 

@@ -219,3 +219,87 @@ def test_truncated_cache_model_leaves_finished_runs_intact_and_is_rebuilt(tmp_pa
     assert list((tmp_path / "cache" / "finetune").glob("*.corrupt-*"))
     assert stable(third) == stable(first)
     assert digest(tmp_path / "c" / "model.safetensors") == published["a"]
+
+
+# --- the cache lock: portable (O_EXCL file + heartbeat), dead holders taken over ---------------------------
+
+def _hold_then_die(path, ready):
+    from robprune.store import file_lock
+
+    with file_lock(Path(path)):
+        ready.set()
+        time.sleep(60)  # SIGKILLed here: no release, the lock file stays
+
+
+def test_lock_of_a_killed_job_on_this_host_is_taken_over(tmp_path, caplog):
+    from robprune.store import file_lock
+
+    lock = tmp_path / "train" / "k.lock"
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold_then_die, args=(lock, ready))
+    proc.start()
+    assert ready.wait(30)
+    os.kill(proc.pid, 9)
+    proc.join(30)
+    assert lock.exists() and json.loads(lock.read_text())["pid"] == proc.pid
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="robprune"), file_lock(lock):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert time.monotonic() - started < 5 and "is gone" in caplog.text
+    assert not lock.exists()  # released
+
+
+def test_lock_of_another_host_is_honoured_while_its_heartbeat_is_fresh(tmp_path, caplog):
+    from robprune.store import LOCK_STALE_S, try_lock
+
+    lock = tmp_path / "k.lock"
+    lock.write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "token": "t", "since": 0}))
+    with try_lock(lock) as held:
+        assert not held and lock.exists()  # pid 1 there is not ours to check: only the heartbeat tells
+    old = time.time() - LOCK_STALE_S - 10
+    os.utime(lock, (old, old))
+    with caplog.at_level(logging.WARNING, logger="robprune"), try_lock(lock) as held:
+        assert held and json.loads(lock.read_text())["host"] != "node-elsewhere"
+    assert "no heartbeat from node-elsewhere" in caplog.text and not lock.exists()
+
+
+def test_empty_lock_file_of_an_old_version_is_taken_over(tmp_path):
+    from robprune.store import try_lock
+
+    lock = tmp_path / "k.lock"
+    lock.touch()
+    with try_lock(lock) as held:
+        assert not held  # a fresh empty file may be an owner record being written
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    with try_lock(lock) as held:
+        assert held
+
+
+def _hold(path, seconds, ready):
+    from robprune.store import file_lock
+
+    with file_lock(Path(path)):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_heartbeat_keeps_a_long_build_alive_on_a_shared_filesystem(tmp_path, monkeypatch):
+    """Another node sees only the lock file: the holder's heartbeat must keep its mtime fresh."""
+    import robprune.store as store
+
+    monkeypatch.setattr(store, "LOCK_STALE_S", 0.6)
+    monkeypatch.setattr(store, "HEARTBEAT_S", 0.05)
+    lock = tmp_path / "k.lock"
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold, args=(lock, 2.0, ready))
+    proc.start()
+    assert ready.wait(30)
+    monkeypatch.setattr(store, "HOST", "node-elsewhere")  # this process now looks like another node
+    time.sleep(1.0)  # longer than LOCK_STALE_S: only the heartbeat keeps it
+    with store.try_lock(lock) as held:
+        assert not held
+    proc.join(30)
+    with store.try_lock(lock) as held:
+        assert held  # released normally
