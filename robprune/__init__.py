@@ -9,3 +9,10 @@ __version__ = "0.1.0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # robprune draws its own progress (rich)
+
+# conf/hydra/launcher/joblib.yaml documents the joblib launcher's options under the plugin's own name, so
+# Hydra validates it against the plugin's schema (wanted: typos in launcher options fail) and warns that
+# this matching by name is deprecated; it is how Hydra 1.3 (robprune's pin) works, so say nothing.
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema")

@@ -27,6 +27,7 @@ def job(cfg: DictConfig) -> float | None:
                 handler.setLevel(logging.WARNING)
     from robprune.pipeline import run
 
+    threads_for_launcher(cfg, hc)
     try:
         metrics = run(cfg, run_dir, choices=choices)
     except RobpruneError as err:
@@ -38,6 +39,22 @@ def job(cfg: DictConfig) -> float | None:
     else:
         print_summary(metrics, title=f"robprune run → {run_dir}")
     return metrics.get("robust_acc/worst", metrics.get("clean_acc"))
+
+
+def threads_for_launcher(cfg: DictConfig, hc) -> None:
+    """Set cfg.threads so that the jobs a launcher runs side by side share the cores (robprune.launch);
+    the run's config.yaml records what the job used."""
+    from omegaconf import OmegaConf, open_dict
+
+    from robprune.launch import available_cores, job_threads
+
+    launcher = OmegaConf.to_container(hc.launcher, resolve=False) if hc.get("launcher") is not None else {}
+    threads, note = job_threads(cfg.get("threads"), launcher, available_cores())
+    if note:
+        log.warning(note)
+    if threads != cfg.get("threads"):
+        with open_dict(cfg):
+            cfg.threads = threads
 
 
 def log_to_file_only(err: Exception) -> None:
