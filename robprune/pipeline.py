@@ -30,6 +30,7 @@ from robprune.stages import STAGES
 from robprune.stages.common import architecture, example_inputs
 from robprune.stages.evaluate import EVAL_FILE
 from robprune.store import StageCache, StageResult, publish_files
+from robprune.tracking import check_logger, report_to_mlflow, write_curves
 from robprune.validate import check_before_stages, validate
 from robprune.validate_prune import check_calibration
 
@@ -99,6 +100,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
         check_text_attack_inputs(scoring_eval(cfg.average.attack))
     check_schedule(cfg.prune, len(data.train_y), int(cfg.data.batch_size))  # pruning during training reaches its target
     check_calibration(cfg.prune, len(data.train_y))  # layer-wise pruners' calibration sentences fit
+    check_logger(cfg.get("logger"))  # logger=mlflow without the package
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
     planned = plan(STAGES, cfg)
     results = walk(planned, cfg, data, cache, device, progress=not cfg.quiet)
@@ -113,8 +115,10 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
         out = results[p.stage.name].path
         publish_files(out, run_dir, [f for f in p.stage.publishes if (out / f).exists()])
     metrics["size_bytes"] = checkpoint_size_bytes(run_dir)
+    curves = write_curves(cfg.get("logger"), results, run_dir)  # tensorboard/<stage>/
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(run_dir / "metrics.json", metrics)
+    report_to_mlflow(cfg.get("logger"), curves, run_dir, cfg, metrics)  # after the results are safe on disk
     return metrics
 
 

@@ -1,0 +1,101 @@
+"""Training curves: TensorBoard event files in the run directory, MLflow runs with logger=mlflow."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from robprune.errors import ConfigError
+from robprune.tracking import check_logger, write_tensorboard
+from tests.helpers import SHRINK, robprune
+
+TINY = [*SHRINK, "model.width=4", "model.hidden=16", "eval.n_examples.pgd20=60"]
+
+
+def _scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracking")
+    first = robprune(["run", *TINY, f"cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"], cwd=root)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # the same config again with MLflow: every stage reused from the cache, the curves still logged
+    second = robprune(["run", *TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={root / 'mlruns'}",
+                       f"cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'again'}"], cwd=root)
+    assert second.returncode == 0, second.stderr[-2000:]
+    return root
+
+
+def test_tensorboard_curves_are_the_stages_epoch_logs(runs):
+    stages = json.loads((runs / "run" / "metrics.json").read_text())["stages"]
+    for stage, key in (("train", "train_log"), ("finetune", "finetune_log")):
+        scalars = _scalars(runs / "run" / "tensorboard" / stage)
+        log = json.loads((Path(stages[stage]["path"]) / "model.json").read_text())[key]  # the stage's own log
+        assert [s for s, _ in scalars["loss"]] == [row["epoch"] for row in log]
+        assert [v for _, v in scalars["loss"]] == pytest.approx([row["loss"] for row in log], rel=1e-6)
+        assert [v for _, v in scalars["lr"]] == pytest.approx([row["lr"] for row in log], rel=1e-6)
+    assert len(_scalars(runs / "run" / "tensorboard" / "train")["loss"]) == 2  # SHRINK: train.epochs=2
+
+
+def test_reused_stages_still_log_and_mlflow_gets_the_run(runs, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading MLflow 3's file store, as robprune writes it
+    first = _scalars(runs / "run" / "tensorboard" / "train")["loss"]
+    assert _scalars(runs / "again" / "tensorboard" / "train")["loss"] == first
+    metrics = json.loads((runs / "again" / "metrics.json").read_text())
+    assert all(s["reused"] for s in metrics["stages"].values())
+    mlflow.set_tracking_uri((runs / "mlruns").resolve().as_uri())
+    found = mlflow.search_runs(experiment_names=["robprune"])
+    assert len(found) == 1
+    row = found.iloc[0]
+    assert row["metrics.clean_acc"] == pytest.approx(metrics["clean_acc"])
+    assert row["metrics.robust_acc.pgd20"] == pytest.approx(metrics["robust_acc/pgd20"])  # '/' -> '.'
+    assert row["metrics.clean_acc.pgd20"] == pytest.approx(metrics["clean_acc/pgd20"])
+    assert row["params.prune.channel_ratio"] == str(OmegaConf.load(runs / "again" / "config.yaml").prune.channel_ratio)
+    assert row["tags.robprune.run_dir"] == str((runs / "again").resolve())
+    history = mlflow.tracking.MlflowClient().get_metric_history(row["run_id"], "train.loss")
+    assert [h.step for h in history] == [s for s, _ in first]
+    assert [h.value for h in history] == pytest.approx([v for _, v in first], rel=1e-6)
+
+
+def test_logger_none_writes_no_curves_and_mlflow_missing_is_refused(tmp_path, monkeypatch):
+    node = OmegaConf.create({"tensorboard": True, "mlflow": {"tracking_uri": "outputs/mlruns", "experiment": "x"}})
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    with pytest.raises(ConfigError, match="pip install mlflow"):
+        check_logger(node)
+    bad = OmegaConf.create({"tensorboard": True, "mlflow": {"tracking_uri": "", "experiment": "x"}})
+    with pytest.raises(ConfigError, match="logger.mlflow.tracking_uri"):
+        check_logger(bad)
+    check_logger(OmegaConf.create({"tensorboard": False, "mlflow": None}))  # nothing to check
+
+
+def test_a_failing_mlflow_costs_a_warning_not_the_results(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from robprune.tracking import report_to_mlflow
+
+    node = OmegaConf.create({"tensorboard": False, "mlflow": {"tracking_uri": "http://127.0.0.1:9", "experiment": "x"}})
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # nothing listens on port 9: fail at once
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with caplog.at_level(logging.WARNING, logger="robprune"):
+        report_to_mlflow(node, {}, tmp_path, OmegaConf.create({"a": 1}), {"clean_acc": 0.5})
+    assert "MLflow logging to http://127.0.0.1:9 failed" in caplog.text
+
+
+def test_write_tensorboard_replaces_an_older_folder_whole(tmp_path):
+    folder = tmp_path / "tensorboard"
+    (folder / "stale").mkdir(parents=True)
+    write_tensorboard({"train": [{"epoch": 1, "loss": 1.0, "lr": 0.1, "seconds": 2.0}]}, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["train"]
+    assert _scalars(folder / "train")["seconds"] == [(1, 2.0)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tensorboard-")]
