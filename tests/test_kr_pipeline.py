@@ -81,11 +81,11 @@ def test_language_pruner_on_a_cnn_is_refused(capsys, tmp_path):
     assert_one_line(code, err, "prune=kr_obs prunes transformer text models")
 
 
-def _kr_run(root, i, *, method, sparsity, n_m, seed, acc, aua, asr, averaged=True):
+def _kr_run(root, i, *, method, sparsity, n_m, seed, acc, aua, asr, averaged=True, finetune_epochs=0):
     run_dir = root / str(i)
     run_dir.mkdir(parents=True)
     prune = {"method": method} if method == "none" else {"method": method, "sparsity": sparsity, "n_m": n_m}
-    config = {"seed": seed, "dataset": {"name": "sst2"}, "prune": prune}
+    config = {"seed": seed, "dataset": {"name": "sst2"}, "prune": prune, "finetune": {"epochs": finetune_epochs}}
     if averaged:  # kr_sst2's `average` node; `~average` runs have none
         config["average"] = {"n_score": 100, "ingredients": {"a": {"seed": 1}}}
     OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
@@ -105,11 +105,13 @@ def test_kr_table_layout_with_the_papers_numbers(tmp_path):
                     acc=acc + 0.01 * seed, aua=aua, asr=asr)
     # the train stage's model alone (`~average`): its own row, next to the paper's fine-tuned dense model
     _kr_run(tmp_path, 99, method="none", sparsity=None, n_m=None, seed=0, acc=0.92, aua=0.1, asr=0.89, averaged=False)
+    _kr_run(tmp_path, 98, method="magnitude", sparsity=0.5, n_m=None, seed=0, acc=0.85, aua=0.05, asr=0.94,
+            finetune_epochs=1)  # the "+ fine-tune" baseline
     assert cli_main(["table", "+table=kr", str(tmp_path), "--quiet"]) == 0
     md = (tmp_path / "kr.md").read_text()
     lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines()[2:]}
     assert list(lines) == ["dense", "dense (single fine-tune)", "this method 50%", "this method 50% 32:64",
-                           "SparseGPT 50%"]
+                           "SparseGPT 50%", "magnitude 50% + fine-tune"]
     assert "92.00 / 10.00 / 89.00" in lines["dense (single fine-tune)"]
     assert "92.30 / 12.70 / 86.20" in lines["dense (single fine-tune)"]
     assert "88.50 ± 0.71 / 40.00 ± 0.00 / 55.00 ± 0.00" in lines["this method 50%"]
