@@ -206,15 +206,8 @@ def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Itera
     owner (host, pid, token); the holder refreshes its mtime every HEARTBEAT_S. A waiter polls, and takes
     over a lock whose job is dead (:func:`lock_stale`: its pid gone on this host, or no heartbeat for
     ROBPRUNE_LOCK_STALE_S seconds, default 120). on_wait is called once if the lock is busy."""
-    token = _acquire(path, wait=True, on_wait=on_wait)
-    beat = _Heartbeat(path)
-    beat.start()
-    try:
+    with _holding(path, _acquire(path, wait=True, on_wait=on_wait)):
         yield
-    finally:
-        beat.stopped.set()
-        beat.join()
-        _release(path, token)
 
 
 @contextmanager
@@ -224,10 +217,17 @@ def try_lock(path: Path) -> Iterator[bool]:
     if token is None:
         yield False
         return
+    with _holding(path, token):
+        yield True
+
+
+@contextmanager
+def _holding(path: Path, token: str) -> Iterator[None]:
+    """Keep the acquired lock alive with a heartbeat while the block runs; release it after."""
     beat = _Heartbeat(path)
     beat.start()
     try:
-        yield True
+        yield
     finally:
         beat.stopped.set()
         beat.join()
