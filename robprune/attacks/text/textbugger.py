@@ -24,6 +24,7 @@ from robprune.attacks.text import base
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
 from robprune.attacks.text.encoder import MINILM
 from robprune.attacks.text.search import greedy_swap, rank_words, whole_text_similarity
+from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text.vectors import GLOVE, load_vectors
 from robprune.attacks.text.words import is_stop_word, match_case
 
@@ -41,6 +42,7 @@ PARAMS = {
     "min_similarity": base.between(-1, 1, null=True), "similarity_metric": base.choice("angular", "cosine"),
     "max_words_changed": base.fraction, "query_budget": base.budget, "vectors": base.text_or_null,
     "vocab_size": base.positive_int(null=True, example=100000), "encoder": base.text_or_null,
+    "antonyms": base.text_or_null,
 }
 
 
@@ -52,13 +54,15 @@ def check_params(*, where: str = "attack.textbugger", **params) -> None:
 def textbugger(victim, text: str, label: int, *, seed: int = 0, word_candidates: int | None = 5,
                min_cos: float | None = None, min_similarity: float | None = 0.8, similarity_metric: str = "cosine",
                max_words_changed: float | None = None, query_budget: int | None = None, vectors: str | None = GLOVE,
-               vocab_size: int | None = None, encoder: str | None = MINILM) -> TextAttackResult:
+               vocab_size: int | None = None, encoder: str | None = MINILM,
+               antonyms: str | None = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim``; deterministic for a given ``seed``.
 
     word_candidates: Sub-W neighbours per word (None or vectors None: no word bug); min_cos: their
     cosine bound (None: none); min_similarity: encoder similarity of the whole text to the original
     in the units of ``similarity_metric`` (None or encoder None: no check); max_words_changed,
-    query_budget, vectors, vocab_size, encoder: as for :func:`~robprune.attacks.text.textfooler`.
+    query_budget, vectors, vocab_size, encoder, antonyms (Sub-W neighbours that are WordNet antonyms are
+    dropped): as for :func:`~robprune.attacks.text.textfooler`.
     """
     check_params(**{k: v for k, v in locals().items() if k in PARAMS})
     state = AttackState(victim, text, label, query_budget)
@@ -71,8 +75,10 @@ def textbugger(victim, text: str, label: int, *, seed: int = 0, word_candidates:
     if vectors is not None and word_candidates:
         found = load_vectors(vectors, vocab_size).neighbours_many([words[i] for i in slots], word_candidates, min_cos,
                                                                  alphabetic=True)
-        for i, nbrs in zip(slots, found):
-            bugs[i] += [match_case(w, words[i]) for w, _ in nbrs]
+        word_bugs = drop_antonyms(antonyms, {i: [match_case(w, words[i]) for w, _ in nbrs] for i, nbrs in zip(slots, found)},
+                                  words)
+        for i, candidates in word_bugs.items():
+            bugs[i] += candidates
     order = rank_words(state, [i for i in slots if bugs[i]])
     if order is None:
         return state.result()

