@@ -24,7 +24,7 @@ from robprune.validate import validate
 log = logging.getLogger("robprune")
 # taken from the run's config.yaml unless overridden: what the model is and was made with (the recipes do not
 # change an evaluation, but the config written beside it must describe the model, and fit its modality)
-FROM_RUN = ("dataset", "data", "model", "seed", "train", "prune", "quant", "finetune")
+FROM_RUN = ("dataset", "data", "model", "seed", "train", "average", "prune", "quant", "finetune")
 
 
 def reevaluate(path: Path, overrides: list[str]) -> dict:
@@ -44,6 +44,8 @@ def reevaluate(path: Path, overrides: list[str]) -> dict:
             for section in FROM_RUN:
                 if section in saved and not any(o.lstrip("+~").startswith(section) for o in overrides):
                     cfg[section] = saved[section]
+                elif section == "average" and section in cfg and section not in saved:
+                    del cfg[section]  # a run without weight averaging: none in its evaluation's config either
     validate(cfg)
     model, meta = load_checkpoint(path)
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
