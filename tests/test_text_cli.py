@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 import torch
 
 from robprune.checkpoint import load_checkpoint
@@ -112,5 +113,6 @@ def test_freelb_training_and_reevaluation(tiny, tmp_path):
                     "eval.latency.repeats=1"], cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     again = read_metrics(out)
+    assert "average" not in OmegaConf.load(out / "config.yaml")  # the run had no weight average: nor does its evaluation
     assert again["clean_acc"] == m["clean_acc"] and (out / "adversarial.jsonl").exists()
     assert again["text_attack/textfooler/aua"] == m["text_attack/textfooler/aua"]
