@@ -4,7 +4,7 @@ A :class:`Stage` declares what it reads (config paths), what it consumes (upstre
 the data) and how it builds its output. Its cache key is derived from that declaration alone:
 
     key = sha256(name, resolved config slice, upstream keys, data fingerprints,
-                 robprune source fingerprint, library versions, device type)
+                 robprune source fingerprint, library versions, device type, trainer node)
 
 and its build function sees only that slice (:class:`ConfigView`: reading an undeclared path raises)
 and only the declared data (:class:`DataView`). So a key cannot miss something its builder reads, a
@@ -32,6 +32,10 @@ from robprune.io import source_fingerprint
 MODEL = "<model>"  # an input meaning "the model made by the latest model-producing stage before this one"
 LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors", "timm", "transformers",
              "tokenizers")
+# Config nodes that say how a stage runs, not what it computes (robprune.train.trainer: data-parallel
+# processes, bf16, channels_last, compile): in the cache key with the device type, outside the semantic
+# key, so a stage draws the same random numbers (initial weights, shuffles) however it is run.
+EXECUTION = ("trainer",)
 DATA_PARTS = ("meta", "train", "test", "heldout")  # heldout: text datasets with dataset.heldout_split
 
 
@@ -323,12 +327,16 @@ def stage_keys(stage: Stage, sliced: DictConfig, input_keys: dict[str, tuple[str
     stage; input_keys: role -> (upstream key, upstream semantic key); data_prints: part -> fingerprint
     for (at least) the parts the stage declares; externals: what ``stage.externals`` returned (falsy:
     nothing, and the key is as without the hook)."""
-    semantic = {"stage": stage.name, "config": OmegaConf.to_container(sliced),
+    config = OmegaConf.to_container(sliced)
+    execution = {k: config.pop(k) for k in EXECUTION if k in config}  # how, not what: in the key, not the seed
+    semantic = {"stage": stage.name, "config": config,
                 "inputs": {role: keys[1] for role, keys in sorted(input_keys.items())},
                 "data": {part: data_prints[part] for part in sorted(stage.data)}}
     environment = {"code": code_fingerprint(), "device": device_type,
                    "libraries": {name: library_version(name) for name in stage.libraries},
                    "inputs": {role: keys[0] for role, keys in sorted(input_keys.items())}}
+    if execution:
+        environment["execution"] = execution
     if externals:
         environment["externals"] = externals
     seed_key = _digest(semantic)

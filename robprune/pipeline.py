@@ -31,6 +31,7 @@ from robprune.stages.common import architecture, example_inputs
 from robprune.stages.evaluate import EVAL_FILE
 from robprune.store import StageCache, StageResult, publish_files
 from robprune.tracking import check_logger, report_to_mlflow, write_curves
+from robprune.train.trainer import resolve as resolve_trainer
 from robprune.validate import check_before_stages, validate
 from robprune.validate_prune import check_calibration
 
@@ -86,8 +87,11 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
+    trainer = resolve_trainer(cfg.get("trainer"), device)  # trainer.devices against this machine, GPU-only options
     run_dir = Path(run_dir)
     log.info("run dir %s, device %s", run_dir, device)
+    for note in trainer.notes:
+        log.warning(note)
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
     dense = dense_model(architecture(cfg.model, data))
     data.check_model(dense)  # e.g. an image model on a text dataset
@@ -107,6 +111,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     final = results[next(p.inputs[MODEL] for p in planned if p.stage.name == "eval")]
 
     metrics = assemble_metrics(cfg, data, results, final, choices, device)
+    metrics["trainer"] = trainer.record()
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     # Results are written only now, each file atomically (copies, never links into the cache): a run
     # that fails earlier leaves an earlier finished result in the same directory untouched.

@@ -184,12 +184,14 @@ DATASET_EXTRA = {  # keys only some datasets read (conf/dataset/<name>.yaml)
 INGREDIENT = {"epochs": Int(0, example="2"), "objective": ANY, "optimizer": ANY, "schedule": ANY,  # merged over train, then checked as a train node
               "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0"), "seed": Int(example="1")}
 AVERAGE = {"ingredients": MapOf(INGREDIENT), "attack": TARGET, "n_score": Int(1, example="100"), "batch_size": SIZE}
+TRAINER = {"devices": Int(1, example="2"), "precision": Choice("fp32", "bf16"), "channels_last": BOOL, "compile": BOOL,
+           "sync_batchnorm": BOOL}  # devices against the machine: robprune.train.trainer.resolve
 LOGGER = {"tensorboard": BOOL, "mlflow": ANY}  # mlflow: null or {tracking_uri, experiment}: robprune.tracking.check_logger
 ROOT = {"dataset": DATASET, "model": TARGET, "train": TRAIN, "prune": TARGET, "quant": QUANT, "finetune": TRAIN,
         "eval": EVAL, "data": DATA, "seed": Int(example="0"), "train_seed": Int(example="0"), "device": ANY,
         "cache": BOOL, "cache_dir": Value("path", example="outputs/cache"), "quiet": Choice(False, True, 0, 1),
-        "threads": Int(1, null=True, example="2"), "eval_out": PATH, "average": AVERAGE, "logger": LOGGER}
-REQUIRED = {"": tuple(k for k in ROOT if k not in ("average", "logger")), "average": ("ingredients", "attack", "n_score", "batch_size"), "data": tuple(DATA), "train": ("epochs",), "finetune": ("epochs",),
+        "threads": Int(1, null=True, example="2"), "eval_out": PATH, "average": AVERAGE, "logger": LOGGER, "trainer": TRAINER}
+REQUIRED = {"": tuple(k for k in ROOT if k not in ("average", "logger", "trainer")), "average": ("ingredients", "attack", "n_score", "batch_size"), "data": tuple(DATA), "train": ("epochs",), "finetune": ("epochs",),
             "eval": ("attacks", "batch_size", "latency"), "dataset": ("name", "train_split", "test_split"),
             "quant": ("method",)}
 

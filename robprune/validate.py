@@ -42,7 +42,26 @@ def validate(cfg: DictConfig) -> None:
     check_modality(cfg)  # before the walk: a mismatch (PGD on text) would show as an unresolvable ${dataset.eps}
     check_node(cfg, {**schema.ROOT, **dict.fromkeys(study_nodes(), ANY)}, "")
     check_device(cfg.device)
+    check_trainer(cfg)
     check_combinations(cfg)
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """trainer.devices against this machine, bf16 on a GPU without it, objectives DDP cannot average
+    (robprune.train.trainer); GPU-only options on a CPU only fall back (the run logs a note)."""
+    import torch
+
+    from robprune.train.trainer import check_objective, resolve
+
+    name = str(cfg.device)
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    trainer = resolve(cfg.get("trainer"), device)
+    for key in ("train", "finetune"):
+        if cfg.get(key) is not None:
+            check_objective(cfg[key], key, trainer)
+    during = (cfg.get("prune") or {}).get("during_training")
+    if during is not None:
+        check_objective(during, "prune.during_training", trainer)
 
 
 @functools.lru_cache(maxsize=1)

@@ -128,6 +128,11 @@ MATRIX = [
     (["+experiment=text_sst2", "eval.attacks.textfooler.min_cos=2"], "eval.attacks.textfooler.min_cos"),
     (["+experiment=text_sst2", "+attack@eval.attacks.ba=bert_attack"], "eval.attacks.ba.mlm"),
     (["eval=text"], "is a text attack"),
+    # trainer (robprune.train.trainer): devices against the machine, choices, objectives DDP cannot average
+    (["trainer.devices=4096"], "trainer.devices=4096"),
+    (["trainer.devices=0"], "trainer.devices"),
+    (["trainer.precision=fp16"], "trainer.precision"),
+    (["trainer.devices=2", "train.objective._target_=robprune.train.objectives.freelb"], "freelb"),
 ]
 if NO_GPU:
     MATRIX.append((["device=cuda"], "device=cuda"))

@@ -45,8 +45,10 @@ class GradualChannelMasks:
     groups: :class:`~robprune.prune.structured.PrunableGroup` list of the (unpruned) model.
     """
 
-    def __init__(self, model: nn.Module, groups, targets: dict[str, int], *, criterion: str, interval: int, steps: int):
+    def __init__(self, model: nn.Module, groups, targets: dict[str, int], *, criterion: str, interval: int, steps: int,
+                 regroup: dict | None = None):
         self.groups, self.targets, self.criterion = groups, targets, criterion
+        self.regroup = regroup  # build_groups' arguments: a data-parallel rank re-traces its replica (attach)
         self.interval, self.steps = int(interval), int(steps)
         self.iteration, self.done = 0, 0
         self.neurons: NeuronMap = neuron_map(model, groups)
@@ -57,6 +59,26 @@ class GradualChannelMasks:
             self._offsets[g.root] = off
             off += g.channels
         self.optimizer = None
+
+    def __getstate__(self) -> dict:
+        """For a data-parallel rank (robprune.train.trainer): Torch-Pruning's groups hold autograd nodes and
+        cannot be pickled; the rank re-traces its replica in :meth:`attach`."""
+        if self.regroup is None:
+            raise TypeError("GradualChannelMasks without regroup arguments cannot be sent to another process")
+        state = dict(self.__dict__)
+        for name in ("groups", "neurons", "masks", "optimizer"):
+            state[name] = None
+        return state
+
+    def attach(self, model: nn.Module) -> None:
+        """Rebuild groups, neuron map and masks on ``model`` (a rank's replica) after unpickling."""
+        if self.groups is not None:
+            return
+        _, self.groups = build_groups(model, self.regroup["example_inputs"].to(next(model.parameters()).device),
+                                      exclude_stem=self.regroup["exclude_stem"], exclude_linear=self.regroup["exclude_linear"])
+        self.neurons, self.masks = neuron_map(model, self.groups), {}
+        if self.done:
+            self._rebuild_masks()
 
     def bind(self, optimizer, model: nn.Module) -> None:
         """Called by the training stage once the optimizer exists: a sharpness-aware one gets the neuron
@@ -117,6 +139,15 @@ class GradualChannelMasks:
         elif self.masks:
             self.apply()
 
+    def state(self) -> dict:
+        """What data-parallel training hands back from rank 0 (robprune.train.trainer): masks and counters."""
+        return {"kept": {k: v.clone() for k, v in self.kept.items()}, "iteration": self.iteration, "done": self.done}
+
+    def load_state(self, state: dict) -> None:
+        self.kept = {k: v.clone() for k, v in state["kept"].items()}
+        self.iteration, self.done = int(state["iteration"]), int(state["done"])
+        self._rebuild_masks()
+
     def removed(self) -> dict[str, list[int]]:
         return {root: torch.nonzero(~kept).flatten().tolist() for root, kept in self.kept.items()}
 
@@ -143,7 +174,9 @@ def adasap(model: nn.Module, context: PruneContext, *, method: str = "adasap", c
     ratios = uniform_sparsity(AllocationInput(groups, {}, budget), sparsity=float(sparsity), r_max=float(r_max))
     targets = budget.removed_channels(ratios)
     hook = GradualChannelMasks(model, groups, targets, criterion=criterion, interval=int(node["prune_interval"]),
-                               steps=int(node["prune_steps"]))
+                               steps=int(node["prune_steps"]),
+                               regroup={"example_inputs": context.example_inputs.detach().cpu(),
+                                        "exclude_stem": exclude_stem, "exclude_linear": exclude_linear})
     history = context.train(model, node, [hook])
     if hook.done < hook.steps:
         raise ConfigError(f"prune.during_training: only {hook.done} of prune_steps={hook.steps} pruning steps ran in "

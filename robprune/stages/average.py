@@ -48,7 +48,7 @@ def ingredients(cfg) -> list[Stage]:
     if node is None:
         return []
     return [Stage(f"ingredient_{name}", reads=("model", "train", f"average.ingredients.{name}", "train_seed",
-                                               "data.batch_size", "dataset.augment"), data=("train",),
+                                               "data.batch_size", "dataset.augment", "trainer"), data=("train",),
                   build=build_ingredient) for name in node.ingredients]
 
 

@@ -2,6 +2,8 @@
 derived checkpoint, and the dense model's architecture record."""
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from robprune.checkpoint import RESERVED_KEYS, save_checkpoint
 from robprune.config import to_container
 from robprune.graph import StageContext, seed_from
 from robprune.train import build_training, fit, per_step, schedule_factor
+from robprune.train.trainer import check_objective, resolve, spawn_fit, wrap_forward
 
 
 def seed_stage(seed: int, ctx: StageContext) -> torch.Generator:
@@ -34,18 +37,64 @@ def example_inputs(data) -> torch.Tensor:
 
 def train_model(model, cfg_train, key: str, ctx: StageContext, generator: torch.Generator, *, hooks=()) -> list[dict]:
     """Run the one loop with a train/finetune node (``key`` names it in messages); the stage must
-    declare ``data.batch_size`` and ``dataset.augment``. Epoch checkpoints go to work/epochs (resume)."""
-    objective, optimizer = build_training(cfg_train, model, key)
+    declare ``data.batch_size``, ``dataset.augment`` and ``trainer``. Epoch checkpoints go to work/epochs
+    (resume). ``trainer`` (robprune.train.trainer) says how: data-parallel processes, bf16, channels_last,
+    compile; the model comes back trained, contiguous and on ``ctx.device`` either way."""
+    trainer = resolve(ctx.cfg.get("trainer"), ctx.device)
+    check_objective(cfg_train, key, trainer)
+    objective, optimizer = build_training(cfg_train, model, key)  # checks the recipe here, before any process starts
+    epochs = int(cfg_train.epochs)
+    if trainer.devices > 1 and epochs > 0:
+        return _train_parallel(model, cfg_train, key, ctx, generator, list(hooks), trainer)
     for hook in hooks:  # hooks that need the optimizer (masks a two-pass optimizer must not perturb)
         if hasattr(hook, "bind"):
             hook.bind(optimizer, model)
     loader = ctx.data.loader(ctx.data.train_x, ctx.data.train_y, int(ctx.cfg.data.batch_size), shuffle=True,
                              generator=generator, augment=ctx.cfg.dataset.get("augment"), device=ctx.device)
-    epochs = int(cfg_train.epochs)
-    return fit(model, loader, objective, optimizer, epochs=epochs, generator=generator,
-               lr_factor=lambda e: schedule_factor(cfg_train.schedule, e, epochs),
-               per_step=per_step(cfg_train.schedule), clip_grad_norm=cfg_train.get("clip_grad_norm"),
-               checkpoint_dir=ctx.work / "epochs", progress=ctx.progress, description=ctx.stage, hooks=hooks)
+    if trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    try:
+        return fit(model, loader, objective, optimizer, epochs=epochs, generator=generator,
+                   lr_factor=lambda e: schedule_factor(cfg_train.schedule, e, epochs),
+                   per_step=per_step(cfg_train.schedule), clip_grad_norm=cfg_train.get("clip_grad_norm"),
+                   checkpoint_dir=ctx.work / "epochs", progress=ctx.progress, description=ctx.stage, hooks=hooks,
+                   forward_model=wrap_forward(model, trainer, ctx.device, None),
+                   autocast_dtype=trainer.autocast_dtype, channels_last=trainer.channels_last)
+    finally:
+        if trainer.channels_last:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _train_parallel(model, cfg_train, key: str, ctx: StageContext, generator: torch.Generator, hooks: list,
+                    trainer) -> list[dict]:
+    """DistributedDataParallel in ``trainer.devices`` processes (robprune.train.trainer.spawn_fit); this
+    process gets rank 0's weights and hook state back and logs its epochs."""
+    done = _checkpointed_epoch(ctx.work / "epochs")
+    if done:  # rank 0 resumes from it (robprune.train.fit); said here, in the run's log
+        logging.getLogger("robprune").info("%s: resuming from the checkpoint after epoch %d", ctx.stage, done)
+    model.to("cpu")  # sent to the ranks with the hooks in one pickle (shared parameters stay shared)
+    payload = {"model": model, "hooks": hooks, "cfg_train": cfg_train, "key": key, "data": ctx.data,
+               "batch_size": int(ctx.cfg.data.batch_size), "augment": ctx.cfg.dataset.get("augment"),
+               "generator_state": generator.get_state(), "seed": int(torch.initial_seed()),
+               "checkpoint_dir": ctx.work / "epochs", "description": ctx.stage}
+    result = spawn_fit(payload, trainer, ctx.device, torch.get_num_threads())
+    model.load_state_dict(result["state"], strict=True)
+    model.to(ctx.device)
+    for hook, state in zip(hooks, result["hooks"]):
+        if state is not None and hasattr(hook, "load_state"):
+            hook.load_state(state)
+    log = logging.getLogger("robprune")
+    for row in result["history"]:
+        log.info("%s epoch %d/%d (%d ranks): loss %.4f, lr %.3g, %.1f s", ctx.stage, row["epoch"],
+                 int(cfg_train.epochs), trainer.devices, row["loss"], row["lr"], row["seconds"])
+    return result["history"]
+
+
+def _checkpointed_epoch(directory: Path) -> int:
+    try:
+        return int(json.loads((directory / "last.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def save_derived(model: torch.nn.Module, work: Path, meta: dict, **records) -> None:

@@ -16,5 +16,5 @@ def build(ctx: StageContext) -> None:
     save_derived(model, ctx.work, meta, finetune_log=history)
 
 
-STAGE = Stage("finetune", reads=("finetune", "seed", "data.batch_size", "dataset.augment"), inputs=(MODEL,),
+STAGE = Stage("finetune", reads=("finetune", "seed", "data.batch_size", "dataset.augment", "trainer"), inputs=(MODEL,),
               data=("train",), build=build, when=lambda cfg: int(cfg.finetune.get("epochs") or 0) > 0)

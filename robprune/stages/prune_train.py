@@ -31,5 +31,5 @@ def build(ctx: StageContext) -> None:
                     extra={"prune": {k: v for k, v in info.items() if k != "history"}, "prune_train_log": log})
 
 
-STAGE = Stage("prune_train", reads=("prune", "seed", "data.batch_size", "dataset.augment"), inputs=("train",),
+STAGE = Stage("prune_train", reads=("prune", "seed", "data.batch_size", "dataset.augment", "trainer"), inputs=("train",),
               data=("train",), build=build, when=during_training)

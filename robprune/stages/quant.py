@@ -21,5 +21,5 @@ def build(ctx: StageContext) -> None:
     save_derived(model, ctx.work, meta, quant_calibration=calibration, qat_log=qat_log)
 
 
-STAGE = Stage("quant", reads=("quant", "seed", "data.batch_size", "dataset.augment"), inputs=(MODEL,),
+STAGE = Stage("quant", reads=("quant", "seed", "data.batch_size", "dataset.augment", "trainer"), inputs=(MODEL,),
               data=("train",), build=build, when=lambda cfg: spec_from_config(cfg.get("quant")) is not None)

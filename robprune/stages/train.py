@@ -19,5 +19,5 @@ def build(ctx: StageContext) -> None:
     shutil.rmtree(ctx.work / "epochs", ignore_errors=True)
 
 
-STAGE = Stage("train", reads=("model", "train", "train_seed", "data.batch_size", "dataset.augment"),
+STAGE = Stage("train", reads=("model", "train", "train_seed", "data.batch_size", "dataset.augment", "trainer"),
               data=("train",), build=build)

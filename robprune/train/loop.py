@@ -33,7 +33,7 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         plain_state[str(idx)] = {}
         for name, value in slots.items():
             if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{name}"] = value
+                tensors[f"optim.{idx}.{name}"] = value.contiguous()  # channels_last buffers: safetensors stores dense rows
             else:
                 plain_state[str(idx)][name] = value
     return tensors, {"state": plain_state, "param_groups": sd["param_groups"]}
@@ -54,7 +54,7 @@ def save_epoch_checkpoint(directory: Path, model: nn.Module, optimizer, generato
     """directory/last.safetensors + last.json; JSON written last and naming the epoch, so a crash between the
     two leaves the previous pair's epoch in JSON and a mismatch is detected by the tensors' metadata."""
     tensors, plain = _flatten_optimizer(optimizer)
-    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    tensors.update({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()})
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.loader"] = generator.get_state()
     if torch.cuda.is_available():
@@ -93,7 +93,9 @@ def load_epoch_checkpoint(directory: Path, model: nn.Module, optimizer, generato
 def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torch.optim.Optimizer, *,
         epochs: int, lr_factor: Callable[[int], float], generator: torch.Generator,
         checkpoint_dir: Path | None = None, hooks: Iterable = (), progress: bool = True,
-        description: str = "train", per_step: bool = False, clip_grad_norm: float | None = None) -> list[dict]:
+        description: str = "train", per_step: bool = False, clip_grad_norm: float | None = None,
+        forward_model: nn.Module | None = None, rank=None, autocast_dtype: torch.dtype | None = None,
+        channels_last: bool = False) -> list[dict]:
     """Train ``model`` in place for ``epochs`` epochs; returns the per-epoch log.
 
     loader: yields (x, y) on the model's device, x in [0, 1]; its shuffling/augmentation draws from
@@ -104,6 +106,13 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
     hooks: objects with optional ``on_epoch_start(epoch)`` and ``after_step(model)`` (masks, observers).
     checkpoint_dir: when given, a checkpoint is written after every epoch and training resumes from it.
     Steps go through ``optimizer.step(closure)`` so two-pass optimizers (SAM, ASAM) need no other loop.
+
+    forward_model: what the objective calls (DistributedDataParallel and/or torch.compile around ``model``;
+    :mod:`robprune.train.trainer`); optimizer, hooks and checkpoints keep ``model``. rank: this process's
+    :class:`~robprune.train.trainer.Rank` in data-parallel training: it trains on rows rank, rank + N, ... of
+    each global batch with its loss scaled by its share of the batch (so the averaged gradient is the
+    global batch's), draws from a per-rank stream seeded each epoch, and only rank 0 writes checkpoints.
+    autocast_dtype: run the objective under ``torch.autocast`` (bf16); channels_last: NHWC inputs.
     """
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
@@ -111,8 +120,13 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
     if state.epoch:
         log.info("%s: resuming from the checkpoint after epoch %d", description, state.epoch)
     hooks = [objective, *hooks]
+    forward = model if forward_model is None else forward_model
+    writes = rank is None or rank.rank == 0
+    device_type = next(model.parameters()).device.type
     for epoch in range(state.epoch, epochs):
         started = time.perf_counter()
+        if rank is not None:  # per-rank streams for the objective's draws, the same after a resume
+            torch.manual_seed(rank.epoch_seed(epoch))
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(epoch)
         _call(hooks, "on_epoch_start", epoch)
@@ -123,11 +137,21 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
             if per_step:
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * lr_factor(epoch + i / steps)
+            share = 1.0
+            if rank is not None:  # this rank's shard of the global batch
+                n_global = len(y)
+                if n_global < rank.world:
+                    continue  # every rank skips it alike (each sees the global batch size)
+                x, y = x[rank.rank::rank.world], y[rank.rank::rank.world]
+                share = len(y) * rank.world / n_global  # DDP averages over ranks: Σ_r share_r·mean_r = global mean
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
 
-            def closure():
+            def closure(x=x, y=y, share=share):
                 optimizer.zero_grad(set_to_none=True)
-                loss = objective(model, x, y)
-                loss.backward()
+                with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                    loss = objective(forward, x, y)
+                (loss * share if share != 1.0 else loss).backward()
                 if clip_grad_norm:
                     nn.utils.clip_grad_norm_(model.parameters(), float(clip_grad_norm))
                 return loss
@@ -136,12 +160,18 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
             _call(hooks, "after_step", model)
             total += float(loss.detach()) * len(y)
             count += len(y)
+        if rank is not None:  # the epoch's loss over all ranks' examples, as one process would log it
+            import torch.distributed as dist
+
+            sums = torch.tensor([total, float(count)], dtype=torch.float64, device=next(model.parameters()).device)
+            dist.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
         row = {"epoch": epoch + 1, "loss": total / max(1, count), "lr": optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - started, 3)}
         state.history.append(row)
         state.epoch = epoch + 1
         log.info("%s epoch %d/%d: loss %.4f, lr %.3g, %.1f s", description, epoch + 1, epochs, row["loss"], row["lr"], row["seconds"])
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and writes:
             save_epoch_checkpoint(checkpoint_dir, model, optimizer, generator, state)
     model.eval()
     return state.history

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robprune.errors import ConfigError
+from robprune.train.trainer import local_model
 
 
 @contextmanager
@@ -59,7 +60,7 @@ def adversarial_mix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv_rati
     """x with its first round(adv_ratio·N) examples replaced by ``make(x[:k], y[:k])``, run with the model
     in eval mode (MRPF §2 step 6 ``adv_ratio``; the loader shuffles, so the first k are a random subset)."""
     k = n_adversarial(len(y), adv_ratio)
-    with eval_mode(model):
+    with eval_mode(local_model(model)):
         x_adv = make(x[:k], y[:k])
     return x_adv if k == len(y) else torch.cat([x_adv, x[k:]])
 
@@ -99,8 +100,8 @@ class PGDAT:
 
     def adversarial_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x with the first round(adv_ratio·N) examples attacked by the (ramped) bound attack."""
-        attack = self.current_attack()
-        return adversarial_mix(model, x, y, self.adv_ratio, lambda xs, ys: attack(model, xs, ys))
+        attack, local = self.current_attack(), local_model(model)  # attacks run on this rank's replica (no DDP sync)
+        return adversarial_mix(model, x, y, self.adv_ratio, lambda xs, ys: attack(local, xs, ys))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(self.adversarial_batch(model, x, y)), y)

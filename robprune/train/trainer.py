@@ -1,0 +1,290 @@
+"""How the one training loop runs on the hardware: data-parallel processes, precision, memory format, compile.
+
+``trainer`` (conf/config.yaml) is read by every training stage and enters their cache keys:
+
+- ``devices``: processes of data-parallel training with ``torch.distributed`` DistributedDataParallel
+  (gloo on CPU, NCCL on CUDA). robprune starts them itself (``torch.multiprocessing``, one per device)
+  for each training call of a stage; the stage's own process keeps walking the graph, so pruning,
+  evaluation and every write stay in one process. Each rank trains on its shard of every global batch
+  (``data.batch_size`` stays the *global* batch: rank r takes rows r, r+N, ... of it), its loss scaled
+  by its share of the batch so that the averaged gradient equals the single-process gradient of the
+  global batch; attacks during training run per rank on its shard with its local replica. Rank 0
+  alone writes the epoch checkpoints (resume works as in one process) and hands the trained weights
+  and the hooks' state back. Differences to one process, stated: BatchNorm statistics are per rank
+  (no SyncBatchNorm on CPU; ``sync_batchnorm: true`` converts on CUDA), random draws inside the
+  objective (attack starts, dropout) come from per-rank streams, and a final batch smaller than the
+  number of devices is skipped.
+- ``precision: bf16``: the objective's forward runs under ``torch.autocast(bfloat16)`` (CUDA); the
+  weights, optimizer and backward stay fp32. ``channels_last``: model and 4-D inputs in NHWC.
+  ``compile``: ``torch.compile`` of the forward. Evaluation stays fp32, contiguous and eager, so an
+  accuracy under attack is never measured with a cheaper gradient than the one a user expects.
+- GPU-only options (bf16, compile) fall back on a CPU with a one-line note (:func:`resolve`);
+  ``channels_last`` applies anywhere (it is a memory layout).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from robprune.errors import ConfigError
+
+log = logging.getLogger("robprune")
+PRECISIONS = ("fp32", "bf16")
+DEFAULTS = {"devices": 1, "precision": "fp32", "channels_last": False, "compile": False, "sync_batchnorm": False}
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """The resolved ``trainer`` node: what training actually does on this device (after fallbacks)."""
+
+    devices: int = 1
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    sync_batchnorm: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    def record(self) -> dict:
+        """metrics.json's ``trainer``: the options in effect and the fallback notes."""
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
+
+
+def node_values(node) -> dict:
+    """The trainer node's values over the defaults (a run's config.yaml from before the node had none)."""
+    values = dict(DEFAULTS)
+    if node is not None:
+        values.update({k: node[k] for k in DEFAULTS if k in node})
+    return values
+
+
+def available_devices(device: torch.device) -> int:
+    """Data-parallel processes this machine can run: visible GPUs on CUDA, CPU cores on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.device_count()
+    from robprune.launch import available_cores
+
+    return available_cores()
+
+
+def resolve(node, device: torch.device) -> Trainer:
+    """ConfigError for a trainer node this device cannot run; fall back (with a note) for GPU-only options on a CPU."""
+    v = node_values(node)
+    devices = v["devices"]
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigError(f"trainer.devices must be a positive integer, got {devices!r}; e.g. trainer.devices=2")
+    if v["precision"] not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {v['precision']!r}; "
+                          "e.g. trainer.precision=bf16")
+    have = available_devices(device)
+    if devices > have:
+        what = f"{have} visible CUDA GPU(s)" if device.type == "cuda" else f"{have} CPU core(s) available to this process"
+        raise ConfigError(f"trainer.devices={devices} but this machine has {what}; use trainer.devices={max(1, have)} or fewer")
+    if device.type == "mps" and devices > 1:
+        raise ConfigError("trainer.devices > 1 needs CUDA GPUs or CPU processes; MPS has no torch.distributed backend; "
+                          "use trainer.devices=1")
+    precision, compile_, sync_bn, notes = v["precision"], bool(v["compile"]), bool(v["sync_batchnorm"]), []
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"trainer.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support "
+                              "(it needs compute capability 8.0+, e.g. A100/H100); use trainer.precision=fp32")
+        if device.type != "cuda":
+            notes.append(f"trainer.precision=bf16 is a GPU option; training on {device.type} stays fp32")
+            precision = "fp32"
+    if compile_ and device.type != "cuda":
+        notes.append(f"trainer.compile=true is a GPU option; training on {device.type} runs eagerly")
+        compile_ = False
+    if sync_bn and device.type != "cuda":
+        if devices > 1:
+            notes.append("trainer.sync_batchnorm=true needs CUDA; on a CPU each rank keeps its own BatchNorm statistics")
+        sync_bn = False
+    return Trainer(devices=devices, precision=precision, channels_last=bool(v["channels_last"]), compile=compile_,
+                   sync_batchnorm=sync_bn, notes=tuple(notes))
+
+
+def check_objective(cfg_train, key: str, trainer: Trainer) -> None:
+    """Objectives that call model methods other than forward (FreeLB's embedding-space steps) bypass
+    DistributedDataParallel's gradient averaging: refused with devices > 1 rather than trained wrong."""
+    target = str((cfg_train.get("objective") or {}).get("_target_", ""))
+    if trainer.devices > 1 and target.endswith("freelb"):
+        raise ConfigError(f"{key}.objective freelb steps in the embedding space outside the model's forward, which "
+                          "DistributedDataParallel cannot average; use trainer.devices=1 for it")
+
+
+# --- data-parallel processes ------------------------------------------------------------------------
+
+@dataclass
+class Rank:
+    """This process's place in a data-parallel group (what :func:`robprune.train.fit` needs)."""
+
+    rank: int
+    world: int
+    seed: int  # per-rank random streams are derived from it (attack starts, dropout)
+
+    def epoch_seed(self, epoch: int) -> int:
+        return (self.seed * 1_000_003 + epoch * 1_009 + self.rank) % (2 ** 63 - 1)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def local_model(model):
+    """The module a wrapper (DistributedDataParallel, torch.compile) runs: what attacks and hooks use."""
+    return getattr(model, "_robprune_local", model)
+
+
+def wrap_forward(model, trainer: Trainer, device: torch.device, rank: Rank | None):
+    """The forward the objective calls: the model itself, or DistributedDataParallel and/or torch.compile
+    around it (the optimizer, hooks and checkpoints keep the plain module)."""
+    forward = model
+    if rank is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if trainer.compile:
+        forward = torch.compile(forward)
+    if forward is not model:
+        object.__setattr__(forward, "_robprune_local", model)  # not a registered submodule
+    return forward
+
+
+def spawn_fit(payload: dict, trainer: Trainer, device: torch.device, threads: int | None) -> dict:
+    """Run :func:`_worker` in ``trainer.devices`` processes; returns rank 0's result
+    ``{"state": model state_dict (CPU), "history": [...], "hooks": [hook state or None, ...]}``."""
+    import torch.multiprocessing as mp
+
+    world = trainer.devices
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    per_rank = max(1, (threads or torch.get_num_threads()) // world) if device.type == "cpu" else 1
+    port = free_port()
+    log.info("%s: data-parallel training on %d %s processes (DistributedDataParallel, %s)", payload["description"],
+             world, device.type, "nccl" if device.type == "cuda" else "gloo")
+    context = mp.start_processes(_worker, args=(world, port, payload, trainer, device.type, per_rank, queue),
+                                 nprocs=world, join=False, start_method="spawn")
+    result = None
+    try:
+        while not context.join(timeout=0.5):
+            if result is None and not queue.empty():
+                result = queue.get()
+    except mp.ProcessRaisedException as err:  # a rank's exception, re-raised here with its traceback text
+        message = str(err).strip().splitlines()
+        last = message[-1] if message else "a training process failed"
+        if "ConfigError" in last or "DataError" in last:
+            raise ConfigError(last.split(": ", 1)[-1]) from None
+        raise RuntimeError(f"data-parallel training failed: {last}") from err
+    if result is None and not queue.empty():
+        result = queue.get()
+    if result is None:
+        raise RuntimeError("data-parallel training ended without rank 0's result")
+    from safetensors.torch import load
+
+    result["state"] = load(result["state"])
+    result["hooks"] = [None if h is None else _tensors(h) for h in result["hooks"]]
+    return result
+
+
+def _plain(obj):
+    """Hook state as plain Python (tensors as tagged lists) for the trip back to the parent."""
+    if torch.is_tensor(obj):
+        return {"__tensor__": obj.detach().cpu().tolist(), "dtype": str(obj.dtype).removeprefix("torch.")}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _tensors(obj):
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        return torch.tensor(obj["__tensor__"], dtype=getattr(torch, obj["dtype"]))
+    if isinstance(obj, dict):
+        return {k: _tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_tensors(v) for v in obj]
+    return obj
+
+
+def _worker(rank: int, world: int, port: int, payload: dict, trainer: Trainer, device_type: str, threads: int,
+            queue) -> None:
+    """One rank: join the group, train its replica on its shards, rank 0 returns the weights and hook state."""
+    import torch.distributed as dist
+
+    from robprune.train.loop import fit
+    from robprune.train.recipe import build_training, per_step, schedule_factor
+
+    _die_with_parent()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(threads)
+    logging.getLogger("robprune").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        # a private copy: spawn hands every rank the same shared-memory tensors, which would make each
+        # optimizer step land once per rank; one deepcopy keeps the hooks' references into the model
+        model, hooks = copy.deepcopy((payload["model"], payload["hooks"]))
+        model.to(device)
+        if trainer.sync_batchnorm:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if trainer.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        cfg_train = payload["cfg_train"]
+        objective, optimizer = build_training(cfg_train, model, payload["key"])
+        for hook in hooks:
+            if hasattr(hook, "attach"):  # hooks that re-trace the replica (gradual channel masks)
+                hook.attach(model)
+            if hasattr(hook, "bind"):
+                hook.bind(optimizer, model)
+        generator = torch.Generator().manual_seed(0)
+        generator.set_state(payload["generator_state"])
+        data = payload["data"]
+        loader = data.loader(data.train_x, data.train_y, payload["batch_size"], shuffle=True, generator=generator,
+                             augment=payload["augment"], device=device)
+        epochs = int(cfg_train.epochs)
+        me = Rank(rank, world, payload["seed"])
+        history = fit(model, loader, objective, optimizer, epochs=epochs, generator=generator,
+                      lr_factor=lambda e: schedule_factor(cfg_train.schedule, e, epochs),
+                      per_step=per_step(cfg_train.schedule), clip_grad_norm=cfg_train.get("clip_grad_norm"),
+                      checkpoint_dir=payload["checkpoint_dir"], progress=False, description=payload["description"],
+                      hooks=hooks, forward_model=wrap_forward(model, trainer, device, me), rank=me,
+                      autocast_dtype=trainer.autocast_dtype, channels_last=trainer.channels_last)
+        if rank == 0:  # as bytes: shared-memory tensors would die with this process before the parent reads them
+            from safetensors.torch import save
+
+            state = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+            queue.put({"state": state, "history": history,
+                       "hooks": [_plain(hook.state()) if hasattr(hook, "state") else None for hook in hooks]})
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _die_with_parent() -> None:
+    """Linux: a rank gets SIGKILL when the process that started it dies (a killed job leaves no orphan
+    rank writing checkpoints); elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except OSError:
+            pass

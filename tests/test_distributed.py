@@ -1,0 +1,149 @@
+"""Data-parallel training (trainer.devices, DistributedDataParallel on gloo, 2 CPU processes) and the
+trainer's precision / memory-format options: equal to one process, rank 0 alone writes, resume after
+SIGKILL, and the bad-input lines."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from robprune.data.loader import BatchLoader
+from robprune.errors import ConfigError
+from robprune.train.loop import fit, load_epoch_checkpoint
+from robprune.train.objectives import Standard
+from robprune.train.trainer import Rank, Trainer, free_port, resolve, wrap_forward
+from tests.helpers import REPO, SHRINK, read_metrics, robprune, stable
+
+N, BATCH = 71, 16  # the last global batch holds 7 examples: shards of 4 and 3 (the loss weighting matters)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (N, 1, 4, 4), generator=g, dtype=torch.uint8), torch.randint(0, 3, (N,), generator=g)
+
+
+def _train(rank: int, world: int, port: int, out: str, queue) -> None:
+    """fit() as one rank of ``world`` (world 1: the plain single-process loop)."""
+    torch.set_num_threads(1)
+    model = _model()
+    me = None
+    if world > 1:
+        import torch.distributed as dist
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        me = Rank(rank, world, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    generator = torch.Generator().manual_seed(5)
+    loader = BatchLoader(*_data(), BATCH, shuffle=True, generator=generator)
+    forward = wrap_forward(model, Trainer(), torch.device("cpu"), me) if me else model
+    history = fit(model, loader, Standard(), optimizer, epochs=3, lr_factor=lambda e: 1.0, generator=generator,
+                  progress=False, checkpoint_dir=__import__("pathlib").Path(out) / f"rank{rank}",
+                  forward_model=forward, rank=me)
+    if rank == 0:
+        queue.put(([p.detach().tolist() for p in model.parameters()], history))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_train_like_one_process_and_only_rank0_writes(tmp_path):
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    _train(0, 1, 0, str(tmp_path / "single"), queue)
+    single_params, single_log = queue.get()
+    mp.start_processes(_train, args=(2, free_port(), str(tmp_path / "ddp"), queue), nprocs=2, start_method="spawn")
+    ddp_params, ddp_log = queue.get()
+    for a, b in zip(single_params, ddp_params):  # the averaged gradient is the global batch's (float order aside)
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-6, rtol=0)
+    assert [round(r["loss"], 5) for r in ddp_log] == [round(r["loss"], 5) for r in single_log]
+    assert (tmp_path / "ddp" / "rank0" / "last.json").exists()  # rank 0 writes the epoch checkpoint
+    assert not (tmp_path / "ddp" / "rank1").exists()           # rank 1 writes nothing
+    restored = _model()
+    state = load_epoch_checkpoint(tmp_path / "ddp" / "rank0", restored, torch.optim.SGD(restored.parameters(), lr=0.1),
+                                  torch.Generator())
+    assert state.epoch == 3
+
+
+def test_channels_last_training_matches_and_checkpoints_are_dense(tmp_path):
+    results = []
+    for channels_last in (False, True):
+        model = _model()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        generator = torch.Generator().manual_seed(5)
+        fit(model, BatchLoader(*_data(), BATCH, shuffle=True, generator=generator), Standard(), optimizer, epochs=2,
+            lr_factor=lambda e: 1.0, generator=generator, progress=False, checkpoint_dir=tmp_path / str(channels_last),
+            channels_last=channels_last)
+        assert model[0].weight.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        assert (tmp_path / str(channels_last) / "last.safetensors").exists()  # NHWC weights saved as dense rows
+    assert torch.allclose(results[0], results[1], atol=1e-5)
+
+
+def test_trainer_options_resolve_with_fallbacks_and_refuse_what_cannot_run():
+    cpu = torch.device("cpu")
+    t = resolve({"devices": 1, "precision": "bf16", "channels_last": True, "compile": True}, cpu)
+    assert (t.precision, t.compile, t.channels_last) == ("fp32", False, True)
+    assert any("bf16" in n for n in t.notes) and any("compile" in n for n in t.notes)
+    assert resolve(None, cpu) == Trainer()  # a run config from before the node: the defaults
+    with pytest.raises(ConfigError, match=r"trainer.devices=4096 .*CPU core"):
+        resolve({"devices": 4096}, cpu)
+    with pytest.raises(ConfigError, match="trainer.devices must be a positive integer"):
+        resolve({"devices": 0}, cpu)
+    with pytest.raises(ConfigError, match="trainer.precision must be one of fp32, bf16"):
+        resolve({"precision": "fp16"}, cpu)
+
+
+DDP_RUN = [*SHRINK, "train=standard", "finetune=standard", "train.epochs=40", "train.optimizer.lr=0.002"]
+
+
+def test_ddp_run_killed_and_resumed_matches_one_process(tmp_path):
+    """A 2-process run is SIGKILLed (the whole job) mid-training, rerun, resumes from rank 0's epoch
+    checkpoint and ends with the metrics of an uninterrupted single-process run (clean training: no
+    per-rank random draws); GPU-only options requested on a CPU fall back with a recorded note."""
+    ref = robprune(["run", *DDP_RUN, "trainer.precision=bf16", "trainer.compile=true", f"cache_dir={tmp_path / 'ref'}",
+                    f"hydra.run.dir={tmp_path / 'ref_run'}"], cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ref_metrics = read_metrics(tmp_path / "ref_run")
+    assert ref_metrics["trainer"]["precision"] == "fp32" and len(ref_metrics["trainer"]["notes"]) == 2
+    assert "is a GPU option" in (tmp_path / "ref_run" / "run.log").read_text()
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    args = ["run", *DDP_RUN, "trainer.devices=2", f"cache_dir={cache}", f"hydra.run.dir={run}"]
+    env = {**os.environ, "ROBPRUNE_QUIET": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "robprune.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, ckpts = time.time() + 180, []
+    while time.time() < deadline and not ckpts:
+        ckpts = list(cache.glob("train/*.partial/epochs/last.json"))
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the job: the robprune process and its ranks
+    proc.wait()
+    assert ckpts, "no epoch checkpoint appeared before the kill"
+    assert 1 <= json.loads(ckpts[0].read_text())["epoch"] < 40
+    assert not (run / "metrics.json").exists()
+
+    res = robprune(args, cwd=tmp_path, timeout=400)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = (run / "run.log").read_text()
+    assert "train: resuming from the checkpoint after epoch" in log
+    assert "train epoch 40/40 (2 ranks)" in log and "finetune epoch 1/1 (2 ranks)" in log
+    metrics = read_metrics(run)
+    assert metrics["trainer"]["devices"] == 2
+    drop = ("trainer",)
+    assert {k: v for k, v in stable(metrics).items() if k not in drop} == \
+        {k: v for k, v in stable(ref_metrics).items() if k not in drop}
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (tmp_path / "ref_run").iterdir())
