@@ -49,6 +49,18 @@ def quote_splits(args: list[str]) -> list[str]:
 
 
 def run_command(args: list[str]) -> int:
+    from robprune.train.trainer import launched, serve, stop_serving
+
+    where = launched()  # under torchrun: rank 0 runs the job, the other ranks train what it sends them
+    if where and where[0] > 0:
+        return serve()
+    try:
+        return _run(args)
+    finally:
+        stop_serving()
+
+
+def _run(args: list[str]) -> int:
     from robprune.compose import check_overrides
 
     args = quote_splits(args)

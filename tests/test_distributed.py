@@ -110,16 +110,29 @@ def test_trainer_options_resolve_with_fallbacks_and_refuse_what_cannot_run():
 DDP_RUN = [*SHRINK, "train=standard", "finetune=standard", "train.epochs=40", "train.optimizer.lr=0.002"]
 
 
-def test_ddp_run_killed_and_resumed_matches_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    """The reference: clean training in one process; GPU-only options asked for on a CPU fall back with a note."""
+    root = tmp_path_factory.mktemp("ddp_ref")
+    ref = robprune(["run", *DDP_RUN, "trainer.precision=bf16", "trainer.compile=true", f"cache_dir={root / 'cache'}",
+                    f"hydra.run.dir={root / 'run'}"], cwd=root)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    metrics = read_metrics(root / "run")
+    assert metrics["trainer"]["precision"] == "fp32" and metrics["trainer"]["compile"] is False
+    assert len(metrics["trainer"]["notes"]) == 2 and "is a GPU option" in (root / "run" / "run.log").read_text()
+    return root / "run", metrics
+
+
+def _same_results(metrics: dict, ref: dict) -> None:
+    drop = ("trainer",)
+    assert {k: v for k, v in stable(metrics).items() if k not in drop} == {k: v for k, v in stable(ref).items() if k not in drop}
+
+
+def test_ddp_run_killed_and_resumed_matches_one_process(tmp_path, single_process_run):
     """A 2-process run is SIGKILLed (the whole job) mid-training, rerun, resumes from rank 0's epoch
     checkpoint and ends with the metrics of an uninterrupted single-process run (clean training: no
-    per-rank random draws); GPU-only options requested on a CPU fall back with a recorded note."""
-    ref = robprune(["run", *DDP_RUN, "trainer.precision=bf16", "trainer.compile=true", f"cache_dir={tmp_path / 'ref'}",
-                    f"hydra.run.dir={tmp_path / 'ref_run'}"], cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    ref_metrics = read_metrics(tmp_path / "ref_run")
-    assert ref_metrics["trainer"]["precision"] == "fp32" and len(ref_metrics["trainer"]["notes"]) == 2
-    assert "is a GPU option" in (tmp_path / "ref_run" / "run.log").read_text()
+    per-rank random draws)."""
+    ref_run, ref_metrics = single_process_run
 
     cache, run = tmp_path / "cache", tmp_path / "run"
     args = ["run", *DDP_RUN, "trainer.devices=2", f"cache_dir={cache}", f"hydra.run.dir={run}"]
@@ -143,7 +156,22 @@ def test_ddp_run_killed_and_resumed_matches_one_process(tmp_path):
     assert "train epoch 40/40 (2 ranks)" in log and "finetune epoch 1/1 (2 ranks)" in log
     metrics = read_metrics(run)
     assert metrics["trainer"]["devices"] == 2
-    drop = ("trainer",)
-    assert {k: v for k, v in stable(metrics).items() if k not in drop} == \
-        {k: v for k, v in stable(ref_metrics).items() if k not in drop}
-    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (tmp_path / "ref_run").iterdir())
+    _same_results(metrics, ref_metrics)
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in ref_run.iterdir())
+
+
+def test_torchrun_ranks_train_what_rank0_sends_and_write_nothing(tmp_path, single_process_run):
+    """Under torchrun (2 processes, gloo) rank 0 runs the job and the other rank serves its training
+    calls: same metrics as one process, one run directory, nothing else written."""
+    ref_run, ref_metrics = single_process_run
+    env = {**os.environ, "ROBPRUNE_QUIET": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "-m", "robprune.cli", "run", *DDP_RUN,
+                          f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "data-parallel training on the 2 torchrun processes" in (tmp_path / "run" / "run.log").read_text()
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["trainer"]["devices"] == 2
+    _same_results(metrics, ref_metrics)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]

@@ -13,7 +13,7 @@ from robprune.checkpoint import RESERVED_KEYS, save_checkpoint
 from robprune.config import to_container
 from robprune.graph import StageContext, seed_from
 from robprune.train import build_training, fit, per_step, schedule_factor
-from robprune.train.trainer import check_objective, resolve, spawn_fit, wrap_forward
+from robprune.train.trainer import broadcast_fit, check_objective, launched, resolve, spawn_fit, wrap_forward
 
 
 def seed_stage(seed: int, ctx: StageContext) -> torch.Generator:
@@ -77,14 +77,17 @@ def _train_parallel(model, cfg_train, key: str, ctx: StageContext, generator: to
                "batch_size": int(ctx.cfg.data.batch_size), "augment": ctx.cfg.dataset.get("augment"),
                "generator_state": generator.get_state(), "seed": int(torch.initial_seed()),
                "checkpoint_dir": ctx.work / "epochs", "description": ctx.stage}
-    result = spawn_fit(payload, trainer, ctx.device, torch.get_num_threads())
+    if launched():  # torchrun's processes are the ranks
+        result = broadcast_fit(payload, trainer, ctx.device)
+    else:
+        result = spawn_fit(payload, trainer, ctx.device, torch.get_num_threads())
     model.load_state_dict(result["state"], strict=True)
     model.to(ctx.device)
     for hook, state in zip(hooks, result["hooks"]):
         if state is not None and hasattr(hook, "load_state"):
             hook.load_state(state)
     log = logging.getLogger("robprune")
-    for row in result["history"]:
+    for row in result["history"] if not launched() else ():  # under torchrun rank 0 is this process: logged already
         log.info("%s epoch %d/%d (%d ranks): loss %.4f, lr %.3g, %.1f s", ctx.stage, row["epoch"],
                  int(cfg_train.epochs), trainer.devices, row["loss"], row["lr"], row["seconds"])
     return result["history"]

@@ -87,6 +87,12 @@ def resolve(node, device: torch.device) -> Trainer:
         raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {v['precision']!r}; "
                           "e.g. trainer.precision=bf16")
     have = available_devices(device)
+    under = launched()
+    if under:  # torchrun started the ranks: their number is the world size
+        if devices not in (1, under[1]):
+            raise ConfigError(f"trainer.devices={devices} but torchrun started {under[1]} processes; leave "
+                              f"trainer.devices at 1 or set it to {under[1]}")
+        devices = have = under[1]
     if devices > have:
         what = f"{have} visible CUDA GPU(s)" if device.type == "cuda" else f"{have} CPU core(s) available to this process"
         raise ConfigError(f"trainer.devices={devices} but this machine has {what}; use trainer.devices={max(1, have)} or fewer")
@@ -190,11 +196,7 @@ def spawn_fit(payload: dict, trainer: Trainer, device: torch.device, threads: in
         result = queue.get()
     if result is None:
         raise RuntimeError("data-parallel training ended without rank 0's result")
-    from safetensors.torch import load
-
-    result["state"] = load(result["state"])
-    result["hooks"] = [None if h is None else _tensors(h) for h in result["hooks"]]
-    return result
+    return decode_result(result)
 
 
 def _plain(obj):
@@ -220,60 +222,142 @@ def _tensors(obj):
 
 def _worker(rank: int, world: int, port: int, payload: dict, trainer: Trainer, device_type: str, threads: int,
             queue) -> None:
-    """One rank: join the group, train its replica on its shards, rank 0 returns the weights and hook state."""
+    """One spawned rank: join the group, train, rank 0 sends the result back to the parent."""
     import torch.distributed as dist
-
-    from robprune.train.loop import fit
-    from robprune.train.recipe import build_training, per_step, schedule_factor
 
     _die_with_parent()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(threads)
     logging.getLogger("robprune").setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
     try:
         device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        # a private copy: spawn hands every rank the same shared-memory tensors, which would make each
-        # optimizer step land once per rank; one deepcopy keeps the hooks' references into the model
-        model, hooks = copy.deepcopy((payload["model"], payload["hooks"]))
-        model.to(device)
-        if trainer.sync_batchnorm:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if trainer.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        cfg_train = payload["cfg_train"]
-        objective, optimizer = build_training(cfg_train, model, payload["key"])
-        for hook in hooks:
-            if hasattr(hook, "attach"):  # hooks that re-trace the replica (gradual channel masks)
-                hook.attach(model)
-            if hasattr(hook, "bind"):
-                hook.bind(optimizer, model)
-        generator = torch.Generator().manual_seed(0)
-        generator.set_state(payload["generator_state"])
-        data = payload["data"]
-        loader = data.loader(data.train_x, data.train_y, payload["batch_size"], shuffle=True, generator=generator,
-                             augment=payload["augment"], device=device)
-        epochs = int(cfg_train.epochs)
-        me = Rank(rank, world, payload["seed"])
-        history = fit(model, loader, objective, optimizer, epochs=epochs, generator=generator,
-                      lr_factor=lambda e: schedule_factor(cfg_train.schedule, e, epochs),
-                      per_step=per_step(cfg_train.schedule), clip_grad_norm=cfg_train.get("clip_grad_norm"),
-                      checkpoint_dir=payload["checkpoint_dir"], progress=False, description=payload["description"],
-                      hooks=hooks, forward_model=wrap_forward(model, trainer, device, me), rank=me,
-                      autocast_dtype=trainer.autocast_dtype, channels_last=trainer.channels_last)
-        if rank == 0:  # as bytes: shared-memory tensors would die with this process before the parent reads them
-            from safetensors.torch import save
-
-            state = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-            queue.put({"state": state, "history": history,
-                       "hooks": [_plain(hook.state()) if hasattr(hook, "state") else None for hook in hooks]})
+        result = train_rank(rank, world, payload, trainer, device)
+        if rank == 0:
+            queue.put(result)
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def train_rank(rank: int, world: int, payload: dict, trainer: Trainer, device: torch.device) -> dict | None:
+    """This rank's replica trained on its shards (the group exists); rank 0 returns the result
+    ``{"state": safetensors bytes, "history": [...], "hooks": [plain hook state or None, ...]}``."""
+    from robprune.train.loop import fit
+    from robprune.train.recipe import build_training, per_step, schedule_factor
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # a private copy: spawn hands every rank the same shared-memory tensors, which would make each
+    # optimizer step land once per rank; one deepcopy keeps the hooks' references into the model
+    model, hooks = copy.deepcopy((payload["model"], payload["hooks"]))
+    model.to(device)
+    if trainer.sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cfg_train = payload["cfg_train"]
+    objective, optimizer = build_training(cfg_train, model, payload["key"])
+    for hook in hooks:
+        if hasattr(hook, "attach"):  # hooks that re-trace the replica (gradual channel masks)
+            hook.attach(model)
+        if hasattr(hook, "bind"):
+            hook.bind(optimizer, model)
+    generator = torch.Generator().manual_seed(0)
+    generator.set_state(payload["generator_state"])
+    data = payload["data"]
+    loader = data.loader(data.train_x, data.train_y, payload["batch_size"], shuffle=True, generator=generator,
+                         augment=payload["augment"], device=device)
+    epochs = int(cfg_train.epochs)
+    me = Rank(rank, world, payload["seed"])
+    history = fit(model, loader, objective, optimizer, epochs=epochs, generator=generator,
+                  lr_factor=lambda e: schedule_factor(cfg_train.schedule, e, epochs),
+                  per_step=per_step(cfg_train.schedule), clip_grad_norm=cfg_train.get("clip_grad_norm"),
+                  checkpoint_dir=payload["checkpoint_dir"], progress=False, description=payload["description"],
+                  hooks=hooks, forward_model=wrap_forward(model, trainer, device, me), rank=me,
+                  autocast_dtype=trainer.autocast_dtype, channels_last=trainer.channels_last)
+    if rank != 0:
+        return None
+    from safetensors.torch import save  # bytes: shared-memory tensors would die with a spawned rank
+
+    state = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    return {"state": state, "history": history,
+            "hooks": [_plain(hook.state()) if hasattr(hook, "state") else None for hook in hooks]}
+
+
+def decode_result(result: dict) -> dict:
+    from safetensors.torch import load
+
+    return {**result, "state": load(result["state"]),
+            "hooks": [None if h is None else _tensors(h) for h in result["hooks"]]}
+
+
+# --- under torchrun: the job's processes are the ranks ------------------------------------------------
+
+def launched() -> tuple[int, int] | None:
+    """(rank, world size) when this process was started by torchrun (or another launcher setting
+    ``RANK`` / ``WORLD_SIZE``) with more than one process; else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or "RANK" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), world
+
+
+def launched_device(device_type: str) -> torch.device:
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device_type == "cuda" else torch.device("cpu")
+
+
+def join_launched_group(device_type: str) -> None:
+    """Join torchrun's group once per process (rendezvous from its environment)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(launched_device("cuda"))
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+
+
+def broadcast_fit(payload: dict, trainer: Trainer, device: torch.device) -> dict:
+    """Rank 0 under torchrun: send the training to the serving ranks (:func:`serve`), train as rank 0."""
+    import torch.distributed as dist
+
+    rank, world = launched()
+    join_launched_group(device.type)
+    log.info("%s: data-parallel training on the %d torchrun processes (DistributedDataParallel, %s)",
+             payload["description"], world, dist.get_backend())
+    dist.broadcast_object_list([{"payload": payload, "trainer": trainer, "device_type": device.type}], src=0)
+    result = train_rank(rank, world, payload, trainer, launched_device(device.type))
+    dist.barrier()
+    return decode_result(result)
+
+
+def stop_serving() -> None:
+    """Rank 0 at the end of the job: release the serving ranks."""
+    import torch.distributed as dist
+
+    if launched() and dist.is_initialized():
+        dist.broadcast_object_list([None], src=0)
+        dist.destroy_process_group()
+
+
+def serve() -> int:
+    """Ranks > 0 under torchrun: train whatever rank 0 broadcasts until it says stop; nothing written here."""
+    import torch.distributed as dist
+
+    rank, world = launched()
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    join_launched_group(device_type)
+    while True:
+        box = [None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            break
+        task = box[0]
+        train_rank(rank, world, task["payload"], task["trainer"], launched_device(task["device_type"]))
+        dist.barrier()
+    dist.destroy_process_group()
+    return 0
 
 
 def _die_with_parent() -> None:
