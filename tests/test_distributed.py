@@ -175,3 +175,13 @@ def test_torchrun_ranks_train_what_rank0_sends_and_write_nothing(tmp_path, singl
     assert metrics["trainer"]["devices"] == 2
     _same_results(metrics, ref_metrics)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]
+
+
+@pytest.mark.gpu
+def test_gpu_options_are_in_effect_on_cuda(tmp_path):
+    """On a CUDA machine bf16, channels_last and compile apply (no fallback note) and the run ends."""
+    res = robprune(["run", *SHRINK, "trainer.precision=bf16", "trainer.channels_last=true", "trainer.compile=true",
+                    f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    trainer = read_metrics(tmp_path / "run")["trainer"]
+    assert (trainer["precision"], trainer["channels_last"], trainer["compile"], trainer["notes"]) == ("bf16", True, True, [])
