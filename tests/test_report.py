@@ -254,3 +254,11 @@ def test_checks_column_shows_passed_or_the_failed_reasons(tmp_path, capsys):
     assert list(display["checks"]) == [f"FAILED 1/3: {reason}", "passed"]
     assert list(numeric["checks"]) == list(display["checks"])
     assert table_command(str(root), rows=["prune.channel_ratio"], cols=["checks"], quiet=True)["checks"].iloc[1] == "passed"
+
+
+def test_text_attack_fractions_read_as_percent():
+    from robprune.report.table import _cell
+
+    assert _cell("text_attack/textfooler/aua", 0.02, float("nan"), 1, 1, "{:.2f}").startswith("2.00")
+    assert _cell("text_attack/textfooler/asr", 0.975, float("nan"), 1, 1, "{:.2f}").startswith("97.50")
+    assert _cell("text_attack/textfooler/avg_queries", 93.5, float("nan"), 1, 1, "{:.2f}") == "93.50"

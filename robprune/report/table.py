@@ -268,6 +268,8 @@ def _kind(metric: str) -> str:
     leaf = metric.rsplit(".", 1)[-1]
     if leaf.startswith(("clean_acc", "robust_acc", "corruption_acc", "corruption_error")) or leaf == "sparsity":
         return "percent"
+    if leaf.startswith("text_attack/") and leaf.endswith(("/aua", "/asr", "/words_changed")):
+        return "percent"  # fractions like the accuracies (the kr layout shows them the same way)
     if leaf in ("params", "macs", "flops"):
         return "count"
     return "bytes" if leaf.endswith("bytes") else "float"
