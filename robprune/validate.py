@@ -62,6 +62,10 @@ def check_trainer(cfg: DictConfig) -> None:
     during = (cfg.get("prune") or {}).get("during_training")
     if during is not None:
         check_objective(during, "prune.during_training", trainer)
+    ingredients = (cfg.get("average") or {}).get("ingredients") or {}
+    for name, entry in ingredients.items():  # a weight-average ingredient's recipe over train
+        if isinstance(entry, DictConfig) and entry.get("objective") is not None:
+            check_objective(entry, f"average.ingredients.{name}", trainer)
 
 
 @functools.lru_cache(maxsize=1)

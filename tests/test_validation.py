@@ -133,6 +133,7 @@ MATRIX = [
     (["trainer.devices=0"], "trainer.devices"),
     (["trainer.precision=fp16"], "trainer.precision"),
     (["trainer.devices=2", "train.objective._target_=robprune.train.objectives.freelb"], "freelb"),
+    (["+experiment=kr_sst2", "trainer.devices=2"], "average.ingredients.freelb_seed3.objective freelb"),
 ]
 if NO_GPU:
     MATRIX.append((["device=cuda"], "device=cuda"))
