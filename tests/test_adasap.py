@@ -166,3 +166,34 @@ def test_adasap_refuses_to_run_outside_the_training_stage_or_without_a_target():
         prune_model(_model(), OmegaConf.create({**base, "sparsity": None}), PruneContext(x[:1], train=lambda m, n, h: []))
     with pytest.raises(ConfigError, match="only 0 of prune_steps=1"):  # a training that stops early is caught too
         prune_model(_model(), OmegaConf.create({**base, "sparsity": 0.5}), PruneContext(x[:1], train=lambda m, n, h: []))
+
+
+def test_gradual_masks_travel_to_a_rank_and_their_state_comes_back():
+    """What data-parallel training does with the hook (robprune.train.trainer): one pickle with the model,
+    re-traced on the replica (Torch-Pruning's groups hold autograd nodes), trained there, and the masks
+    and counters handed back to the original hook, which then cuts exactly what the rank masked."""
+    import copy
+    import pickle
+
+    from robprune.train.trainer import _plain, _tensors
+
+    model, (x, y) = _model(), _data()
+    _, groups = build_groups(model, x[:1], exclude_stem=True, exclude_linear=True)
+    targets = {g.root: g.channels // 2 for g in groups}
+    hook = GradualChannelMasks(model, groups, targets, criterion="l2", interval=2, steps=3,
+                               regroup={"example_inputs": x[:1], "exclude_stem": True, "exclude_linear": True})
+    replica, remote = pickle.loads(pickle.dumps(copy.deepcopy((model, hook))))
+    assert remote.groups is None
+    remote.attach(replica)
+    opt = torch.optim.SGD(replica.parameters(), lr=0.05)
+    remote.bind(opt, replica)
+    loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    fit(replica, loader, lambda m, a, b: nn.functional.cross_entropy(m(a), b), opt, epochs=2,
+        lr_factor=lambda e: 1.0, generator=torch.Generator(), hooks=[remote], progress=False)
+    assert remote.done == 3
+    model.load_state_dict(replica.state_dict())
+    hook.load_state(_tensors(_plain(remote.state())))
+    assert (hook.done, hook.iteration) == (3, 8) and hook.removed() == remote.removed()
+    assert sum(len(v) for v in hook.removed().values()) == sum(targets.values())
+    for p, mask in hook.masks.items():  # the original hook's masks match the weights it got back
+        assert bool((p[~mask] == 0).all())
