@@ -107,6 +107,16 @@ def test_trainer_options_resolve_with_fallbacks_and_refuse_what_cannot_run():
         resolve({"precision": "fp16"}, cpu)
 
 
+def test_under_torchrun_devices_is_the_world_size(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert resolve({"devices": 1}, cpu).devices == 2  # torchrun's processes are the ranks
+    assert resolve({"devices": 2}, cpu).devices == 2
+    with pytest.raises(ConfigError, match="trainer.devices=3 but torchrun started 2 processes"):
+        resolve({"devices": 3}, cpu)
+
+
 DDP_RUN = [*SHRINK, "train=standard", "finetune=standard", "train.epochs=40", "train.optimizer.lr=0.002"]
 
 
@@ -146,13 +156,17 @@ def test_ddp_run_killed_and_resumed_matches_one_process(tmp_path, single_process
     os.killpg(proc.pid, signal.SIGKILL)  # the job: the robprune process and its ranks
     proc.wait()
     assert ckpts, "no epoch checkpoint appeared before the kill"
-    assert 1 <= json.loads(ckpts[0].read_text())["epoch"] < 40
+    # read after the kill: the epoch the job died after; the stage's work folder must still be unfinished
+    assert ckpts[0].exists(), "training finished before the kill (the .partial folder was published)"
+    epoch_at_kill = json.loads(ckpts[0].read_text())["epoch"]
+    assert 1 <= epoch_at_kill < 40
     assert not (run / "metrics.json").exists()
 
     res = robprune(args, cwd=tmp_path, timeout=400)
     assert res.returncode == 0, res.stderr[-2000:]
     log = (run / "run.log").read_text()
     assert "train: resuming from the checkpoint after epoch" in log
+    assert f"train: resuming from the checkpoint after epoch {epoch_at_kill}\n" in log  # where the kill left it
     assert "train epoch 40/40 (2 ranks)" in log and "finetune epoch 1/1 (2 ranks)" in log
     metrics = read_metrics(run)
     assert metrics["trainer"]["devices"] == 2

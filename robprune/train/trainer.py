@@ -187,11 +187,10 @@ def spawn_fit(payload: dict, trainer: Trainer, device: torch.device, threads: in
             if result is None and not queue.empty():
                 result = queue.get()
     except mp.ProcessRaisedException as err:  # a rank's exception, re-raised here with its traceback text
+        # the recipe was checked in this process before the ranks started (train_model): what fails
+        # here is a bug or the machine, so a traceback, with the rank's last line in front
         message = str(err).strip().splitlines()
-        last = message[-1] if message else "a training process failed"
-        if "ConfigError" in last or "DataError" in last:
-            raise ConfigError(last.split(": ", 1)[-1]) from None
-        raise RuntimeError(f"data-parallel training failed: {last}") from err
+        raise RuntimeError(f"data-parallel training failed: {message[-1] if message else err}") from err
     if result is None and not queue.empty():
         result = queue.get()
     if result is None:
