@@ -2,13 +2,16 @@
 MiniLM-L6-shaped Linear layers (hidden 384, intermediate 1536), float64.
 
 Per layer shape and thread count:
-  obs_batched   robprune.prune.obs.obs_prune: rows in batches, blocked downdates (block 64), whole layer
+  obs_batched   robprune.prune.obs.obs_prune: rows in batches, blocked downdates (block 64) on the active
+                columns only (removed ones dropped at every block end, compact=True), whole layer
+  obs_full      the same with compact=False: every downdate on the full (d_in, d_in) copies
   obs_loop      robprune.prune.obs.obs_prune_loop: one row at a time, explicit rank-1 downdate of a
                 (d_in, d_in) H⁻¹ copy (the textbook OBS loop); timed on the first ``--loop-rows`` rows
                 and reported per row (rows are independent, so whole-layer time = rows x per-row time)
   sparsegpt     robprune.prune.sparsegpt.sparsegpt_prune, blocksize 128, whole layer
 The ratio batched/loop compares rows per second measured in the same run, interleaved per repeat;
-obs_batched is also checked against obs_loop on the rows both pruned (same masks, max |ΔW|).
+obs_batched is also checked against obs_loop on the rows both pruned (same masks, max |ΔW|), and
+against obs_full on the whole layer (same masks); "compact vs full" is obs_full's time / obs_batched's.
 Inputs: X = Z A with Z, A standard normal (correlated features), n tokens; W standard normal.
 The relative output error ‖(W' − W) X‖ / ‖W X‖ of each method (and of magnitude pruning) is reported.
 
@@ -30,7 +33,7 @@ from robprune.prune.obs import HessianAccumulator, damped_cholesky, obs_prune, o
 from robprune.prune.sparsegpt import sparsegpt_prune, weight_magnitude_masks
 
 F64 = torch.float64
-METHODS = ("obs_batched", "obs_loop", "sparsegpt")
+METHODS = ("obs_batched", "obs_full", "obs_loop", "sparsegpt")
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,13 +73,15 @@ def bench_layer(args, shape: str, threads: int) -> dict:
     W, H, H_inv = make_layer(shape, args.tokens, args.seed)
     rows = min(args.loop_rows, len(W))
     runs = {"obs_batched": lambda: obs_prune(W, H_inv, sparsity=args.sparsity, rows_per_batch=args.rows_per_batch),
+            "obs_full": lambda: obs_prune(W, H_inv, sparsity=args.sparsity, rows_per_batch=args.rows_per_batch,
+                                          compact=False),
             "obs_loop": lambda: obs_prune_loop(W[:rows], H_inv, sparsity=args.sparsity),
             "sparsegpt": lambda: sparsegpt_prune(W, H, sparsity=args.sparsity)}
-    n_rows = {"obs_batched": len(W), "obs_loop": rows, "sparsegpt": len(W)}
+    n_rows = {"obs_batched": len(W), "obs_full": len(W), "obs_loop": rows, "sparsegpt": len(W)}
     per_row: dict[str, list[float]] = {m: [] for m in METHODS}
     results = {}
     for r in range(args.repeats):
-        for name in METHODS[r % 3:] + METHODS[:r % 3]:
+        for name in METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]:
             seconds, results[name] = timed(runs[name])
             per_row[name].append(seconds / n_rows[name])
     (W_b, m_b), (W_l, m_l) = results["obs_batched"], results["obs_loop"]
@@ -85,7 +90,9 @@ def bench_layer(args, shape: str, threads: int) -> dict:
             "s_per_row": {m: statistics.median(v) for m, v in per_row.items()}, "s_per_row_all": per_row,
             "layer_s": {m: statistics.median(v) * len(W) for m, v in per_row.items()},
             "batched_vs_loop": statistics.median(per_row["obs_loop"]) / statistics.median(per_row["obs_batched"]),
-            "same_masks": bool(torch.equal(m_b[:rows], m_l)), "max_abs_diff": float((W_b[:rows] - W_l).abs().max()),
+            "compact_vs_full": statistics.median(per_row["obs_full"]) / statistics.median(per_row["obs_batched"]),
+            "same_masks": bool(torch.equal(m_b[:rows], m_l)),
+            "same_masks_full": bool(torch.equal(m_b, results["obs_full"][1])), "max_abs_diff": float((W_b[:rows] - W_l).abs().max()),
             "rel_error": {"obs": relative_error(W_b, W, H), "sparsegpt": relative_error(results["sparsegpt"][0], W, H),
                           "magnitude": relative_error(magnitude, W, H)}}
 
@@ -100,15 +107,16 @@ def main() -> None:
 def report(args, rows: list[dict]) -> None:
     table = Table(title=f"Layer-wise solvers at sparsity {args.sparsity}, float64, {args.tokens} tokens "
                         f"(layer seconds; obs_loop extrapolated from {args.loop_rows} rows)")
-    for col in ("layer", "threads", "obs_batched s", "obs_loop s", "batched vs loop", "sparsegpt s",
-                "same masks", "max |ΔW|", "err obs", "err sparsegpt", "err magnitude"):
+    for col in ("layer", "threads", "obs_batched s", "obs_full s", "compact vs full", "obs_loop s",
+                "batched vs loop", "sparsegpt s", "same masks", "max |ΔW|", "err obs", "err sparsegpt", "err magnitude"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for r in rows:
         s, e = r["layer_s"], r["rel_error"]
-        table.add_row(r["shape"], str(r["threads"]), f"{s['obs_batched']:.2f}", f"{s['obs_loop']:.1f}",
-                      f"{r['batched_vs_loop']:.1f}x", f"{s['sparsegpt']:.2f}", str(r["same_masks"]),
+        table.add_row(r["shape"], str(r["threads"]), f"{s['obs_batched']:.2f}", f"{s['obs_full']:.2f}",
+                      f"{r['compact_vs_full']:.2f}x", f"{s['obs_loop']:.1f}", f"{r['batched_vs_loop']:.1f}x",
+                      f"{s['sparsegpt']:.2f}", str(r["same_masks"] and r["same_masks_full"]),
                       f"{r['max_abs_diff']:.1e}", f"{e['obs']:.4f}", f"{e['sparsegpt']:.4f}", f"{e['magnitude']:.4f}")
-    Console(width=max(160, Console().width)).print(table)  # 11 columns: do not squeeze them
+    Console(width=max(180, Console().width)).print(table)  # 13 columns: do not squeeze them
     payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "torch": torch.__version__, "results": rows}
     atomic_write_json(args.out, payload)

@@ -83,9 +83,10 @@ def test_obs_batched_equals_row_loop(pattern):
     H_inv, _ = damped_inverse(hessian(X).H)
     W_loop, m_loop = obs_prune_loop(W, H_inv, **pattern)
     for rows, block in ((1, 64), (5, 3), (16, 7), (16, 1)):  # block < k: the blocked downdates run
-        W_b, m_b = obs_prune(W, H_inv, rows_per_batch=rows, block=block, **pattern)
-        assert torch.equal(m_b, m_loop)
-        torch.testing.assert_close(W_b, W_loop, rtol=0, atol=1e-10)
+        for compact in (True, False):  # removed columns dropped from the copies at block ends, or kept
+            W_b, m_b = obs_prune(W, H_inv, rows_per_batch=rows, block=block, compact=compact, **pattern)
+            assert torch.equal(m_b, m_loop)
+            torch.testing.assert_close(W_b, W_loop, rtol=0, atol=1e-10)
 
 
 def test_obs_bad_batching_raises():
@@ -102,7 +103,7 @@ def test_obs_n_m_pattern_and_bias_column(n_m):
     acc = hessian(X, with_bias=True)
     H_inv, _ = damped_inverse(acc.H)
     W_b = torch.cat([W, torch.ones(len(W), 1, dtype=F64)], 1)
-    W_new, mask = obs_prune(W_b, H_inv, n_m=n_m, bias_column=True, block=5)
+    W_new, mask = obs_prune(W_b, H_inv, n_m=n_m, bias_column=True, block=5)  # compacted every 5 removals
     n, m = n_m
     assert (mask[:, :32].reshape(16, -1, m).sum(2) == n).all()
     assert mask[:, -1].all() and not torch.equal(W_new[:, -1], W_b[:, -1])  # the bias is compensated

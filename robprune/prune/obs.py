@@ -21,6 +21,7 @@ import torch
 
 F64 = torch.float64
 BATCH_BYTES = 256 * 2**20  # memory budget of obs_prune's per-batch downdate factors when rows_per_batch=None
+SHRINK = 0.25  # obs_prune(compact=True) drops removed columns once they are this fraction of the copies' width
 
 
 class HessianAccumulator:
@@ -135,7 +136,7 @@ def check_n_m(n_m: tuple[int, int], d_in: int) -> tuple[int, int]:
 
 def obs_prune(W: torch.Tensor, H_inv: torch.Tensor, *, sparsity: float | None = None,
               n_m: tuple[int, int] | None = None, rows_per_batch: int | None = None,
-              bias_column: bool = False, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+              bias_column: bool = False, block: int = 64, compact: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact greedy Optimal Brain Surgeon per row (Hassibi & Stork 1993; methods.md §4 2c).
 
     W: (d_out, d) with d = d_in, or d_in + 1 when bias_column (the last column is the bias: never
@@ -152,15 +153,18 @@ def obs_prune(W: torch.Tensor, H_inv: torch.Tensor, *, sparsity: float | None = 
     at once (one batched matrix product, compute-bound). Per row this is 2·k·d² flops in matrix
     products plus k·block·d in matrix-vector ones, where keeping every factor since the start costs
     k²·d memory-bound flops: on 2 CPU cores ~3× faster for a 1536-wide layer at 50%, more at higher
-    sparsity (scripts/bench_obs_solver.py). Memory: B·d²·8 bytes per batch of B rows.
-    rows_per_batch=None: B ≤ 64 within 256 MiB. Same result as :func:`obs_prune_loop` up to rounding.
+    sparsity (scripts/bench_obs_solver.py). Memory: B·d²·8 bytes per batch of B rows (twice that
+    when compact). rows_per_batch=None: B ≤ 64 within 256 MiB. Same result as :func:`obs_prune_loop` up to rounding.
+    compact (default): at each block end the block's removed columns leave every row's copy, so the
+    downdates run on the r active columns only (2·T·r² per block; ~1.7× fewer flops than d² at 50%,
+    ~2.6× at 87.5%); compact=False keeps the full copies (the reference the benchmark times it against).
     """
     d_out, d = W.shape
     d_in = d - int(bias_column)
     k = pruned_per_row(d_in, sparsity, n_m)
     H_inv = H_inv.to(device=W.device, dtype=F64)
-    if rows_per_batch is None:
-        rows_per_batch = int(min(64, max(1, BATCH_BYTES // (d * d * 8))))
+    if rows_per_batch is None:  # the compacted solver holds two (B, d, d) buffers
+        rows_per_batch = int(min(64, max(1, BATCH_BYTES // (d * d * 8 * (2 if compact else 1)))))
     elif rows_per_batch < 1:
         raise ValueError(f"obs_prune: rows_per_batch must be ≥ 1, got {rows_per_batch}")
     if block < 1:
@@ -169,29 +173,45 @@ def obs_prune(W: torch.Tensor, H_inv: torch.Tensor, *, sparsity: float | None = 
     frozen[d_in:] = True
     out, masks = [], []
     for start in range(0, d_out, rows_per_batch):
-        w, removed = _obs_rows(W[start:start + rows_per_batch].to(F64), H_inv, k, n_m, frozen, block)
+        w, removed = _obs_rows(W[start:start + rows_per_batch].to(F64), H_inv, k, n_m, frozen, block, compact)
         out.append(w)
         masks.append(~removed)
     return torch.cat(out).to(W.dtype), torch.cat(masks)
 
 
-def _obs_rows(w: torch.Tensor, H_inv: torch.Tensor, k: int, n_m, frozen: torch.Tensor, block: int):
+def _obs_rows(w: torch.Tensor, H_inv: torch.Tensor, k: int, n_m, frozen: torch.Tensor, block: int,
+              compact: bool = True):
     """k greedy OBS removals in each row of w: (B, d) float64, vectorised over the batch, in blocks of
-    `block` removals (see :func:`obs_prune`). Returns (w updated, removed (B, d) bool)."""
+    `block` removals (see :func:`obs_prune`). Returns (w updated, removed (B, d) bool).
+
+    compact: at every block end drop the block's removed columns from each row's copy of H⁻¹ (and from
+    w, the factors, the diagonal). Every row removes exactly one weight per step, so all rows keep the
+    same number r of active columns and the copies stay one (B, r, r) tensor (gathered through `idx`,
+    each row's active original columns). A removed column q plays no further part: after its downdate
+    row and column q of H⁻¹ are zero, so later updates leave w_q alone. The downdates then cost
+    2·T·r² per block instead of 2·T·d²: ~1.7× fewer flops at 50% sparsity, ~2.6× at 87.5%.
+    """
     B, d = w.shape
-    w = w.clone()
+    w = w.clone()  # (B, r): the active columns
     rows = torch.arange(B, device=w.device)
     T = max(1, min(block, k))
-    Hb = H_inv.expand(B, d, d).clone() if k > T else H_inv.expand(B, d, d)  # per row: H⁻¹ at the block start
+    Hb = H_inv.expand(B, d, d).contiguous() if k > T else H_inv.expand(B, d, d)  # per row: H⁻¹ at the block start
+    compact = compact and k > T
+    dropped = 0  # removals already dropped from the copies
+    if compact:  # Hb's storage and a spare of the same size hold the shrinking copies
+        store, spare = Hb.view(-1), torch.empty(B * d * d, dtype=w.dtype, device=w.device)
     diag = H_inv.diagonal().expand(B, d).clone()  # [H⁻¹_t]_ii per row
     V = w.new_empty(B, T, d)                        # this block's downdate factors v_j
-    removed = torch.zeros(B, d, dtype=torch.bool, device=w.device)
+    idx = torch.arange(d, device=w.device).expand(B, d)  # active column c of row b is original column idx[b, c]
+    removed = torch.zeros(B, d, dtype=torch.bool, device=w.device)  # original columns
+    gone = torch.zeros(B, d, dtype=torch.bool, device=w.device)     # active columns removed in this block
+    fixed = frozen.expand(B, d)                     # active columns never removed (the bias column)
     lost = torch.zeros(B, d // n_m[1], dtype=torch.long, device=w.device) if n_m else None
     for t in range(k):
         j = t % T
-        blocked = removed | frozen
+        blocked = gone | fixed
         if n_m:
-            blocked |= _full_groups(lost, n_m, d)
+            blocked |= _full_groups(lost, n_m, d).gather(1, idx)
         # Hassibi & Stork 1993 eq. 5: saliency L_q = w_q² / (2 [H⁻¹]_qq) for E = ½ δwᵀ H δw
         p = (w * w / diag).masked_fill(blocked, math.inf).argmin(1)
         col = Hb[rows, p]  # column p of H⁻¹_t = H⁻¹_block[:, p] − Σ_{block's j} v_j v_j[p]  (H⁻¹ symmetric)
@@ -205,11 +225,32 @@ def _obs_rows(w: torch.Tensor, H_inv: torch.Tensor, k: int, n_m, frozen: torch.T
         V[:, j] = col / d_p.sqrt().unsqueeze(1)
         diag -= V[:, j] ** 2
         w[rows, p] = 0.0
-        removed[rows, p] = True
+        gone[rows, p] = True
+        q = idx[rows, p]
+        removed[rows, q] = True
         if n_m:
-            lost[rows, p // n_m[1]] += 1
+            lost[rows, q // n_m[1]] += 1
         if j == T - 1 and t < k - 1:  # end of a block: apply its downdates to every row's copy at once
-            Hb.baddbmm_(V.transpose(1, 2), V, alpha=-1.0)
+            if compact and (t + 1 - dropped) >= SHRINK * Hb.shape[2]:
+                # first drop the removed columns, then downdate the smaller copies
+                keep = (~gone).nonzero()[:, 1].view(B, -1)  # same count per row; nonzero is row-major, sorted
+                dropped = t + 1
+                r, r_old = keep.shape[1], Hb.shape[2]
+                # gathered into the two preallocated buffers (fresh (B, r, r) tensors cost more in page
+                # faults than the downdate itself): rows into `spare`, then columns back into `store`
+                rows_kept = spare[:B * r * r_old].view(B, r, r_old)
+                torch.gather(Hb, 1, keep.unsqueeze(2).expand(B, r, r_old), out=rows_kept)
+                Hb = store[:B * r * r].view(B, r, r)
+                torch.gather(rows_kept, 2, keep.unsqueeze(1).expand(B, r, r), out=Hb)
+                Vk = V.gather(2, keep.unsqueeze(1).expand(B, T, r))
+                Hb.baddbmm_(Vk.transpose(1, 2), Vk, alpha=-1.0)
+                w, diag, idx, fixed = w.gather(1, keep), diag.gather(1, keep), idx.gather(1, keep), fixed.gather(1, keep)
+                V = w.new_empty(B, T, r)
+                gone = torch.zeros(B, r, dtype=torch.bool, device=w.device)
+            else:
+                Hb.baddbmm_(V.transpose(1, 2), V, alpha=-1.0)
+    if w.shape[1] < d:  # compacted: the active columns back in place, the dropped (removed) ones 0
+        w = w.new_zeros(B, d).scatter_(1, idx, w)
     return w.masked_fill_(removed, 0.0), removed  # removed entries drift by rounding in later updates
 
 
