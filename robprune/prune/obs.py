@@ -155,9 +155,11 @@ def obs_prune(W: torch.Tensor, H_inv: torch.Tensor, *, sparsity: float | None = 
     k²·d memory-bound flops: on 2 CPU cores ~3× faster for a 1536-wide layer at 50%, more at higher
     sparsity (scripts/bench_obs_solver.py). Memory: B·d²·8 bytes per batch of B rows (twice that
     when compact). rows_per_batch=None: B ≤ 64 within 256 MiB. Same result as :func:`obs_prune_loop` up to rounding.
-    compact (default): at each block end the block's removed columns leave every row's copy, so the
-    downdates run on the r active columns only (2·T·r² per block; ~1.7× fewer flops than d² at 50%,
-    ~2.6× at 87.5%); compact=False keeps the full copies (the reference the benchmark times it against).
+    compact (default): once the removed columns are SHRINK (a quarter) of the copies' width, a block end
+    drops them from every row's copy, so later downdates run on the r active columns (2·T·r² per block
+    instead of 2·T·d²). Dropping costs about one downdate (a memory-bound gather), hence not every
+    block; measured 1.05–1.1× at 50% and ~1.4× at 87.5% on a 1536-wide layer (bench_obs_solver.py).
+    compact=False keeps the full copies (the reference the benchmark times it against).
     """
     d_out, d = W.shape
     d_in = d - int(bias_column)
@@ -184,12 +186,12 @@ def _obs_rows(w: torch.Tensor, H_inv: torch.Tensor, k: int, n_m, frozen: torch.T
     """k greedy OBS removals in each row of w: (B, d) float64, vectorised over the batch, in blocks of
     `block` removals (see :func:`obs_prune`). Returns (w updated, removed (B, d) bool).
 
-    compact: at every block end drop the block's removed columns from each row's copy of H⁻¹ (and from
-    w, the factors, the diagonal). Every row removes exactly one weight per step, so all rows keep the
+    compact: at a block end, once enough columns were removed (SHRINK), drop them from each row's copy of
+    H⁻¹ (and from w, the factors, the diagonal). Every row removes exactly one weight per step, so all rows keep the
     same number r of active columns and the copies stay one (B, r, r) tensor (gathered through `idx`,
     each row's active original columns). A removed column q plays no further part: after its downdate
     row and column q of H⁻¹ are zero, so later updates leave w_q alone. The downdates then cost
-    2·T·r² per block instead of 2·T·d²: ~1.7× fewer flops at 50% sparsity, ~2.6× at 87.5%.
+    2·T·r² per block instead of 2·T·d².
     """
     B, d = w.shape
     w = w.clone()  # (B, r): the active columns
