@@ -159,7 +159,7 @@ def test_ddp_run_killed_and_resumed_matches_one_process(tmp_path, single_process
     # read after the kill: the epoch the job died after; the stage's work folder must still be unfinished
     assert ckpts[0].exists(), "training finished before the kill (the .partial folder was published)"
     epoch_at_kill = json.loads(ckpts[0].read_text())["epoch"]
-    assert 1 <= epoch_at_kill < 40
+    assert 1 <= epoch_at_kill < 40, f"killed after epoch {epoch_at_kill}: nothing left to resume"
     assert not (run / "metrics.json").exists()
 
     res = robprune(args, cwd=tmp_path, timeout=400)

@@ -197,7 +197,9 @@ def _obs_rows(w: torch.Tensor, H_inv: torch.Tensor, k: int, n_m, frozen: torch.T
     w = w.clone()  # (B, r): the active columns
     rows = torch.arange(B, device=w.device)
     T = max(1, min(block, k))
-    Hb = H_inv.expand(B, d, d).contiguous() if k > T else H_inv.expand(B, d, d)  # per row: H⁻¹ at the block start
+    # per row: H⁻¹ at the block start; a fresh contiguous copy (expand(1, …).contiguous() would alias H⁻¹,
+    # and the downdates below are in place)
+    Hb = H_inv.expand(B, d, d).clone(memory_format=torch.contiguous_format) if k > T else H_inv.expand(B, d, d)
     compact = compact and k > T
     dropped = 0  # removals already dropped from the copies
     if compact:  # Hb's storage and a spare of the same size hold the shrinking copies
