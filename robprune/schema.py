@@ -230,7 +230,7 @@ ADASAP.update(criterion=Choice("l2", "taylor"), during_training=DURING_TRAINING)
 LM_PRUNE = {"method": STR, "sparsity": FRACTION, "n_m": Value("str", null=True, example="2:4"),
             "rel_damp": Float(0, low_open=True, example="0.01"), "percdamp": Float(0, low_open=True, example="0.01"),
             "blocksize": Int(1, example="128"), "batch_size": SIZE, "scope": Choice("layer", "global"),
-            "calibration": {"n": Int(1, example="512"), "heldout": Int(0, example="64")}}
+            "refit_head": BOOL, "calibration": {"n": Int(1, example="512"), "heldout": Int(0, example="64")}}
 TARGET_PARAMS = {
     "robprune.attacks.pgd": PGD, "robprune.attacks.fgsm": {"eps": EPS, "norm": Choice("linf", "l2")},
     "robprune.attacks.autoattack": AUTOATTACK,
@@ -249,7 +249,8 @@ CHANNEL_KEYS = tuple(k for k in PRUNE)
 CHANNEL_TARGETS = tuple(f"robprune.prune.{name}" for name in ("channel_pruning", "l1_filter", "mrpf"))
 EXPLICIT_KEYS = dict.fromkeys(CHANNEL_TARGETS, CHANNEL_KEYS)
 EXPLICIT_KEYS.update({  # the layer-wise pruners: their parameters plus the calib stage's node
-    "robprune.prune.lm_methods.kr_obs": ("method", "sparsity", "n_m", "rel_damp", "batch_size", "calibration"),
+    "robprune.prune.lm_methods.kr_obs": ("method", "sparsity", "n_m", "rel_damp", "batch_size", "refit_head",
+                                         "calibration"),
     "robprune.prune.lm_methods.sparsegpt": ("method", "sparsity", "n_m", "percdamp", "blocksize", "batch_size", "calibration"),
     "robprune.prune.lm_methods.magnitude": ("method", "sparsity", "n_m", "scope", "calibration")})
 

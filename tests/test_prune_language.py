@@ -200,3 +200,20 @@ def test_reconstruction_report_and_write_report(env, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     single = write_report(info, tmp_path / "one")
     assert all(p.is_file() for p in single)
+
+
+def test_refit_head_false_leaves_the_dense_head_and_the_same_encoder(env):
+    """prune.refit_head=false (an ablation of methods.md §4's head refit): the pooler and classifier stay
+    exactly the dense model's, the encoder is pruned exactly as with the refit (the head comes last)."""
+    dense = build(env).state_dict()
+    kept, _ = pruned(env, "kr_obs", refit_head=False)
+    refit, _ = pruned(env, "kr_obs")
+    head = ("hf.bert.pooler.dense", "hf.classifier")
+    for key, value in kept.state_dict().items():
+        if key.startswith(head):
+            assert torch.equal(value, dense[key]), key
+            assert not torch.equal(refit.state_dict()[key], dense[key]), key
+        else:
+            assert torch.equal(value, refit.state_dict()[key]), key
+    with pytest.raises(ConfigError, match="prune.refit_head must be true or false"):
+        prune_language_model(build(env), env["ids"](3), method="kr_obs", refit_head="no")

@@ -47,7 +47,7 @@ __all__ = ["METHODS", "prune_language_model", "reconstruction_report", "write_re
 def prune_language_model(model: nn.Module, calib_ids: torch.Tensor | None = None, *, method: str,
                          sparsity: float | None = None, n_m: tuple[int, int] | None = None, scope: str = "layer",
                          rel_damp: float = 0.01, blocksize: int = 128, batch_size: int = 32,
-                         heldout_ids: torch.Tensor | None = None, device: torch.device | str = "cpu",
+                         refit_head: bool = True, heldout_ids: torch.Tensor | None = None, device: torch.device | str = "cpu",
                          progress: bool = False) -> dict:
     """Prune the encoder Linear layers of a TextClassifier IN PLACE (exact zeros in the weights).
 
@@ -57,12 +57,16 @@ def prune_language_model(model: nn.Module, calib_ids: torch.Tensor | None = None
     sparsegpt, per layer or global (``scope``) for magnitude; None means 0.5, or 1 − N/M with n_m.
     n_m=(N, M): keep N of every M consecutive input weights of a row. rel_damp: relative damping
     (OBS: raised ×10 until Cholesky succeeds; SparseGPT's percdamp). blocksize: SparseGPT's column block.
+    refit_head: the OBS methods also refit the pooler and classifier to the dense outputs (methods.md §4);
+    False leaves them as in the dense model (an ablation: their refit sees one vector per sentence).
     heldout_ids: sentences for the per-layer reconstruction errors (default calib_ids). The model is
     moved to ``device``; model.training is left as it was. Returns the JSON-able info dict described
     in :func:`_info`.
     """
     started = time.perf_counter()
     sparsity, n_m = _check_options(method, sparsity, n_m, scope, rel_damp, blocksize, batch_size)
+    if not isinstance(refit_head, bool):
+        raise ConfigError(f"prune.refit_head must be true or false, got {refit_head!r}; e.g. prune.refit_head=false")
     if calib_ids is None and method != "magnitude":
         raise ConfigError(f"prune.method={method} needs calibration sentences; pass calib_ids (N, L) token ids")
     training = model.training
@@ -81,7 +85,8 @@ def prune_language_model(model: nn.Module, calib_ids: torch.Tensor | None = None
             elif method == "sparsegpt":
                 damping = _sparsegpt(model, groups, calib_ids, blocksize=blocksize, **options)
             else:
-                damping = _obs(model, dense, groups, head, calib_ids, correct=method == "kr_obs", **options)
+                damping = _obs(model, dense, groups, head if refit_head else [], calib_ids,
+                               correct=method == "kr_obs", **options)
         report_ids = heldout_ids if heldout_ids is not None else calib_ids
         errors = [] if report_ids is None else reconstruction_report(dense, model, report_ids, batch_size, device)
     finally:
@@ -164,7 +169,7 @@ def _obs(model, dense, groups: list[Group], head: list[Group], ids, *, correct: 
     """methods.md §4 step 2, one group of layers at a time in forward order: 2a H from the inputs X̂ of
     the partially pruned model (correct=False: from the dense model), 2b refit to the dense outputs,
     2c OBS; 2d is the next group's forward pass through the layers pruned so far. The pooler and
-    classifier (``head``) are refit the same way, not pruned."""
+    classifier (``head``; empty: left dense) are refit the same way, not pruned."""
     damping = {}
     steps = [(g, True) for g in groups] + [(g, False) for g in head]
     for group, prune in track(steps, "kr_obs" if correct else "obs_independent", enabled=progress):

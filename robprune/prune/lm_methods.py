@@ -40,10 +40,12 @@ def _prune(model: nn.Module, context: PruneContext, method: str, sparsity, n_m, 
 
 
 def kr_obs(model: nn.Module, context: PruneContext, *, sparsity: float | None = 0.5, n_m=None,
-           method: str = "kr_obs", rel_damp: float = 0.01, batch_size: int = 32) -> dict:
+           method: str = "kr_obs", rel_damp: float = 0.01, batch_size: int = 32, refit_head: bool = True) -> dict:
     """Knowledge-retention OBS: layer by layer in forward order, inputs through the already pruned model,
-    the dense weights refit to the dense outputs, then exact OBS removal per row (methods.md §4 2a-2d)."""
-    return _prune(model, context, method, sparsity, n_m, rel_damp=rel_damp, batch_size=batch_size)
+    the dense weights refit to the dense outputs, then exact OBS removal per row (methods.md §4 2a-2d);
+    the pooler and classifier refit too unless ``refit_head`` is false."""
+    return _prune(model, context, method, sparsity, n_m, rel_damp=rel_damp, batch_size=batch_size,
+                  refit_head=refit_head)
 
 
 def sparsegpt(model: nn.Module, context: PruneContext, *, sparsity: float | None = 0.5, n_m=None,
