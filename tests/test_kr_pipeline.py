@@ -132,3 +132,39 @@ def test_average_key_covers_a_users_vectors_file(tmp_path):
     assert before and str(vectors) in json.dumps(before)
     vectors.write_text("good 0.1 0.2\nbad 0.2 0.1\nfilm 0.3 0.3\n")
     assert STAGE.externals(view) != before
+
+
+def test_refit_head_ablation_through_the_cli_and_the_dev_logits_script(tiny, tmp_path):
+    """prune.refit_head=false re-runs only the prune stage and keeps the averaged model's pooler and
+    classifier with the same pruned encoder; scripts/kr_logits_error.py --dense-head measures exactly that
+    model from the refit run (same accuracy and logits error on the test split), and 0 for the dense."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from robprune.checkpoint import load_checkpoint
+
+    shrink = [o for o in SHRINK if not o.startswith("prune.")]  # prune=none has no calibration node
+    dense = run(compose(["+experiment=kr_sst2", f"data.root={tiny['data']}", f"model.pretrained={tiny['bert']}",
+                         *shrink, f"cache_dir={tmp_path / 'cache'}", "prune=none"]), tmp_path / "dense")
+    run(_cfg(tiny, tmp_path), tmp_path / "refit")
+    kept = run(_cfg(tiny, tmp_path, "prune.refit_head=false"), tmp_path / "kept")
+    assert kept["stages"]["average"]["reused"] and not kept["stages"]["prune"]["reused"] and dense["sparsity"] == 0
+    models = {name: load_checkpoint(tmp_path / name)[0].state_dict() for name in ("dense", "refit", "kept")}
+    head = ("hf.bert.pooler.", "hf.classifier.")
+    for key, value in models["kept"].items():
+        assert torch.equal(value, models["dense" if key.startswith(head) else "refit"][key]), key
+    assert any(not torch.equal(models["refit"][k], models["dense"][k]) for k in models["refit"] if k.startswith(head))
+    script = Path(__file__).parents[1] / "scripts" / "kr_logits_error.py"
+    out = tmp_path / "errors.json"
+    subprocess.run([sys.executable, str(script), "--dense", str(tmp_path / "dense"), str(tmp_path / "refit"),
+                    str(tmp_path / "kept"), "--dense-head", "--threads", "1", "--out", str(out)], check=True,
+                   capture_output=True)
+    rows = {Path(r["run"]).name: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["dense"]["logits_error"] == 0 and rows["refit"]["logits_error"] > 0
+    assert rows["refit"]["model"] == "kr_obs 0.5"
+    for key in ("acc", "logits_error"):
+        assert rows["refit"]["dense_head"][key] == pytest.approx(rows["kept"][key], rel=1e-6, abs=1e-9)
+        assert rows["kept"]["dense_head"][key] == pytest.approx(rows["kept"][key], rel=1e-6, abs=1e-9)
