@@ -168,3 +168,24 @@ def test_refit_head_ablation_through_the_cli_and_the_dev_logits_script(tiny, tmp
     for key in ("acc", "logits_error"):
         assert rows["refit"]["dense_head"][key] == pytest.approx(rows["kept"][key], rel=1e-6, abs=1e-9)
         assert rows["kept"]["dense_head"][key] == pytest.approx(rows["kept"][key], rel=1e-6, abs=1e-9)
+
+
+def test_a_seed_sweep_with_train_seed_pinned_shares_the_average_and_redraws_the_calibration():
+    """kr_sst2 pins train_seed, so seed=0 and seed=1 share the dense model, the ingredients and the greedy
+    average (its scoring attack is seeded by train_seed); the calibration draw follows the run seed."""
+    from robprune.graph import config_slice, stage_keys
+
+    prints = {"meta": "m" * 16, "train": "t" * 16, "test": "e" * 16, "heldout": "h" * 16}
+    by_name = {s.name: s for s in STAGES}
+
+    def key(name, seed, train_seed=None):
+        cfg = compose(["+experiment=kr_sst2", "data.root=x", f"seed={seed}",
+                       *([] if train_seed is None else [f"train_seed={train_seed}"])])
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        stage = by_name[name]
+        inputs = {"train": ("k", "s"), "ingredient_lr3e5_seed1": ("k", "s"), MODEL: ("k", "s")}
+        return stage_keys(stage, config_slice(cfg, stage.reads, stage.ignores), inputs, prints, "cpu")[0]
+
+    assert key("average", 0) == key("average", 1) and key("train", 0) == key("train", 1)
+    assert key("average", 0, train_seed=1) != key("average", 0)
+    assert key("calib", 0) != key("calib", 1)

