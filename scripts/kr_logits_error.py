@@ -49,8 +49,10 @@ def logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Te
 
 def label(cfg) -> str:
     prune = cfg.prune
-    pattern = prune.get("n_m")
-    return f"{prune.get('method')} {pattern if pattern else format(float(prune.get('sparsity')), '.3g')}"
+    pattern, sparsity = prune.get("n_m"), prune.get("sparsity")
+    if sparsity is None and not pattern:
+        return str(prune.get("method", "none")) + ("" if cfg.get("average") is not None else " (no average)")
+    return f"{prune.get('method')} {pattern if pattern else format(float(sparsity), '.3g')}"
 
 
 def main() -> None:
@@ -73,7 +75,7 @@ def main() -> None:
                 "logits_error": float((out - ref).norm() / ref.norm())}
 
     rows = [{"run": str(args.dense), "model": "dense", **measure(dense)}]
-    for run in args.runs:
+    for run in (r for r in args.runs if (r / "config.yaml").is_file()):  # a shell glob also lists multirun.yaml
         cfg = OmegaConf.load(run / "config.yaml")
         model, _ = load_checkpoint(run)
         row = {"run": str(run), "model": label(cfg), **measure(model)}
