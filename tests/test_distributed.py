@@ -158,8 +158,13 @@ def test_ddp_run_killed_and_resumed_matches_one_process(tmp_path, single_process
     assert ckpts, "no epoch checkpoint appeared before the kill"
     # read after the kill: the epoch the job died after; the stage's work folder must still be unfinished
     assert ckpts[0].exists(), "training finished before the kill (the .partial folder was published)"
-    epoch_at_kill = json.loads(ckpts[0].read_text())["epoch"]
-    assert 1 <= epoch_at_kill < 40, f"killed after epoch {epoch_at_kill}: nothing left to resume"
+    last = json.loads(ckpts[0].read_text())
+    epoch_at_kill = last["epoch"]
+    # the checkpoint names its epoch and carries that many history rows (a writer that recorded the wrong
+    # epoch, or the history of another one, fails here); a kill after the last epoch leaves nothing to resume
+    history = [row["epoch"] for row in last["history"]]
+    assert history == list(range(1, epoch_at_kill + 1)) and 1 <= epoch_at_kill < 40, \
+        f"checkpoint after epoch {epoch_at_kill} with history {history}: inconsistent, or nothing left to resume"
     assert not (run / "metrics.json").exists()
 
     res = robprune(args, cwd=tmp_path, timeout=400)
