@@ -4,7 +4,7 @@ The runs' own reconstruction reports (``reconstruction.md``) measure ‖Ŷ − Y
 64 held-out training sentences: per layer that is thousands of token rows, but the final logits are
 only 64 × 2 numbers. This script measures the logits error on the whole test split (SST-2 dev, 872
 sentences) for finished runs, next to their accuracy there, and optionally the same with the dense
-model's pooler and classifier put back (``--dense-head``): for a ``kr_obs`` run that is exactly
+model's pooler and classifier put back (``--dense-head``; pruned runs only): for a ``kr_obs`` run that is exactly
 ``prune.refit_head=false``, because the head is refit after every encoder layer is pruned
 (tests/test_prune_language.py::test_refit_head_false_leaves_the_dense_head_and_the_same_encoder).
 
@@ -79,7 +79,7 @@ def main() -> None:
         cfg = OmegaConf.load(run / "config.yaml")
         model, _ = load_checkpoint(run)
         row = {"run": str(run), "model": label(cfg), **measure(model)}
-        if args.dense_head:
+        if args.dense_head and label(cfg).split()[0] != "none":  # an unpruned run's head is its own model's
             state = dense.state_dict()
             model.load_state_dict({k: state[k] if k.startswith(HEAD) else v for k, v in model.state_dict().items()})
             row["dense_head"] = measure(model)
@@ -94,7 +94,8 @@ def main() -> None:
     for r in rows:
         extra = [f"{100 * r['dense_head']['acc']:.2f}", f"{r['dense_head']['logits_error']:.4f}"] \
             if "dense_head" in r else ([""] * 2 if args.dense_head else [])
-        table.add_row(r["model"], "/".join(Path(r["run"]).parts[-2:]), f"{100 * r['acc']:.2f}", f"{r['logits_error']:.4f}", *extra)
+        table.add_row(r["model"], "/".join(Path(r["run"]).parts[-2:]), f"{100 * r['acc']:.2f}",
+                      f"{r['logits_error']:.4f}", *extra)
     Console(width=140).print(table)
     atomic_write_json(args.out, {"dense": str(args.dense), "n_test": len(y), "rows": rows, "torch": torch.__version__})
     print(f"wrote {args.out}")

@@ -159,10 +159,13 @@ def test_refit_head_ablation_through_the_cli_and_the_dev_logits_script(tiny, tmp
     assert any(not torch.equal(models["refit"][k], models["dense"][k]) for k in models["refit"] if k.startswith(head))
     script = Path(__file__).parents[1] / "scripts" / "kr_logits_error.py"
     out = tmp_path / "errors.json"
-    subprocess.run([sys.executable, str(script), "--dense", str(tmp_path / "dense"), str(tmp_path / "refit"),
-                    str(tmp_path / "kept"), "--dense-head", "--threads", "1", "--out", str(out)], check=True,
-                   capture_output=True)
-    rows = {Path(r["run"]).name: r for r in json.loads(out.read_text())["rows"]}
+    runs = [str(tmp_path / name) for name in ("dense", "refit", "kept")]  # the dense run as a run too
+    subprocess.run([sys.executable, str(script), "--dense", str(tmp_path / "dense"), *runs, "--dense-head",
+                    "--threads", "1", "--out", str(out)], check=True, capture_output=True)
+    listed = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in listed] == ["dense", "none", "kr_obs 0.5", "kr_obs 0.5"]
+    assert "dense_head" not in listed[1] and all("dense_head" in r for r in listed[2:])  # unpruned: no head swap
+    rows = {Path(r["run"]).name: r for r in listed}
     assert rows["dense"]["logits_error"] == 0 and rows["refit"]["logits_error"] > 0
     assert rows["refit"]["model"] == "kr_obs 0.5"
     for key in ("acc", "logits_error"):
