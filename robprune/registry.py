@@ -96,16 +96,20 @@ class Registry:
     def names(self, **meta: Any) -> tuple[str, ...]:
         """Sorted names whose metadata matches every ``key=value`` given (``names(modality="text")``)."""
         self._load()
-        return tuple(sorted(name for name, e in self._entries.items()
-                            if all(e.meta.get(k) == v for k, v in meta.items())))
+        return tuple(sorted(name for name, e in self._entries.items() if _matches(e.meta, meta)))
 
     def entries(self) -> tuple[Entry, ...]:
         self._load()
         return tuple(self._entries[name] for name in sorted(self._entries))
 
+    def find(self, obj: Any) -> Entry | None:
+        """The entry ``obj`` is registered as (the first name, sorted), or None: what a config's
+        ``_target_`` resolves to tells its kind's metadata (modality, family)."""
+        return next((e for e in self.entries() if e.obj is obj), None)
+
     def name_of(self, obj: Any) -> str | None:
-        """The name ``obj`` is registered under (the first, sorted), or None."""
-        return next((e.name for e in self.entries() if e.obj is obj), None)
+        found = self.find(obj)
+        return None if found is None else found.name
 
     def __contains__(self, name: object) -> bool:
         self._load()
@@ -119,6 +123,43 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, group={self.group!r})"
+
+
+def locate(target: str) -> Any:
+    """The object a dotted ``_target_`` path names, resolved as hydra does (attribute first, else import
+    the submodule), without hydra.utils.get_object's logging of failures."""
+    parts = target.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, name in enumerate(parts[1:], start=2):
+        if hasattr(obj, name):
+            obj = getattr(obj, name)
+            continue
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            raise AttributeError(f"{'.'.join(parts[:i - 1])} has no {name!r}") from None
+    return obj
+
+
+def target_entry(registry: "Registry", target: str | None) -> Entry | None:
+    """The entry of ``registry`` a config's ``_target_`` resolves to; None when it names nothing
+    registered there (or cannot be imported: validation reports that with the key)."""
+    if not target:
+        return None
+    try:
+        return registry.find(locate(str(target)))
+    except (ImportError, AttributeError):
+        return None
+
+
+def _matches(meta: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
+    """Every wanted value equals the entry's, or is one of them when the entry lists several
+    (``modality=("image", "text")``)."""
+    for key, value in want.items():
+        have = meta.get(key)
+        if have != value and not (isinstance(have, (tuple, frozenset)) and value in have):
+            return False
+    return True
 
 
 # Every kind of registered thing. A registry's ``modules`` are where its entries are declared.

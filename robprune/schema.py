@@ -1,4 +1,4 @@
-"""The schema of every config group, written once: which keys a node may hold and what each value must be.
+"""The layout of the root config: which groups and keys a composed config holds and what each value must be.
 
 A node is described by a dict {key: spec}; a spec is a :class:`Value` (a leaf: type, range, choices),
 a nested dict, :data:`TARGET` (a node with a ``_target_``: its keys are the parameters of the callable,
@@ -7,152 +7,27 @@ see :mod:`robprune.validate`), :class:`MapOf` (free names, each value of one spe
 """
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
-from typing import Any
-
 from robprune.attacks.autoattack import AA_ATTACKS, AA_NORMS, AA_VERSIONS
 from robprune.attacks.common import LOSSES
 from robprune.attacks.pgd import COMPAT, STARTS
 from robprune.attacks.threat import NORMS
 from robprune.corruptions import SOURCES
-from robprune.errors import ConfigError
 from robprune.models.timm import STEMS
+from robprune.options import (ANY, BOOL, EPS, FRACTION, HYDRA_KEYS, PATH, SEED, SIZE, STEPS, STR, TARGET,  # noqa: F401
+                               Choice, Float, Int, MapOf, Value, unknown_key)
 from robprune.prune.importance import CRITERIA
 from robprune.prune.methods import ALLOCATIONS, NORMALIZATIONS, RATIO_SEMANTICS, RULES
 from robprune.prune.sensitivity import PERTURBATIONS
 from robprune.train.recipe import SCHEDULES
-
-ANY = "any"
-TARGET = "target"
-HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
-KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-         "path": "a path", "list": "a list"}
-
-
-@dataclass(frozen=True)
-class Value:
-    """A leaf: kind (int | float | bool | str | path | list), optional bounds (``low``/``high``, open
-    or closed), ``choices``, ``null`` (None allowed), ``item`` (spec of each list element) and
-    ``example`` (a valid value shown in the fix)."""
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple | None = None
-    null: bool = False
-    item: "Value | None" = None
-    example: str = ""
-
-    def check(self, value: Any, key: str) -> None:
-        """Raise ConfigError naming ``key`` and the fix unless ``value`` fits."""
-        if value is None:
-            if not self.null:
-                raise ConfigError(f"{key} must not be null; {self._fix(key)}")
-            return
-        if self.choices is not None:
-            if not any(isinstance(c, bool) == isinstance(value, bool) and c == value for c in self.choices):
-                raise ConfigError(f"{key} must be one of {', '.join(_show(c) for c in self.choices)}, "
-                                  f"got {value!r}{_close(value, self.choices)}; {self._fix(key)}")
-            return
-        if not _is_kind(value, self.kind):
-            raise ConfigError(f"{key} must be {KINDS[self.kind]}{' or null' if self.null else ''}, got {value!r}; {self._fix(key)}")
-        if self.kind == "list" and self.item is not None:
-            for i, element in enumerate(value):
-                self.item.check(element, f"{key}[{i}]")
-        if self.kind in ("int", "float") and not self._in_range(value):
-            raise ConfigError(f"{key} must be {self._range()}{' or null' if self.null else ''}, got {value!r}; {self._fix(key)}")
-
-    def _in_range(self, v: float) -> bool:
-        ok_low = self.low is None or (v > self.low if self.low_open else v >= self.low)
-        ok_high = self.high is None or (v < self.high if self.high_open else v <= self.high)
-        return ok_low and ok_high
-
-    def _range(self) -> str:
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"{'<' if self.high_open else '<='} {self.high:g}"
-
-    def _fix(self, key: str) -> str:
-        example = self.example or (_show(self.choices[0]) if self.choices else {"int": "1", "float": "0.1", "bool": "true"}.get(self.kind, "<value>"))
-        return f"e.g. {key}={example}"
-
-
-@dataclass(frozen=True)
-class MapOf:
-    """A node whose keys are free names (attack names) and whose values all follow ``item``."""
-
-    item: Any
-
-
-def _is_kind(value: Any, kind: str) -> bool:
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "path":
-        return isinstance(value, (str, int)) and not isinstance(value, bool)
-    if kind == "list":
-        from omegaconf import ListConfig
-
-        return isinstance(value, (list, tuple, ListConfig))
-    return True
-
-
-def _show(choice: Any) -> str:
-    return "null" if choice is None else str(choice).lower() if isinstance(choice, bool) else str(choice)
-
-
-def _close(value: Any, choices) -> str:
-    near = difflib.get_close_matches(str(value), [str(c) for c in choices if c is not None], n=1)
-    return f" (did you mean {near[0]}?)" if near else ""
-
-
-def unknown_key(key: str, parent: str, allowed) -> ConfigError:
-    """The error for a key that the schema of ``parent`` does not have, with difflib's nearest key."""
-    allowed = sorted(k for k in allowed if k not in HYDRA_KEYS)
-    name = key.rsplit(".", 1)[-1]
-    near = difflib.get_close_matches(name, allowed, n=1)
-    where = parent or "the root config"
-    hint = f"did you mean {parent + '.' if parent else ''}{near[0]}?" if near else "remove it"
-    return ConfigError(f"{key} is not a key of {where} ({hint}); keys: {', '.join(allowed) or '(none)'}")
-
-
-def Int(low=None, *, high=None, null=False, example="") -> Value:  # noqa: N802  (spec constructors read like types)
-    return Value("int", low=low, high=high, null=null, example=example)
-
-
-def Float(low=None, *, high=None, low_open=False, high_open=False, null=False, example="") -> Value:  # noqa: N802
-    return Value("float", low=low, high=high, low_open=low_open, high_open=high_open, null=null, example=example)
-
-
-def Choice(*choices, example="") -> Value:  # noqa: N802
-    return Value("str", choices=tuple(choices), null=None in choices, example=example)
-
-
-BOOL = Value("bool")
-STR = Value("str")
-PATH = Value("path", null=True)
-FRACTION = Float(0, high=1, high_open=True, null=True, example="0.5")
-EPS = Float(0, example="0.03137")
-STEPS = Int(1, example="10")
-SIZE = Int(1, example="64")
-SEED = Int(null=True, example="0")
+from robprune.train.sharpness import IMPORTANCES, NORMALIZE
+from robprune.train.sharpness import METHODS as SHARPNESS_METHODS
 
 # ---- groups without a _target_ -------------------------------------------------------------------
 SCHEDULE = {"name": Choice(*SCHEDULES), "milestones": Value("list", item=Int(0)), "gamma": Float(0),
             "warmup": Float(0, high=1, high_open=True, example="0.1")}  # warmup: linear only, fraction of all steps
-SHARPNESS = {"method": Choice("none", "sam", "asam", "adasap"), "rho": Float(0, low_open=True, example="0.05"),
+SHARPNESS = {"method": Choice(*SHARPNESS_METHODS), "rho": Float(0, low_open=True, example="0.05"),
              "eta": Float(0, example="0.01"), "rho_min": Float(0, low_open=True, example="0.01"),
-             "rho_max": Float(0, low_open=True, example="2.0"), "importance": Choice("l2", "taylor"), "normalize": Choice("global", "neuron"),
+             "rho_max": Float(0, low_open=True, example="2.0"), "importance": Choice(*IMPORTANCES), "normalize": Choice(*NORMALIZE),
              "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}  # rho_min <= rho_max: robprune.train.sharpness
 TRAIN = {"epochs": Int(0, example="2"), "objective": TARGET, "optimizer": TARGET, "schedule": SCHEDULE,
          "sharpness": SHARPNESS, "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}

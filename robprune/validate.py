@@ -20,6 +20,7 @@ from robprune import schema
 from robprune.corruptions import check_node as check_corruptions
 from robprune.config import _check_targets, config_dir
 from robprune.errors import ConfigError
+from robprune.registry import ATTACKS, MODELS, OBJECTIVES, Entry, locate, target_entry
 from robprune.schema import ANY, BOOL, TARGET, MapOf, unknown_key
 from robprune.validate_prune import check_before_stages, check_prune_combinations, reachable_sparsity
 
@@ -147,24 +148,6 @@ def check_target(node, path: str) -> None:
     check_attack(node, path, target)
 
 
-def locate(target: str):
-    """The object a dotted path names, resolved as hydra does (attribute first, else import the
-    submodule), without hydra.utils.get_object's logging of failures."""
-    import importlib
-
-    parts = target.split(".")
-    obj = importlib.import_module(parts[0])
-    for i, name in enumerate(parts[1:], start=2):
-        if hasattr(obj, name):
-            obj = getattr(obj, name)
-            continue
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            raise AttributeError(f"{'.'.join(parts[:i - 1])} has no {name!r}") from None
-    return obj
-
-
 @functools.lru_cache(maxsize=None)
 def _signature_keys(target: str) -> frozenset | None:
     """Parameter names a config may bind: not *args, not positional ones without a default (the
@@ -192,7 +175,7 @@ def allowed_keys(target: str, path: str) -> frozenset | None:
 
 def check_attack(node: DictConfig, path: str, target: str) -> None:
     """Combinations inside one attack node; a text attack checks its own parameters (budgets > 0, ...)."""
-    if target.startswith(TEXT_ATTACKS):
+    if is_text_attack(node):
         params = {k: value_at(node, k, f"{path}.{k}") for k in node.keys() if k not in schema.HYDRA_KEYS}
         locate(target).check_params(where=path, **OmegaConf.to_container(OmegaConf.create(params), resolve=True))
     if target == "robprune.attacks.autoattack" and node.get("version") == "custom" and not node.get("attacks"):
@@ -265,7 +248,7 @@ def check_average(cfg: DictConfig) -> None:
         merged = merge_recipe(cfg.train, {k: v for k, v in entry.items() if k != "seed"})
         check_node(merged, schema.TRAIN, f"average.ingredients.{name}")
         check_recipe(merged, f"average.ingredients.{name}")
-    if not str(node.attack.get("_target_", "")).startswith(TEXT_ATTACKS):
+    if not is_text_attack(node.attack):
         raise ConfigError(f"average.attack ({node.attack.get('_target_')}) must be a text attack; e.g. "
                           "override /attack@average.attack: textfooler")
 
@@ -278,33 +261,45 @@ def check_model(node: DictConfig) -> None:
         check_timm_name(str(node.name))
 
 
-TEXT_MODELS = ("robprune.models.text_classifier",)  # builders whose models take token ids
-TEXT_OBJECTIVES = ("robprune.train.objectives.standard", "robprune.train.objectives.freelb")
-TEXT_ATTACKS = "robprune.attacks.text."  # prefix of the text attacks' targets
+def registered(registry, node) -> "Entry | None":
+    """The registry entry a node's ``_target_`` resolves to (None: not a registered thing, or no target)."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    return None if target is None else target_entry(registry, str(target))
+
+
+def modality_of(registry, node, default: str = "image") -> tuple[str, ...]:
+    """The modalities a registered thing takes (``meta['modality']``, one or several)."""
+    entry = registered(registry, node)
+    value = entry.meta.get("modality", default) if entry is not None else default
+    return value if isinstance(value, tuple) else (value,)
+
+
+def is_text_attack(node) -> bool:
+    return "text" in modality_of(ATTACKS, node)
 
 
 def check_modality(cfg: DictConfig) -> None:
     """Model, attacks, objectives, pruning and quantisation must fit the data's modality (images or
-    text): e.g. PGD on SST-2, a CNN on SST-2 or TextFooler on MNIST is one line before any work."""
+    text): e.g. PGD on SST-2, a CNN on SST-2 or TextFooler on MNIST is one line before any work. What
+    each registered thing takes is its registration's ``modality`` (robprune.registry)."""
     text = str(cfg.dataset.get("modality", "image")) == "text"
     kind = "text" if text else "image"
     data_name = f"dataset={cfg.dataset.name} ({kind})"
-    if (str(cfg.model.get("_target_")) in TEXT_MODELS) != text:
-        raise ConfigError(f"model._target_={cfg.model.get('_target_')} does not take {kind} inputs but {data_name}; "
-                          f"use {'model=minilm (or model=bert)' if text else 'an image model, e.g. model=cnn8'}")
+    if kind not in modality_of(MODELS, cfg.model):
+        fix = " or ".join(f"model={n}" for n in MODELS.names(modality=kind)) if text else "an image model, e.g. model=cnn8"
+        raise ConfigError(f"model._target_={cfg.model.get('_target_')} does not take {kind} inputs but {data_name}; use {fix}")
     for name in (cfg.eval.get("attacks") or {}):
-        target = str(cfg.eval.attacks[name].get("_target_", ""))
-        if target.startswith(TEXT_ATTACKS) != text:
-            raise ConfigError(f"eval.attacks.{name} ({target}) is {'an image' if text else 'a text'} attack but "
+        node = cfg.eval.attacks[name]
+        if is_text_attack(node) != text:
+            raise ConfigError(f"eval.attacks.{name} ({node.get('_target_', '')}) is {'an image' if text else 'a text'} attack but "
                               f"{data_name}; use eval={'text' if text else 'default'}")
     for key in ("train", "finetune"):
         objective = cfg[key].get("objective")
         if int(cfg[key].get("epochs") or 0) == 0 or objective is None:
             continue
-        target = str(objective.get("_target_"))
-        if (text and target not in TEXT_OBJECTIVES) or (not text and target.endswith(".freelb")):
+        if kind not in modality_of(OBJECTIVES, objective, default=kind):
             fix = f"{key}=text_finetune or {key}=freelb" if text else f"{key}=standard or {key}=pgd_at"
-            raise ConfigError(f"{key}.objective ({target}) does not apply to {data_name}; use {fix}")
+            raise ConfigError(f"{key}.objective ({objective.get('_target_')}) does not apply to {data_name}; use {fix}")
     if text:
         _check_text_compression(cfg)
     elif str(cfg.prune.get("method", "none")) in ("kr_obs", "sparsegpt", "magnitude"):

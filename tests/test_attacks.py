@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robprune.attacks import ATTACKS, L2Ball, LinfBall, autoattack, capture_warnings, fgsm, pgd
+from robprune.attacks import L2Ball, LinfBall, autoattack, capture_warnings, fgsm, pgd
 from robprune.attacks.common import kl_loss, loss_target
 from robprune.attacks.threat import l2_norm, linf_norm, normal_start
+from robprune.config import config_dir
 from robprune.errors import ConfigError
 from robprune.models import small_cnn
+from robprune.registry import ATTACKS
 
 EPS, EPS_L2 = 0.1, 0.5
 
@@ -68,7 +70,26 @@ class Case:
     norm: Callable
 
 
-CASES = [
+# The conf file's own options, shrunk to a few steps; eps by the file's threat model. A newly registered
+# attack (conf/attack/<name>.yaml + a registration) is picked up here without editing this file.
+SHRINK_ATTACK = {"steps": 5, "n_iter": 5, "n_queries": 20, "seed": 0, "batch_size": 64}
+
+
+def registry_case(name: str) -> Case:
+    """The contract case of a registered image attack, bound from conf/attack/<name>.yaml."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(config_dir() / "attack" / f"{name}.yaml")
+    norm = str(node.get("norm", "linf")).lower()
+    eps = EPS_L2 if norm == "l2" else EPS
+    params = {k: SHRINK_ATTACK[k] if k in SHRINK_ATTACK else node[k] for k in node if k not in ("_target_", "_partial_", "eps")}
+    if name == "autoattack":  # the standard suite's FAB-T and 5000-query Square take minutes: two of its attacks
+        params.update(version="custom", attacks=["apgd-ce", "square"])
+    assert ATTACKS.find(ATTACKS.get(name)) is not None
+    return Case(name, partial(ATTACKS.get(name), eps=eps, **params), eps, l2_norm if norm == "l2" else linf_norm)
+
+
+VARIANTS = [
     Case("fgsm", partial(fgsm, eps=EPS), EPS, linf_norm),
     Case("fgsm-l2", partial(fgsm, eps=EPS_L2, norm="l2"), EPS_L2, l2_norm),
     Case("pgd-linf", partial(pgd, eps=EPS, steps=5), EPS, linf_norm),
@@ -78,10 +99,16 @@ CASES = [
     Case("pgd-kl-l2-restarts", partial(pgd, eps=EPS_L2, steps=5, norm="l2", loss="kl", restarts=2), EPS_L2, l2_norm),
     Case("autoattack-apgd-fab", partial(autoattack, eps=EPS, attacks=["apgd-ce", "fab-t"], n_iter=5), EPS, linf_norm),
 ]
+CASES = [registry_case(name) for name in ATTACKS.names(modality="image")] + VARIANTS
 
 
 def test_cases_cover_registry():
-    assert {case.name.split("-")[0] for case in CASES} == set(ATTACKS)
+    """Every registered image attack has a case bound from its own conf file, and every variant is of a
+    registered attack."""
+    names = ATTACKS.names(modality="image")
+    assert [case.name for case in CASES[:len(names)]] == list(names)
+    assert {case.name.split("-")[0] for case in VARIANTS} <= set(names)
+    assert all((config_dir() / "attack" / f"{name}.yaml").is_file() for name in names)
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval-mode", "train-mode"])

@@ -18,13 +18,14 @@ from text_fixtures import sentences, tiny_bert, write_sst2
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from robprune.attacks.text import (STATUSES, STOP_WORDS, TEXT_ATTACKS, Sentence, TextAttackResult, Victim,  # noqa: E402
+from robprune.attacks.text import (STATUSES, STOP_WORDS, Sentence, TextAttackResult, Victim,  # noqa: E402
                                    count_changed, is_attackable, load_encoder, load_vectors, n_attackable)
 from robprune.attacks.text import encoder as encoder_module  # noqa: E402
 from robprune.attacks.text import textfooler  # noqa: E402
 from robprune.attacks.text.vectors import WordVectors  # noqa: E402
 from robprune.config import config_dir  # noqa: E402
 from robprune.errors import ConfigError, DataError  # noqa: E402
+from robprune.registry import ATTACKS  # noqa: E402
 from robprune.evaluate.text import ADVERSARIAL_FILE, RESULTS_DIR, budget_check, evaluate_text_robustness, flips_check  # noqa: E402
 
 
@@ -169,9 +170,9 @@ def _stop_words_kept(original: str, perturbed: str) -> bool:
     return not any(w.lower() in STOP_WORDS for tag, i1, i2, _, _ in ops if tag != "equal" for w in a[i1:i2])
 
 
-@pytest.mark.parametrize("name", sorted(TEXT_ATTACKS))
+@pytest.mark.parametrize("name", ATTACKS.names(modality="text"))
 def test_attack_contract(name, tiny, glove, encoder):
-    attack, params, victim = TEXT_ATTACKS[name], params_of(name, tiny), victim_of(tiny)
+    attack, params, victim = ATTACKS.get(name), params_of(name, tiny), victim_of(tiny)
     replay = victim_of(tiny, batch_size=3)  # other batches, other padding
     statuses = set()
     for label, text in tiny[3][:5]:
@@ -186,9 +187,9 @@ def test_attack_contract(name, tiny, glove, encoder):
     assert "succeeded" in statuses or name == "bert_attack"  # the tiny model is easy to fool
 
 
-@pytest.mark.parametrize("name", sorted(TEXT_ATTACKS))
+@pytest.mark.parametrize("name", ATTACKS.names(modality="text"))
 def test_attack_skips_misclassified_and_keeps_budget(name, tiny, glove, encoder):
-    attack, params, victim = TEXT_ATTACKS[name], params_of(name, tiny), victim_of(tiny)
+    attack, params, victim = ATTACKS.get(name), params_of(name, tiny), victim_of(tiny)
     label, text = tiny[3][0]
     skipped = attack(victim, text, 1 - label, seed=0, **params)
     assert (skipped.status, skipped.queries, skipped.perturbed, skipped.words_changed) == ("skipped", 1, text, 0.0)
@@ -199,11 +200,11 @@ def test_attack_skips_misclassified_and_keeps_budget(name, tiny, glove, encoder)
     assert TextAttackResult.from_json(result.to_json()) == result
 
 
-@pytest.mark.parametrize("name", sorted(TEXT_ATTACKS))
+@pytest.mark.parametrize("name", ATTACKS.names(modality="text"))
 @pytest.mark.parametrize("key, value", [("query_budget", 0), ("query_budget", -5), ("max_words_changed", 0.0),
                                         ("max_words_changed", 1.5), ("no_such_key", 1)])
 def test_bad_parameters_are_config_errors(name, key, value, tiny):
-    attack = TEXT_ATTACKS[name]
+    attack = ATTACKS.get(name)
     params = {**params_of(name, tiny), key: value}
     with pytest.raises(ConfigError, match=f"eval.attacks.{name}.{key}") as err:
         attack.check_params(where=f"eval.attacks.{name}", **params)
@@ -217,13 +218,14 @@ def test_bad_parameters_are_config_errors(name, key, value, tiny):
 
 def test_bert_attack_needs_a_masked_lm():
     with pytest.raises(ConfigError, match="masked language model"):
-        TEXT_ATTACKS["bert_attack"].check_params(where="eval.attacks.bert_attack")
+        ATTACKS.get("bert_attack").check_params(where="eval.attacks.bert_attack")
 
 
 def test_attack_configs_name_every_parameter():
     import inspect
 
-    for name, attack in TEXT_ATTACKS.items():
+    for name in ATTACKS.names(modality="text"):
+        attack = ATTACKS.get(name)
         node = OmegaConf.load(config_dir() / "attack" / f"{name}.yaml")
         keys = set(node) - {"_target_", "_partial_"}
         signature = set(inspect.signature(attack).parameters) - {"victim", "text", "label", "seed"}
@@ -254,7 +256,7 @@ def test_eval_config_composes_and_checks_parameters(tmp_path):
     assert set(cfg.eval.attacks) == set(cfg.eval.n_examples) == {"textfooler", "textbugger"}
     assert cfg.eval.max_length == cfg.dataset.max_length and cfg.eval.latency.batch_size == 64
     for name, node in cfg.eval.attacks.items():
-        assert build_attack(node, f"eval.attacks.{name}").func is TEXT_ATTACKS[name]
+        assert build_attack(node, f"eval.attacks.{name}").func is ATTACKS.get(name)
     bad = compose(base + ["eval.attacks.textbugger.query_budget=0"]).eval.attacks.textbugger
     with pytest.raises(ConfigError, match="eval.attacks.textbugger.query_budget must be a positive integer, got 0"):
         build_attack(bad, "eval.attacks.textbugger")
@@ -290,7 +292,7 @@ def test_evaluate_end_to_end_and_resume(tiny, glove, encoder, tmp_path):
 def test_flips_check_fails_on_tampered_results(tiny, glove):
     victim = victim_of(tiny)
     label, text = tiny[3][0]
-    result = TEXT_ATTACKS["textfooler"](victim, text, label, seed=0, encoder=None)
+    result = ATTACKS.get("textfooler")(victim, text, label, seed=0, encoder=None)
     assert result.status == "succeeded"
     correct = torch.ones(1, dtype=torch.bool)
     assert flips_check(victim, "tf", [(0, result)], correct)[1] == []
@@ -305,7 +307,7 @@ def test_flips_check_fails_on_tampered_results(tiny, glove):
 
 def test_budget_check_fails_on_tampered_results(tiny, glove):
     label, text = tiny[3][0]
-    result = TEXT_ATTACKS["textfooler"](victim_of(tiny), text, label, seed=0, encoder=None, query_budget=100,
+    result = ATTACKS.get("textfooler")(victim_of(tiny), text, label, seed=0, encoder=None, query_budget=100,
                                         max_words_changed=0.5)
     assert budget_check("tf", [(0, result)], 100, 0.5)[1] == []
     over = TextAttackResult(**{**result.to_json(), "queries": 101})

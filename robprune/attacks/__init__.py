@@ -3,13 +3,19 @@
 x, x_adv: (N, C, H, W) pixels in [0, 1]; y: (N,) int64. Hyperparameters are bound with
 functools.partial (configs: ``_target_: robprune.attacks.<name>`` with ``_partial_: true``). Every
 attack leaves ``model.training``, parameters and their ``.grad`` as it found them and returns a
-detached tensor on x's device. :data:`ATTACKS` maps config names to functions; the contract tests
-run over all of it.
+detached tensor on x's device. Each attack is registered in :data:`robprune.registry.ATTACKS` under its
+conf file's stem (``conf/attack/<name>.yaml``); the contract tests run over every registered one.
 """
 from robprune.attacks.autoattack import autoattack, capture_warnings
 from robprune.attacks.pgd import fgsm, pgd
 from robprune.attacks.threat import L2Ball, LinfBall, make_ball
 
-ATTACKS = {"fgsm": fgsm, "pgd": pgd, "autoattack": autoattack}
+from robprune.registry import ATTACKS
 
-__all__ = ["ATTACKS", "L2Ball", "LinfBall", "autoattack", "capture_warnings", "fgsm", "make_ball", "pgd"]
+# name (= conf/attack/<name>.yaml) -> attack; pgd_l2 is PGD under the L2 threat model of its conf file
+ATTACKS.add("pgd", pgd, modality="image")
+ATTACKS.add("pgd_l2", pgd, modality="image")
+ATTACKS.add("fgsm", fgsm, modality="image")
+ATTACKS.add("autoattack", autoattack, modality="image")
+
+__all__ = ["L2Ball", "LinfBall", "autoattack", "capture_warnings", "fgsm", "make_ball", "pgd"]

@@ -33,6 +33,7 @@ from robprune.errors import DataError
 from robprune.evaluate import checks
 from robprune.evaluate.adversarial import _subset_size
 from robprune.io import atomic_write_text
+from robprune.registry import ATTACKS, target_entry
 from robprune.ui import track
 
 RESULTS_DIR = "text_attacks"  # work/<RESULTS_DIR>/<name>.jsonl: finished examples, for resuming
@@ -237,6 +238,12 @@ def write_adversarial(path: Path, results: dict[str, Rows]) -> None:
 RESOURCE_KEYS = ("vectors", "encoder", "mlm", "antonyms")  # attack parameters naming a file or folder
 
 
+def is_text_attack(node) -> bool:
+    """Whether an eval.attacks node builds a registered text attack (robprune.registry.ATTACKS)."""
+    entry = target_entry(ATTACKS, node.get("_target_"))
+    return entry is not None and entry.meta.get("modality") == "text"
+
+
 def check_inputs(eval_cfg) -> None:
     """Load every word-vector table and sentence encoder the text attacks of ``eval_cfg`` name (they are
     cached for the evaluation), so a malformed vectors file or a missing folder is one line before
@@ -246,7 +253,7 @@ def check_inputs(eval_cfg) -> None:
 
     for name in (eval_cfg.get("attacks") or {}):
         node = eval_cfg.attacks[name]
-        if not str(node.get("_target_", "")).startswith("robprune.attacks.text."):
+        if not is_text_attack(node):
             continue
         if node.get("vectors") is not None:
             load_vectors(str(node.vectors), node.get("vocab_size"))
@@ -268,7 +275,7 @@ def input_stats(eval_cfg) -> list:
     for name in (eval_cfg.get("attacks") or {}):
         node = eval_cfg.attacks[name]
         for key in RESOURCE_KEYS:
-            value = node.get(key) if str(node.get("_target_", "")).startswith("robprune.attacks.text.") else None
+            value = node.get(key) if is_text_attack(node) else None
             path = Path(str(value)).expanduser() if value is not None else None
             if path is not None and path.is_file():
                 paths.append(path)

@@ -1,8 +1,15 @@
 """The pipeline's stages, in order. Each module declares one :class:`robprune.graph.Stage`; the config
-decides which run (``Stage.when``). A method adds a stage by adding a module and listing it here: the
-walk in :func:`robprune.pipeline.run` does not change."""
+decides which run (``Stage.when``). A method adds a stage by adding a module and placing it in
+:data:`ORDER` (where it sits in the graph); each is registered in :data:`robprune.registry.STAGES` under
+its name, the cache folder and the metrics key. The walk in :func:`robprune.pipeline.run` does not
+change (docs/how-to/add-a-stage.md)."""
+from robprune.registry import STAGES as REGISTRY
 from robprune.stages import average, calib, evaluate, finetune, prune, prune_train, quant, scores, train
 
-STAGES = (train.STAGE, average.INGREDIENTS, average.STAGE, scores.STAGE, calib.STAGE, prune.STAGE, prune_train.STAGE, quant.STAGE, finetune.STAGE, evaluate.STAGE)
+ORDER = (train.STAGE, average.INGREDIENTS, average.STAGE, scores.STAGE, calib.STAGE, prune.STAGE, prune_train.STAGE,
+         quant.STAGE, finetune.STAGE, evaluate.STAGE)
+for _position, _stage in enumerate(ORDER):
+    REGISTRY.add(_stage.name, _stage, position=_position)
+STAGES = tuple(REGISTRY.get(name) for name in sorted(REGISTRY.names(), key=lambda n: REGISTRY.entry(n).meta["position"]))
 
-__all__ = ["STAGES"]
+__all__ = ["ORDER", "STAGES"]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robprune.errors import ConfigError
+from robprune.registry import OBJECTIVES
 from robprune.train.trainer import local_model
 
 
@@ -107,10 +108,12 @@ class PGDAT:
         return F.cross_entropy(model(self.adversarial_batch(model, x, y)), y)
 
 
+@OBJECTIVES.register(modality=("image", "text"))
 def standard() -> Standard:
     return Standard()
 
 
+@OBJECTIVES.register(modality="image")
 def pgd_at(*, attack: Callable, eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> PGDAT:
     return PGDAT(attack=attack, eps_ramp_epochs=eps_ramp_epochs, adv_ratio=check_adv_ratio(adv_ratio))
 
@@ -199,11 +202,13 @@ def _check_kl_attack(attack: Callable) -> Callable:
     return attack
 
 
+@OBJECTIVES.register(modality="image")
 def trades(*, attack: Callable, beta: float = 6.0, eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> TRADES:
     return TRADES(attack=_check_kl_attack(attack), eps_ramp_epochs=eps_ramp_epochs,
                   adv_ratio=check_adv_ratio(adv_ratio), beta=_check_beta(beta))
 
 
+@OBJECTIVES.register(modality="image")
 def mart(*, attack: Callable, beta: float = 6.0, eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> MART:
     return MART(attack=attack, eps_ramp_epochs=eps_ramp_epochs, adv_ratio=check_adv_ratio(adv_ratio), beta=_check_beta(beta))
 
@@ -247,6 +252,7 @@ class FreeLB:
         return total
 
 
+@OBJECTIVES.register(modality="text")
 def freelb(*, adv_steps: int = 2, adv_lr: float = 0.1, init_mag: float = 0.05, max_norm: float = 0.0) -> FreeLB:
     if int(adv_steps) < 1:
         raise ConfigError(f"objective.adv_steps must be >= 1, got {adv_steps}; e.g. train.objective.adv_steps=2")

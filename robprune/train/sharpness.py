@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from robprune.errors import ConfigError
+from robprune.registry import SHARPNESS
 
-METHODS = ("none", "sam", "asam", "adasap")
 IMPORTANCES = ("l2", "taylor")
 NORMALIZE = ("global", "neuron")  # AdaSAP: ‖T g‖ over the whole network (ASAM's) | per neuron ‖T_i g_i‖
 
@@ -244,6 +244,13 @@ class SharpnessAware(torch.optim.Optimizer):
         self._apply_masks(grads=False)
         return loss
 
+
+# The optimizer wrappers a train node's sharpness.method names (docs/methods/adasap.md): one class, three
+# perturbations. "none" is no wrapper.
+SHARPNESS.add("sam", SharpnessAware, perturbation="ε = ρ·g/‖g‖ (Foret et al. 2021)")
+SHARPNESS.add("asam", SharpnessAware, perturbation="ε = ρ·T²g/‖T g‖, T = |w| + η (Kwon et al. 2021)")
+SHARPNESS.add("adasap", SharpnessAware, perturbation="ASAM with a per-neuron ρ_i from its importance (Bair et al. 2024)")
+METHODS = ("none", *SHARPNESS.names())
 
 def wrap(cfg, model: nn.Module, base: torch.optim.Optimizer, key: str, *, neurons: NeuronMap | None = None):
     """The optimizer a train/finetune node asks for: ``base`` itself, or wrapped per its ``sharpness`` node.

@@ -6,7 +6,8 @@
 with ``_partial_: true`` in ``conf/attack/<name>.yaml``; ``attack.check_params(where=..., **params)``
 validates them first. Candidate words come from a word-vector table shipped as a package (GloVe 6B
 50-d) or a user file, similarity from a local sentence encoder (all-MiniLM-L6-v2): nothing is
-downloaded. :data:`TEXT_ATTACKS` maps config names to functions; the contract tests run over it.
+downloaded. Each attack is registered in :data:`robprune.registry.ATTACKS` with ``modality="text"``; the
+contract tests run over every registered one.
 """
 from robprune.attacks.text.base import STATUSES, AttackState, TextAttackResult, change_limit
 from robprune.attacks.text.bert_attack import bert_attack
@@ -17,8 +18,13 @@ from robprune.attacks.text.vectors import GLOVE, WordVectors, load_vectors
 from robprune.attacks.text.victim import Victim
 from robprune.attacks.text.words import STOP_WORDS, Sentence, count_changed, is_attackable, is_stop_word, n_attackable
 
-TEXT_ATTACKS = {"textfooler": textfooler, "textbugger": textbugger, "bert_attack": bert_attack}
+from robprune.registry import ATTACKS
 
-__all__ = ["GLOVE", "MINILM", "STATUSES", "STOP_WORDS", "TEXT_ATTACKS", "AttackState", "Sentence", "SentenceEncoder",
+# name (= conf/attack/<name>.yaml) -> attack
+ATTACKS.add("textfooler", textfooler, modality="text")
+ATTACKS.add("textbugger", textbugger, modality="text")
+ATTACKS.add("bert_attack", bert_attack, modality="text")
+
+__all__ = ["GLOVE", "MINILM", "STATUSES", "STOP_WORDS", "AttackState", "Sentence", "SentenceEncoder",
            "TextAttackResult", "Victim", "WordVectors", "angular", "bert_attack", "change_limit", "count_changed",
            "is_attackable", "is_stop_word", "load_encoder", "load_vectors", "n_attackable", "textbugger", "textfooler"]
