@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
+import inspect
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -159,20 +161,45 @@ def option(default: Any = dataclasses.MISSING, spec: Any = None, *, help: str = 
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def declared(cls_or_obj: Any) -> bool:
-    return dataclasses.is_dataclass(cls_or_obj)
+def declared(obj: Any) -> bool:
+    """Whether ``obj`` declares its options: a dataclass, or a callable with ``Annotated`` parameters."""
+    return bool(dataclasses.is_dataclass(obj) or (callable(obj) and _annotated(obj)))
 
 
-def spec_of(cls: Any) -> dict[str, Any]:
-    """{key: spec} of a declaration: each field's own spec, or one inferred from its annotation."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: f.metadata.get("spec") or _infer(hints[f.name], f.name) for f in dataclasses.fields(cls)}
+@functools.lru_cache(maxsize=None)
+def _annotated(fn: Any) -> tuple[tuple[str, Any, Any], ...]:
+    """(name, spec, default) of each keyword option of ``fn`` typed ``Annotated[type, spec]``."""
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError, NameError):
+        return ()
+    out = []
+    for name, param in params.items():
+        hint = hints.get(name)
+        if typing.get_origin(hint) is not typing.Annotated:
+            continue
+        spec = next((m for m in hint.__metadata__ if isinstance(m, (Value, dict, MapOf)) or m in (ANY, TARGET)), None)
+        if spec is not None:
+            out.append((name, spec, param.default))
+    return tuple(out)
 
 
-def defaults_of(cls: Any) -> dict[str, Any]:
-    """{key: default} of a declaration (fields without a default are left out: they are required)."""
+def spec_of(obj: Any) -> dict[str, Any]:
+    """{key: spec} of a declaration: a dataclass's fields (each field's own spec, or one inferred from
+    its annotation), or a callable's ``Annotated[type, spec]`` keyword parameters."""
+    if dataclasses.is_dataclass(obj):
+        hints = typing.get_type_hints(obj)
+        return {f.name: f.metadata.get("spec") or _infer(hints[f.name], f.name) for f in dataclasses.fields(obj)}
+    return {name: spec for name, spec, _ in _annotated(obj)}
+
+
+def defaults_of(obj: Any) -> dict[str, Any]:
+    """{key: default} of a declaration (options without a default are left out: they are required)."""
+    if not dataclasses.is_dataclass(obj):
+        return {name: default for name, _, default in _annotated(obj) if default is not inspect.Parameter.empty}
     out = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(obj):
         if f.default is not dataclasses.MISSING:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
@@ -66,10 +67,15 @@ class Registry:
 
     # ---- reading -----------------------------------------------------------------------------------
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True  # set first: a registering module may read its own registry at import
-            for module in self.modules:
-                importlib.import_module(module)
+        """Import every module of the registry's packages (a new file that registers is found without
+        editing an ``__init__``)."""
+        if self._loaded:
+            return
+        self._loaded = True  # set first: a registering module may read its own registry at import
+        for name in self.modules:
+            module = importlib.import_module(name)
+            for info in pkgutil.walk_packages(getattr(module, "__path__", ()), prefix=f"{name}."):
+                importlib.import_module(info.name)
 
     def entry(self, name: str, *, key: str | None = None) -> Entry:
         """The entry of ``name``; ConfigError naming ``key`` (default: the group), the nearest name and

@@ -7,17 +7,33 @@ see :mod:`robprune.validate`), :class:`MapOf` (free names, each value of one spe
 """
 from __future__ import annotations
 
-from robprune.attacks.autoattack import AA_ATTACKS, AA_NORMS, AA_VERSIONS
-from robprune.attacks.common import LOSSES
-from robprune.attacks.pgd import COMPAT, STARTS
-from robprune.attacks.threat import NORMS
+from robprune.attacks.autoattack import AA_ATTACKS, AA_NORMS, AA_VERSIONS  # noqa: F401  (validate's hint)
 from robprune.corruptions import SOURCES
-from robprune.models.timm import STEMS
-from robprune.options import (ANY, BOOL, EPS, FRACTION, HYDRA_KEYS, PATH, SEED, SIZE, STEPS, STR, TARGET,  # noqa: F401
-                               Choice, Float, Int, MapOf, Value, unknown_key)
+from robprune.options import (  # noqa: F401
+    ANY,
+    BOOL,
+    EPS,
+    FRACTION,
+    HYDRA_KEYS,
+    PATH,
+    SEED,
+    SIZE,
+    STEPS,
+    STR,
+    TARGET,
+    Choice,
+    Float,
+    Int,
+    MapOf,
+    Value,
+    declared,
+    spec_of,
+    unknown_key,
+)
 from robprune.prune.importance import CRITERIA
 from robprune.prune.methods import ALLOCATIONS, NORMALIZATIONS, RATIO_SEMANTICS, RULES
 from robprune.prune.sensitivity import PERTURBATIONS
+from robprune.registry import locate
 from robprune.train.recipe import SCHEDULES
 from robprune.train.sharpness import IMPORTANCES, NORMALIZE
 from robprune.train.sharpness import METHODS as SHARPNESS_METHODS
@@ -71,12 +87,6 @@ REQUIRED = {"": tuple(k for k in ROOT if k not in ("average", "logger", "trainer
             "quant": ("method",)}
 
 # ---- typed parameters of _target_ callables (unknown keys come from their signatures) --------------
-PGD = {"eps": EPS, "steps": STEPS, "step_size": Float(0, null=True, example="0.01"), "norm": Choice(*NORMS),
-       "random_start": Choice(*STARTS), "init_std": Float(0, example="0.001"), "restarts": Int(1), "early_stop": BOOL,
-       "loss": Choice(*LOSSES), "compat": Choice(*COMPAT)}
-AUTOATTACK = {"eps": EPS, "norm": Choice(*AA_NORMS), "version": Choice(*AA_VERSIONS),
-              "attacks": Value("list", null=True, item=Choice(*AA_ATTACKS), example="[apgd-ce,square]"), "seed": SEED,
-              "batch_size": SIZE, "n_iter": Int(1, null=True, example="100"), "n_queries": Int(1, null=True, example="5000")}
 RAMP = {"eps_ramp_epochs": Float(0, example="0"), "adv_ratio": Float(0, high=1, low_open=True, example="1.0"),
         "beta": Float(0, example="6.0")}
 PRUNE = {"method": STR, "criterion": Choice(*CRITERIA), "allocation": Choice(*ALLOCATIONS),
@@ -93,10 +103,6 @@ SCORES = {"n_images": Int(1, example="1024"), "batch_size": SIZE, "seed": SEED, 
           "steps": STEPS, "damage_check": BOOL, "damage_seeds": Value("list", item=Int(), example="[0,1,2]")}
 OPTIMIZER = {"lr": Float(0, low_open=True, example="0.001"), "momentum": Float(0, example="0.9"),
              "weight_decay": Float(0, example="0.0005")}
-MODEL = {"width": Int(1, example="32"), "hidden": Int(1, example="128"), "width_mult": Float(0, low_open=True, example="1.0")}
-DROP = Float(0, high=1, high_open=True, null=True, example="0.1")
-TIMM = {"name": Value("str", example="resnet18"), "pretrained": BOOL, "stem": Choice(*STEMS), "drop_rate": DROP,
-        "drop_path_rate": DROP}  # model.name itself is checked against timm's registry by robprune.validate
 # prune=adasap (robprune.prune.gradual): channel options plus the training it prunes during
 DURING_TRAINING = {**TRAIN, "prune_interval": Int(1, example="50"), "prune_steps": Int(1, example="10")}
 ADASAP = {k: PRUNE[k] for k in ("method", "sparsity", "r_max", "min_channels", "exclude_stem", "exclude_linear")}
@@ -107,18 +113,15 @@ LM_PRUNE = {"method": STR, "sparsity": FRACTION, "n_m": Value("str", null=True, 
             "blocksize": Int(1, example="128"), "batch_size": SIZE, "scope": Choice("layer", "global"),
             "refit_head": BOOL, "calibration": {"n": Int(1, example="512"), "heldout": Int(0, example="64")}}
 TARGET_PARAMS = {
-    "robprune.attacks.pgd": PGD, "robprune.attacks.fgsm": {"eps": EPS, "norm": Choice("linf", "l2")},
-    "robprune.attacks.autoattack": AUTOATTACK,
     "robprune.train.objectives.pgd_at": {**RAMP, "attack": TARGET},
     "robprune.train.objectives.mart": {**RAMP, "attack": TARGET},
-    "robprune.train.objectives.trades": {**RAMP, "eps": EPS, "steps": STEPS, "step_size": PGD["step_size"], "norm": Choice("linf", "l2")},
+    "robprune.train.objectives.trades": {**RAMP, "eps": EPS, "steps": STEPS, "step_size": Float(0, null=True, example="0.01"), "norm": Choice("linf", "l2")},
     "robprune.prune.global_magnitude": {**PRUNE, "ratio_semantics": Choice("params")},
     "robprune.prune.sensitivity.mrs_scores": SCORES, "robprune.prune.sensitivity.calibration_set": SCORES,
-    "robprune.models.timm_model": TIMM,
     "robprune.prune.adasap": ADASAP,
     **{f"robprune.prune.lm_methods.{name}": LM_PRUNE for name in ("kr_obs", "sparsegpt", "magnitude")},
 }
-PREFIX_PARAMS = {"torch.optim.": OPTIMIZER, "robprune.models.": MODEL, "robprune.prune.": PRUNE}
+PREFIX_PARAMS = {"torch.optim.": OPTIMIZER, "robprune.prune.": PRUNE}
 # callables taking **options: their keys, explicitly (robprune.prune.methods.ChannelPruning's fields + scores)
 CHANNEL_KEYS = tuple(k for k in PRUNE)
 CHANNEL_TARGETS = tuple(f"robprune.prune.{name}" for name in ("channel_pruning", "l1_filter", "mrpf"))
@@ -131,7 +134,14 @@ EXPLICIT_KEYS.update({  # the layer-wise pruners: their parameters plus the cali
 
 
 def params_of(target: str) -> dict:
-    """{key: spec} of the typed parameters of a ``_target_`` (empty when none are declared)."""
+    """{key: spec} of the typed parameters of a ``_target_``: the callable's own declaration
+    (robprune.options), else the tables above (empty when none are declared)."""
     if target in TARGET_PARAMS:
         return TARGET_PARAMS[target]
+    try:
+        obj = locate(target)
+    except (ImportError, AttributeError):
+        obj = None
+    if obj is not None and declared(obj):
+        return spec_of(obj)
     return next((spec for prefix, spec in PREFIX_PARAMS.items() if target.startswith(prefix)), {})

@@ -28,7 +28,7 @@ import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Annotated, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ from torch import nn
 from robprune.attacks.common import check_choice, check_eps, check_min, preserved_grads, preserved_modes
 from robprune.errors import ConfigError
 from robprune.io import atomic_save_tensors, atomic_write_json
+from robprune.options import EPS, SEED, SIZE, Choice, Int, Value
+from robprune.registry import ATTACKS
 
 AA_LOGGER = "auto-attack"  # the name pyautoattack logs under
 LOGGER = "robprune.attacks.autoattack"
@@ -55,9 +57,13 @@ class AutoAttackResult(NamedTuple):
     resumed: int
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
-               version: str = "standard", attacks: list[str] | None = None, seed: int | None = 0,
-               batch_size: int = 500, n_iter: int | None = None, n_queries: int | None = None) -> torch.Tensor:
+@ATTACKS.register("autoattack", modality="image")
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Annotated[float, EPS],
+               norm: Annotated[str, Choice(*AA_NORMS)] = "Linf", version: Annotated[str, Choice(*AA_VERSIONS)] = "standard",
+               attacks: Annotated[list | None, Value("list", null=True, item=Choice(*AA_ATTACKS), example="[apgd-ce,square]")] = None,
+               seed: Annotated[int | None, SEED] = 0, batch_size: Annotated[int, SIZE] = 500,
+               n_iter: Annotated[int | None, Int(1, null=True, example="100")] = None,
+               n_queries: Annotated[int | None, Int(1, null=True, example="5000")] = None) -> torch.Tensor:
     """AutoAttack adversarial examples, (N, C, H, W) in [0, 1], detached, on x's device.
 
     eps: budget in pixel units; norm: 'Linf' | 'L2' | 'L1' (pyautoattack's spelling); version:

@@ -11,17 +11,28 @@ pass, as any forward pass would; evaluation calls attacks in eval mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from robprune.attacks.common import (LOSSES, check_choice, check_eps, check_min, loss_and_grad, loss_target,
-                                     per_example_loss)
+from robprune.attacks.common import (
+    LOSSES,
+    check_choice,
+    check_eps,
+    check_min,
+    loss_and_grad,
+    loss_target,
+    per_example_loss,
+)
 from robprune.attacks.threat import NORMS, Budget, L2Ball, LinfBall, make_ball, normal_start
 from robprune.errors import ConfigError
+from robprune.options import BOOL, EPS, STEPS, Choice, Float, Int
+from robprune.registry import ATTACKS
 
 COMPAT = (None, "adverfine")
 STARTS = {True: "uniform", False: "none", "normal": "normal"}  # random_start value -> first iterate
+NORM = Annotated[str, Choice(*NORMS)]
 
 
 @dataclass(frozen=True)
@@ -38,10 +49,13 @@ class _Plan:
     loss: str
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
-        step_size: float | None = None, norm: str = "linf", random_start: bool | str = True, init_std: float = 0.001,
-        restarts: int = 1, early_stop: bool = False, loss: str = "ce", compat: str | None = None,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+@ATTACKS.register("pgd", modality="image")
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Annotated[float, EPS], steps: Annotated[int, STEPS],
+        step_size: Annotated[float | None, Float(0, null=True, example="0.01")] = None, norm: NORM = "linf",
+        random_start: Annotated[bool | str, Choice(*STARTS)] = True,
+        init_std: Annotated[float, Float(0, example="0.001")] = 0.001, restarts: Annotated[int, Int(1)] = 1,
+        early_stop: Annotated[bool, BOOL] = False, loss: Annotated[str, Choice(*LOSSES)] = "ce",
+        compat: Annotated[str | None, Choice(*COMPAT)] = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """PGD adversarial examples, (N, C, H, W) in [0, 1], detached, on x's device.
 
     eps: budget in pixel units (L∞ or L2 per ``norm``); steps: gradient steps per restart;
@@ -67,10 +81,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     return _best_of_restarts(model, x, y, target, plan, restarts, generator)
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf") -> torch.Tensor:
+@ATTACKS.register("fgsm", modality="image")
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Annotated[float, EPS],
+         norm: Annotated[str, Choice("linf", "l2")] = "linf") -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x, no random
     start; for norm='l2' the step is eps·grad/‖grad‖₂ (fast gradient method). Same contract as pgd."""
     return pgd(model, x, y, eps=eps, steps=1, step_size=eps, norm=norm, random_start=False)
+
+
+ATTACKS.add("pgd_l2", pgd, modality="image")  # conf/attack/pgd_l2.yaml: PGD under the L2 threat model
 
 
 def _plan(model: nn.Module, *, eps, steps, step_size, norm, random_start, init_std, early_stop, loss, compat) -> _Plan:

@@ -1,11 +1,13 @@
 """Plain CNNs: ``small_cnn`` for the 8x8 digits default, ``cnn8`` the 8-layer CNN of Adver-Fine (methods.md §1)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Annotated, Sequence
 
 from torch import nn
 
 from robprune.models.common import Normalize, flat_features
+from robprune.options import Int
+from robprune.registry import MODELS
 
 
 class ConvNet(nn.Module):
@@ -32,7 +34,9 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
-def cnn8(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: int = 32, hidden: int = 128) -> ConvNet:
+@MODELS.register("cnn8", modality="image")
+def cnn8(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: Annotated[int, Int(1, example="32")] = 32,
+         hidden: Annotated[int, Int(1, example="128")] = 128) -> ConvNet:
     """Adver-Fine's "8-layer CNN": conv 1→32, 32→32 (s2), 32→64, 64→64 (s2), 64→128, 128→128 (s2),
     FC 2048→128, FC 128→10 at 28x28 (methods.md §1). ``width`` scales all conv widths (32 = paper)."""
     w = width
@@ -41,7 +45,9 @@ def cnn8(*, in_channels: int, image_size: int, num_classes: int, mean, std, widt
                    num_classes=num_classes, mean=mean, std=std)
 
 
-def small_cnn(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: int = 16, hidden: int = 64) -> ConvNet:
+@MODELS.register("small_cnn", modality="image")
+def small_cnn(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: Annotated[int, Int(1, example="32")] = 16,
+              hidden: Annotated[int, Int(1, example="128")] = 64) -> ConvNet:
     """A 3-conv CNN sized for 8x8 digits: conv w, conv 2w (s2), conv 2w; FC hidden; FC classes."""
     w = width
     convs = [(w, 1), (2 * w, 2), (2 * w, 1)]

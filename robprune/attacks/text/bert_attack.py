@@ -21,13 +21,14 @@ import os
 
 import torch
 
-from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text import base
+from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
 from robprune.attacks.text.encoder import MINILM, quiet_loading
 from robprune.attacks.text.search import greedy_swap, rank_words, whole_text_similarity
 from robprune.attacks.text.words import Sentence, is_stop_word, match_case
 from robprune.errors import ConfigError
+from robprune.registry import ATTACKS
 
 MAX_COMBINATIONS = 4096  # sub-word combinations scored per multi-token word (top m per position, m^n <= this)
 
@@ -47,6 +48,7 @@ def check_params(*, where: str = "attack.bert_attack", **params) -> None:
                           f"folder saved with save_pretrained (e.g. {where}.mlm=path/to/bert-base-uncased)")
 
 
+@ATTACKS.register("bert_attack", modality="text")
 def bert_attack(victim, text: str, label: int, *, seed: int = 0, mlm: str | None = None, max_candidates: int = 48,
                 max_subwords: int = 4, max_words_changed: float | None = 0.4, min_similarity: float | None = 0.2,
                 similarity_metric: str = "cosine", query_budget: int | None = None,

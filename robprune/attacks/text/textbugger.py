@@ -21,12 +21,13 @@ from __future__ import annotations
 import random
 
 from robprune.attacks.text import base
+from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
 from robprune.attacks.text.encoder import MINILM
 from robprune.attacks.text.search import greedy_swap, rank_words, whole_text_similarity
-from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text.vectors import GLOVE, load_vectors
 from robprune.attacks.text.words import is_stop_word, match_case
+from robprune.registry import ATTACKS
 
 # Sub-C: visually similar characters (the paper's examples o→0, l→1, a→@, and the same idea for others)
 VISUAL = {"o": "0", "0": "o", "l": "1", "1": "l", "i": "1", "a": "@", "e": "3", "s": "$", "t": "7", "b": "6",
@@ -51,6 +52,7 @@ def check_params(*, where: str = "attack.textbugger", **params) -> None:
     base.check_with(PARAMS, where, params)
 
 
+@ATTACKS.register("textbugger", modality="text")
 def textbugger(victim, text: str, label: int, *, seed: int = 0, word_candidates: int | None = 5,
                min_cos: float | None = None, min_similarity: float | None = 0.8, similarity_metric: str = "cosine",
                max_words_changed: float | None = None, query_budget: int | None = None, vectors: str | None = GLOVE,

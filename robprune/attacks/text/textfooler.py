@@ -28,6 +28,7 @@ from robprune.attacks.text.search import Similarity, greedy_swap, rank_words
 from robprune.attacks.text.vectors import GLOVE, load_vectors
 from robprune.attacks.text.words import is_stop_word, match_case
 from robprune.errors import ConfigError
+from robprune.registry import ATTACKS
 
 PARAMS = {
     "seed": base.integer, "max_candidates": base.positive_int(), "min_cos": base.between(-1, 1),
@@ -45,6 +46,7 @@ def check_params(*, where: str = "attack.textfooler", **params) -> None:
         raise ConfigError(f"{where}.vectors must name word vectors ({GLOVE} or a file); TextFooler's candidates come from them")
 
 
+@ATTACKS.register("textfooler", modality="text")
 def textfooler(victim, text: str, label: int, *, seed: int = 0, max_candidates: int = 50, min_cos: float = 0.5,
                min_similarity: float | None = 0.840845057, similarity_metric: str = "angular", window: int | None = 15,
                skip_short: bool = True, max_words_changed: float | None = None, query_budget: int | None = None,
