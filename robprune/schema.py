@@ -93,7 +93,7 @@ PRUNE = {"method": STR, "criterion": Choice(*CRITERIA), "allocation": Choice(*AL
          "sparsity": FRACTION, "channel_ratio": FRACTION, "ratio_semantics": Choice(None, *RATIO_SEMANTICS),
          "normalization": Choice(*NORMALIZATIONS), "r_max": Float(0, high=1, high_open=True, example="0.95"),
          "min_channels": Int(1), "exclude_stem": BOOL, "exclude_linear": BOOL, "scores": TARGET,
-         # allocation mrs (methods.md §2 step 4); r_min <= r_max, r_max_small is checked by ChannelPruning.check_mrs
+         # allocation mrs (docs/methods/mrpf.md#step-4); r_min <= r_max, r_max_small is checked by ChannelPruning.check_mrs
          "rule": Choice(*RULES), "lam": Float(0, example="0.4"), "r_min": Float(0, high=1, high_open=True, example="0"),
          "r_max_small": Float(0, high=1, high_open=True, example="0.5"),
          "small_fraction": Float(0, high=1, high_open=True, example="0.02"),

@@ -38,7 +38,7 @@ def check_prune_combinations(node: DictConfig) -> None:
 
 
 def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | None:
-    """The largest parameter sparsity (methods.md §0) ``prune_cfg`` can reach on ``model``; None when
+    """The largest parameter sparsity (docs/methods/conventions.md#sparsity) ``prune_cfg`` can reach on ``model``; None when
     the config sets no parameter target (channel ratios, no pruning). model: the dense model (left
     untouched: a copy is traced); example_inputs: (N, C, H, W) pixels in [0, 1], only the shape matters."""
     import copy

@@ -8,7 +8,7 @@
              numpy port). snow, frost and spatter need wand or OpenCV and have no reference here.
   robprune   robprune.corruptions.corrupt on batches of --batch images (torch, --threads threads).
 
-Images: the first --n CIFAR-10 test images of ../shared/data/cifar10-images (32x32 RGB; seeded noise
+Images: the first --n CIFAR-10 test images of the project's shared data folder (shared/data/cifar10-images beside the repository) (32x32 RGB; seeded noise
 images when that folder is absent). Both sides corrupt the same images at --severity. For the
 deterministic corruptions the table also gives the largest difference of the two outputs in 8-bit
 levels (0 = identical); for the random ones the mean |corrupted − clean| of each side, which must agree

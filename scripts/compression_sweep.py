@@ -1,4 +1,4 @@
-"""Compression-level matching (Adver-Fine, arXiv 2403.09441; methods.md §1): sweep L1 filter pruning over
+"""Compression-level matching (Adver-Fine, arXiv 2403.09441; docs/methods/adverfine.md): sweep L1 filter pruning over
 channel ratios and post-training quantisation over bit widths, each followed by adversarial fine-tuning,
 and plot test accuracy against the compression ratio, so that pruned and quantised models of matched
 size can be picked (the paper matched 80% pruning with INT8 on Fashion-MNIST).

@@ -1,4 +1,4 @@
-"""MRPF's score → ratio rules on cnn8 (methods.md §2 step 4): the bounded default
+"""MRPF's score → ratio rules on cnn8 (docs/methods/mrpf.md#step-4): the bounded default
 r_l = clip(c − λ·z_l, r_min, r_max_l) and the old inverse rule r_l = clip(c/s_l, 0, r_max)."""
 import copy
 
@@ -54,7 +54,7 @@ def test_higher_score_lower_ratio_and_target_hit(cnn, target):
 
 
 def test_noise_sized_scores_no_longer_send_groups_to_r_max(cnn):
-    """The measured failure (README, real MNIST): |MRS| ~ 1e-5, negative (noise) for 4 of the 5 prunable
+    """The measured failure (docs/results/mrpf.md#previous-defaults, real MNIST): |MRS| ~ 1e-5, negative (noise) for 4 of the 5 prunable
     convs. inverse floors the four to τ = 1e-6·max, so c/τ makes them one step at r_max, the small early
     conv included; bounded floors them at 10% of the median positive score and moves each ratio at
     most λ·|z| from c, so none reaches r_max and the early conv stays at r_max_small or below."""
@@ -66,7 +66,7 @@ def test_noise_sized_scores_no_longer_send_groups_to_r_max(cnn):
     assert max(new.values()) < 0.85 and new["features.2"] <= 0.5
     assert abs(inp.budget.sparsity(new) - 0.6) <= 0.01
     # the chosen default λ = 0.4 moves ratios twice as far: noise-sized scores can again send a group to
-    # r_max (README: the worst-case score, not λ, is what keeps MRS from being noise)
+    # r_max (docs/results/mrpf.md#choosing-mrpfs-defaults: the worst-case score, not λ, is what keeps MRS from being noise)
     default = bounded_ratios(inp, group_scores=scores, rule=BoundedRule(), sparsity=0.6)
     assert BoundedRule().lam == 0.4 and max(default.values()) == 0.95 and default["features.2"] <= 0.5
 

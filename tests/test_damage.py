@@ -1,4 +1,4 @@
-"""The damage check (methods.md §2 step 8): each prunable layer pruned alone, its Δ L_adv ranked against
+"""The damage check (docs/methods/mrpf.md#step-8): each prunable layer pruned alone, its Δ L_adv ranked against
 MRS, L1 and Taylor, with the stability of MRS over calibration seeds, on a small trained model."""
 import json
 import math

@@ -1,4 +1,4 @@
-"""Layer-wise pruning of a transformer text classifier (robprune.prune.language, methods.md §4):
+"""Layer-wise pruning of a transformer text classifier (robprune.prune.language, docs/methods/kr.md):
 layer discovery, exact sparsity and N:M patterns, the ordering kr_obs < independent OBS / SparseGPT <
 magnitude in reconstruction error, padding masked out of H and C, the checkpoint round trip and the
 report — on a tiny BERT (hidden 32, 2 blocks, 2 heads) and 64 synthetic calibration sentences.
@@ -203,7 +203,7 @@ def test_reconstruction_report_and_write_report(env, tmp_path):
 
 
 def test_refit_head_false_leaves_the_dense_head_and_the_same_encoder(env):
-    """prune.refit_head=false (an ablation of methods.md §4's head refit): the pooler and classifier stay
+    """prune.refit_head=false (an ablation of docs/methods/kr.md#step-2's head refit): the pooler and classifier stay
     exactly the dense model's, the encoder is pruned exactly as with the refit (the head comes last)."""
     dense = build(env).state_dict()
     kept, _ = pruned(env, "kr_obs", refit_head=False)

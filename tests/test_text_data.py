@@ -101,7 +101,7 @@ def test_sst2_missing_file(tmp_path):
     one_line_error(err, tmp_path, "data.download=true")
 
 
-@pytest.mark.skipif(not SHARED_SST2.is_dir(), reason="no shared SST-2 copy at ../shared/data/sst2")
+@pytest.mark.skipif(not SHARED_SST2.is_dir(), reason="no shared SST-2 copy beside the repository (shared/data/sst2)")
 def test_shared_sst2_copy():
     train_texts, train_labels = load("sst2", SHARED_SST2, "train")
     dev_texts, dev_labels = load("sst2", SHARED_SST2, "validation")

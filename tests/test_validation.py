@@ -78,7 +78,7 @@ MATRIX = [
     (["prune=l2_filter", "prune.criterion=taylor"], "prune.criterion=taylor"),
     (["prune.allocation=mrs"], "prune.allocation=mrs"),
     (["prune=global_magnitude", "prune.ratio_semantics=channel"], "prune.ratio_semantics"),
-    # MRPF's score → ratio rule (methods.md §2 step 4)
+    # MRPF's score → ratio rule (docs/methods/mrpf.md#step-4)
     (["prune=mrs", "prune.rule=inverted"], "prune.rule"),
     (["prune=mrs", "prune.lam=-0.1"], "prune.lam"),
     (["prune=mrs", "prune.r_min=0.6", "prune.r_max=0.5"], "prune.r_min=0.6 exceeds prune.r_max=0.5"),

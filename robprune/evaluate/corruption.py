@@ -1,6 +1,6 @@
 """Corruption robustness (Hendrycks & Dietterich 2019): accuracy on corrupted test images per
 corruption and severity, their means and R_C = mean corruption accuracy / clean accuracy (AdaSAP's
-robustness ratio, methods.md §3).
+robustness ratio, docs/methods/adasap.md#step-4).
 
 Unlike the adversarial evaluation every point is evaluated (not only the clean-correct ones), and
 the numbers never enter ``robust_acc/worst``: a corruption is a distribution shift, not a threat model.

@@ -1,4 +1,4 @@
-"""Robustness of a text classifier under word- and character-level attacks (methods.md §4 "Evaluate"):
+"""Robustness of a text classifier under word- and character-level attacks (docs/methods/kr.md#step-3):
 clean accuracy Acc on the whole test set, and per attack the accuracy under attack Aua (examples still
 correct after the attack / all examples of its subset), the attack success rate Asr (successes /
 examples correct before the attack), the average number of queries and the fraction of words changed.

@@ -1,4 +1,4 @@
-"""Plain CNNs: ``small_cnn`` for the 8x8 digits default, ``cnn8`` the 8-layer CNN of Adver-Fine (methods.md §1)."""
+"""Plain CNNs: ``small_cnn`` for the 8x8 digits default, ``cnn8`` the 8-layer CNN of Adver-Fine (docs/methods/adverfine.md)."""
 from __future__ import annotations
 
 from typing import Annotated, Sequence
@@ -38,7 +38,7 @@ class ConvNet(nn.Module):
 def cnn8(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: Annotated[int, Int(1, example="32")] = 32,
          hidden: Annotated[int, Int(1, example="128")] = 128) -> ConvNet:
     """Adver-Fine's "8-layer CNN": conv 1→32, 32→32 (s2), 32→64, 64→64 (s2), 64→128, 128→128 (s2),
-    FC 2048→128, FC 128→10 at 28x28 (methods.md §1). ``width`` scales all conv widths (32 = paper)."""
+    FC 2048→128, FC 128→10 at 28x28 (docs/methods/adverfine.md). ``width`` scales all conv widths (32 = paper)."""
     w = width
     convs = [(w, 1), (w, 2), (2 * w, 1), (2 * w, 2), (4 * w, 1), (4 * w, 2)]
     return ConvNet(convs, [hidden], in_channels=in_channels, image_size=image_size,

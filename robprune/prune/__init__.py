@@ -43,7 +43,7 @@ def prune_model(model: nn.Module, prune_cfg: DictConfig, context: PruneContext |
       'params'), sparsity_target (the configured parameter sparsity, None under 'channel');
       sparsity: achieved parameter sparsity = 1 − W_after / W_before, where W counts the nonzero weight
         elements of ALL Conv2d and Linear modules (excluded stem and classifier included; biases and
-        BN not) — methods.md §0; channel_ratio_achieved (structured methods);
+        BN not) — docs/methods/conventions.md#sparsity; channel_ratio_achieved (structured methods);
       prunable_before/after: those W counts; params_before/after: all parameters (incl. BN, biases);
       layers: [{name, channels_before, channels_after, group, ratio[, mrs, s, z]}] per Conv2d (s, z: the
         allocation rule's floored score and standardised log score under prune.rule=bounded);

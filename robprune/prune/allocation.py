@@ -2,7 +2,7 @@
 
 An allocator is ``fn(AllocationInput) -> {group.root: channel_ratio}`` with its options bound by
 ``functools.partial``; the ratio is the fraction of that group's output channels to remove, in [0, 1).
-Allocators that take ``sparsity`` hit a global parameter-sparsity target (methods.md §0,
+Allocators that take ``sparsity`` hit a global parameter-sparsity target (docs/methods/conventions.md#sparsity,
 ``ratio_semantics: params``) by bisection on the analytic budget of
 :class:`~robprune.prune.budget.ParamBudget`; :func:`uniform_ratios` applies a per-layer channel ratio
 (``ratio_semantics: channel``). Any importance combines with any allocator. MRPF's scores become
@@ -37,7 +37,7 @@ class AllocationInput:
 
 
 def uniform_ratios(inp: AllocationInput, *, channel_ratio: float) -> Ratios:
-    """The same ``channel_ratio`` for every prunable group (methods.md §1: p is a per-layer channel ratio)."""
+    """The same ``channel_ratio`` for every prunable group (docs/methods/adverfine.md#step-2: p is a per-layer channel ratio)."""
     return {group.root: float(channel_ratio) for group in inp.groups}
 
 
@@ -73,7 +73,7 @@ def uniform_sparsity(inp: AllocationInput, *, sparsity: float, r_max: float = 0.
 
 @dataclass(frozen=True)
 class BoundedRule:
-    """Options of the bounded MRS rule r_l = clip(c − λ·z_l, r_min, r_max_l) (methods.md §2 step 4).
+    """Options of the bounded MRS rule r_l = clip(c − λ·z_l, r_min, r_max_l) (docs/methods/mrpf.md#step-4).
 
     lam: λ ≥ 0, channel ratio per unit of z; r_min ≤ r_max in [0, 1): the ratio range; r_max_small in
     [0, 1): r_max_l of groups holding under ``small_fraction`` ∈ [0, 1) of the Conv2d/Linear weights
@@ -135,7 +135,7 @@ def bounded_ratios(inp: AllocationInput, *, group_scores: dict[str, float], rule
                       small_fraction=rule.small_fraction)
 
     def ratios_for(c: float) -> Ratios:
-        # methods.md §2 step 4 (robprune's resolution): r_l = clip(c − λ·z_l, r_min, r_max_l)
+        # docs/methods/mrpf.md#step-4 (robprune's resolution): r_l = clip(c − λ·z_l, r_min, r_max_l)
         return {root: min(max(c - rule.lam * z[root], rule.r_min), caps[root]) for root in z}
 
     if normalization == "mean":
@@ -152,7 +152,7 @@ def bounded_ratios(inp: AllocationInput, *, group_scores: dict[str, float], rule
 def inverse_ratios(inp: AllocationInput, *, group_scores: dict[str, float], sparsity: float | None = None,
                    channel_ratio: float | None = None, r_max: float = 0.95, normalization: str = "bisection") -> Ratios:
     """The old MRS rule (``rule: inverse``): ratios inversely proportional to the module robustness
-    sensitivity of each group. Kept as an option; methods.md §2 step 4 says why it is not the default
+    sensitivity of each group. Kept as an option; docs/methods/mrpf.md#step-4 says why it is not the default
     (noise-sized or negative scores all floor to τ and every such group gets r_max).
 
     group_scores: {root: MRS} (coupled groups: mean of their members' MRS).
@@ -167,7 +167,7 @@ def inverse_ratios(inp: AllocationInput, *, group_scores: dict[str, float], spar
         inv = {root: 1.0 / v for root, v in s.items()}
         scale = float(channel_ratio) * len(inv) / sum(inv.values())  # MRPF Eq. (r_l = S·L·(1/s_l)/Σ 1/s_j)
         return {root: min(max(scale * v, 0.0), r_max) for root, v in inv.items()}
-    ratios_for = lambda c: {root: min(c / v, r_max) for root, v in s.items()}  # noqa: E731  MRPF §2 step 4
+    ratios_for = lambda c: {root: min(c / v, r_max) for root, v in s.items()}  # noqa: E731  MRPF, docs/methods/mrpf.md#step-4
     return bisect_sparsity(ratios_for, inp.budget, sparsity, high=r_max * max(s.values()))
 
 

@@ -1,7 +1,7 @@
 """Analytic parameter budget: the achieved global parameter sparsity of a structured cut, computed from
 channel counts without cutting (so allocation can bisect on it cheaply).
 
-Sparsity is the recorded one (methods.md §0, :mod:`robprune.prune.stats`): 1 − W_after / W_before
+Sparsity is the recorded one (docs/methods/conventions.md#sparsity, :mod:`robprune.prune.stats`): 1 − W_after / W_before
 over the weight elements of every Conv2d and Linear. Removing k of a group's C channels removes, from
 every Conv/Linear the group touches, k·n/C output (or input) rows, where n is the number of indices
 the group maps onto that module (n = C for a plain conv; C·H·W for a Linear behind a flatten).

@@ -21,7 +21,7 @@ class PruneContext:
 
     example_inputs: (N, C, H, W) pixels in [0, 1]; only the shape matters, the first example traces
       the dependency graph.
-    calib_x, calib_y: the fixed calibration set (MRPF §2 step 2: adversarial examples on a seeded
+    calib_x, calib_y: the fixed calibration set (MRPF, docs/methods/mrpf.md#step-2: adversarial examples on a seeded
       subset of the TRAINING split, made once on the dense model): (M, C, H, W) in [0, 1] and (M,)
       int64; None when the method's config has no ``scores`` node. Taylor importance needs them.
     device: where gradient computations on the calibration set run (the cut itself runs on the CPU).

@@ -1,4 +1,4 @@
-"""The damage check (methods.md §2 step 8): does a per-layer score rank layers like the damage that
+"""The damage check (docs/methods/mrpf.md#step-8): does a per-layer score rank layers like the damage that
 pruning them does?
 
 For every prunable group (the architecture's coupled groups as the pruner sees them, stem and hidden

@@ -1,4 +1,4 @@
-"""Pruning during training (AdaSAP, methods.md §3 steps 1-2): train with the adaptive sharpness-aware
+"""Pruning during training (AdaSAP, docs/methods/adasap.md#step-1 (steps 1-2)): train with the adaptive sharpness-aware
 perturbation and remove channels gradually, as masks, every ``prune_interval`` iterations over
 ``prune_steps`` steps; at the end the masked channels are removed physically with Torch-Pruning.
 

@@ -28,7 +28,7 @@ class FilterImportance(tp.importance.Importance):
     """Base class: a score per output filter of each Conv/Linear member of a group, averaged over
     the members. In a group coupled by a residual add (several convs whose outputs are summed, all
     losing the same channels) the score of channel j is the mean of the members' scores (Li et al.
-    2017 §4.4 prune such shared channels by one ranking; MRPF §2 step 5 "group norm for coupled
+    2017 §4.4 prune such shared channels by one ranking; MRPF, docs/methods/mrpf.md#step-5 "group norm for coupled
     groups"). Subclasses implement :meth:`filter_scores`.
 
     Returns: (C,) float32 scores on CPU, C = output channels of the group's root.
@@ -86,7 +86,7 @@ class TaylorImportance(FilterImportance):
 
 
 class RandomImportance(FilterImportance):
-    """Uniform random scores from a seeded generator (the random-pruning baseline, methods.md §5);
+    """Uniform random scores from a seeded generator (the random-pruning baseline, docs/methods/baselines.md);
     groups draw in graph order, so a seed fixes which channels go."""
 
     def __init__(self, seed: int):

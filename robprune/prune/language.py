@@ -1,4 +1,4 @@
-"""Layer-wise pruning of a transformer text classifier's encoder (methods.md §4): knowledge-retention
+"""Layer-wise pruning of a transformer text classifier's encoder (docs/methods/kr.md): knowledge-retention
 OBS with cumulative-error correction, its uncorrected variant, SparseGPT and magnitude baselines.
 
 Every method prunes the encoder's Linear weights IN PLACE as exact zeros (a mask; nothing is removed),
@@ -37,8 +37,8 @@ from robprune.prune.obs import (
 from robprune.prune.sparsegpt import sparsegpt_prune, weight_magnitude_masks
 from robprune.ui import track
 
-# kr_obs: methods.md §4 step 2. obs_independent: the same OBS with inputs from the dense model (no
-# cumulative-error correction; an ablation). sparsegpt, magnitude: the §4 baselines.
+# kr_obs: docs/methods/kr.md#step-2. obs_independent: the same OBS with inputs from the dense model (no
+# cumulative-error correction; an ablation). sparsegpt, magnitude: the baselines of docs/methods/baselines.md.
 METHODS = ("kr_obs", "obs_independent", "sparsegpt", "magnitude")
 
 __all__ = ["METHODS", "prune_language_model", "reconstruction_report", "write_report"]
@@ -57,7 +57,7 @@ def prune_language_model(model: nn.Module, calib_ids: torch.Tensor | None = None
     sparsegpt, per layer or global (``scope``) for magnitude; None means 0.5, or 1 − N/M with n_m.
     n_m=(N, M): keep N of every M consecutive input weights of a row. rel_damp: relative damping
     (OBS: raised ×10 until Cholesky succeeds; SparseGPT's percdamp). blocksize: SparseGPT's column block.
-    refit_head: the OBS methods also refit the pooler and classifier to the dense outputs (methods.md §4);
+    refit_head: the OBS methods also refit the pooler and classifier to the dense outputs (docs/methods/kr.md#step-2);
     False leaves them as in the dense model (an ablation: their refit sees one vector per sentence).
     heldout_ids: sentences for the per-layer reconstruction errors (default calib_ids). The model is
     moved to ``device``; model.training is left as it was. Returns the JSON-able info dict described
@@ -166,7 +166,7 @@ def _sparsegpt(model, groups: list[Group], ids, *, sparsity, n_m, rel_damp, bloc
 
 def _obs(model, dense, groups: list[Group], head: list[Group], ids, *, correct: bool, sparsity, n_m, rel_damp,
          batch_size, device, progress) -> dict[str, float]:
-    """methods.md §4 step 2, one group of layers at a time in forward order: 2a H from the inputs X̂ of
+    """docs/methods/kr.md#step-2, one group of layers at a time in forward order: 2a H from the inputs X̂ of
     the partially pruned model (correct=False: from the dense model), 2b refit to the dense outputs,
     2c OBS; 2d is the next group's forward pass through the layers pruned so far. The pooler and
     classifier (``head``; empty: left dense) are refit the same way, not pruned."""

@@ -1,4 +1,4 @@
-"""Forward streaming for layer-wise pruning of a transformer text classifier (methods.md §4, step 2).
+"""Forward streaming for layer-wise pruning of a transformer text classifier (docs/methods/kr.md#step-2).
 
 Finds the encoder's Linear layers in forward order, grouped by shared input (Q, K and V read one
 tensor), with forward hooks on one example batch rather than by attribute names, so BERT, RoBERTa,

@@ -1,5 +1,5 @@
 """The layer-wise language-model pruners as ``conf/prune`` methods ``fn(model, context, **options)``:
-knowledge-retention OBS (methods.md §4 step 2), SparseGPT (Frantar & Alistarh 2023) and magnitude
+knowledge-retention OBS (docs/methods/kr.md#step-2), SparseGPT (Frantar & Alistarh 2023) and magnitude
 pruning of the encoder's Linear layers (:mod:`robprune.prune.language`). The calibration sentences come
 from the calib stage through the :class:`PruneContext`; the masks are the exact zeros, kept through any
 later fine-tuning (:class:`robprune.train.masks.WeightMask`)."""
@@ -42,7 +42,7 @@ def _prune(model: nn.Module, context: PruneContext, method: str, sparsity, n_m, 
 def kr_obs(model: nn.Module, context: PruneContext, *, sparsity: float | None = 0.5, n_m=None,
            method: str = "kr_obs", rel_damp: float = 0.01, batch_size: int = 32, refit_head: bool = True) -> dict:
     """Knowledge-retention OBS: layer by layer in forward order, inputs through the already pruned model,
-    the dense weights refit to the dense outputs, then exact OBS removal per row (methods.md §4 2a-2d);
+    the dense weights refit to the dense outputs, then exact OBS removal per row (docs/methods/kr.md#step-2 (2a-2d));
     the pooler and classifier refit too unless ``refit_head`` is false."""
     return _prune(model, context, method, sparsity, n_m, rel_damp=rel_damp, batch_size=batch_size,
                   refit_head=refit_head)

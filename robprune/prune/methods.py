@@ -4,7 +4,7 @@
 :func:`robprune.prune.prune_model`. A method composes an importance (``criterion``), an allocator
 and a cut.
 
-How much is removed (methods.md §0) is set by exactly one of two keys:
+How much is removed (docs/methods/conventions.md#sparsity) is set by exactly one of two keys:
   ``sparsity``      global fraction of Conv2d/Linear weight elements removed (``ratio_semantics: params``);
   ``channel_ratio`` fraction of output channels removed in every prunable group (``ratio_semantics: channel``).
 ``sparsity``, when not null, takes precedence over a ``channel_ratio`` left at its default.
@@ -120,7 +120,7 @@ def allocator(options: ChannelPruning, semantics: str, context: PruneContext):
 
 
 def _mrs_allocate(inp, *, options: ChannelPruning, context: PruneContext):
-    """MRPF §2 step 4: ratios from the groups' MRS by ``options.rule`` (bounded | inverse)."""
+    """MRPF, docs/methods/mrpf.md#step-4: ratios from the groups' MRS by ``options.rule`` (bounded | inverse)."""
     layer_mrs = context.layer_mrs()
     if not layer_mrs:
         raise ConfigError("prune.allocation=mrs needs MRS scores: the prune config must have a 'scores' node that "
@@ -192,14 +192,14 @@ def achieved_channel_ratio(layers: list[dict]) -> float:
 
 
 def l1_filter(model: nn.Module, context: PruneContext, **options) -> dict:
-    """L1-norm filter pruning (Li et al., ICLR 2017; Adver-Fine's compression, methods.md §1): in every
+    """L1-norm filter pruning (Li et al., ICLR 2017; Adver-Fine's compression, docs/methods/adverfine.md): in every
     prunable group remove the output channels with the smallest filter L1 norm, floor(channel_ratio·C)
     of them, or a shared ratio found by bisection to reach a parameter ``sparsity``."""
     return channel_pruning(model, context, **{**L1_FILTER, **options})
 
 
 def mrpf(model: nn.Module, context: PruneContext, **options) -> dict:
-    """MRPF (arXiv 2410.15176, methods.md §2 steps 4-5): per-group ratios from the cached MRS scores
+    """MRPF (arXiv 2410.15176, docs/methods/mrpf.md#step-4 (steps 4-5)): per-group ratios from the cached MRS scores
     (``rule: bounded``, r_l = clip(c − λ·z_l, r_min, r_max_l), or ``inverse``; c by bisection to the
     parameter ``sparsity``, or ``normalization: mean``), L1 filter norm inside each group (group norm
     for coupled groups)."""

@@ -1,4 +1,4 @@
-"""Layer-wise pruning solvers for language models (methods.md §4, step 2): pure tensor functions.
+"""Layer-wise pruning solvers for language models (docs/methods/kr.md#step-2): pure tensor functions.
 
 Conventions: a Linear layer's weight W is (d_out, d_in); its inputs X are rows x of shape (d_in,), so
 H = Σ x xᵀ is (d_in, d_in) and ‖W X‖ means ‖W xᵀ‖ summed over rows. All Hessian maths in float64.
@@ -70,7 +70,7 @@ def dead_inputs(H: torch.Tensor) -> torch.Tensor:
 
 
 def damped_cholesky(H: torch.Tensor, rel_damp: float = 0.01, max_tries: int = 8) -> tuple[torch.Tensor, float]:
-    """Lower Cholesky factor L of H' + λI, and λ (methods.md §4 2a).
+    """Lower Cholesky factor L of H' + λI, and λ (docs/methods/kr.md#step-2 (2a)).
 
     H: (d, d) symmetric PSD. H' is H in float64 with dead inputs' diagonal set to 1 (SparseGPT's rule;
     zero those weight columns, see :func:`dead_inputs`). λ = rel_damp · mean(diag H'), multiplied by 10
@@ -96,7 +96,7 @@ def damped_cholesky(H: torch.Tensor, rel_damp: float = 0.01, max_tries: int = 8)
 
 def refit(H: torch.Tensor, C: torch.Tensor, lam: float, *, factor: torch.Tensor | None = None) -> torch.Tensor:
     """Damped least squares W̄ = argmin_W ‖W X̂ − Y‖² + λ‖W‖², i.e. W̄ᵀ = (H + λI)⁻¹ C
-    (methods.md §4 2b).
+    (docs/methods/kr.md#step-2 (2b)).
 
     H: (d, d) = Σ x̂ x̂ᵀ, C: (d, d_out) = Σ x̂ yᵀ (d = d_in[+1] with the bias column). factor: the lower
     Cholesky factor of H + λI if already computed (e.g. damped_cholesky's; its dead-input diagonal
@@ -137,7 +137,7 @@ def check_n_m(n_m: tuple[int, int], d_in: int) -> tuple[int, int]:
 def obs_prune(W: torch.Tensor, H_inv: torch.Tensor, *, sparsity: float | None = None,
               n_m: tuple[int, int] | None = None, rows_per_batch: int | None = None,
               bias_column: bool = False, block: int = 64, compact: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact greedy Optimal Brain Surgeon per row (Hassibi & Stork 1993; methods.md §4 2c).
+    """Exact greedy Optimal Brain Surgeon per row (Hassibi & Stork 1993; docs/methods/kr.md#step-2 (2c)).
 
     W: (d_out, d) with d = d_in, or d_in + 1 when bias_column (the last column is the bias: never
     pruned, but it takes OBS updates). H_inv: (d, d) = (H + λI)⁻¹, e.g. cholesky_inverse of
@@ -268,7 +268,7 @@ def _full_groups(lost: torch.Tensor, n_m: tuple[int, int], d: int) -> torch.Tens
 def obs_prune_loop(W: torch.Tensor, H_inv: torch.Tensor, *, sparsity: float | None = None,
                    n_m: tuple[int, int] | None = None, bias_column: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference for :func:`obs_prune`: one row at a time, explicit rank-1 downdate of a (d, d) H⁻¹ copy,
-    exactly as methods.md §4 2c states it. Same arguments and result; slow, for tests and benchmarks."""
+    exactly as docs/methods/kr.md#step-2 (2c) states it. Same arguments and result; slow, for tests and benchmarks."""
     d_out, d = W.shape
     d_in = d - int(bias_column)
     k = pruned_per_row(d_in, sparsity, n_m)

@@ -1,4 +1,4 @@
-"""Module Robustness Sensitivity (MRPF, arXiv 2410.15176, methods.md §2 steps 2-3) and the fixed
+"""Module Robustness Sensitivity (MRPF, arXiv 2410.15176, docs/methods/mrpf.md#step-2 (steps 2-3)) and the fixed
 calibration adversarial set it (and Taylor importance) is measured on.
 
 Cost: one PGD run over the calibration set, then per layer ``steps`` forward+backward passes over it
@@ -62,7 +62,7 @@ def adversarial_set(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: 
 
 @torch.inference_mode()
 def adversarial_loss(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """L_adv = mean cross-entropy of ``model`` on the fixed set (MRPF §2 step 3); x_adv, y on the model's device."""
+    """L_adv = mean cross-entropy of ``model`` on the fixed set (MRPF, docs/methods/mrpf.md#step-3); x_adv, y on the model's device."""
     total = sum(F.cross_entropy(model(x_adv[i:i + batch_size]), y[i:i + batch_size], reduction="sum").item()
                 for i in range(0, len(y), batch_size))
     return total / len(y)
@@ -93,7 +93,7 @@ def directions(weight: torch.Tensor, *, perturbation: str, draws: int, generator
 @torch.no_grad()
 def perturbed_losses(model: nn.Module, module: nn.Module, units: list[torch.Tensor], *, alpha: float,
                      x_adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[float]:
-    """L_adv with W_l ← W_l + δ, δ = α·‖W_l‖_F·u (MRPF §2 step 3, methods.md resolution), one per
+    """L_adv with W_l ← W_l + δ, δ = α·‖W_l‖_F·u (MRPF; a resolution, docs/methods/mrpf.md#step-3), one per
     direction u; W_l is perturbed in place and restored bit-exactly after each evaluation."""
     weight = module.weight
     saved = weight.detach().clone()
@@ -116,7 +116,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def calibration_set(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device, attack: Callable,
                     n_images: int = 1024, batch_size: int = 256, seed: int = 0) -> Sensitivity:
-    """MRPF §2 step 2 only: the fixed adversarial set AE on a seeded subset of the training split
+    """MRPF, docs/methods/mrpf.md#step-2 only: the fixed adversarial set AE on a seeded subset of the training split
     (x: (N, C, H, W) uint8 or [0, 1] floats), made once on ``model``; no per-layer scores (Taylor)."""
     started = time.perf_counter()
     model.to(device).eval()
@@ -130,7 +130,7 @@ def calibration_set(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, devic
 
 def worst_case_losses(model: nn.Module, module: nn.Module, *, alpha: float, steps: int, x_adv: torch.Tensor,
                       y: torch.Tensor, batch_size: int) -> list[float]:
-    """L_adv along projected gradient ascent on W_l alone inside ‖ΔW‖_F ≤ α‖W_l‖_F (methods.md §2 step 3;
+    """L_adv along projected gradient ascent on W_l alone inside ‖ΔW‖_F ≤ α‖W_l‖_F (docs/methods/mrpf.md#step-3;
     the module robust criticality (MRC) of RiFT, Zhu et al., ICCV 2023). Step: δ ← Π(δ + η·g/‖g‖_F),
     g = ∂L_adv/∂W at W_l + δ, η = 2.5·α‖W_l‖_F/steps (PGD's 2.5ε/steps convention, Madry et al. 2018:
     the boundary is reachable in 0.4·steps steps, later steps move along it), Π = projection onto the
@@ -191,7 +191,7 @@ def mrs_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: to
                n_images: int = 1024, batch_size: int = 256, seed: int = 0, perturbation: str = "worst_case",
                alpha: float = 0.2, steps: int = 10, draws: int = 5, damage_check: bool = False,
                damage_seeds: Sequence[int] = (0, 1, 2)) -> Sensitivity:
-    """MRS(l) = L_adv(W_l + δ_l; AE) − L_adv(W; AE) for every Conv2d/Linear l (MRPF §2 step 3).
+    """MRS(l) = L_adv(W_l + δ_l; AE) − L_adv(W; AE) for every Conv2d/Linear l (MRPF, docs/methods/mrpf.md#step-3).
     worst_case: δ_l = the loss-maximising ΔW in ‖ΔW‖_F ≤ α‖W_l‖_F found in ``steps`` projected gradient
     steps (MRS = largest loss reached − unperturbed loss, ≥ 0); gaussian_rel: the mean over ``draws``
     seeded Gaussian directions of norm α‖W_l‖_F; grad_rel: the normalised gradient, same norm.
@@ -221,7 +221,7 @@ def _mrs_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: t
                               generator=generator, grad=grads.get(name), batch_size=batch_size)
         if perturbation == "worst_case":  # RiFT's MRC (Zhu et al., ICCV 2023): max_ball L − L(W) ≥ 0 (δ = 0 is in the ball)
             mrs = max(max(losses) - result.baseline_loss, 0.0)
-        else:  # MRPF §2 step 3 with a fixed-size random (or gradient) direction, mean over draws
+        else:  # MRPF, docs/methods/mrpf.md#step-3 with a fixed-size random (or gradient) direction, mean over draws
             mrs = sum(losses) / len(losses) - result.baseline_loss
         result.layers[name] = {"mrs": mrs, "weight_norm": float(module.weight.detach().norm()),
                                "params": module.weight.numel(), "losses": losses}
@@ -243,7 +243,7 @@ def layer_losses(model: nn.Module, module: nn.Module, perturbation: str, result:
 
 
 def group_scores(layer_mrs: dict[str, float], groups: list[dict]) -> dict[str, float]:
-    """{group root: mean MRS of its members} (MRPF §2 step 3: coupled layers share one ratio).
+    """{group root: mean MRS of its members} (MRPF, docs/methods/mrpf.md#step-3: coupled layers share one ratio).
     groups: [{"root", "members"}]; a member without a score is a ConfigError (scores of another model)."""
     out = {}
     for g in groups:

@@ -1,4 +1,4 @@
-"""The two baselines of methods.md §4 as pure tensor functions: SparseGPT (independent layer-wise
+"""The two baselines of docs/methods/baselines.md as pure tensor functions: SparseGPT (independent layer-wise
 pruning, no refit) and magnitude masks (layer-wise, global or N:M).
 
 Same conventions as :mod:`robprune.prune.obs`: W is (d_out, d_in), H = Σ x xᵀ is (d_in, d_in), masks

@@ -1,4 +1,4 @@
-"""What pruning did, in numbers that go into results (methods.md §0: name the meaning of sparsity)."""
+"""What pruning did, in numbers that go into results (docs/methods/conventions.md#sparsity: name the meaning of sparsity)."""
 from __future__ import annotations
 
 from torch import nn

@@ -1,10 +1,10 @@
-"""Unstructured baseline: global magnitude pruning with masks (methods.md §5).
+"""Unstructured baseline: global magnitude pruning with masks (docs/methods/baselines.md).
 
 The cut zeroes weights; nothing is removed, so the saved checkpoint has the dense architecture and the
 zeros themselves are the mask. Fine-tuning keeps them: :class:`robprune.train.masks.WeightMask`
 re-derives the mask from the exact zeros at the start of fine-tuning and re-applies it after every
 optimizer step. Sparsity has the one recorded meaning: fraction of Conv2d/Linear weight elements that
-are zero (removed) — methods.md §0.
+are zero (removed) — docs/methods/conventions.md#sparsity.
 """
 from __future__ import annotations
 

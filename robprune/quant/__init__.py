@@ -1,4 +1,4 @@
-"""Fake quantisation (methods.md §1): uniform quantiser with a straight-through estimator
+"""Fake quantisation (docs/methods/adverfine.md#step-2): uniform quantiser with a straight-through estimator
 (``quantizer.py``), range observers (``observers.py``), plain-torch wrappers around every
 Conv2d/Linear (``modules.py``), calibration on training data (``calibrate.py``), storage size at
 the bit width (``size.py``) and what the pipeline's quant stage needs (``stage.py``)."""

@@ -1,4 +1,4 @@
-"""Calibration of activation ranges on a seeded subset of the TRAINING data (methods.md §1
+"""Calibration of activation ranges on a seeded subset of the TRAINING data (docs/methods/adverfine.md#step-2
 resolution: Adver-Fine's code calibrated on the test set; robprune never does)."""
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ class QuantWrapper(nn.Module):
         self.module = module
 
     def quantized_weight(self) -> torch.Tensor:
-        """Fake-quantised weight, same shape as module.weight; symmetric, z = 0 (methods.md §1)."""
+        """Fake-quantised weight, same shape as module.weight; symmetric, z = 0 (docs/methods/adverfine.md#step-2)."""
         w = self.module.weight
         scale = symmetric_scale(w, self.spec.bits, per_channel=self.spec.per_channel)
         return fake_quantize(w, scale, 0.0, *weight_qrange(self.spec.bits))

@@ -1,7 +1,7 @@
 """The uniform quantiser: integer ranges, scale/zero-point from a value range, and fake quantisation
 with a straight-through estimator.
 
-Conventions (methods.md §1, Jacob et al. 2018):
+Conventions (docs/methods/adverfine.md#step-2, Jacob et al. 2018):
 - quantise  q = clamp(round(x / s) + z, qmin, qmax); dequantise  x̂ = s · (q − z).
 - weights: symmetric, z = 0, s = max|w| / qmax, signed "narrow" range [−qmax, qmax] so that −max|w|
   is representable (Jacob et al. 2018, App. B: weights never take the value −128 at 8 bits).
@@ -29,7 +29,7 @@ def activation_qrange(bits: int) -> tuple[int, int]:
 
 
 def symmetric_scale(w: torch.Tensor, bits: int, *, per_channel: bool) -> torch.Tensor:
-    """s = max|w| / qmax (methods.md §1), per tensor (shape ()) or per output channel (shape (C, 1, ...)).
+    """s = max|w| / qmax (docs/methods/adverfine.md#step-2), per tensor (shape ()) or per output channel (shape (C, 1, ...)).
 
     w: (C_out, ...) weight, any float dtype; the result is detached (observers are not trained).
     """
@@ -45,7 +45,7 @@ def symmetric_scale(w: torch.Tensor, bits: int, *, per_channel: bool) -> torch.T
 def asymmetric_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, zero_point) for values in [lo, hi] (0-d tensors): the range is widened to contain 0,
     s = (max − min)/(qmax − qmin), z = qmin − round(min / s) clamped into [qmin, qmax]
-    (Jacob et al. 2018, §2.1 / methods.md §1). zero_point is a float tensor holding an integer."""
+    (Jacob et al. 2018, §2.1 / docs/methods/adverfine.md#step-2). zero_point is a float tensor holding an integer."""
     qmin, qmax = activation_qrange(bits)
     lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
     scale = ((hi - lo) / (qmax - qmin)).clamp_min(TINY_SCALE)

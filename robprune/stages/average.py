@@ -1,4 +1,4 @@
-"""Greedy weight averaging (methods.md §4 step 1; Wortsman et al. 2022's greedy soup): the ingredients
+"""Greedy weight averaging (docs/methods/kr.md#step-1; Wortsman et al. 2022's greedy soup): the ingredients
 are fine-tuned models with different hyperparameters — the train stage's model plus one stage per entry
 of ``average.ingredients`` (a stage *family*: each entry is its own cached stage, so adding one reuses
 the others) — sorted by accuracy under attack on the held-out part of the data (``dataset.heldout_split``,

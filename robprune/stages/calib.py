@@ -1,6 +1,6 @@
 """The calibration sentences of a layer-wise language-model pruner (``prune.calibration``): a seeded
 subset of the TRAINING split, plus a disjoint held-out subset for the reconstruction report — drawn once
-and shared by every method and sparsity of a sweep (methods.md §4 step 2: 256-1024 training sentences)."""
+and shared by every method and sparsity of a sweep (docs/methods/kr.md#step-2: 256-1024 training sentences)."""
 from __future__ import annotations
 
 import torch

@@ -39,7 +39,7 @@ class Standard:
 
 
 def check_adv_ratio(adv_ratio: float) -> float:
-    """ConfigError unless 0 < adv_ratio <= 1 (MRPF §2 step 6: fraction of each batch made adversarial)."""
+    """ConfigError unless 0 < adv_ratio <= 1 (MRPF, docs/methods/mrpf.md#step-6: fraction of each batch made adversarial)."""
     if not 0.0 < float(adv_ratio) <= 1.0:
         raise ConfigError(f"objective.adv_ratio must be in (0, 1], got {adv_ratio}; e.g. finetune.objective.adv_ratio=0.5")
     return float(adv_ratio)
@@ -59,7 +59,7 @@ def ramp_scale(epoch: int, ramp_epochs: float) -> float:
 def adversarial_mix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv_ratio: float,
                     make: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """x with its first round(adv_ratio·N) examples replaced by ``make(x[:k], y[:k])``, run with the model
-    in eval mode (MRPF §2 step 6 ``adv_ratio``; the loader shuffles, so the first k are a random subset)."""
+    in eval mode (MRPF, docs/methods/mrpf.md#step-6 ``adv_ratio``; the loader shuffles, so the first k are a random subset)."""
     k = n_adversarial(len(y), adv_ratio)
     with eval_mode(local_model(model)):
         x_adv = make(x[:k], y[:k])
@@ -67,7 +67,7 @@ def adversarial_mix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv_rati
 
 
 def ramped(attack: Callable, epoch: int, ramp_epochs: float) -> Callable:
-    """``attack`` with eps (and step_size) scaled by :func:`ramp_scale` (methods.md §6: without a
+    """``attack`` with eps (and step_size) scaled by :func:`ramp_scale` (docs/methods/recipes.md: without a
     ramp, PGD-AT of cnn8 on MNIST stalls at chance). Only partials with an ``eps`` keyword are scaled."""
     scale = ramp_scale(epoch, ramp_epochs)
     if scale >= 1.0 or not isinstance(attack, functools.partial) or "eps" not in attack.keywords:
@@ -85,7 +85,7 @@ class PGDAT:
 
     attack: a bound attack ``(model, x, y) -> x_adv`` (e.g. PGD-10 at the dataset's ε).
     eps_ramp_epochs: ε grows linearly from ε/R to ε over the first R epochs. 0 = no ramp.
-    adv_ratio: fraction of each batch replaced by its adversarial examples (1 = all; MRPF §2 step 6).
+    adv_ratio: fraction of each batch replaced by its adversarial examples (1 = all; MRPF, docs/methods/mrpf.md#step-6).
     """
 
     attack: Callable

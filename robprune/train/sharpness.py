@@ -5,7 +5,7 @@ there, returns to w and lets the base optimizer step with that second gradient. 
 (:func:`robprune.train.fit` calls ``optimizer.step(closure)``) and expose the base optimizer's
 ``param_groups`` and state, so lr schedules and epoch checkpoints work unchanged.
 
-Pitfalls handled (methods.md §3):
+Pitfalls handled (docs/methods/adasap.md):
 - BatchNorm running statistics are updated once per step: the second pass restores them.
 - Gradient clipping (``clip_grad_norm``) acts on the second gradient, just before the base step
   (clipping the first gradient does nothing: ε is normalised).
@@ -18,8 +18,8 @@ Perturbations, with g the first gradient and blocks normalised separately:
   weights (tensors named ``*weight``, incl. norm layers' γ, as in ASAM's reference code), T = 1 otherwise.
 - AdaSAP (Bair et al., ICLR 2024, §3.1): per neuron i (an output channel with its norm-layer entries and
   every coupled layer's matching channel) ε_i = ρ_i · T_i² g_i / ‖T g‖ (``normalize: global``, the default:
-  ASAM's network-wide norm; ``neuron`` divides by ‖T_i g_i‖ as methods.md writes it, which at ρ_max = 2
-  moves every neuron by twice its own scale and collapsed training to chance on MNIST; README), with radius
+  ASAM's network-wide norm; ``neuron`` divides by ‖T_i g_i‖ as the paper writes it (docs/methods/adasap.md#step-1), which at ρ_max = 2
+  moves every neuron by twice its own scale and collapsed training to chance on MNIST; docs/methods/adasap.md#step-1), with radius
   ρ_i = ρ_max − (s_i − s_min)/(s_max − s_min) · (ρ_max − ρ_min) from the neuron's importance s_i, so the
   least important neurons (the next to be pruned) are pushed into flat regions hardest. Parameters the
   pruner never removes get ρ_min, one neuron per output row.
@@ -181,9 +181,9 @@ class SharpnessAware(torch.optim.Optimizer):
         frac = ((s - lo) / (hi - lo)).clamp(0, 1) if float(hi - lo) > 0 else torch.zeros_like(s)
         radii = self.rho_max - frac * (self.rho_max - self.rho_min)  # Bair et al. 2024, §3.1 (linear in s)
         self.last_radii = radii
-        if self.normalize == "neuron":               # methods.md's literal ε_i = ρ_i T_i² g_i / ‖T_i g_i‖
+        if self.normalize == "neuron":               # the paper's literal ε_i = ρ_i T_i² g_i / ‖T_i g_i‖ (docs/methods/adasap.md#step-1)
             coef = radii / (sq.sqrt() + 1e-12)
-        else:                                        # ASAM's global ‖T g‖ with the per-neuron ρ_i (README: resolution)
+        else:                                        # ASAM's global ‖T g‖ with the per-neuron ρ_i (docs/methods/adasap.md#step-1: resolution)
             total = torch.sqrt(sum(v[2].pow(2).sum() for v in tg.values())) + 1e-12
             coef = radii / total
         eps = {}
