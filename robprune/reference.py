@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from robprune import schema
+from robprune import options, schema
 from robprune.config import config_dir
 
 # group folder -> the node of the root config its options fill (None: not a node of the run config)
@@ -138,7 +138,7 @@ def describe(spec: Any) -> str:
         return {schema.TARGET: "node with `_target_`"}.get(spec, "—") if isinstance(spec, str) else "—"
     null = " or null" if spec.null else ""
     if spec.choices is not None:
-        return "one of: " + ", ".join(f"`{schema._show(c)}`" for c in spec.choices)
+        return "one of: " + ", ".join(f"`{options._show(c)}`" for c in spec.choices)
     text = {"int": "int", "float": "float", "bool": "bool", "str": "str", "path": "path", "list": "list"}[spec.kind]
     if spec.kind in ("int", "float") and (spec.low is not None or spec.high is not None):
         text += " " + spec._range().replace(">=", "≥").replace("<=", "≤")
