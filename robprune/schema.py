@@ -87,8 +87,6 @@ REQUIRED = {"": tuple(k for k in ROOT if k not in ("average", "logger", "trainer
             "quant": ("method",)}
 
 # ---- typed parameters of _target_ callables (unknown keys come from their signatures) --------------
-RAMP = {"eps_ramp_epochs": Float(0, example="0"), "adv_ratio": Float(0, high=1, low_open=True, example="1.0"),
-        "beta": Float(0, example="6.0")}
 PRUNE = {"method": STR, "criterion": Choice(*CRITERIA), "allocation": Choice(*ALLOCATIONS),
          "sparsity": FRACTION, "channel_ratio": FRACTION, "ratio_semantics": Choice(None, *RATIO_SEMANTICS),
          "normalization": Choice(*NORMALIZATIONS), "r_max": Float(0, high=1, high_open=True, example="0.95"),
@@ -113,9 +111,6 @@ LM_PRUNE = {"method": STR, "sparsity": FRACTION, "n_m": Value("str", null=True, 
             "blocksize": Int(1, example="128"), "batch_size": SIZE, "scope": Choice("layer", "global"),
             "refit_head": BOOL, "calibration": {"n": Int(1, example="512"), "heldout": Int(0, example="64")}}
 TARGET_PARAMS = {
-    "robprune.train.objectives.pgd_at": {**RAMP, "attack": TARGET},
-    "robprune.train.objectives.mart": {**RAMP, "attack": TARGET},
-    "robprune.train.objectives.trades": {**RAMP, "eps": EPS, "steps": STEPS, "step_size": Float(0, null=True, example="0.01"), "norm": Choice("linf", "l2")},
     "robprune.prune.global_magnitude": {**PRUNE, "ratio_semantics": Choice("params")},
     "robprune.prune.sensitivity.mrs_scores": SCORES, "robprune.prune.sensitivity.calibration_set": SCORES,
     "robprune.prune.adasap": ADASAP,

@@ -8,15 +8,21 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robprune.errors import ConfigError
+from robprune.options import TARGET, Float, Int
 from robprune.registry import OBJECTIVES
 from robprune.train.trainer import local_model
+
+# options shared by the adversarial objectives (their declarations: the schema of train.objective)
+RAMP_EPOCHS = Annotated[float, Float(0, example="0")]  # epochs over which ε ramps linearly from 0
+ADV_RATIO = Annotated[float, Float(0, high=1, low_open=True, example="1.0")]  # attacked fraction of each batch
+BETA = Annotated[float, Float(0, example="6.0")]  # TRADES/MART weight of the robust term
 
 
 @contextmanager
@@ -114,7 +120,7 @@ def standard() -> Standard:
 
 
 @OBJECTIVES.register(modality="image")
-def pgd_at(*, attack: Callable, eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> PGDAT:
+def pgd_at(*, attack: Annotated[Callable, TARGET], eps_ramp_epochs: RAMP_EPOCHS = 0.0, adv_ratio: ADV_RATIO = 1.0) -> PGDAT:
     return PGDAT(attack=attack, eps_ramp_epochs=eps_ramp_epochs, adv_ratio=check_adv_ratio(adv_ratio))
 
 
@@ -203,13 +209,15 @@ def _check_kl_attack(attack: Callable) -> Callable:
 
 
 @OBJECTIVES.register(modality="image")
-def trades(*, attack: Callable, beta: float = 6.0, eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> TRADES:
+def trades(*, attack: Annotated[Callable, TARGET], beta: BETA = 6.0, eps_ramp_epochs: RAMP_EPOCHS = 0.0,
+           adv_ratio: ADV_RATIO = 1.0) -> TRADES:
     return TRADES(attack=_check_kl_attack(attack), eps_ramp_epochs=eps_ramp_epochs,
                   adv_ratio=check_adv_ratio(adv_ratio), beta=_check_beta(beta))
 
 
 @OBJECTIVES.register(modality="image")
-def mart(*, attack: Callable, beta: float = 6.0, eps_ramp_epochs: float = 0.0, adv_ratio: float = 1.0) -> MART:
+def mart(*, attack: Annotated[Callable, TARGET], beta: BETA = 6.0, eps_ramp_epochs: RAMP_EPOCHS = 0.0,
+         adv_ratio: ADV_RATIO = 1.0) -> MART:
     return MART(attack=attack, eps_ramp_epochs=eps_ramp_epochs, adv_ratio=check_adv_ratio(adv_ratio), beta=_check_beta(beta))
 
 
@@ -253,7 +261,9 @@ class FreeLB:
 
 
 @OBJECTIVES.register(modality="text")
-def freelb(*, adv_steps: int = 2, adv_lr: float = 0.1, init_mag: float = 0.05, max_norm: float = 0.0) -> FreeLB:
+def freelb(*, adv_steps: Annotated[int, Int(1, example="2")] = 2, adv_lr: Annotated[float, Float(0, example="0.1")] = 0.1,
+           init_mag: Annotated[float, Float(0, example="0.05")] = 0.05,
+           max_norm: Annotated[float, Float(0, example="0.0")] = 0.0) -> FreeLB:
     if int(adv_steps) < 1:
         raise ConfigError(f"objective.adv_steps must be >= 1, got {adv_steps}; e.g. train.objective.adv_steps=2")
     for key, value in (("adv_lr", adv_lr), ("init_mag", init_mag), ("max_norm", max_norm)):
