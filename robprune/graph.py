@@ -28,7 +28,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from robprune.io import source_fingerprint
 
-
 MODEL = "<model>"  # an input meaning "the model made by the latest model-producing stage before this one"
 LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors", "timm", "transformers",
              "tokenizers")
@@ -59,6 +58,10 @@ class Stage:
     [path, size, mtime_ns], the decode cache's rule), from the stage's own config view; they enter the
     key's environment part, so replacing such a file rebuilds the stage without changing its seeds.
     publishes: files of its output copied into the run directory when present (plots, tables, reports).
+    precheck(pc): the checks this stage needs before ANY stage runs, given a :class:`Precheck` (the whole
+    config, the data, the dense untrained model): a missing input file, an unreachable target on this
+    model, a schedule that does not fit the data. Raises ConfigError; the pipeline calls the prechecks of
+    every planned stage, in order, before the first build (docs/concepts/stage-graph.md).
     instances(cfg): for a *family* (one stage per entry of a config node, e.g. the ingredients of a
     weight average), the concrete stages this config asks for, each with its own name and reads; the
     family's own declaration is then only a template. An input ``name*`` consumes every placed stage
@@ -78,10 +81,23 @@ class Stage:
     externals: Callable[["ConfigView"], Any] | None = None
     instances: Callable[[DictConfig], list["Stage"]] | None = None
     publishes: tuple[str, ...] = ()
+    precheck: Callable[["Precheck"], None] | None = None
 
     def __post_init__(self):
         unknown = set(self.data) - set(DATA_PARTS)
         assert not unknown, f"stage {self.name}: unknown data parts {unknown}"
+
+
+@dataclass(frozen=True)
+class Precheck:
+    """What a stage's precheck sees before any stage runs. cfg: the whole validated config; data: the
+    DataBundle; dense: the dense, untrained model (not to be modified); example_inputs: a batch of model
+    inputs (images in [0, 1] or token ids), only its shape matters."""
+
+    cfg: DictConfig
+    data: Any
+    dense: Any
+    example_inputs: Any
 
 
 @dataclass

@@ -19,21 +19,28 @@ import robprune
 from robprune.attacks.compat import attack_compat
 from robprune.checkpoint import load_checkpoint
 from robprune.data import DataBundle, build_data
-from robprune.evaluate.corruption import check_inputs as check_corruption_inputs
-from robprune.evaluate.text import check_inputs as check_text_attack_inputs
-from robprune.graph import (MODEL, ConfigView, DataView, Planned, StageContext, config_slice, data_fingerprint,
-                            plan, provenance, stage_keys)
+from robprune.graph import (
+    MODEL,
+    ConfigView,
+    DataView,
+    Planned,
+    Precheck,
+    StageContext,
+    config_slice,
+    data_fingerprint,
+    plan,
+    provenance,
+    stage_keys,
+)
 from robprune.io import atomic_write_json, atomic_write_text
 from robprune.measure import checkpoint_size_bytes, dense_model, measure
-from robprune.prune.gradual import check_schedule
 from robprune.stages import STAGES
 from robprune.stages.common import architecture, example_inputs
 from robprune.stages.evaluate import EVAL_FILE
 from robprune.store import StageCache, StageResult, publish_files
-from robprune.tracking import check_logger, report_to_mlflow, write_curves
+from robprune.tracking import report_to_mlflow, write_curves
 from robprune.train.trainer import resolve as resolve_trainer
-from robprune.validate import check_before_stages, validate
-from robprune.validate_prune import check_calibration
+from robprune.validate import validate
 
 log = logging.getLogger("robprune")
 CHECKPOINT_FILES = ["model.safetensors", "model.json"]
@@ -80,6 +87,14 @@ def walk(planned: list[Planned], cfg: DictConfig, data: DataBundle, cache: Stage
     return results
 
 
+def precheck(planned: list[Planned], pc: Precheck) -> None:
+    """Every planned stage's precheck, in graph order, before the first stage builds (a missing file or an
+    unreachable target is one line now, not after an hour of training)."""
+    for p in planned:
+        if p.stage.precheck is not None:
+            p.stage.precheck(pc)
+
+
 def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     """Run the whole pipeline for one config; writes config.yaml, metrics.json and the checkpoint to run_dir."""
     started = time.perf_counter()
@@ -95,18 +110,9 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
     dense = dense_model(architecture(cfg.model, data))
     data.check_model(dense)  # e.g. an image model on a text dataset
-    check_before_stages(cfg, dense, example_inputs(data))
-    check_corruption_inputs(cfg, data)
-    check_text_attack_inputs(cfg.eval)  # word vectors and sentence encoders of text attacks load
-    if cfg.get("average") is not None:  # and those of the attack scoring the weight average's ingredients
-        from robprune.stages.average import scoring_eval
-
-        check_text_attack_inputs(scoring_eval(cfg.average.attack))
-    check_schedule(cfg.prune, len(data.train_y), int(cfg.data.batch_size))  # pruning during training reaches its target
-    check_calibration(cfg.prune, len(data.train_y))  # layer-wise pruners' calibration sentences fit
-    check_logger(cfg.get("logger"))  # logger=mlflow without the package
-    cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
     planned = plan(STAGES, cfg)
+    precheck(planned, Precheck(cfg, data, dense, example_inputs(data)))
+    cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
     results = walk(planned, cfg, data, cache, device, progress=not cfg.quiet)
     final = results[next(p.inputs[MODEL] for p in planned if p.stage.name == "eval")]
 

@@ -17,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from robprune import schema
-from robprune.corruptions import check_node as check_corruptions
 from robprune.config import _check_targets, config_dir
+from robprune.corruptions import check_node as check_corruptions
 from robprune.errors import ConfigError
 from robprune.registry import ATTACKS, MODELS, OBJECTIVES, Entry, locate, target_entry
 from robprune.schema import ANY, BOOL, TARGET, MapOf, unknown_key
+from robprune.tracking import check_logger
 from robprune.validate_prune import check_before_stages, check_prune_combinations, reachable_sparsity
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -45,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
     check_device(cfg.device)
     check_trainer(cfg)
     check_combinations(cfg)
+    check_logger(cfg.get("logger"))  # logger=mlflow without the package
 
 
 def check_trainer(cfg: DictConfig) -> None:

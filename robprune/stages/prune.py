@@ -4,7 +4,7 @@ language-model pruners) when the method has them."""
 from __future__ import annotations
 
 from robprune.checkpoint import load_checkpoint, save_checkpoint
-from robprune.graph import MODEL, Stage, StageContext, seed_from
+from robprune.graph import MODEL, Precheck, Stage, StageContext, seed_from
 from robprune.prune import PruneContext, prune_model
 from robprune.prune.scores import log_layer_table
 from robprune.stages.common import example_inputs, seed_stage
@@ -27,6 +27,14 @@ def build(ctx: StageContext) -> None:
         write_report(info, ctx.work)
 
 
+def precheck(pc: Precheck) -> None:
+    """prune.sparsity reachable on this model, a timm model's cut, N:M widths (robprune.validate_prune)."""
+    from robprune.validate_prune import check_before_stages
+
+    check_before_stages(pc.cfg, pc.dense, pc.example_inputs)
+
+
 STAGE = Stage("prune", reads=("prune", "seed"), inputs=(MODEL, "scores?", "calib?"), data=("meta",), build=build,
               publishes=("reconstruction.md", "reconstruction.png"),  # layer-wise pruners' per-layer errors
-              when=lambda cfg: cfg.prune.get("during_training") is None)  # else prune_train prunes while training
+              when=lambda cfg: cfg.prune.get("during_training") is None,  # else prune_train prunes while training
+              precheck=precheck)

@@ -4,7 +4,7 @@ the one-shot prune stage when the prune node has a ``during_training`` node."""
 from __future__ import annotations
 
 from robprune.checkpoint import load_checkpoint, save_checkpoint
-from robprune.graph import Stage, StageContext, seed_from
+from robprune.graph import Precheck, Stage, StageContext, seed_from
 from robprune.prune import PruneContext, prune_model
 from robprune.prune.scores import log_layer_table
 from robprune.stages.common import example_inputs, seed_stage, train_model
@@ -31,5 +31,14 @@ def build(ctx: StageContext) -> None:
                     extra={"prune": {k: v for k, v in info.items() if k != "history"}, "prune_train_log": log})
 
 
+def precheck(pc: Precheck) -> None:
+    """The target reachable on this model, and the pruning schedule inside the training it runs in."""
+    from robprune.prune.gradual import check_schedule
+    from robprune.validate_prune import check_before_stages
+
+    check_before_stages(pc.cfg, pc.dense, pc.example_inputs)
+    check_schedule(pc.cfg.prune, len(pc.data.train_y), int(pc.cfg.data.batch_size))
+
+
 STAGE = Stage("prune_train", reads=("prune", "seed", "data.batch_size", "dataset.augment", "trainer"), inputs=("train",),
-              data=("train",), build=build, when=during_training)
+              data=("train",), build=build, when=during_training, precheck=precheck)
