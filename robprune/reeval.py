@@ -16,8 +16,10 @@ from robprune.compose import compose
 from robprune.data import build_data
 from robprune.errors import CheckpointError
 from robprune.evaluate.model import evaluate_model
-from robprune.evaluate.corruption import check_inputs as check_corruption_inputs
+from robprune.graph import Precheck
 from robprune.io import atomic_write_json, atomic_write_text
+from robprune.stages.common import example_inputs
+from robprune.stages.evaluate import STAGE as EVAL_STAGE
 from robprune.summary import print_summary
 from robprune.validate import validate
 
@@ -50,7 +52,7 @@ def reevaluate(path: Path, overrides: list[str]) -> dict:
     model, meta = load_checkpoint(path)
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
     _check_shape(meta["arch"], data, path)
-    check_corruption_inputs(cfg, data)
+    EVAL_STAGE.precheck(Precheck(cfg, data, model, example_inputs(data)))  # the eval stage's own checks
     device = resolve_device(cfg.device)
     out = Path(cfg.eval_out or f"outputs/evals/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.time_ns() % 10**6:06d}")
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
