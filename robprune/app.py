@@ -10,10 +10,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from robprune.config import config_dir
+from robprune.declarations import store_declarations
 from robprune.errors import ConfigError, RobpruneError
 from robprune.summary import print_summary
 
 log = logging.getLogger("robprune")
+store_declarations()  # before Hydra composes, here and in a launcher's worker processes (they import this module)
 
 
 def job(cfg: DictConfig) -> float | None:

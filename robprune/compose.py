@@ -22,6 +22,9 @@ def compose(overrides: Iterable[str] = (), *, with_hydra: bool = False) -> DictC
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
+    from robprune.declarations import store_declarations
+
+    store_declarations()
     overrides = list(overrides)
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -167,8 +167,8 @@ def declared(obj: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _annotated(fn: Any) -> tuple[tuple[str, Any, Any], ...]:
-    """(name, spec, default) of each keyword option of ``fn`` typed ``Annotated[type, spec]``."""
+def _annotated(fn: Any) -> tuple[tuple[str, Any, Any, str], ...]:
+    """(name, spec, default, help) of each keyword option of ``fn`` typed ``Annotated[type, spec, "help"]``."""
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
         params = inspect.signature(fn).parameters
@@ -180,8 +180,9 @@ def _annotated(fn: Any) -> tuple[tuple[str, Any, Any], ...]:
         if typing.get_origin(hint) is not typing.Annotated:
             continue
         spec = next((m for m in hint.__metadata__ if isinstance(m, (Value, dict, MapOf)) or m in (ANY, TARGET)), None)
+        text = next((m for m in hint.__metadata__ if isinstance(m, str) and m not in (ANY, TARGET)), "")
         if spec is not None:
-            out.append((name, spec, param.default))
+            out.append((name, spec, param.default, text))
     return tuple(out)
 
 
@@ -191,13 +192,13 @@ def spec_of(obj: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(obj):
         hints = typing.get_type_hints(obj)
         return {f.name: f.metadata.get("spec") or _infer(hints[f.name], f.name) for f in dataclasses.fields(obj)}
-    return {name: spec for name, spec, _ in _annotated(obj)}
+    return {name: spec for name, spec, _, _ in _annotated(obj)}
 
 
 def defaults_of(obj: Any) -> dict[str, Any]:
     """{key: default} of a declaration (options without a default are left out: they are required)."""
     if not dataclasses.is_dataclass(obj):
-        return {name: default for name, _, default in _annotated(obj) if default is not inspect.Parameter.empty}
+        return {name: default for name, _, default, _ in _annotated(obj) if default is not inspect.Parameter.empty}
     out = {}
     for f in dataclasses.fields(obj):
         if f.default is not dataclasses.MISSING:
@@ -207,8 +208,11 @@ def defaults_of(obj: Any) -> dict[str, Any]:
     return out
 
 
-def help_of(cls: Any) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+def help_of(obj: Any) -> dict[str, str]:
+    """{key: one-line meaning and unit} of a declaration (the configuration reference's text)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(obj)}
+    return {name: text for name, _, _, text in _annotated(obj)}
 
 
 def check_fields(obj: Any, where: str) -> None:

@@ -17,6 +17,9 @@ from typing import Any
 import yaml
 
 from robprune import options, schema
+from robprune.declarations import GROUP, declared_defaults, options_of
+from robprune.options import help_of
+from robprune.registry import REGISTRIES
 from robprune.config import config_dir
 
 # group folder -> the node of the root config its options fill (None: not a node of the run config)
@@ -163,12 +166,15 @@ def render_option(group: str, path: Path, conf: Path) -> str:
     data = yaml.safe_load(text) or {}
     header, trailing = comments(text)
     lines = [f"### `{group}={path.stem}`", "", f"`conf/{group}/{path.name}`" + (f": {_escape(header)}" if header else ""), ""]
-    defaults = [e for e in data.get("defaults") or [] if e != "_self_"]
+    declared = _declared(data)
+    defaults = [e for e in data.get("defaults") or [] if e != "_self_" and not _is_declared(e)]
     if defaults:
         shown = ", ".join(f"`{k}: {v}`" if isinstance(e, dict) else f"`{e}`" for e in defaults
                           for k, v in (e.items() if isinstance(e, dict) else [(e, "")]))
         lines += [f"Composes: {shown}", ""]
-    rows = [(k, v) for k, v in flatten({k: v for k, v in data.items() if k != "defaults"}) if k]
+    own = {k: v for k, v in data.items() if k != "defaults"}
+    rows = [(k, v) for k, v in flatten({**{k: v for k, (v, _) in declared.items()}, **own}) if k]
+    trailing = {**{k: text for k, (_, text) in declared.items() if text}, **trailing}
     if not rows:
         return "\n".join(lines + ["(no keys)", ""])
     lines += ["| key | default | type / range / choices | meaning |", "|---|---|---|---|"]
@@ -178,13 +184,32 @@ def render_option(group: str, path: Path, conf: Path) -> str:
     return "\n".join(lines + [""])
 
 
+def _is_declared(entry: Any) -> bool:
+    return isinstance(entry, dict) and any(str(k).lstrip("/").startswith(f"{GROUP}/") for k in entry)
+
+
+def _declared(data: dict) -> dict[str, tuple[Any, str]]:
+    """{key: (declared default, help)} of the thing a file's ``/declared/<group>@_here_: <name>`` names
+    (robprune.declarations): the options the file does not repeat."""
+    for entry in data.get("defaults") or []:
+        if not _is_declared(entry):
+            continue
+        (source, name), = entry.items()
+        group = str(source).lstrip("/").split("@")[0].split("/", 1)[1]
+        registry = next(r for r in REGISTRIES.values() if r.group == group)
+        options = options_of(registry.entry(str(name)))
+        return {k: (v, help_of(options).get(k, "")) for k, v in declared_defaults(registry.entry(str(name))).items()}
+    return {}
+
+
 def render_reference(conf: Path | None = None) -> str:
     """The whole configuration reference, as markdown."""
     conf = conf or config_dir()
     found = groups(conf)
     out = ["# Configuration reference", "",
-           "Generated at build time by `robprune.reference.render_reference()` from `robprune/schema.py` "
-           "(types, ranges, choices) and the files of `conf/` (defaults and their trailing comments). "
+           "Generated at build time by `robprune.reference.render_reference()` from the option declarations "
+           "(`robprune.options`: types, ranges, choices, declared defaults and their meaning), `robprune/schema.py` "
+           "(the root config's layout) and the files of `conf/` (what each option file sets, with its comments). "
            "Pick an option with `group=option`; set a key with `group.key=value`. Keys are relative to the "
            "group's node (`prune.sparsity` is the row `sparsity` of a `prune` option). `—` means the schema "
            "declares no type for that key (it is checked elsewhere, or free).", ""]

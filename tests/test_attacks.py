@@ -82,7 +82,7 @@ def registry_case(name: str) -> Case:
     node = OmegaConf.load(config_dir() / "attack" / f"{name}.yaml")
     norm = str(node.get("norm", "linf")).lower()
     eps = EPS_L2 if norm == "l2" else EPS
-    params = {k: SHRINK_ATTACK[k] if k in SHRINK_ATTACK else node[k] for k in node if k not in ("_target_", "_partial_", "eps")}
+    params = {k: SHRINK_ATTACK[k] if k in SHRINK_ATTACK else node[k] for k in node if k not in ("_target_", "_partial_", "eps", "defaults")}
     if name == "autoattack":  # the standard suite's FAB-T and 5000-query Square take minutes: two of its attacks
         params.update(version="custom", attacks=["apgd-ce", "square"])
     assert ATTACKS.find(ATTACKS.get(name)) is not None

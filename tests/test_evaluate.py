@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from robprune.config import config_dir, instantiate
+from robprune.declarations import store_declarations
 from robprune.errors import ConfigError, DataError
 from robprune.evaluate import adversarial, evaluate_robustness
 from robprune.evaluate.adversarial import _accuracies
@@ -36,6 +37,7 @@ def conf_tree(tmp_path_factory):
 
 
 def compose_eval(conf_tree, *overrides):
+    store_declarations()  # the declared defaults conf files pull in (robprune.declarations)
     with initialize_config_dir(config_dir=str(conf_tree), version_base="1.3"):
         return compose("config", overrides=list(overrides)).eval
 

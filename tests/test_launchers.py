@@ -88,7 +88,9 @@ def test_slurm_launcher_config_composes_with_the_plugins_schema():
     from hydra import compose, initialize_config_dir
 
     from robprune.config import config_dir
+    from robprune.declarations import store_declarations
 
+    store_declarations()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         hc = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
                      return_hydra_config=True).hydra

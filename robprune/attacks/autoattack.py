@@ -58,12 +58,17 @@ class AutoAttackResult(NamedTuple):
 
 
 @ATTACKS.register("autoattack", modality="image")
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Annotated[float, EPS],
-               norm: Annotated[str, Choice(*AA_NORMS)] = "Linf", version: Annotated[str, Choice(*AA_VERSIONS)] = "standard",
-               attacks: Annotated[list | None, Value("list", null=True, item=Choice(*AA_ATTACKS), example="[apgd-ce,square]")] = None,
-               seed: Annotated[int | None, SEED] = 0, batch_size: Annotated[int, SIZE] = 500,
-               n_iter: Annotated[int | None, Int(1, null=True, example="100")] = None,
-               n_queries: Annotated[int | None, Int(1, null=True, example="5000")] = None) -> torch.Tensor:
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+               eps: Annotated[float, EPS, "budget in pixel units ([0,1] images)"],
+               norm: Annotated[str, Choice(*AA_NORMS), "Linf | L2 | L1 (pyautoattack's spelling); use eps ${dataset.eps_l2} with L2"] = "Linf",
+               version: Annotated[str, Choice(*AA_VERSIONS), "standard = APGD-CE, APGD-T, FAB-T, Square | plus | rand | custom"] = "standard",
+               attacks: Annotated[list | None, Value("list", null=True, item=Choice(*AA_ATTACKS), example="[apgd-ce,square]"),
+                                  "list for version custom, from apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t; null otherwise"] = None,
+               seed: Annotated[int | None, SEED, "seeds every sub-attack; null = drawn from torch's seeded RNG"] = 0,
+               batch_size: Annotated[int, SIZE, "pyautoattack's internal batch (images)"] = 500,
+               n_iter: Annotated[int | None, Int(1, null=True, example="100"), "APGD/FAB iterations; null = AutoAttack's 100 (lower only for smoke runs)"] = None,
+               n_queries: Annotated[int | None, Int(1, null=True, example="5000"), "Square queries; null = AutoAttack's 5000 (lower only for smoke runs)"] = None
+               ) -> torch.Tensor:
     """AutoAttack adversarial examples, (N, C, H, W) in [0, 1], detached, on x's device.
 
     eps: budget in pixel units; norm: 'Linf' | 'L2' | 'L1' (pyautoattack's spelling); version:

@@ -32,7 +32,17 @@ from robprune.registry import ATTACKS
 
 COMPAT = (None, "adverfine")
 STARTS = {True: "uniform", False: "none", "normal": "normal"}  # random_start value -> first iterate
-NORM = Annotated[str, Choice(*NORMS)]
+# The options of pgd (and fgsm), declared once: schema, defaults and signature (docs/concepts/options.md)
+Eps = Annotated[float, EPS, "budget in pixel units ([0,1] images), L∞ or L2 per norm"]
+Steps = Annotated[int, STEPS, "gradient steps"]
+StepSize = Annotated[float | None, Float(0, null=True, example="0.01"), "pixels per step; null = 2.5·eps/steps (Madry et al.)"]
+Norm = Annotated[str, Choice(*NORMS), "linf | l2"]
+RandomStart = Annotated[bool | str, Choice(*STARTS), "true: uniform start in the ε-ball; false: start at x; normal: x + init_std·N(0, I) (TRADES)"]
+InitStd = Annotated[float, Float(0, example="0.001"), "std of the normal start in pixels (random_start: normal only; TRADES' 0.001)"]
+Restarts = Annotated[int, Int(1), "independent starts; per example the worst case is kept"]
+EarlyStop = Annotated[bool, BOOL, "stop attacking examples already misclassified (evaluation speed)"]
+Loss = Annotated[str, Choice(*LOSSES), "loss ascended: ce (cross-entropy) | dlr (Croce & Hein 2020) | kl (KL(p(x) ‖ p(x')), TRADES)"]
+Compat = Annotated[str | None, Choice(*COMPAT), "null = pixel-space convention; adverfine = that paper's code (L∞ only)"]
 
 
 @dataclass(frozen=True)
@@ -50,12 +60,10 @@ class _Plan:
 
 
 @ATTACKS.register("pgd", modality="image")
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Annotated[float, EPS], steps: Annotated[int, STEPS],
-        step_size: Annotated[float | None, Float(0, null=True, example="0.01")] = None, norm: NORM = "linf",
-        random_start: Annotated[bool | str, Choice(*STARTS)] = True,
-        init_std: Annotated[float, Float(0, example="0.001")] = 0.001, restarts: Annotated[int, Int(1)] = 1,
-        early_stop: Annotated[bool, BOOL] = False, loss: Annotated[str, Choice(*LOSSES)] = "ce",
-        compat: Annotated[str | None, Choice(*COMPAT)] = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, steps: Steps, step_size: StepSize = None,
+        norm: Norm = "linf", random_start: RandomStart = True, init_std: InitStd = 0.001, restarts: Restarts = 1,
+        early_stop: EarlyStop = False, loss: Loss = "ce", compat: Compat = None,
+        generator: torch.Generator | None = None) -> torch.Tensor:
     """PGD adversarial examples, (N, C, H, W) in [0, 1], detached, on x's device.
 
     eps: budget in pixel units (L∞ or L2 per ``norm``); steps: gradient steps per restart;
@@ -82,8 +90,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Annotated[fl
 
 
 @ATTACKS.register("fgsm", modality="image")
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Annotated[float, EPS],
-         norm: Annotated[str, Choice("linf", "l2")] = "linf") -> torch.Tensor:
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, norm: Norm = "linf") -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x, no random
     start; for norm='l2' the step is eps·grad/‖grad‖₂ (fast gradient method). Same contract as pgd."""
     return pgd(model, x, y, eps=eps, steps=1, step_size=eps, norm=norm, random_start=False)

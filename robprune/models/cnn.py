@@ -35,8 +35,10 @@ class ConvNet(nn.Module):
 
 
 @MODELS.register("cnn8", modality="image")
-def cnn8(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: Annotated[int, Int(1, example="32")] = 32,
-         hidden: Annotated[int, Int(1, example="128")] = 128) -> ConvNet:
+def cnn8(*, in_channels: int, image_size: int, num_classes: int, mean, std,
+         width: Annotated[int, Int(1, example="32"), "first conv width (32 = the paper's 8-layer CNN)"] = 32,
+         hidden: Annotated[int, Int(1, example="128"), "units of the hidden FC layer (2048→128→classes at 28x28)"] = 128
+         ) -> ConvNet:
     """Adver-Fine's "8-layer CNN": conv 1→32, 32→32 (s2), 32→64, 64→64 (s2), 64→128, 128→128 (s2),
     FC 2048→128, FC 128→10 at 28x28 (docs/methods/adverfine.md). ``width`` scales all conv widths (32 = paper)."""
     w = width
@@ -46,8 +48,9 @@ def cnn8(*, in_channels: int, image_size: int, num_classes: int, mean, std, widt
 
 
 @MODELS.register("small_cnn", modality="image")
-def small_cnn(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: Annotated[int, Int(1, example="32")] = 16,
-              hidden: Annotated[int, Int(1, example="128")] = 64) -> ConvNet:
+def small_cnn(*, in_channels: int, image_size: int, num_classes: int, mean, std,
+              width: Annotated[int, Int(1, example="32"), "channels of the first conv; later convs use 2x"] = 16,
+              hidden: Annotated[int, Int(1, example="128"), "units of the hidden fully connected layer"] = 64) -> ConvNet:
     """A 3-conv CNN sized for 8x8 digits: conv w, conv 2w (s2), conv 2w; FC hidden; FC classes."""
     w = width
     convs = [(w, 1), (2 * w, 2), (2 * w, 1)]

@@ -56,6 +56,7 @@ class ResNet(nn.Module):
 
 
 @MODELS.register("resnet18", modality="image")
-def resnet18(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: Annotated[int, Int(1, example="32")] = 64) -> ResNet:
+def resnet18(*, in_channels: int, image_size: int, num_classes: int, mean, std, width: Annotated[int, Int(1, example="32"), "stem width (64 = standard ResNet-18)"] = 64
+             ) -> ResNet:
     """ResNet-18 (2-2-2-2 BasicBlocks); ``width`` is the stem width (64 = standard). image_size: any (global pool)."""
     return ResNet([2, 2, 2, 2], in_channels=in_channels, num_classes=num_classes, mean=mean, std=std, width=width)

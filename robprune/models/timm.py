@@ -45,9 +45,15 @@ class TimmNet(nn.Module):
 
 @MODELS.register("timm", modality="image")
 def timm_model(*, in_channels: int, image_size: int, num_classes: int, mean, std,
-               name: Annotated[str, Value("str", example="resnet18")] = "resnet18", pretrained: Annotated[bool, BOOL] = False,
-               stem: Annotated[str, Choice(*STEMS)] = "auto", drop_rate: Annotated[float | None, DROP] = None,
-               drop_path_rate: Annotated[float | None, DROP] = None) -> TimmNet:
+               name: Annotated[str, Value("str", example="resnet18"), "timm architecture (timm.list_models()): resnet18, "
+                               "resnet10t, mobilevit_xxs, vgg16_bn, ...; a tag is allowed (resnet18.a1_in1k)"] = "resnet18",
+               pretrained: Annotated[bool, BOOL, "true = ImageNet weights from the Hugging Face hub (internet once, then "
+                                     "HF_HOME's cache); the classifier is new"] = False,
+               stem: Annotated[str, Choice(*STEMS), "auto = small for images <= 64 px, else timm | small = first conv "
+                               "stride 1, no stem max-pool | timm = timm's ImageNet stem"] = "auto",
+               drop_rate: Annotated[float | None, DROP, "dropout before the classifier; null = timm's default"] = None,
+               drop_path_rate: Annotated[float | None, DROP, "stochastic depth rate; null = timm's default (models "
+                                         "without it refuse a value)"] = None) -> TimmNet:
     """``timm.create_model(name, pretrained, in_chans=in_channels, num_classes=num_classes)`` after Normalize.
 
     name: a timm architecture (``timm.list_models()``), optionally with a weight tag (``resnet18.a1_in1k``).

@@ -35,7 +35,8 @@ class VGG(nn.Module):
 
 @MODELS.register("vgg16_bn", modality="image")
 def vgg16_bn(*, in_channels: int, image_size: int, num_classes: int, mean, std,
-             width_mult: Annotated[float, Float(0, low_open=True, example="1.0")] = 1.0) -> VGG:
+             width_mult: Annotated[float, Float(0, low_open=True, example="1.0"),
+                                 "multiplies every conv width (1.0 = standard VGG-16)"] = 1.0) -> VGG:
     """VGG-16-BN; 32x32 inputs reach 1x1 after five pools. ``image_size`` must be >= 32."""
     if image_size < 32:
         from robprune.errors import ConfigError
