@@ -25,7 +25,7 @@ from robprune.graph import (MODEL, ConfigView, DataView, Planned, StageContext, 
                             plan, provenance, stage_keys)
 from robprune.io import atomic_write_json, atomic_write_text
 from robprune.measure import checkpoint_size_bytes, dense_model, measure
-from robprune.prune.gradual import check_schedule
+from robprune.prune.channel.gradual import check_schedule
 from robprune.stages import STAGES
 from robprune.stages.common import architecture, example_inputs
 from robprune.stages.evaluate import EVAL_FILE
@@ -163,7 +163,7 @@ def assemble_metrics(cfg, data, results: dict[str, StageResult], final: StageRes
 def add_sparsity_check(metrics: dict, model, prune_info: dict) -> None:
     """Layer-wise language-model pruning: the sparsity reported is the one measured on the saved (and
     possibly fine-tuned) checkpoint; it must equal what the pruner reported (masks kept zero)."""
-    from robprune.prune.lm_methods import measured_sparsity
+    from robprune.prune.layerwise.methods import measured_sparsity
 
     if prune_info.get("sparsity_total") is None:
         return

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from robprune import schema
-from robprune.corruptions import check_node as check_corruptions
 from robprune.config import _check_targets, config_dir
+from robprune.corruptions import check_node as check_corruptions
 from robprune.errors import ConfigError
 from robprune.schema import ANY, BOOL, TARGET, MapOf, unknown_key
 from robprune.validate_prune import check_before_stages, check_prune_combinations, reachable_sparsity
@@ -314,7 +314,8 @@ def check_modality(cfg: DictConfig) -> None:
 
 
 def _check_text_compression(cfg: DictConfig) -> None:
-    from robprune.prune.lm_methods import LM_METHODS, parse_n_m
+    from robprune.prune.layerwise.methods import LM_METHODS
+    from robprune.prune.layerwise.nm import parse_n_m
 
     if str(cfg.prune.get("method", "none")) not in ("none", *LM_METHODS):
         raise ConfigError(f"prune={cfg.prune.method} prunes image models (channels of convolutions), not a text "

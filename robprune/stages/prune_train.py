@@ -6,7 +6,7 @@ from __future__ import annotations
 from robprune.checkpoint import load_checkpoint, save_checkpoint
 from robprune.graph import Stage, StageContext, seed_from
 from robprune.prune import PruneContext, prune_model
-from robprune.prune.scores import log_layer_table
+from robprune.prune.channel.scores import log_layer_table
 from robprune.stages.common import example_inputs, seed_stage, train_model
 
 
