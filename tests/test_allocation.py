@@ -11,7 +11,7 @@ from robprune.errors import ConfigError
 from robprune.models import cnn8
 from robprune.prune import PruneContext, prune_model
 from robprune.prune.channel.allocation import (AllocationInput, BoundedRule, bounded_ratios, group_caps, inverse_ratios,
-                                       standardised_log_scores, uniform_sparsity)
+                                               standardised_log_scores, uniform_sparsity)
 from robprune.prune.channel.budget import ParamBudget
 from robprune.prune.channel.structured import build_groups
 

@@ -8,7 +8,7 @@ import torch
 
 from robprune.prune.layerwise.magnitude import weight_magnitude_masks
 from robprune.prune.layerwise.obs import (HessianAccumulator, damped_cholesky, dead_inputs, obs_prune, obs_prune_loop,
-                                output_error, refit, relative_error)
+                                          output_error, refit, relative_error)
 from robprune.prune.layerwise.sparsegpt import sparsegpt_prune
 
 F64 = torch.float64
