@@ -14,23 +14,16 @@ import torch
 from torch import nn
 
 from robprune.config import require_positive
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameter elements (weights, biases, BN affine); buffers such as BN running stats
-    and the Normalize mean/std are not counted (metrics.json ``params_total``)."""
-    return sum(p.numel() for p in model.parameters())
+from robprune.prune.stats import PRUNABLE_TYPES, count_params
 
 
 def count_nonzero_params(model: nn.Module) -> int:
     """Parameters that remain after unstructured pruning (metrics.json ``params``): the non-zero
     elements of every Conv2d/Linear weight plus ALL elements of every other parameter (biases, BN
     affine: an exact zero there is a value, not a removed weight). Masked pruning stores its removed
-    weights as exact zeros (robprune.train.masks), so they are not counted; a structured-pruned model
+    weights as exact zeros (robprune.prune.masks), so they are not counted; a structured-pruned model
     has its channels physically removed, so this equals :func:`count_params` for it (up to weights
     that are exactly 0.0 by chance). A fake-quantised model counts its float weights."""
-    from robprune.prune.stats import PRUNABLE_TYPES
-
     weights = {id(m.weight) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)}
     return sum(int(torch.count_nonzero(p.detach())) if id(p) in weights else p.numel() for p in model.parameters())
 

@@ -19,19 +19,8 @@ import robprune
 from robprune.attacks.compat import attack_compat
 from robprune.checkpoint import load_checkpoint
 from robprune.data import DataBundle, build_data
-from robprune.graph import (
-    MODEL,
-    ConfigView,
-    DataView,
-    Planned,
-    Precheck,
-    StageContext,
-    config_slice,
-    data_fingerprint,
-    plan,
-    provenance,
-    stage_keys,
-)
+from robprune.graph import (MODEL, ConfigView, DataView, Planned, Precheck, StageContext, config_slice,
+                            data_fingerprint, plan, provenance, stage_keys)
 from robprune.io import atomic_write_json, atomic_write_text
 from robprune.measure import checkpoint_size_bytes, dense_model, measure
 from robprune.stages import STAGES
@@ -169,7 +158,7 @@ def assemble_metrics(cfg, data, results: dict[str, StageResult], final: StageRes
 def add_sparsity_check(metrics: dict, model, prune_info: dict) -> None:
     """Layer-wise language-model pruning: the sparsity reported is the one measured on the saved (and
     possibly fine-tuned) checkpoint; it must equal what the pruner reported (masks kept zero)."""
-    from robprune.prune.lm_methods import measured_sparsity
+    from robprune.prune.layerwise.methods import measured_sparsity
 
     if prune_info.get("sparsity_total") is None:
         return

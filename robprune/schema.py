@@ -9,30 +9,11 @@ from __future__ import annotations
 
 from robprune.attacks.autoattack import AA_ATTACKS, AA_NORMS, AA_VERSIONS  # noqa: F401  (validate's hint)
 from robprune.corruptions import SOURCES
-from robprune.options import (  # noqa: F401
-    ANY,
-    BOOL,
-    EPS,
-    FRACTION,
-    HYDRA_KEYS,
-    PATH,
-    SEED,
-    SIZE,
-    STEPS,
-    STR,
-    TARGET,
-    Choice,
-    Float,
-    Int,
-    MapOf,
-    Value,
-    declared,
-    spec_of,
-    unknown_key,
-)
-from robprune.prune.importance import CRITERIA
-from robprune.prune.methods import ALLOCATIONS, NORMALIZATIONS, RATIO_SEMANTICS, RULES
-from robprune.prune.sensitivity import PERTURBATIONS
+from robprune.options import (ANY, BOOL, EPS, FRACTION, HYDRA_KEYS, PATH, SEED, SIZE, STEPS, STR, TARGET,  # noqa: F401
+                               Choice, Float, Int, MapOf, Value, declared, spec_of, unknown_key)
+from robprune.prune.channel.importance import CRITERIA
+from robprune.prune.channel.methods import ALLOCATIONS, NORMALIZATIONS, RATIO_SEMANTICS, RULES
+from robprune.prune.channel.sensitivity import PERTURBATIONS
 from robprune.registry import locate
 from robprune.train.recipe import SCHEDULES
 from robprune.train.sharpness import IMPORTANCES, NORMALIZE
@@ -101,31 +82,31 @@ SCORES = {"n_images": Int(1, example="1024"), "batch_size": SIZE, "seed": SEED, 
           "steps": STEPS, "damage_check": BOOL, "damage_seeds": Value("list", item=Int(), example="[0,1,2]")}
 OPTIMIZER = {"lr": Float(0, low_open=True, example="0.001"), "momentum": Float(0, example="0.9"),
              "weight_decay": Float(0, example="0.0005")}
-# prune=adasap (robprune.prune.gradual): channel options plus the training it prunes during
+# prune=adasap (robprune.prune.channel.gradual): channel options plus the training it prunes during
 DURING_TRAINING = {**TRAIN, "prune_interval": Int(1, example="50"), "prune_steps": Int(1, example="10")}
 ADASAP = {k: PRUNE[k] for k in ("method", "sparsity", "r_max", "min_channels", "exclude_stem", "exclude_linear")}
 ADASAP.update(criterion=Choice("l2", "taylor"), during_training=DURING_TRAINING)
-# layer-wise language-model pruners (robprune.prune.lm_methods); calibration: the calib stage's node
+# layer-wise language-model pruners (robprune.prune.layerwise.methods); calibration: the calib stage's node
 LM_PRUNE = {"method": STR, "sparsity": FRACTION, "n_m": Value("str", null=True, example="2:4"),
             "rel_damp": Float(0, low_open=True, example="0.01"), "percdamp": Float(0, low_open=True, example="0.01"),
             "blocksize": Int(1, example="128"), "batch_size": SIZE, "scope": Choice("layer", "global"),
             "refit_head": BOOL, "calibration": {"n": Int(1, example="512"), "heldout": Int(0, example="64")}}
 TARGET_PARAMS = {
     "robprune.prune.global_magnitude": {**PRUNE, "ratio_semantics": Choice("params")},
-    "robprune.prune.sensitivity.mrs_scores": SCORES, "robprune.prune.sensitivity.calibration_set": SCORES,
+    "robprune.prune.channel.sensitivity.mrs_scores": SCORES, "robprune.prune.channel.sensitivity.calibration_set": SCORES,
     "robprune.prune.adasap": ADASAP,
-    **{f"robprune.prune.lm_methods.{name}": LM_PRUNE for name in ("kr_obs", "sparsegpt", "magnitude")},
+    **{f"robprune.prune.layerwise.methods.{name}": LM_PRUNE for name in ("kr_obs", "sparsegpt", "magnitude")},
 }
 PREFIX_PARAMS = {"torch.optim.": OPTIMIZER, "robprune.prune.": PRUNE}
-# callables taking **options: their keys, explicitly (robprune.prune.methods.ChannelPruning's fields + scores)
+# callables taking **options: their keys, explicitly (robprune.prune.channel.methods.ChannelPruning's fields + scores)
 CHANNEL_KEYS = tuple(k for k in PRUNE)
 CHANNEL_TARGETS = tuple(f"robprune.prune.{name}" for name in ("channel_pruning", "l1_filter", "mrpf"))
 EXPLICIT_KEYS = dict.fromkeys(CHANNEL_TARGETS, CHANNEL_KEYS)
 EXPLICIT_KEYS.update({  # the layer-wise pruners: their parameters plus the calib stage's node
-    "robprune.prune.lm_methods.kr_obs": ("method", "sparsity", "n_m", "rel_damp", "batch_size", "refit_head",
+    "robprune.prune.layerwise.methods.kr_obs": ("method", "sparsity", "n_m", "rel_damp", "batch_size", "refit_head",
                                          "calibration"),
-    "robprune.prune.lm_methods.sparsegpt": ("method", "sparsity", "n_m", "percdamp", "blocksize", "batch_size", "calibration"),
-    "robprune.prune.lm_methods.magnitude": ("method", "sparsity", "n_m", "scope", "calibration")})
+    "robprune.prune.layerwise.methods.sparsegpt": ("method", "sparsity", "n_m", "percdamp", "blocksize", "batch_size", "calibration"),
+    "robprune.prune.layerwise.methods.magnitude": ("method", "sparsity", "n_m", "scope", "calibration")})
 
 
 def params_of(target: str) -> dict:

@@ -311,7 +311,8 @@ def check_modality(cfg: DictConfig) -> None:
 
 
 def _check_text_compression(cfg: DictConfig) -> None:
-    from robprune.prune.lm_methods import LM_METHODS, parse_n_m
+    from robprune.prune.layerwise.methods import LM_METHODS
+    from robprune.prune.layerwise.nm import parse_n_m
 
     if str(cfg.prune.get("method", "none")) not in ("none", *LM_METHODS):
         raise ConfigError(f"prune={cfg.prune.method} prunes image models (channels of convolutions), not a text "

@@ -3,7 +3,7 @@ once the dense model exists, whether ``prune.sparsity`` is reachable on it (:fun
 
 Ranges and choices of single keys are the schema's (:data:`robprune.schema.PRUNE`); the MRS rule's
 cross-key ranges (r_min <= r_max, r_max_small) are checked by
-:meth:`robprune.prune.methods.ChannelPruning.check_mrs`, which validation reaches through
+:meth:`robprune.prune.channel.methods.ChannelPruning.check_mrs`, which validation reaches through
 :func:`robprune.prune.check_prune_config`.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def check_prune_combinations(node: DictConfig) -> None:
                           "or set prune.criterion=l1")
     if allocation == "mrs":
         if not scores.endswith("mrs_scores"):
-            raise ConfigError("prune.allocation=mrs needs MRS scores (prune.scores._target_=robprune.prune.sensitivity."
+            raise ConfigError("prune.allocation=mrs needs MRS scores (prune.scores._target_=robprune.prune.channel.sensitivity."
                               "mrs_scores); use prune=mrs, or set prune.allocation=uniform")
         normalization = node.get("normalization", "bisection")
         if normalization == "bisection" and node.get("sparsity") is None:
@@ -44,13 +44,13 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
     import copy
 
     from robprune.config import to_container
-    from robprune.prune import methods
+    from robprune.prune.channel import methods
 
     target = str(prune_cfg.get("_target_", ""))
     options = {k: v for k, v in to_container(prune_cfg).items() if k not in NOT_OPTIONS and not k.startswith("_")}
     if target == "robprune.prune.global_magnitude":
+        from robprune.prune.channel.unstructured import candidate_layers
         from robprune.prune.stats import prunable_weight_count
-        from robprune.prune.unstructured import candidate_layers
 
         layers = candidate_layers(model, exclude_stem=bool(options.get("exclude_stem", False)),
                                   exclude_linear=bool(options.get("exclude_linear", False)))
@@ -76,9 +76,9 @@ def _channel_limit(model, example_inputs, opts) -> float:
     """Sparsity with every prunable group cut at its largest ratio: the top of every allocator's bisection
     (uniform, global and inverse MRS ratios reach r_max in every group at their upper bracket; bounded
     MRS ratios reach r_max_l = min(r_max_small, r_max) in the groups under small_fraction of the weights)."""
-    from robprune.prune.allocation import group_caps
-    from robprune.prune.budget import ParamBudget
-    from robprune.prune.structured import build_groups
+    from robprune.prune.channel.allocation import group_caps
+    from robprune.prune.channel.budget import ParamBudget
+    from robprune.prune.channel.structured import build_groups
 
     _, groups = build_groups(model, example_inputs, exclude_stem=opts.exclude_stem, exclude_linear=opts.exclude_linear)
     budget = ParamBudget(model, groups, min_keep=int(opts.min_channels))
@@ -114,17 +114,14 @@ def check_n_m_fits(prune_cfg: DictConfig, model) -> None:
     """A layer-wise pruner's N:M pattern must divide the input width of every encoder Linear it prunes."""
     from torch import nn
 
-    from robprune.prune.lm_methods import parse_n_m
+    from robprune.prune.layerwise.nm import check_n_m_fits as check_fits, parse_n_m
 
     pattern = parse_n_m(prune_cfg.get("n_m")) if "n_m" in prune_cfg else None
     encoder = getattr(getattr(getattr(model, "hf", None), "base_model", None), "encoder", None)
     if pattern is None or encoder is None:
         return
-    widths = sorted({m.in_features for m in encoder.modules() if isinstance(m, nn.Linear)})
-    bad = [w for w in widths if w % pattern[1]]
-    if bad:
-        raise ConfigError(f"prune.n_m={pattern[0]}:{pattern[1]}: M={pattern[1]} does not divide the encoder's Linear "
-                          f"input widths {bad}; use an M dividing {widths}, e.g. prune.n_m=2:4")
+    names = {module: name for name, module in model.named_modules()}
+    check_fits(pattern, ((names[m], m.in_features) for m in encoder.modules() if isinstance(m, nn.Linear)))
 
 
 def check_calibration(prune_cfg: DictConfig, n_train: int) -> None:
@@ -147,8 +144,8 @@ def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
     import torch
 
     from robprune.config import to_container
-    from robprune.prune import methods
-    from robprune.prune.structured import build_groups, cut_group
+    from robprune.prune.channel import methods
+    from robprune.prune.channel.structured import build_groups, cut_group
 
     target = str(cfg.prune.get("_target_", ""))
     adasap = target == "robprune.prune.adasap"  # cuts channels too, after training

@@ -2,7 +2,7 @@
 ``kr_obs`` (knowledge-retention OBS), ``sparsegpt`` and ``magnitude`` at one sparsity, with the same
 calibration sentences, each in a fresh process (so each peak is its own).
 
-Per method: the wall time of ``robprune.prune.language.prune_language_model`` (the pruning alone; the
+Per method: the wall time of ``robprune.prune.layerwise.language.prune_language_model`` (the pruning alone; the
 model load and the tokenisation are not timed), the process's peak resident memory (ru_maxrss) and
 its growth over the resident memory just before pruning, the measured encoder sparsity, and the
 relative error ‖logits − dense logits‖ / ‖dense logits‖ on held-out training sentences.
@@ -77,7 +77,7 @@ def load(args) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 def one_method(args, method: str, queue) -> None:
     """Child process: prune a fresh copy with ``method``; put the measurements on the queue."""
     try:
-        from robprune.prune.language import prune_language_model
+        from robprune.prune.layerwise.language import prune_language_model
 
         torch.set_num_threads(args.threads)
         model, calib, heldout = load(args)

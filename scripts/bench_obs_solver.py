@@ -2,13 +2,13 @@
 MiniLM-L6-shaped Linear layers (hidden 384, intermediate 1536), float64.
 
 Per layer shape and thread count:
-  obs_batched   robprune.prune.obs.obs_prune: rows in batches, blocked downdates (block 64) on the active
+  obs_batched   robprune.prune.layerwise.obs.obs_prune: rows in batches, blocked downdates (block 64) on the active
                 columns only (removed ones dropped at every block end, compact=True), whole layer
   obs_full      the same with compact=False: every downdate on the full (d_in, d_in) copies
-  obs_loop      robprune.prune.obs.obs_prune_loop: one row at a time, explicit rank-1 downdate of a
+  obs_loop      robprune.prune.layerwise.obs.obs_prune_loop: one row at a time, explicit rank-1 downdate of a
                 (d_in, d_in) H⁻¹ copy (the textbook OBS loop); timed on the first ``--loop-rows`` rows
                 and reported per row (rows are independent, so whole-layer time = rows x per-row time)
-  sparsegpt     robprune.prune.sparsegpt.sparsegpt_prune, blocksize 128, whole layer
+  sparsegpt     robprune.prune.layerwise.sparsegpt.sparsegpt_prune, blocksize 128, whole layer
 The ratio batched/loop compares rows per second measured in the same run, interleaved per repeat;
 obs_batched is also checked against obs_loop on the rows both pruned (same masks, max |ΔW|), and
 against obs_full on the whole layer (same masks); "compact vs full" is obs_full's time / obs_batched's.
@@ -29,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from robprune.io import atomic_write_json
-from robprune.prune.obs import HessianAccumulator, damped_cholesky, obs_prune, obs_prune_loop, relative_error
-from robprune.prune.sparsegpt import sparsegpt_prune, weight_magnitude_masks
+from robprune.prune.layerwise.magnitude import weight_magnitude_masks
+from robprune.prune.layerwise.obs import HessianAccumulator, damped_cholesky, obs_prune, obs_prune_loop, relative_error
+from robprune.prune.layerwise.sparsegpt import sparsegpt_prune
 
 F64 = torch.float64
 METHODS = ("obs_batched", "obs_full", "obs_loop", "sparsegpt")

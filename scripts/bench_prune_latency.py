@@ -22,9 +22,10 @@ from rich.table import Table
 
 from robprune.config import config_dir
 from robprune.io import atomic_write_json
-from robprune.measure import count_macs, count_params, measure_latency
+from robprune.measure import count_macs, measure_latency
 from robprune.models import build_model
 from robprune.prune import prune_model
+from robprune.prune.stats import count_params
 
 CIFAR = {"in_channels": 3, "image_size": 32, "num_classes": 10,
          "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}

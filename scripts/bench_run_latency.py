@@ -25,7 +25,8 @@ from rich.table import Table
 
 from robprune.checkpoint import load_checkpoint
 from robprune.io import atomic_write_json
-from robprune.measure import count_params, measure_latency
+from robprune.measure import measure_latency
+from robprune.prune.stats import count_params
 
 
 def parse_args() -> argparse.Namespace:

@@ -25,7 +25,7 @@ from torch import nn
 from robprune.config import config_dir
 from robprune.io import atomic_write_json
 from robprune.models import build_model
-from robprune.prune.structured import build_groups
+from robprune.prune.channel.structured import build_groups
 from robprune.train.sharpness import SharpnessAware, neuron_map
 
 SHAPES = {"mnist": {"in_channels": 1, "image_size": 28, "num_classes": 10, "mean": [0.1307], "std": [0.3081]},

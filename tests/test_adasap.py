@@ -11,8 +11,8 @@ from torch import nn
 from robprune.errors import ConfigError
 from robprune.models import cnn8
 from robprune.prune import PruneContext, prune_model
-from robprune.prune.gradual import GradualChannelMasks, check_schedule
-from robprune.prune.structured import build_groups
+from robprune.prune.channel.gradual import GradualChannelMasks, check_schedule
+from robprune.prune.channel.structured import build_groups
 from robprune.train import fit
 from robprune.train.sharpness import SharpnessAware
 

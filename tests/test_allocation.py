@@ -10,10 +10,10 @@ from robprune.config import config_dir
 from robprune.errors import ConfigError
 from robprune.models import cnn8
 from robprune.prune import PruneContext, prune_model
-from robprune.prune.allocation import (AllocationInput, BoundedRule, bounded_ratios, group_caps, inverse_ratios,
-                                       standardised_log_scores, uniform_sparsity)
-from robprune.prune.budget import ParamBudget
-from robprune.prune.structured import build_groups
+from robprune.prune.channel.allocation import (AllocationInput, BoundedRule, bounded_ratios, group_caps, inverse_ratios,
+                                               standardised_log_scores, uniform_sparsity)
+from robprune.prune.channel.budget import ParamBudget
+from robprune.prune.channel.structured import build_groups
 
 PRUNABLE = ["features.2", "features.4", "features.6", "features.8", "features.10"]  # 32, 64, 64, 128, 128 channels
 NO_SMALL = BoundedRule(r_max_small=0.95)  # isolates the rule from the small-group cap

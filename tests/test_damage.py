@@ -9,8 +9,8 @@ import torch
 from robprune.checkpoint import load_checkpoint
 from robprune.compose import compose
 from robprune.pipeline import run
-from robprune.prune.damage import spearman
-from robprune.prune.scores import compute_scores
+from robprune.prune.channel.damage import spearman
+from robprune.prune.channel.scores import compute_scores
 from tests.helpers import SHRINK
 
 SCORES = ["prune=mrs", "prune.scores.n_images=64", "prune.scores.steps=2", "train_seed=0"]

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from data_fixtures import (CONF_DATASET, dataset_cfg, idx_bytes, make_cifar10, make_mnist, write_cifar_batch,
                            write_png, write_svhn)
-from robprune.data import REGISTRY, BatchLoader, build_data, parse_split
+from robprune.data import BatchLoader, build_data, parse_split
 from robprune.errors import ConfigError, DataError
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -290,10 +290,11 @@ def test_real_mnist_test_tail():
 
 
 def test_every_dataset_yaml_matches_the_registry():
-    from robprune.data.text_sources import TEXT_REGISTRY
+    from robprune.registry import DATASETS
 
+    images, texts = set(DATASETS.names(modality="image")), set(DATASETS.names(modality="text"))
     stems = {p.stem for p in CONF_DATASET.glob("*.yaml")}
-    assert stems == set(REGISTRY) | set(TEXT_REGISTRY) and not set(REGISTRY) & set(TEXT_REGISTRY)
+    assert stems == images | texts == set(DATASETS) and not images & texts
     for path in CONF_DATASET.glob("*.yaml"):
         assert OmegaConf.load(path).name == path.stem
         for line in path.read_text().splitlines():

@@ -8,9 +8,10 @@ from torch import nn
 from robprune.checkpoint import save_checkpoint
 from robprune.config import config_dir
 from robprune.errors import ConfigError
-from robprune.measure import checkpoint_size_bytes, count_macs, count_nonzero_params, count_params, measure_latency
+from robprune.measure import checkpoint_size_bytes, count_macs, count_nonzero_params, measure_latency
 from robprune.models import build_model
 from robprune.prune import prune_model
+from robprune.prune.stats import count_params
 
 
 def cnn8():

@@ -15,8 +15,8 @@ from robprune.config import config_dir
 from robprune.models import Normalize
 from robprune.pipeline import run
 from robprune.prune import PruneContext, prune_model
-from robprune.prune.scores import scores_record
-from robprune.prune.sensitivity import mrs_scores
+from robprune.prune.channel.scores import scores_record
+from robprune.prune.channel.sensitivity import mrs_scores
 from tests.helpers import SHARED_DATA, SHRINK
 
 ATTACK = functools.partial(pgd, eps=0.1, steps=3)

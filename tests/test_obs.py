@@ -1,4 +1,4 @@
-"""Layer-wise pruning solvers (robprune.prune.obs, robprune.prune.sparsegpt): OBS, SparseGPT,
+"""Layer-wise pruning solvers (robprune.prune.layerwise.obs, robprune.prune.layerwise.sparsegpt): OBS, SparseGPT,
 magnitude masks, refit, damped Cholesky — on small random layers, against brute force and plain
 reference implementations."""
 import math
@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from robprune.prune.obs import (HessianAccumulator, damped_cholesky, dead_inputs, obs_prune, obs_prune_loop,
-                                output_error, refit, relative_error)
-from robprune.prune.sparsegpt import sparsegpt_prune, weight_magnitude_masks
+from robprune.prune.layerwise.magnitude import weight_magnitude_masks
+from robprune.prune.layerwise.obs import (HessianAccumulator, damped_cholesky, dead_inputs, obs_prune, obs_prune_loop,
+                                          output_error, refit, relative_error)
+from robprune.prune.layerwise.sparsegpt import sparsegpt_prune
 
 F64 = torch.float64
 

@@ -11,8 +11,8 @@ from robprune.config import config_dir
 from robprune.errors import ConfigError
 from robprune.models import build_model
 from robprune.prune import prune_model
+from robprune.prune.channel.structured import channels_to_remove
 from robprune.prune.stats import prunable_weight_count
-from robprune.prune.structured import channels_to_remove
 
 # name -> (in_channels, image_size); 32x32 models are slow-ish, so one fixture prunes each once
 SHAPES = {"small_cnn": (1, 8), "cnn8": (1, 28), "resnet18": (3, 32), "vgg16_bn": (3, 32)}

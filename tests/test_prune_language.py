@@ -1,4 +1,4 @@
-"""Layer-wise pruning of a transformer text classifier (robprune.prune.language, docs/methods/kr.md):
+"""Layer-wise pruning of a transformer text classifier (robprune.prune.layerwise.language, docs/methods/kr.md):
 layer discovery, exact sparsity and N:M patterns, the ordering kr_obs < independent OBS / SparseGPT <
 magnitude in reconstruction error, padding masked out of H and C, the checkpoint round trip and the
 report — on a tiny BERT (hidden 32, 2 blocks, 2 heads) and 64 synthetic calibration sentences.
@@ -17,13 +17,13 @@ from torch import nn
 from robprune.checkpoint import load_checkpoint, save_checkpoint
 from robprune.errors import ConfigError
 from robprune.models.text import TextClassifier, text_classifier
-from robprune.prune.language import METHODS, prune_language_model, write_report
-from robprune.prune.layerwise import (
+from robprune.prune.layerwise.language import METHODS, prune_language_model, write_report
+from robprune.prune.layerwise.streaming import (
     encoder_linears,
     linear_groups,
     reconstruction_report,
 )
-from robprune.train.masks import WeightMask
+from robprune.prune.masks import WeightMask
 from tests.text_fixtures import sentences, tiny_bert, write_sst2
 
 BLOCK = [["attention.self.query", "attention.self.key", "attention.self.value"], ["attention.output.dense"],

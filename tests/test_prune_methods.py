@@ -12,13 +12,14 @@ from robprune.config import config_dir
 from robprune.errors import ConfigError
 from robprune.models import build_model
 from robprune.prune import PruneContext, prune_model
-from robprune.prune.allocation import AllocationInput, inverse_ratios
-from robprune.prune.budget import ParamBudget
-from robprune.prune.importance import FilterNormImportance, RandomImportance, TaylorImportance
+from robprune.prune.channel.allocation import AllocationInput, inverse_ratios
+from robprune.prune.channel.budget import ParamBudget
+from robprune.prune.channel.importance import FilterNormImportance, RandomImportance, TaylorImportance
+from robprune.prune.channel.policy import structured_prune
+from robprune.prune.channel.structured import build_groups
+from robprune.prune.masks import finetune_hooks
 from robprune.prune.stats import prunable_weight_count
-from robprune.prune.structured import build_groups, structured_prune
 from robprune.train import fit
-from robprune.train.masks import finetune_hooks
 
 # small-width variants: same topology (residual coupling, pools, flatten) at a fraction of the cost
 MODELS = {"cnn8": ({}, 1, 28), "resnet18": ({"width": 16}, 3, 16), "vgg16_bn": ({"width_mult": 0.25}, 3, 32)}

@@ -94,7 +94,7 @@ def test_adasap_global_normalisation_scales_asam_per_neuron():
 
 def test_adasap_neurons_follow_torch_pruning_groups():
     """A neuron = a conv's output row + its BN γ/β entries; the next conv's input slice is not in it."""
-    from robprune.prune.structured import build_groups
+    from robprune.prune.channel.structured import build_groups
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6),
                           nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
@@ -117,7 +117,7 @@ def _bn_net():
 def test_batchnorm_statistics_updated_once_per_step(method):
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
     plain, wrapped = _bn_net(), _bn_net()
-    from robprune.prune.structured import build_groups
+    from robprune.prune.channel.structured import build_groups
     _, groups = build_groups(wrapped, x[:1], exclude_stem=False, exclude_linear=True)
     plain.train(), wrapped.train()
     opt = SharpnessAware(wrapped, torch.optim.SGD(wrapped.parameters(), lr=0.0), method=method, rho=0.5,
@@ -208,7 +208,7 @@ def test_the_optimizer_refuses_a_bad_normalisation_and_a_stepless_call():
 def test_a_weight_mask_hook_hands_its_masks_to_a_two_pass_optimizer():
     """Fine-tuning an unstructured-pruned model with SAM: WeightMask.bind (called by the training stage)
     gives the optimizer the masks, so the zeros get no perturbation and stay zero."""
-    from robprune.train.masks import WeightMask
+    from robprune.prune.masks import WeightMask
 
     model = _bn_net()
     with torch.no_grad():

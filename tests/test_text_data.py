@@ -15,17 +15,20 @@ import pytest
 import torch
 
 from robprune.data import text_sources as ts
-from robprune.data.text_sources import TEXT_REGISTRY, canonical_split
+from robprune.data.text_sources import canonical_split
 from robprune.errors import ConfigError, DataError
+from robprune.registry import DATASETS
 from tests.data_fixtures import dataset_cfg
 from tests.text_fixtures import sentences, write_sst2, write_tsv
+
+TEXT_NAMES = DATASETS.names(modality="text")
 
 SHARED_SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 
 
 def load(name, root, split, **overrides):
     """(sentences, labels as a list) of one split, through the registry's locate and read."""
-    source, cfg = TEXT_REGISTRY[name], dataset_cfg(name, root, **overrides)
+    source, cfg = DATASETS.get(name), dataset_cfg(name, root, **overrides)
     texts, labels = source.read(cfg, canonical_split(source, split), source.locate(cfg, split))
     assert labels.dtype == torch.int64 and labels.shape == (len(texts),)
     return texts, labels.tolist()
@@ -36,9 +39,9 @@ def one_line_error(exc_info, *parts):
     assert "\n" not in message and all(str(part) in message for part in parts), message
 
 
-@pytest.mark.parametrize("name", sorted(TEXT_REGISTRY))
+@pytest.mark.parametrize("name", TEXT_NAMES)
 def test_configs_agree_with_the_registry(name):
-    cfg, source = dataset_cfg(name, "/nowhere"), TEXT_REGISTRY[name]
+    cfg, source = dataset_cfg(name, "/nowhere"), DATASETS.get(name)
     assert cfg.num_classes == source.num_classes
     assert {canonical_split(source, cfg.train_split), canonical_split(source, cfg.test_split)} <= set(source.splits)
 

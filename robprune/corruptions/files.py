@@ -168,9 +168,10 @@ def read_folder(root: str | Path, name: str, severity: int, channels: int, size:
     reader; a seeded subset of n_examples images (None: all)."""
     from omegaconf import OmegaConf
 
-    from robprune.data import REGISTRY, seeded_indices
+    from robprune.data import seeded_indices
+    from robprune.registry import DATASETS
 
-    source = REGISTRY["imagefolder"]
+    source = DATASETS.get("imagefolder")
     cfg = OmegaConf.create({"name": "imagefolder", "root": str(severity_folder(root, name, severity)),
                             "channels": int(channels), "image_size": int(size)})
     files = source.locate(cfg, "train")

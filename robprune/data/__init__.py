@@ -2,13 +2,13 @@
 
 ``build_data(cfg.dataset)`` -> :class:`DataBundle` (uint8 images, int64 labels, mean/std);
 ``BatchLoader`` turns its tensors into float32 [0, 1] batches on a device with optional crop/flip.
-Module map: build (registry, DataBundle), splits (``'train[:80%]'`` parsing), source (Source protocol,
+Module map: build (DataBundle; the sources register in :data:`robprune.registry.DATASETS`), splits (``'train[:80%]'`` parsing), source (Source protocol,
 config helpers, cache), loader (BatchLoader), tensors (``as_pixels``, ``seeded_indices``), and one module per file format: mnist (IDX), cifar
 (pickle batches), svhn (.mat), imagefolder (PIL), builtin (digits, synthetic).
 """
-from robprune.data.build import REGISTRY, DataBundle, build_data
+from robprune.data.build import DataBundle, build_data
 from robprune.data.loader import BatchLoader
 from robprune.data.splits import Bound, SplitSlice, parse_split
 from robprune.data.tensors import as_pixels, seeded_indices
 
-__all__ = ["BatchLoader", "Bound", "DataBundle", "REGISTRY", "SplitSlice", "as_pixels", "build_data", "parse_split", "seeded_indices"]
+__all__ = ["BatchLoader", "Bound", "DataBundle", "SplitSlice", "as_pixels", "build_data", "parse_split", "seeded_indices"]

@@ -1,32 +1,20 @@
-"""``build_data``: dataset config -> :class:`DataBundle` of uint8 train/test tensors, via a registry."""
+"""``build_data``: dataset config -> :class:`DataBundle` of uint8 train/test tensors, from the source that
+``dataset.name`` names in :data:`robprune.registry.DATASETS` (each source module registers its own)."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from robprune.data import cifar, imagefolder, mnist, svhn, tiny_imagenet
-from robprune.data.builtin import DIGITS, SYNTHETIC
+from robprune.data import builtin, cifar, imagefolder, mnist, svhn, tiny_imagenet  # noqa: F401 (they register their sources)
 from robprune.data.loader import BatchLoader
 from robprune.data.source import Arrays, Source, get, load_split
-from robprune.data.splits import parse_split
+from robprune.data.splits import parse_split, warn_overlap
+from robprune.data.text import build_text_data
 from robprune.errors import ConfigError, DataError
-
-# dataset.name -> how to find and decode it. Add a dataset here (and a conf/dataset/<name>.yaml).
-REGISTRY: dict[str, Source] = {
-    "digits": DIGITS,
-    "mnist": mnist.SOURCE,
-    "fashion_mnist": mnist.SOURCE,
-    "cifar10": cifar.SOURCE,
-    "cifar100": cifar.SOURCE,
-    "svhn": svhn.SOURCE,
-    "imagefolder": imagefolder.SOURCE,
-    "tiny_imagenet": tiny_imagenet.SOURCE,
-    "synthetic": SYNTHETIC,
-}
+from robprune.registry import DATASETS
 
 
 @dataclass
@@ -93,16 +81,15 @@ def build_data(dataset_cfg: DictConfig, *, cache_dir: str | Path | None = None):
     """
     name = str(get(dataset_cfg, "name"))
     if str(dataset_cfg.get("modality", "image")) == "text":
-        from robprune.data.text import build_text_data
-
         return build_text_data(dataset_cfg, cache_dir=cache_dir)
-    source = REGISTRY.get(name)
-    if source is None:
-        raise ConfigError(f"dataset.name={name!r} is not a known dataset; choose one of {', '.join(sorted(REGISTRY))}")
+    images = DATASETS.names(modality="image")
+    if name not in images:
+        raise ConfigError(f"dataset.name={name!r} is not a known dataset; choose one of {', '.join(images)}")
+    source = DATASETS.get(name)
     bases: dict[str, Arrays] = {}  # each base split is decoded once even if both keys slice it
     (train_x, train_y), train_at = _select(source, dataset_cfg, "train_split", bases, cache_dir)
     (test_x, test_y), test_at = _select(source, dataset_cfg, "test_split", bases, cache_dir)
-    _warn_overlap(train_at, test_at)
+    warn_overlap(train_at, test_at)
     if train_x.shape[1:] != test_x.shape[1:]:
         raise DataError(f"dataset {name!r}: train images are {tuple(train_x.shape[1:])} but test images are "
                         f"{tuple(test_x.shape[1:])}; they must match (for an imagefolder set dataset.image_size)")
@@ -129,14 +116,6 @@ def _select(source: Source, cfg: DictConfig, key: str, bases: dict[str, Arrays],
     if part.is_full:
         return (x, y), (base, where)
     return (x[where].clone(), y[where].clone()), (base, where)  # clone: do not pin the whole base split
-
-
-def _warn_overlap(train_at: tuple[str, slice], test_at: tuple[str, slice]) -> None:
-    (train_base, a), (test_base, b) = train_at, test_at
-    if train_base == test_base and max(a.start, b.start) < min(a.stop, b.stop):
-        warnings.warn(f"dataset.train_split and dataset.test_split overlap on split {train_base!r} "
-                      f"([{a.start}:{a.stop}] and [{b.start}:{b.stop}]); test accuracy will be optimistic",
-                      stacklevel=3)
 
 
 def _num_classes(source: Source, cfg: DictConfig, labels: tuple[torch.Tensor, ...]) -> int:

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from robprune.config import require_positive
 from robprune.data.source import Arrays, Source, get
+from robprune.registry import DATASETS
 
 _DIGITS_TEST_EVERY = 5  # every 5th image of each class is a test image -> an exact, stratified 80/20 split
 
@@ -53,3 +54,6 @@ def _synthetic(cfg: DictConfig, split: str, files: list) -> Arrays:
 
 DIGITS = Source(splits=lambda cfg: ("train", "test"), decode=_digits)
 SYNTHETIC = Source(splits=lambda cfg: ("train", "test"), decode=_synthetic)
+
+DATASETS.add("digits", DIGITS, modality="image")
+DATASETS.add("synthetic", SYNTHETIC, modality="image")

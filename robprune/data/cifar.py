@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from robprune.data.source import Arrays, Source, get, missing_files, root_dir, try_download
 from robprune.errors import DataError
+from robprune.registry import DATASETS
 
 _LAYOUT = {  # name -> (archive dir, {base split: batch files}, label key, torchvision class)
     "cifar10": ("cifar-10-batches-py",
@@ -103,3 +104,6 @@ def _splits(cfg: DictConfig) -> tuple[str, ...]:
 
 
 SOURCE = Source(splits=_splits, decode=_decode, locate=_locate)
+
+DATASETS.add("cifar10", SOURCE, modality="image")
+DATASETS.add("cifar100", SOURCE, modality="image")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from robprune.data.source import Arrays, Source, get, missing_files, root_dir
 from robprune.errors import ConfigError, DataError
+from robprune.registry import DATASETS
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
@@ -103,3 +104,5 @@ def _splits(cfg: DictConfig) -> tuple[str, ...]:
 
 SOURCE = Source(splits=_splits, decode=_decode, locate=_locate,
                 num_classes=lambda cfg: len(_classes(cfg)), cache_keys=("channels", "image_size"))
+
+DATASETS.add("imagefolder", SOURCE, modality="image")

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from robprune.data.source import Arrays, Source, get, missing_files, root_dir, try_download
 from robprune.errors import DataError
+from robprune.registry import DATASETS
 
 _STEMS = {  # base split -> (images, labels) file names without '.gz'
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -106,3 +107,6 @@ def _splits(cfg: DictConfig) -> tuple[str, ...]:
 
 
 SOURCE = Source(splits=_splits, decode=_decode, locate=_locate)
+
+DATASETS.add("mnist", SOURCE, modality="image")
+DATASETS.add("fashion_mnist", SOURCE, modality="image")

@@ -8,6 +8,7 @@ and empty results are all ConfigErrors naming the config key, so a typo never si
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 from robprune.errors import ConfigError
@@ -86,3 +87,12 @@ def parse_split(spec: str, *, key: str = "split") -> tuple[str, SplitSlice]:
     start = _bound(match["start"], key, spec)
     stop = _bound(match["stop"], key, spec)
     return match["name"], SplitSlice(start, stop)
+
+
+def warn_overlap(train_at: tuple[str, slice], test_at: tuple[str, slice]) -> None:
+    """Warn when two selections, each (base split, resolved slice), share examples (images and text)."""
+    (train_base, a), (test_base, b) = train_at, test_at
+    if train_base == test_base and max(a.start, b.start) < min(a.stop, b.stop):
+        warnings.warn(f"dataset.train_split and dataset.test_split overlap on split {train_base!r} "
+                      f"([{a.start}:{a.stop}] and [{b.start}:{b.stop}]); test accuracy will be optimistic",
+                      stacklevel=3)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from robprune.data.source import Arrays, Source, get, missing_files, root_dir, try_download
 from robprune.errors import DataError
+from robprune.registry import DATASETS
 
 _SPLITS = ("train", "test", "extra")
 
@@ -71,3 +72,5 @@ def _splits(cfg: DictConfig) -> tuple[str, ...]:
 
 
 SOURCE = Source(splits=_splits, decode=_decode, locate=_locate)
+
+DATASETS.add("svhn", SOURCE, modality="image")

@@ -24,9 +24,11 @@ import torch
 from omegaconf import DictConfig
 
 from robprune.data.source import get
-from robprune.data.splits import parse_split
+from robprune.data.splits import parse_split, warn_overlap
+from robprune.data.text_sources import canonical_split
 from robprune.errors import ConfigError, DataError
 from robprune.io import atomic_save_tensors, source_fingerprint
+from robprune.registry import DATASETS
 
 
 @dataclass
@@ -122,13 +124,11 @@ class TokenLoader:
 
 def build_text_data(cfg: DictConfig, *, cache_dir: str | Path | None = None) -> TextBundle:
     """Read ``cfg.train_split`` / ``cfg.test_split`` of text dataset ``cfg.name`` and tokenise them."""
-    from robprune.data.build import _warn_overlap
-    from robprune.data.text_sources import TEXT_REGISTRY
-
     name = str(get(cfg, "name"))
-    source = TEXT_REGISTRY.get(name)
-    if source is None:
-        raise ConfigError(f"dataset.name={name!r} is not a known text dataset; choose one of {', '.join(sorted(TEXT_REGISTRY))}")
+    texts = DATASETS.names(modality="text")
+    if name not in texts:
+        raise ConfigError(f"dataset.name={name!r} is not a known text dataset; choose one of {', '.join(texts)}")
+    source = DATASETS.get(name)
     max_length = get(cfg, "max_length")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ConfigError(f"dataset.max_length must be an integer >= 2 (tokens incl. [CLS] and [SEP]), got {max_length!r}")
@@ -140,11 +140,11 @@ def build_text_data(cfg: DictConfig, *, cache_dir: str | Path | None = None) -> 
     bases: dict[str, tuple[list[str], torch.Tensor]] = {}
     (train_text, train_y), train_at = _select(source, cfg, "train_split", bases)
     (test_text, test_y), test_at = _select(source, cfg, "test_split", bases)
-    _warn_overlap(train_at, test_at)
+    warn_overlap(train_at, test_at)
     heldout_text, heldout_y = None, None
     if get(cfg, "heldout_split", None) is not None:
         (heldout_text, heldout_y), heldout_at = _select(source, cfg, "heldout_split", bases)
-        _warn_overlap(train_at, heldout_at)
+        warn_overlap(train_at, heldout_at)
     num_classes = _num_classes(cfg, source, tuple(y for y in (train_y, test_y, heldout_y) if y is not None))
     encode = lambda texts: tokenize(tokenizer, tokenizer_id, texts, max_length, cache_dir)  # noqa: E731
     return TextBundle(name=name, train_text=train_text, train_x=encode(train_text), train_y=train_y,
@@ -155,8 +155,6 @@ def build_text_data(cfg: DictConfig, *, cache_dir: str | Path | None = None) -> 
 
 
 def _select(source, cfg: DictConfig, key: str, bases: dict) -> tuple[tuple[list[str], torch.Tensor], tuple[str, slice]]:
-    from robprune.data.text_sources import canonical_split
-
     spec = str(get(cfg, key))
     base, part = parse_split(spec, key=f"dataset.{key}")
     base = canonical_split(source, base)

@@ -46,6 +46,7 @@ from omegaconf import DictConfig
 from robprune.data.source import get, missing_files, root_dir, try_download
 from robprune.errors import ConfigError, DataError
 from robprune.io import atomic_write
+from robprune.registry import DATASETS
 
 Texts = tuple[list[str], torch.Tensor]  # sentences, (N,) int64 labels in [0, num_classes)
 
@@ -91,7 +92,7 @@ def canonical_split(source: TextSource, split: str) -> str:
 
 
 def _name_of(source: TextSource) -> str:
-    return next((name for name, known in TEXT_REGISTRY.items() if known is source), "text")
+    return DATASETS.name_of(source) or "text"
 
 
 # ---------------------------------------------------------------- downloads
@@ -387,4 +388,6 @@ IMDB = TextSource(splits=("train", "test"), locate=_imdb_locate, read=lambda cfg
 AG_NEWS = TextSource(splits=("train", "test"), locate=_ag_locate,
                      read=lambda cfg, split, files: read_ag_news(files[0]), num_classes=4)
 
-TEXT_REGISTRY: dict[str, TextSource] = {"sst2": SST2, "imdb": IMDB, "ag_news": AG_NEWS}
+DATASETS.add("sst2", SST2, modality="text")
+DATASETS.add("imdb", IMDB, modality="text")
+DATASETS.add("ag_news", AG_NEWS, modality="text")

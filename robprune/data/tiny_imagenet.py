@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from robprune.data.imagefolder import _load_image
 from robprune.data.source import Arrays, Source, get, missing_files, root_dir, try_download
 from robprune.errors import ConfigError, DataError
+from robprune.registry import DATASETS
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
@@ -148,3 +149,5 @@ def _splits(cfg: DictConfig) -> tuple[str, ...]:
 
 SOURCE = Source(splits=_splits, decode=_decode, locate=_locate,
                 num_classes=lambda cfg: len(read_wnids(_find_base(cfg) / "wnids.txt")))
+
+DATASETS.add("tiny_imagenet", SOURCE, modality="image")

@@ -1,8 +1,19 @@
-"""Pruning in three parts (docs/style.md): importance (``importance.py``) scores channels, allocation
-(``allocation.py``) sets per-group ratios, the cut (``structured.py``) removes channels with
-Torch-Pruning, or ``unstructured.py`` zeroes weights under masks. ``methods.py`` composes them into what
-``conf/prune/*.yaml`` selects; ``sensitivity.py`` computes MRPF's per-layer scores, which the pipeline's
-scores stage caches once per dense model (``scores.py``) and hands over in a :class:`PruneContext`."""
+"""Pruning, two families that share only :mod:`.context` (what a method may use), :mod:`.stats` (what it
+did, in numbers) and :mod:`.masks` (zeros kept through fine-tuning); an import contract keeps them
+independent (pyproject.toml, ``lint-imports``).
+
+- :mod:`robprune.prune.channel`: channel pruning of image CNNs in three parts (docs/style.md):
+  importance (``importance.py``) scores channels, allocation (``allocation.py`` on ``budget.py``) sets
+  per-group ratios, the cut (``structured.py``, a leaf) removes channels with Torch-Pruning; the policy
+  (``policy.py``) composes them, ``methods.py`` into what ``conf/prune/*.yaml`` selects. Also gradual
+  AdaSAP (``gradual.py``), MRPF's sensitivities (``sensitivity.py``), cached once per dense model by the
+  scores stage (``scores.py``) with their damage check (``damage.py``), and unstructured global
+  magnitude (``unstructured.py``).
+- :mod:`robprune.prune.layerwise`: layer-wise pruning of transformer text classifiers: OBS, SparseGPT and
+  magnitude solvers, N:M patterns (``nm.py``), the streaming driver and the ``conf/prune`` methods.
+
+This module holds the entry points: :func:`prune_model`, :func:`check_prune_config`, :class:`PruneContext`
+and the method functions the conf ``_target_``s name."""
 from __future__ import annotations
 
 import functools
@@ -14,11 +25,11 @@ from torch import nn
 
 from robprune.config import instantiate
 from robprune.errors import ConfigError
+from robprune.prune.channel.gradual import adasap
+from robprune.prune.channel.methods import channel_pruning, l1_filter, mrpf, no_pruning
+from robprune.prune.channel.unstructured import global_magnitude
 from robprune.prune.context import PruneContext
-from robprune.prune.gradual import adasap
-from robprune.prune.lm_methods import LM_METHODS
-from robprune.prune.methods import channel_pruning, l1_filter, mrpf, no_pruning
-from robprune.prune.unstructured import global_magnitude
+from robprune.prune.layerwise.methods import LM_METHODS
 
 # keys of a conf/prune node that are not options of the method: the scores stage's node, and Hydra's
 # defaults list when a YAML file is loaded without composition (tests, scripts)
@@ -84,7 +95,7 @@ def _method(prune_cfg: DictConfig):
 def check_prune_config(prune_cfg: DictConfig) -> None:
     """Validate a conf/prune node's options without a model or data: ConfigError naming the key.
     Meant for :func:`robprune.validate.validate`, so a sweep with a bad value fails before training."""
-    from robprune.prune.methods import check_options
+    from robprune.prune.channel.methods import check_options
 
     method = _method(prune_cfg)
     if isinstance(method, functools.partial):

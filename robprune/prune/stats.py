@@ -3,6 +3,12 @@ from __future__ import annotations
 
 from torch import nn
 
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (weights, biases, BN affine); buffers such as BN running stats
+    and the Normalize mean/std are not counted (metrics.json ``params_total``)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 # Layers whose weights count as "prunable" in the recorded parameter sparsity.
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 

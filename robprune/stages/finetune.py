@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from robprune.checkpoint import load_checkpoint
 from robprune.graph import MODEL, Stage, StageContext
+from robprune.prune.masks import finetune_hooks
 from robprune.stages.common import save_derived, seed_stage, train_model
-from robprune.train.masks import finetune_hooks
 
 
 def build(ctx: StageContext) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from robprune.checkpoint import load_checkpoint, save_checkpoint
 from robprune.graph import MODEL, Precheck, Stage, StageContext, seed_from
 from robprune.prune import PruneContext, prune_model
-from robprune.prune.scores import log_layer_table
+from robprune.prune.channel.scores import log_layer_table
 from robprune.stages.common import example_inputs, seed_stage
 
 
@@ -22,7 +22,7 @@ def build(ctx: StageContext) -> None:
     save_checkpoint(model, ctx.work, arch=meta["arch"], history=info.get("history", []),
                     extra={"prune": {k: v for k, v in info.items() if k not in ("history", "report")}})
     if info.get("report"):  # layer-wise pruners: per-layer reconstruction error against the dense model
-        from robprune.prune.language import write_report
+        from robprune.prune.layerwise.language import write_report
 
         write_report(info, ctx.work)
 

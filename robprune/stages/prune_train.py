@@ -6,7 +6,7 @@ from __future__ import annotations
 from robprune.checkpoint import load_checkpoint, save_checkpoint
 from robprune.graph import Precheck, Stage, StageContext, seed_from
 from robprune.prune import PruneContext, prune_model
-from robprune.prune.scores import log_layer_table
+from robprune.prune.channel.scores import log_layer_table
 from robprune.stages.common import example_inputs, seed_stage, train_model
 
 
@@ -33,7 +33,7 @@ def build(ctx: StageContext) -> None:
 
 def precheck(pc: Precheck) -> None:
     """The target reachable on this model, and the pruning schedule inside the training it runs in."""
-    from robprune.prune.gradual import check_schedule
+    from robprune.prune.channel.gradual import check_schedule
     from robprune.validate_prune import check_before_stages
 
     check_before_stages(pc.cfg, pc.dense, pc.example_inputs)

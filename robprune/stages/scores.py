@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from robprune.checkpoint import load_checkpoint
 from robprune.graph import LIBRARIES, Stage, StageContext
-from robprune.prune.scores import PUBLISHED_FILES, compute_scores
+from robprune.prune.channel.scores import PUBLISHED_FILES, compute_scores
 from robprune.stages.common import example_inputs, seed_stage
 
 

@@ -53,7 +53,7 @@ class NeuronMap:
 
 
 def neuron_map(model: nn.Module, groups) -> NeuronMap:
-    """Neurons of ``groups`` (:class:`robprune.prune.structured.PrunableGroup`): channel j of a group is one
+    """Neurons of ``groups`` (:class:`robprune.prune.channel.structured.PrunableGroup`): channel j of a group is one
     neuron, made of row j (in the root's numbering) of every member conv/linear (weight, bias) and of every
     norm layer in the group (γ, β). The next layer's input slice is that layer's own weights, not the neuron's."""
     from torch.nn.modules.batchnorm import _BatchNorm

@@ -2,10 +2,10 @@
 OBS with cumulative-error correction, its uncorrected variant, SparseGPT and magnitude baselines.
 
 Every method prunes the encoder's Linear weights IN PLACE as exact zeros (a mask; nothing is removed),
-so :class:`robprune.train.masks.WeightMask` re-derives the masks from the zeros when fine-tuning and
+so :class:`robprune.prune.masks.WeightMask` re-derives the masks from the zeros when fine-tuning and
 keeps them zero. Embeddings are neither pruned nor counted in the sparsity; the pooler and classifier
-are never pruned (kr_obs refits them). The solvers are :mod:`robprune.prune.obs` and
-:mod:`robprune.prune.sparsegpt`; the forward streaming is :mod:`robprune.prune.layerwise`.
+are never pruned (kr_obs refits them). The solvers are :mod:`robprune.prune.layerwise.obs` and
+:mod:`robprune.prune.layerwise.sparsegpt`; the forward streaming is :mod:`robprune.prune.layerwise.streaming`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,17 @@ import torch
 from torch import nn
 
 from robprune.errors import ConfigError
-from robprune.prune.layerwise import (
+from robprune.prune.layerwise.magnitude import weight_magnitude_masks
+from robprune.prune.layerwise.nm import check_n_m_fits, parse_n_m
+from robprune.prune.layerwise.obs import (
+    HessianAccumulator,
+    damped_cholesky,
+    dead_inputs,
+    obs_prune,
+    refit,
+)
+from robprune.prune.layerwise.sparsegpt import sparsegpt_prune
+from robprune.prune.layerwise.streaming import (
     Group,
     calibration_batches,
     capture,
@@ -27,14 +37,6 @@ from robprune.prune.layerwise import (
     stream_inputs,
     token_rows,
 )
-from robprune.prune.obs import (
-    HessianAccumulator,
-    damped_cholesky,
-    dead_inputs,
-    obs_prune,
-    refit,
-)
-from robprune.prune.sparsegpt import sparsegpt_prune, weight_magnitude_masks
 from robprune.ui import track
 
 # kr_obs: docs/methods/kr.md#step-2. obs_independent: the same OBS with inputs from the dense model (no
@@ -106,14 +108,7 @@ def _check_options(method, sparsity, n_m, scope, rel_damp, blocksize, batch_size
     if int(blocksize) < 1 or int(batch_size) < 1:
         raise ConfigError(f"prune.blocksize and prune.batch_size must be >= 1, got {blocksize} and {batch_size}")
     if n_m is not None:
-        if isinstance(n_m, str):
-            n_m = tuple(n_m.split(":"))
-        try:
-            n, m = (int(v) for v in n_m)
-        except (TypeError, ValueError):
-            raise ConfigError(f"prune.n_m must be N:M (N kept of every M), got {n_m!r}; e.g. prune.n_m=2:4") from None
-        if not 0 < n < m:
-            raise ConfigError(f"prune.n_m={n}:{m} must keep 0 < N < M weights of every M; e.g. prune.n_m=2:4")
+        n, m = parse_n_m(n_m)
         if sparsity is not None and abs(float(sparsity) - (1 - n / m)) > 1e-12:
             raise ConfigError(f"prune.sparsity={sparsity} and prune.n_m={n}:{m} are exclusive; "
                               "set prune.sparsity=null to prune N:M")
@@ -127,12 +122,7 @@ def _check_options(method, sparsity, n_m, scope, rel_damp, blocksize, batch_size
 def _check_n_m(n_m, groups: list[Group], method: str, blocksize: int) -> None:
     if n_m is None:
         return
-    widths = {m.in_features for group in groups for _, m in group}
-    for name, module in (pair for group in groups for pair in group):
-        if module.in_features % n_m[1]:
-            fits = next((f"{k // 2}:{k}" for k in (4, 2) if all(w % k == 0 for w in widths)), "1:2")
-            raise ConfigError(f"prune.n_m={n_m[0]}:{n_m[1]} does not divide the input width {module.in_features} "
-                              f"of {name} (M={n_m[1]} must divide it); e.g. prune.n_m={fits}")
+    check_n_m_fits(n_m, ((name, module.in_features) for group in groups for name, module in group))
     if method == "sparsegpt" and blocksize % n_m[1]:
         raise ConfigError(f"prune.blocksize={blocksize} must be a multiple of M={n_m[1]} (prune.n_m); e.g. prune.blocksize=128")
 

@@ -1,33 +1,21 @@
 """The layer-wise language-model pruners as ``conf/prune`` methods ``fn(model, context, **options)``:
 knowledge-retention OBS (docs/methods/kr.md#step-2), SparseGPT (Frantar & Alistarh 2023) and magnitude
-pruning of the encoder's Linear layers (:mod:`robprune.prune.language`). The calibration sentences come
+pruning of the encoder's Linear layers (:mod:`robprune.prune.layerwise.language`). The calibration sentences come
 from the calib stage through the :class:`PruneContext`; the masks are the exact zeros, kept through any
-later fine-tuning (:class:`robprune.train.masks.WeightMask`)."""
+later fine-tuning (:class:`robprune.prune.masks.WeightMask`)."""
 from __future__ import annotations
 
 from torch import nn
 
 from robprune.errors import ConfigError
 from robprune.prune.context import PruneContext
+from robprune.prune.layerwise.nm import parse_n_m
 
 LM_METHODS = ("kr_obs", "sparsegpt", "magnitude")
 
 
-def parse_n_m(n_m, key: str = "prune.n_m") -> tuple[int, int] | None:
-    """'2:4' (or [2, 4]) -> (2, 4): N kept of every M consecutive input weights; None stays None."""
-    if n_m is None:
-        return None
-    try:
-        n, m = (int(v) for v in (str(n_m).split(":") if isinstance(n_m, str) else n_m))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={n_m!r} is not an N:M pattern; e.g. {key}=2:4 (N kept of every M)") from None
-    if not 0 < n < m:
-        raise ConfigError(f"{key}={n}:{m} must keep N of M with 0 < N < M; e.g. {key}=2:4")
-    return n, m
-
-
 def _prune(model: nn.Module, context: PruneContext, method: str, sparsity, n_m, **options) -> dict:
-    from robprune.prune.language import prune_language_model
+    from robprune.prune.layerwise.language import prune_language_model
 
     if not hasattr(model, "pad_id"):
         raise ConfigError(f"prune={method} prunes the Linear layers of a transformer text model, not "

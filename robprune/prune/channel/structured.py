@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from robprune.measure import count_params
-from robprune.prune.stats import conv_channels, layer_table, parameter_sparsity, prunable_weight_count
-
-Allocator = Callable[[Any], dict[str, float]]  # fn(AllocationInput) -> {group root: channel ratio}
-
+from robprune.prune.stats import layer_table
 
 @dataclass(eq=False)
 class PrunableGroup:
@@ -50,15 +46,17 @@ def excluded_modules(model: nn.Module, dg: tp.DependencyGraph, *, exclude_stem: 
     return excluded
 
 
-def find_groups(dg: tp.DependencyGraph, excluded: list[nn.Module]) -> list[PrunableGroup]:
-    """Every group rooted at a Conv2d/Linear that contains no excluded layer, in graph order."""
-    groups = []  # dg._module2name: Torch-Pruning 1.6 has no public name lookup
+def find_groups(model: nn.Module, dg: tp.DependencyGraph, excluded: list[nn.Module]) -> list[PrunableGroup]:
+    """Every group rooted at a Conv2d/Linear that contains no excluded layer, in graph order; members are
+    named as ``model.named_modules()`` names them (the names Torch-Pruning records in its history)."""
+    names = {module: name for name, module in model.named_modules()}
+    groups = []
     for group in dg.get_all_groups(ignored_layers=excluded, root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
-        members = tuple(dg._module2name[item.dep.target.module] for item in group
+        members = tuple(names[item.dep.target.module] for item in group
                         if dg.is_out_channel_pruning_fn(item.dep.handler)
                         and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear)))
-        groups.append(PrunableGroup(root=dg._module2name[root], members=members,
+        groups.append(PrunableGroup(root=names[root], members=members,
                                     channels=dg.get_out_channels(root), module=root, tp_group=group))
     return groups
 
@@ -97,41 +95,7 @@ def build_groups(model: nn.Module, example_inputs: torch.Tensor, *, exclude_stem
     switches the model to eval mode and does not switch back; the caller restores the mode."""
     with torch.enable_grad():  # the dependency graph is traced through autograd
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs[:1], verbose=False)
-    return dg, find_groups(dg, excluded_modules(model, dg, exclude_stem=exclude_stem, exclude_linear=exclude_linear))
-
-
-def structured_prune(model: nn.Module, *, example_inputs: torch.Tensor, importance: tp.importance.Importance,
-                     allocate: Allocator, exclude_stem: bool, exclude_linear: bool, min_channels: int = 1) -> dict:
-    """Score, allocate and cut, IN PLACE. Leaves ``model.training`` as it was.
-
-    example_inputs: (N, C, H, W) on the model's device; only the first example is traced.
-    allocate: ``fn(AllocationInput) -> {group root: channel ratio}`` (see :mod:`robprune.prune.allocation`).
-    min_channels: channels every group keeps (>= 1).
-    Scores are computed for all groups on the unpruned model before any cut (Li et al. 2017's
-    "independent" strategy), so the order of cuts does not change which channels go.
-    Returns the info dict described in :func:`robprune.prune.prune_model` (minus method keys).
-    """
-    from robprune.prune.allocation import AllocationInput
-    from robprune.prune.budget import ParamBudget
-
-    was_training = model.training
-    before, weights_before, params_before = conv_channels(model), prunable_weight_count(model), count_params(model)
-    try:
-        dg, groups = build_groups(model, example_inputs, exclude_stem=exclude_stem, exclude_linear=exclude_linear)
-        scores = {group.root: importance(group.tp_group) for group in groups}
-        budget = ParamBudget(model, groups, min_keep=min_channels)
-        ratios = allocate(AllocationInput(groups, scores, budget))
-        for group in groups:
-            cut_group(dg, group, scores[group.root], ratios[group.root], min_keep=min_channels)
-    finally:
-        model.train(was_training)
-    weights_after = prunable_weight_count(model)
-    return {"structured": True, "history": json_history(dg), "ratios": ratios,
-            "groups": [{"root": g.root, "members": list(g.members), "channels": g.channels} for g in groups],
-            "sparsity": parameter_sparsity(weights_before, weights_after),
-            "prunable_before": weights_before, "prunable_after": weights_after,
-            "params_before": params_before, "params_after": count_params(model),
-            "layers": layer_rows(before, conv_channels(model), groups, ratios)}
+    return dg, find_groups(model, dg, excluded_modules(model, dg, exclude_stem=exclude_stem, exclude_linear=exclude_linear))
 
 
 def layer_rows(before: dict[str, int], after: dict[str, int], groups: Sequence[PrunableGroup],

@@ -18,14 +18,13 @@ from torch import nn
 
 from robprune.config import require_range
 from robprune.errors import ConfigError
-from robprune.measure import count_params
-from robprune.prune.allocation import (BoundedRule, bounded_ratios, global_by_score, inverse_ratios, rule_terms,
-                                       uniform_ratios, uniform_sparsity)
+from robprune.prune.channel.allocation import (BoundedRule, bounded_ratios, global_by_score, inverse_ratios, rule_terms,
+                                               uniform_ratios, uniform_sparsity)
+from robprune.prune.channel.importance import make_importance
+from robprune.prune.channel.policy import structured_prune
+from robprune.prune.channel.sensitivity import group_scores
 from robprune.prune.context import PruneContext
-from robprune.prune.importance import make_importance
-from robprune.prune.sensitivity import group_scores
-from robprune.prune.stats import conv_channels, layer_table, prunable_weight_count
-from robprune.prune.structured import structured_prune
+from robprune.prune.stats import conv_channels, count_params, layer_table, prunable_weight_count
 
 RATIO_SEMANTICS = ("params", "channel")
 ALLOCATIONS = ("uniform", "global", "mrs")
@@ -101,7 +100,7 @@ class ChannelPruning:
                                   f"range is empty; lower prune.r_min, e.g. prune.r_min=0")
 
     def bounded_rule(self) -> BoundedRule:
-        """The options of :func:`robprune.prune.allocation.bounded_ratios`."""
+        """The options of :func:`robprune.prune.channel.allocation.bounded_ratios`."""
         return BoundedRule(lam=float(self.lam), r_min=float(self.r_min), r_max=float(self.r_max),
                            r_max_small=float(self.r_max_small), small_fraction=float(self.small_fraction),
                            score_floor=float(self.score_floor))

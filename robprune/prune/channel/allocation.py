@@ -4,7 +4,7 @@ An allocator is ``fn(AllocationInput) -> {group.root: channel_ratio}`` with its 
 ``functools.partial``; the ratio is the fraction of that group's output channels to remove, in [0, 1).
 Allocators that take ``sparsity`` hit a global parameter-sparsity target (docs/methods/conventions.md#sparsity,
 ``ratio_semantics: params``) by bisection on the analytic budget of
-:class:`~robprune.prune.budget.ParamBudget`; :func:`uniform_ratios` applies a per-layer channel ratio
+:class:`~robprune.prune.channel.budget.ParamBudget`; :func:`uniform_ratios` applies a per-layer channel ratio
 (``ratio_semantics: channel``). Any importance combines with any allocator. MRPF's scores become
 ratios by :func:`bounded_ratios` (``rule: bounded``, the default) or :func:`inverse_ratios` (``inverse``).
 """
@@ -20,8 +20,8 @@ import torch
 from robprune.errors import ConfigError
 
 if TYPE_CHECKING:
-    from robprune.prune.budget import ParamBudget
-    from robprune.prune.structured import PrunableGroup
+    from robprune.prune.channel.budget import ParamBudget
+    from robprune.prune.channel.structured import PrunableGroup
 
 Ratios = dict[str, float]
 

@@ -4,7 +4,7 @@ pruning them does?
 For every prunable group (the architecture's coupled groups as the pruner sees them, stem and hidden
 Linear layers included, the classifier never), a deep copy of the dense model loses 50% of that
 group's output channels, lowest L1 filter norm first, *physically*, through the same cut as the real
-prune stage (:func:`~robprune.prune.structured.cut_group`: BN entries and the next layer's inputs go
+prune stage (:func:`~robprune.prune.channel.structured.cut_group`: BN entries and the next layer's inputs go
 with them, so the damage is the one a real cut does; zeroing would keep BN's β and the biases alive).
 damage = L_adv(pruned copy; AE) − L_adv(dense; AE), the loss MRS is measured with.
 
@@ -30,9 +30,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from robprune.prune.importance import FilterNormImportance, TaylorImportance, weight_gradients
-from robprune.prune.sensitivity import Sensitivity, adversarial_loss, group_scores
-from robprune.prune.structured import PrunableGroup, build_groups, cut_group
+from robprune.prune.channel.importance import FilterNormImportance, TaylorImportance, weight_gradients
+from robprune.prune.channel.sensitivity import Sensitivity, adversarial_loss, group_scores
+from robprune.prune.channel.structured import PrunableGroup, build_groups, cut_group
 
 DAMAGE_RATIO = 0.5  # fraction of a group's output channels removed for its damage
 SCORES = ("mrs", "l1", "taylor")  # per-layer scores compared with the damage

@@ -14,8 +14,8 @@ from typing import Sequence
 
 from torch import nn
 
+from robprune.prune.channel.structured import PrunableGroup, channels_to_remove
 from robprune.prune.stats import PRUNABLE_TYPES, prunable_weight_count
-from robprune.prune.structured import PrunableGroup, channels_to_remove
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def _dims(module: nn.Module) -> tuple[int, int, int]:
 
 class ParamBudget:
     """Achieved parameter sparsity of cutting ``groups`` with given ratios (exact for the cut of
-    :func:`robprune.prune.structured.cut_group`; the tests compare it against real cuts).
+    :func:`robprune.prune.channel.structured.cut_group`; the tests compare it against real cuts).
 
     groups: the prunable groups (full-index Torch-Pruning groups); min_keep: channels every group keeps.
     """

@@ -11,13 +11,15 @@ Step 2 for one layer:
     W_bar = refit(acc.H, acc.C, lam, factor=L)      # 2b, (d_out, d_in + 1): bias is the last column
     W_bar[:, dead_inputs(acc.H)] = 0                 # as SparseGPT does (already 0 after a refit)
     W_new, mask = obs_prune(W_bar, torch.cholesky_inverse(L), sparsity=0.5, bias_column=True)   # 2c
-The SparseGPT and magnitude baselines are in :mod:`robprune.prune.sparsegpt`.
+The SparseGPT and magnitude baselines are in :mod:`robprune.prune.layerwise.sparsegpt`.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from robprune.prune.layerwise.nm import check_n_m
 
 F64 = torch.float64
 BATCH_BYTES = 256 * 2**20  # memory budget of obs_prune's per-batch downdate factors when rows_per_batch=None
@@ -122,16 +124,6 @@ def pruned_per_row(d_in: int, sparsity: float | None, n_m: tuple[int, int] | Non
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     return round(float(sparsity) * d_in)
-
-
-def check_n_m(n_m: tuple[int, int], d_in: int) -> tuple[int, int]:
-    """Validate an N:M pattern (N kept of every M columns, 0 < N < M, M divides d_in); returns (N, M)."""
-    n, m = (int(v) for v in n_m)
-    if not 0 < n < m:
-        raise ValueError(f"N:M must keep 0 < N < M weights of every M, got {n}:{m}")
-    if d_in % m:
-        raise ValueError(f"N:M with M={m} needs M to divide the input width {d_in}")
-    return n, m
 
 
 def obs_prune(W: torch.Tensor, H_inv: torch.Tensor, *, sparsity: float | None = None,

@@ -197,7 +197,7 @@ def mrs_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: to
     seeded Gaussian directions of norm α‖W_l‖_F; grad_rel: the normalised gradient, same norm.
     model: the dense model, moved to ``device``; its weights are bit-exactly unchanged afterwards,
     .grad untouched and .training as found. Deterministic for a seed. damage_check, damage_seeds: read by the
-    scores stage (:mod:`robprune.prune.damage`), only validated here."""
+    scores stage (:mod:`robprune.prune.channel.damage`), only validated here."""
     check_options(perturbation, alpha, draws, steps, list(damage_seeds))
     was_training = model.training
     try:

@@ -1,7 +1,7 @@
 """Unstructured baseline: global magnitude pruning with masks (docs/methods/baselines.md).
 
 The cut zeroes weights; nothing is removed, so the saved checkpoint has the dense architecture and the
-zeros themselves are the mask. Fine-tuning keeps them: :class:`robprune.train.masks.WeightMask`
+zeros themselves are the mask. Fine-tuning keeps them: :class:`robprune.prune.masks.WeightMask`
 re-derives the mask from the exact zeros at the start of fine-tuning and re-applies it after every
 optimizer step. Sparsity has the one recorded meaning: fraction of Conv2d/Linear weight elements that
 are zero (removed) — docs/methods/conventions.md#sparsity.
@@ -13,9 +13,8 @@ from torch import nn
 
 from robprune.config import require_range
 from robprune.errors import ConfigError
-from robprune.measure import count_params
 from robprune.prune.context import PruneContext
-from robprune.prune.stats import PRUNABLE_TYPES, conv_channels, layer_table, prunable_weight_count
+from robprune.prune.stats import PRUNABLE_TYPES, conv_channels, count_params, layer_table, prunable_weight_count
 
 
 def candidate_layers(model: nn.Module, *, exclude_stem: bool, exclude_linear: bool) -> dict[str, nn.Module]:

@@ -4,7 +4,7 @@ perturbation and remove channels gradually, as masks, every ``prune_interval`` i
 
 Amount and accounting are those of ``l1_filter``: ``sparsity`` is the global fraction of Conv2d/Linear
 weights removed, reached by one shared channel ratio found by bisection on the exact count
-(:func:`robprune.prune.allocation.uniform_sparsity`); step k of K masks round(n_l·k/K) of the n_l
+(:func:`robprune.prune.channel.allocation.uniform_sparsity`); step k of K masks round(n_l·k/K) of the n_l
 channels group l loses in the end. Inside a group the channels with the lowest importance go, ranked
 afresh at every step on the current weights: ``criterion: l2`` (filter L2 norm, Li et al. 2017 with
 p = 2) or ``taylor`` (first-order Taylor on the last training gradient, Molchanov et al. 2019, Eq. 8).
@@ -21,18 +21,18 @@ import torch
 from torch import nn
 
 from robprune.errors import ConfigError
-from robprune.measure import count_params
-from robprune.prune.allocation import AllocationInput, uniform_sparsity
-from robprune.prune.budget import ParamBudget
+from robprune.prune.channel.allocation import AllocationInput, uniform_sparsity
+from robprune.prune.channel.budget import ParamBudget
+from robprune.prune.channel.importance import FilterNormImportance, TaylorImportance
+from robprune.prune.channel.methods import ChannelPruning, achieved_channel_ratio
+from robprune.prune.channel.structured import build_groups, json_history, layer_rows
 from robprune.prune.context import PruneContext
-from robprune.prune.importance import FilterNormImportance, TaylorImportance
-from robprune.prune.methods import ChannelPruning, achieved_channel_ratio
 from robprune.prune.stats import (
     conv_channels,
+    count_params,
     parameter_sparsity,
     prunable_weight_count,
 )
-from robprune.prune.structured import build_groups, json_history, layer_rows
 from robprune.train.sharpness import NeuronMap, neuron_map
 
 GRADUAL_CRITERIA = ("l2", "taylor")
@@ -42,7 +42,7 @@ class GradualChannelMasks:
     """Training hook: every ``interval`` optimizer steps, one more of ``steps`` pruning steps masks the
     lowest-importance live channels of each group until group l has lost ``targets[root]`` channels.
 
-    groups: :class:`~robprune.prune.structured.PrunableGroup` list of the (unpruned) model.
+    groups: :class:`~robprune.prune.channel.structured.PrunableGroup` list of the (unpruned) model.
     """
 
     def __init__(self, model: nn.Module, groups, targets: dict[str, int], *, criterion: str, interval: int, steps: int,

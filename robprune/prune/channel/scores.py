@@ -6,7 +6,7 @@ by Taylor importance).
 scores.json = {"kind", "baseline_loss", "n_images", "seed", "seconds_calibration", "seconds_mrs",
 "seconds_damage", ..., "layers": [{name, type, params, weight_norm, mrs, losses}], "groups": [{root,
 members, mrs}], "damage": {...} (with ``prune.scores.damage_check: true``, see
-:mod:`robprune.prune.damage`)}; layer order = module order. Groups are the architecture's coupled
+:mod:`robprune.prune.channel.damage`)}; layer order = module order. Groups are the architecture's coupled
 groups (no exclusions applied: the prune config decides those).
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from torch import nn
 
 from robprune.config import instantiate
 from robprune.io import atomic_save_tensors, atomic_write_json, atomic_write_text
+from robprune.prune.channel.sensitivity import Sensitivity, group_scores, prunable_layers
+from robprune.prune.channel.structured import build_groups
 from robprune.prune.context import CALIB_FILE, SCORES_FILE
-from robprune.prune.sensitivity import Sensitivity, group_scores, prunable_layers
-from robprune.prune.structured import build_groups
 
 PLOT_FILE, TABLE_FILE, DAMAGE_PLOT_FILE = "mrs.png", "scores.md", "damage.png"
 PUBLISHED_FILES = (SCORES_FILE, TABLE_FILE, PLOT_FILE, DAMAGE_PLOT_FILE)  # what a run directory gets (when present)
@@ -30,15 +30,15 @@ PUBLISHED_FILES = (SCORES_FILE, TABLE_FILE, PLOT_FILE, DAMAGE_PLOT_FILE)  # what
 
 def compute_scores(model: nn.Module, scores_cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, *,
                    device: torch.device, example_inputs: torch.Tensor, out_dir: Path) -> dict:
-    """Instantiate ``prune.scores`` (a partial of :func:`~robprune.prune.sensitivity.mrs_scores` or
-    :func:`~robprune.prune.sensitivity.calibration_set`), run it on the dense ``model`` with the
+    """Instantiate ``prune.scores`` (a partial of :func:`~robprune.prune.channel.sensitivity.mrs_scores` or
+    :func:`~robprune.prune.channel.sensitivity.calibration_set`), run it on the dense ``model`` with the
     training split (x: (N, C, H, W) uint8, y: (N,)), run the damage check when ``damage_check`` is
     true, and write the files above into ``out_dir``. Returns the scores.json dict."""
     compute = instantiate(scores_cfg, "prune.scores")
     result: Sensitivity = compute(model, x, y, device=device)
     damage = None
     if result.layers and bool(scores_cfg.get("damage_check", False)):
-        from robprune.prune.damage import damage_check
+        from robprune.prune.channel.damage import damage_check
 
         damage = damage_check(compute, model, x, y, main=result, seeds=[int(s) for s in scores_cfg.damage_seeds],
                               device=device, batch_size=int(scores_cfg.get("batch_size", 256)))
@@ -61,7 +61,7 @@ def write_report(record: dict, out_dir: Path) -> None:
 
     table = markdown_table(record)
     if "damage" in record:
-        from robprune.prune.damage import markdown_section
+        from robprune.prune.channel.damage import markdown_section
 
         block = record["damage"]
         rho = block["spearman"]["mrs"]
@@ -80,7 +80,7 @@ def log_seconds(record: dict) -> None:
     parts = {k.removeprefix("seconds_"): v for k, v in record.items() if k.startswith("seconds_")}
     log.info("scores stage seconds: %s", ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     if "damage" in record:
-        from robprune.prune.damage import markdown_section
+        from robprune.prune.channel.damage import markdown_section
 
         log.info("%s", markdown_section(record["damage"]))
 

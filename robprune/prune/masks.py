@@ -5,6 +5,9 @@ checkpoint holds exact zeros where weights were removed, and :func:`finetune_hoo
 mask from them when fine-tuning starts (model.json's ``prune.masked`` says to). The hook multiplies the
 weights by the mask after every optimizer step, so momentum, Adam moments or weight decay cannot
 revive a removed weight; the fine-tuned checkpoint again holds the zeros, and so on.
+
+It lives with pruning (both families leave masked zeros) rather than in :mod:`robprune.train`: the
+training library knows no pruning, and the stages hand this hook to :func:`robprune.train.fit`.
 """
 from __future__ import annotations
 

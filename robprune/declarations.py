@@ -1,0 +1,56 @@
+"""Declared defaults as Hydra config nodes: a conf file keeps only what differs (docs/concepts/options.md).
+
+Every registered thing that declares its options (:mod:`robprune.options`: ``Annotated`` parameters or a
+dataclass named by the registration's ``options=``) gets its defaults stored in Hydra's ConfigStore as
+``declared/<group>/<name>``. Its conf file pulls them in first and sets only what differs::
+
+    # conf/attack/pgd.yaml
+    defaults:
+      - /declared/attack@_here_: pgd   # every option of robprune.attacks.pgd at its declared default
+      - _self_
+    _target_: robprune.attacks.pgd
+    _partial_: true
+    eps: ${dataset.eps}
+    steps: 10
+
+so the composed config (and ``config.yaml``, and every stage key) holds every option, a user can set any
+of them on the command line (``eval.attacks.pgd20.restarts=2``), and a default is written once, in the
+code. :func:`store_declarations` must run before Hydra composes: :func:`robprune.compose.compose` and
+:mod:`robprune.app` (also in launcher worker processes, which import it) call it.
+"""
+from __future__ import annotations
+
+import functools
+
+from robprune.options import declared, defaults_of
+from robprune.registry import REGISTRIES, Entry
+
+GROUP = "declared"  # conf files name their declared defaults as /declared/<group>@_here_: <name>
+
+
+def options_of(entry: Entry):
+    """What declares an entry's options: ``meta['options']`` (a dataclass) or the registered callable."""
+    return entry.meta.get("options", entry.obj)
+
+
+def declared_defaults(entry: Entry) -> dict | None:
+    """{option: default} of a registered thing, as config values (None: it declares no options)."""
+    options = options_of(entry)
+    if not declared(options):
+        return None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults_of(options).items()}
+
+
+@functools.lru_cache(maxsize=1)
+def store_declarations() -> None:
+    """Store ``declared/<group>/<name>`` for every registered thing of a config group (once per process)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for registry in REGISTRIES.values():
+        if registry.group is None:
+            continue
+        for entry in registry.entries():
+            node = declared_defaults(entry)
+            if node is not None:
+                store.store(group=f"{GROUP}/{registry.group}", name=entry.name, node=node)
