@@ -34,11 +34,38 @@ def options_of(entry: Entry):
 
 
 def declared_defaults(entry: Entry) -> dict | None:
-    """{option: default} of a registered thing, as config values (None: it declares no options)."""
+    """{option: default} of a registered thing, as config values (None: it declares no options). What
+    the registration fixes (``meta['fixed']``) is not an option of it; a ``method`` option defaults to the
+    registered name (the name recorded in results)."""
     options = options_of(entry)
     if not declared(options):
         return None
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults_of(options).items()}
+    fixed = entry.meta.get("fixed", {})
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults_of(options).items() if k not in fixed}
+    if "method" in out:
+        out["method"] = entry.name
+    return out
+
+
+def load_option(group: str, name: str):
+    """conf/<group>/<name>.yaml as the node it composes to on its own: its declared defaults under what the
+    file sets, its ``defaults`` list dropped (for code and tests that read one option without Hydra)."""
+    from omegaconf import OmegaConf
+
+    from robprune.config import config_dir
+
+    node = OmegaConf.load(config_dir() / group / f"{name}.yaml")
+    base = {}
+    for item in node.get("defaults") or []:
+        if OmegaConf.is_dict(item):
+            for source, option in item.items():
+                path = str(source).lstrip("/").split("@")[0]
+                if path.startswith(f"{GROUP}/"):
+                    registry = next(r for r in REGISTRIES.values() if r.group == path.split("/", 1)[1])
+                    base = declared_defaults(registry.entry(str(option))) or {}
+    if "defaults" in node:
+        node.pop("defaults")
+    return OmegaConf.merge(OmegaConf.create(base), node)
 
 
 @functools.lru_cache(maxsize=1)

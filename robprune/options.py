@@ -26,10 +26,13 @@ from typing import Any, Mapping
 from robprune.errors import ConfigError
 
 ANY = "any"
+TRAINING = "training"  # a train node (robprune.schema.TRAIN) with the keys of a training its owner runs
 TARGET = "target"
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
          "path": "a path", "list": "a list"}
+
+SENTINELS = ("any", "target", "training")  # specs that are words: ANY, TARGET, TRAINING
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,10 @@ class Value:
             return
         if self.choices is not None:
             if not any(isinstance(c, bool) == isinstance(value, bool) and c == value for c in self.choices):
-                raise ConfigError(f"{key} must be one of {', '.join(_show(c) for c in self.choices)}, "
-                                  f"got {value!r}{_close(value, self.choices)}; {self._fix(key)}")
+                named = [_show(c) for c in self.choices if c is not None]
+                allowed = (f"{', '.join(named)} or null" if None in self.choices and named
+                           else f"one of {', '.join(_show(c) for c in self.choices)}")
+                raise ConfigError(f"{key} must be {allowed}, got {value!r}{_close(value, self.choices)}; {self._fix(key)}")
             return
         if not _is_kind(value, self.kind):
             raise ConfigError(f"{key} must be {KINDS[self.kind]}{' or null' if self.null else ''}, got {value!r}; {self._fix(key)}")
@@ -65,7 +70,7 @@ class Value:
             for i, element in enumerate(value):
                 self.item.check(element, f"{key}[{i}]")
         if self.kind in ("int", "float") and not self._in_range(value):
-            raise ConfigError(f"{key} must be {self._range()}{' or null' if self.null else ''}, got {value!r}; {self._fix(key)}")
+            raise ConfigError(f"{key} must be {self._range()}, got {value!r}; {self._fix(key)}{' (or null)' if self.null else ''}")
 
     def _in_range(self, v: float) -> bool:
         ok_low = self.low is None or (v > self.low if self.low_open else v >= self.low)
@@ -179,8 +184,8 @@ def _annotated(fn: Any) -> tuple[tuple[str, Any, Any, str], ...]:
         hint = hints.get(name)
         if typing.get_origin(hint) is not typing.Annotated:
             continue
-        spec = next((m for m in hint.__metadata__ if isinstance(m, (Value, dict, MapOf)) or m in (ANY, TARGET)), None)
-        text = next((m for m in hint.__metadata__ if isinstance(m, str) and m not in (ANY, TARGET)), "")
+        spec = next((m for m in hint.__metadata__ if isinstance(m, (Value, dict, MapOf)) or m in SENTINELS), None)
+        text = next((m for m in hint.__metadata__ if isinstance(m, str) and m not in SENTINELS), "")
         if spec is not None:
             out.append((name, spec, param.default, text))
     return tuple(out)

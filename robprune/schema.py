@@ -7,14 +7,14 @@ see :mod:`robprune.validate`), :class:`MapOf` (free names, each value of one spe
 """
 from __future__ import annotations
 
+import dataclasses
+
 from robprune.attacks.autoattack import AA_ATTACKS, AA_NORMS, AA_VERSIONS  # noqa: F401  (validate's hint)
 from robprune.corruptions import SOURCES
 from robprune.options import (ANY, BOOL, EPS, FRACTION, HYDRA_KEYS, PATH, SEED, SIZE, STEPS, STR, TARGET,  # noqa: F401
-                               Choice, Float, Int, MapOf, Value, declared, spec_of, unknown_key)
-from robprune.prune.channel.importance import CRITERIA
-from robprune.prune.channel.methods import ALLOCATIONS, NORMALIZATIONS, RATIO_SEMANTICS, RULES
+                               TRAINING, Choice, Float, Int, MapOf, Value, declared, spec_of, unknown_key)
 from robprune.prune.channel.sensitivity import PERTURBATIONS
-from robprune.registry import locate
+from robprune.registry import REGISTRIES, Entry, locate, target_entry
 from robprune.train.recipe import SCHEDULES
 from robprune.train.sharpness import IMPORTANCES, NORMALIZE
 from robprune.train.sharpness import METHODS as SHARPNESS_METHODS
@@ -68,56 +68,59 @@ REQUIRED = {"": tuple(k for k in ROOT if k not in ("average", "logger", "trainer
             "quant": ("method",)}
 
 # ---- typed parameters of _target_ callables (unknown keys come from their signatures) --------------
-PRUNE = {"method": STR, "criterion": Choice(*CRITERIA), "allocation": Choice(*ALLOCATIONS),
-         "sparsity": FRACTION, "channel_ratio": FRACTION, "ratio_semantics": Choice(None, *RATIO_SEMANTICS),
-         "normalization": Choice(*NORMALIZATIONS), "r_max": Float(0, high=1, high_open=True, example="0.95"),
-         "min_channels": Int(1), "exclude_stem": BOOL, "exclude_linear": BOOL, "scores": TARGET,
-         # allocation mrs (docs/methods/mrpf.md#step-4); r_min <= r_max, r_max_small is checked by ChannelPruning.check_mrs
-         "rule": Choice(*RULES), "lam": Float(0, example="0.4"), "r_min": Float(0, high=1, high_open=True, example="0"),
-         "r_max_small": Float(0, high=1, high_open=True, example="0.5"),
-         "small_fraction": Float(0, high=1, high_open=True, example="0.02"),
-         "score_floor": Float(0, high=1, low_open=True, example="0.1")}
 SCORES = {"n_images": Int(1, example="1024"), "batch_size": SIZE, "seed": SEED, "attack": TARGET,
           "perturbation": Choice(*PERTURBATIONS), "alpha": Float(0, low_open=True, example="0.2"), "draws": Int(1),
           "steps": STEPS, "damage_check": BOOL, "damage_seeds": Value("list", item=Int(), example="[0,1,2]")}
 OPTIMIZER = {"lr": Float(0, low_open=True, example="0.001"), "momentum": Float(0, example="0.9"),
              "weight_decay": Float(0, example="0.0005")}
-# prune=adasap (robprune.prune.channel.gradual): channel options plus the training it prunes during
+# a pruner's "during_training" node (prune=adasap, robprune.prune.channel.gradual): a train node plus the schedule
 DURING_TRAINING = {**TRAIN, "prune_interval": Int(1, example="50"), "prune_steps": Int(1, example="10")}
-ADASAP = {k: PRUNE[k] for k in ("method", "sparsity", "r_max", "min_channels", "exclude_stem", "exclude_linear")}
-ADASAP.update(criterion=Choice("l2", "taylor"), during_training=DURING_TRAINING)
-# layer-wise language-model pruners (robprune.prune.layerwise.methods); calibration: the calib stage's node
-LM_PRUNE = {"method": STR, "sparsity": FRACTION, "n_m": Value("str", null=True, example="2:4"),
-            "rel_damp": Float(0, low_open=True, example="0.01"), "percdamp": Float(0, low_open=True, example="0.01"),
-            "blocksize": Int(1, example="128"), "batch_size": SIZE, "scope": Choice("layer", "global"),
-            "refit_head": BOOL, "calibration": {"n": Int(1, example="512"), "heldout": Int(0, example="64")}}
-TARGET_PARAMS = {
-    "robprune.prune.global_magnitude": {**PRUNE, "ratio_semantics": Choice("params")},
+TARGET_PARAMS = {  # callables that declare no options of their own (yet)
     "robprune.prune.channel.sensitivity.mrs_scores": SCORES, "robprune.prune.channel.sensitivity.calibration_set": SCORES,
-    "robprune.prune.adasap": ADASAP,
-    **{f"robprune.prune.layerwise.methods.{name}": LM_PRUNE for name in ("kr_obs", "sparsegpt", "magnitude")},
 }
-PREFIX_PARAMS = {"torch.optim.": OPTIMIZER, "robprune.prune.": PRUNE}
-# callables taking **options: their keys, explicitly (robprune.prune.channel.methods.ChannelPruning's fields + scores)
-CHANNEL_KEYS = tuple(k for k in PRUNE)
-CHANNEL_TARGETS = tuple(f"robprune.prune.{name}" for name in ("channel_pruning", "l1_filter", "mrpf"))
-EXPLICIT_KEYS = dict.fromkeys(CHANNEL_TARGETS, CHANNEL_KEYS)
-EXPLICIT_KEYS.update({  # the layer-wise pruners: their parameters plus the calib stage's node
-    "robprune.prune.layerwise.methods.kr_obs": ("method", "sparsity", "n_m", "rel_damp", "batch_size", "refit_head",
-                                         "calibration"),
-    "robprune.prune.layerwise.methods.sparsegpt": ("method", "sparsity", "n_m", "percdamp", "blocksize", "batch_size", "calibration"),
-    "robprune.prune.layerwise.methods.magnitude": ("method", "sparsity", "n_m", "scope", "calibration")})
+PREFIX_PARAMS = {"torch.optim.": OPTIMIZER}
 
+
+def registered(target: str) -> "Entry | None":
+    """The registration a ``_target_`` resolves to, in any registry (None: not registered, or no import)."""
+    for registry in REGISTRIES.values():
+        entry = target_entry(registry, target)
+        if entry is not None:
+            return entry
+    return None
+
+
+def _declaration(target: str):
+    """(what declares the options, what the registration fixes, the nodes it carries besides its options)."""
+    entry = registered(target)
+    if entry is not None:
+        return entry.meta.get("options", entry.obj), entry.meta.get("fixed", {}), entry.meta.get("nodes", {})
+    try:
+        return locate(target), {}, {}
+    except (ImportError, AttributeError):
+        return None, {}, {}
+
+
+def explicit_keys(target: str) -> tuple[str, ...] | None:
+    """The keys a node with this ``_target_`` may hold when its callable takes ``**options`` declared by a
+    dataclass (channel pruners); None: read them from the callable's signature."""
+    options, _, _ = _declaration(target)
+    if options is None or not dataclasses.is_dataclass(options):
+        return None
+    return tuple(params_of(target))
+
+
+def node_keys(target: str) -> tuple[str, ...]:
+    """Keys a registration carries besides its options (a pruner's scores or calibration node)."""
+    return tuple(_declaration(target)[2])
 
 def params_of(target: str) -> dict:
     """{key: spec} of the typed parameters of a ``_target_``: the callable's own declaration
     (robprune.options), else the tables above (empty when none are declared)."""
     if target in TARGET_PARAMS:
         return TARGET_PARAMS[target]
-    try:
-        obj = locate(target)
-    except (ImportError, AttributeError):
-        obj = None
-    if obj is not None and declared(obj):
-        return spec_of(obj)
+    options, fixed, nodes = _declaration(target)
+    if options is not None and declared(options):
+        specs = {k: DURING_TRAINING if v == TRAINING else v for k, v in spec_of(options).items() if k not in fixed}
+        return {**specs, **nodes}
     return next((spec for prefix, spec in PREFIX_PARAMS.items() if target.startswith(prefix)), {})

@@ -20,7 +20,7 @@ from robprune import schema
 from robprune.config import _check_targets, config_dir
 from robprune.corruptions import check_node as check_corruptions
 from robprune.errors import ConfigError
-from robprune.registry import ATTACKS, MODELS, OBJECTIVES, Entry, locate, target_entry
+from robprune.registry import ATTACKS, MODELS, OBJECTIVES, PRUNERS, Entry, locate, target_entry
 from robprune.schema import ANY, BOOL, TARGET, MapOf, unknown_key
 from robprune.tracking import check_logger
 from robprune.validate_prune import check_before_stages, check_prune_combinations, reachable_sparsity
@@ -163,16 +163,18 @@ def _signature_keys(target: str) -> frozenset | None:
 
 
 def allowed_keys(target: str, path: str) -> frozenset | None:
-    """Keys a node with this ``_target_`` may hold; None = anything (a callable taking **kwargs)."""
-    if target in schema.EXPLICIT_KEYS:
-        return frozenset(schema.EXPLICIT_KEYS[target]) | frozenset(schema.HYDRA_KEYS)
+    """Keys a node with this ``_target_`` may hold: its declared options (and the nodes its registration
+    carries), else its signature's; None = anything (a callable taking **kwargs, undeclared)."""
+    explicit = schema.explicit_keys(target)
+    if explicit is not None:
+        return frozenset(explicit) | frozenset(schema.HYDRA_KEYS)
     try:
         keys = _signature_keys(target)
     except (ImportError, AttributeError, TypeError, ValueError) as err:
         raise ConfigError(f"{path}._target_={target!r} cannot be imported ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); check its spelling or pick an option "
                           f"of '{path.split('.')[0]}'") from None
-    return None if keys is None else keys | frozenset(schema.HYDRA_KEYS)
+    return None if keys is None else keys | frozenset(schema.node_keys(target)) | frozenset(schema.HYDRA_KEYS)
 
 
 def check_attack(node: DictConfig, path: str, target: str) -> None:
@@ -302,21 +304,21 @@ def check_modality(cfg: DictConfig) -> None:
         if kind not in modality_of(OBJECTIVES, objective, default=kind):
             fix = f"{key}=text_finetune or {key}=freelb" if text else f"{key}=standard or {key}=pgd_at"
             raise ConfigError(f"{key}.objective ({objective.get('_target_')}) does not apply to {data_name}; use {fix}")
+    if kind not in modality_of(PRUNERS, cfg.prune, default=kind):
+        name = cfg.prune.get("method", cfg.prune.get("_target_"))
+        if text:
+            fix = " or ".join(f"prune={n}" for n in PRUNERS.names(modality="text"))
+            raise ConfigError(f"prune={name} prunes image models (channels of convolutions), not a text model; use "
+                              f"{fix} with a text dataset")
+        raise ConfigError(f"prune={name} prunes transformer text models layer by layer, not {cfg.model.get('_target_')} "
+                          f"on {data_name}; use prune=global_magnitude or a channel pruner (prune=l1_filter) for images")
     if text:
         _check_text_compression(cfg)
-    elif str(cfg.prune.get("method", "none")) in ("kr_obs", "sparsegpt", "magnitude"):
-        raise ConfigError(f"prune={cfg.prune.method} prunes transformer text models layer by layer, not "
-                          f"{cfg.model.get('_target_')} on {data_name}; use prune=global_magnitude or a channel "
-                          "pruner (prune=l1_filter) for images")
 
 
 def _check_text_compression(cfg: DictConfig) -> None:
-    from robprune.prune.layerwise.methods import LM_METHODS
     from robprune.prune.layerwise.nm import parse_n_m
 
-    if str(cfg.prune.get("method", "none")) not in ("none", *LM_METHODS):
-        raise ConfigError(f"prune={cfg.prune.method} prunes image models (channels of convolutions), not a text "
-                          f"model; use prune={' or prune='.join(LM_METHODS)} (or none) with a text dataset")
     parse_n_m(cfg.prune.get("n_m"))  # 'N:M' with 0 < N < M; whether M divides the layers: check_before_stages
     if str(cfg.quant.get("method", "none")) != "none":
         raise ConfigError(f"quant={cfg.quant.method} quantises image models only; use quant=none with a text dataset")

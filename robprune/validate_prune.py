@@ -1,7 +1,7 @@
 """The pruning checks of :mod:`robprune.validate`: combinations of a prune node's keys (config only) and,
 once the dense model exists, whether ``prune.sparsity`` is reachable on it (:func:`check_before_stages`).
 
-Ranges and choices of single keys are the schema's (:data:`robprune.schema.PRUNE`); the MRS rule's
+Ranges and choices of single keys are their declarations' (:mod:`robprune.options`); the MRS rule's
 cross-key ranges (r_min <= r_max, r_max_small) are checked by
 :meth:`robprune.prune.channel.methods.ChannelPruning.check_mrs`, which validation reaches through
 :func:`robprune.prune.check_prune_config`.
@@ -10,20 +10,19 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from robprune import schema
 from robprune.errors import ConfigError
+from robprune.registry import MODELS, PRUNERS, Entry, target_entry
 
 NOT_OPTIONS = ("scores", "calibration", "defaults")  # keys of a prune node that are not options of the method
-TIMM = "robprune.models.timm_model"
 
 
 def check_prune_combinations(node: DictConfig) -> None:
     """Combinations robprune.prune.check_prune_config does not see without a model."""
-    target = str(node.get("_target_", ""))
-    if target not in schema.CHANNEL_TARGETS:
+    entry = channel_entry(node)
+    if entry is None:
         return
     scores = str((node.get("scores") or {}).get("_target_", ""))
-    allocation = node.get("allocation", "mrs" if target.endswith(".mrpf") else "uniform")
+    allocation = node.get("allocation", entry.meta["fixed"].get("allocation", "uniform"))
     if node.get("criterion") == "taylor" and not scores:
         raise ConfigError("prune.criterion=taylor needs a scores node that makes the calibration set; use prune=taylor, "
                           "or set prune.criterion=l1")
@@ -37,6 +36,17 @@ def check_prune_combinations(node: DictConfig) -> None:
                               "e.g. prune.sparsity=0.9, or prune.normalization=mean with prune.channel_ratio")
 
 
+def pruner(node: DictConfig) -> "Entry | None":
+    """The registered pruning method a prune node builds (robprune.registry.PRUNERS), or None."""
+    return target_entry(PRUNERS, node.get("_target_"))
+
+
+def channel_entry(node: DictConfig) -> "Entry | None":
+    """The registration of a one-shot channel pruner (options declared by a dataclass), or None."""
+    entry = pruner(node)
+    return entry if entry is not None and entry.meta.get("options") is not None else None
+
+
 def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | None:
     """The largest parameter sparsity (docs/methods/conventions.md#sparsity) ``prune_cfg`` can reach on ``model``; None when
     the config sets no parameter target (channel ratios, no pruning). model: the dense model (left
@@ -46,9 +56,13 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
     from robprune.config import to_container
     from robprune.prune.channel import methods
 
-    target = str(prune_cfg.get("_target_", ""))
+    from robprune.prune import adasap, global_magnitude
+
+    entry = pruner(prune_cfg)
     options = {k: v for k, v in to_container(prune_cfg).items() if k not in NOT_OPTIONS and not k.startswith("_")}
-    if target == "robprune.prune.global_magnitude":
+    if entry is None:
+        return None
+    if entry.obj is global_magnitude:
         from robprune.prune.channel.unstructured import candidate_layers
         from robprune.prune.stats import prunable_weight_count
 
@@ -56,12 +70,11 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
                                   exclude_linear=bool(options.get("exclude_linear", False)))
         total = prunable_weight_count(model)
         return sum(m.weight.numel() for m in layers.values()) / total if total else 0.0
-    fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
-    if target == "robprune.prune.adasap":  # pruning during training: the same uniform allocation, after training
+    if entry.obj is adasap:  # pruning during training: the same uniform allocation, after training
         options = {k: v for k, v in options.items() if k != "during_training"}
-    elif target not in schema.CHANNEL_TARGETS:
+    elif channel_entry(prune_cfg) is None:
         return None
-    opts = methods.channel_options({**fixed.get(target, {}), **options})
+    opts = methods.channel_options({**entry.meta.get("fixed", {}), **options})
     if opts.semantics() != "params":
         return None
     return _channel_limit(copy.deepcopy(model).cpu(), example_inputs[:1].cpu(), opts)
@@ -147,14 +160,18 @@ def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
     from robprune.prune.channel import methods
     from robprune.prune.channel.structured import build_groups, cut_group
 
-    target = str(cfg.prune.get("_target_", ""))
-    adasap = target == "robprune.prune.adasap"  # cuts channels too, after training
-    if str(cfg.model.get("_target_")) != TIMM or (target not in schema.CHANNEL_TARGETS and not adasap):
+    from robprune.prune import adasap
+
+    entry = pruner(cfg.prune)
+    cuts = entry is not None and (entry.obj is adasap or channel_entry(cfg.prune) is not None)  # adasap cuts after training
+    from robprune.models.timm import timm_model
+
+    model_entry = target_entry(MODELS, cfg.model.get("_target_"))
+    if model_entry is None or model_entry.obj is not timm_model or not cuts:
         return
-    fixed = {"robprune.prune.l1_filter": methods.L1_FILTER, "robprune.prune.mrpf": methods.MRPF}
     options = {k: v for k, v in to_container(cfg.prune).items() if k not in NOT_OPTIONS and not k.startswith("_")
                and k != "during_training"}
-    opts = methods.channel_options({**fixed.get(target, {}), **options})
+    opts = methods.channel_options({**entry.meta.get("fixed", {}), **options})
     name, trial, x = cfg.model.get("name"), copy.deepcopy(model).cpu().eval(), example_inputs[:1].cpu()
     with torch.no_grad():
         expected = trial(x).shape

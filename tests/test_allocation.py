@@ -6,12 +6,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from robprune.config import config_dir
+from robprune.declarations import load_option
 from robprune.errors import ConfigError
 from robprune.models import cnn8
 from robprune.prune import PruneContext, prune_model
-from robprune.prune.channel.allocation import (AllocationInput, BoundedRule, bounded_ratios, group_caps, inverse_ratios,
-                                               standardised_log_scores, uniform_sparsity)
+from robprune.prune.channel.allocation import (
+    AllocationInput,
+    BoundedRule,
+    bounded_ratios,
+    group_caps,
+    inverse_ratios,
+    standardised_log_scores,
+    uniform_sparsity,
+)
 from robprune.prune.channel.budget import ParamBudget
 from robprune.prune.channel.structured import build_groups
 
@@ -134,7 +141,7 @@ def test_bounded_mean_normalization_centres_on_channel_ratio(cnn):
 def test_prune_record_carries_ratio_s_and_z(cnn, rule):
     model, _ = cnn
     mrs = dict(zip(PRUNABLE, [0.02, 0.5, 0.004, 0.1, 0.03]))
-    cfg = OmegaConf.merge(OmegaConf.load(config_dir() / "prune" / "mrs.yaml"), {"sparsity": 0.8, "rule": rule})
+    cfg = OmegaConf.merge(load_option("prune", "mrs"), {"sparsity": 0.8, "rule": rule})
     context = PruneContext(torch.rand(1, 1, 28, 28), scores={"layers": [{"name": k, "mrs": v} for k, v in mrs.items()]})
     info = prune_model(copy.deepcopy(model), cfg, context)
     rows = {r["name"]: r for r in info["layers"] if r["group"]}

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from robprune.checkpoint import load_checkpoint, save_checkpoint
-from robprune.config import config_dir
+from robprune.declarations import load_option
 from robprune.errors import CheckpointError
 from robprune.models import build_model
 from robprune.prune import prune_model
@@ -34,7 +34,7 @@ def saved(tmp_path, name, *, prune: bool, ratio=0.5, subdir="ckpt"):
     c, s = SHAPES[name]
     history = []
     if prune:
-        cfg = OmegaConf.merge(OmegaConf.load(config_dir() / "prune" / "l1_filter.yaml"), {"channel_ratio": ratio})
+        cfg = OmegaConf.merge(load_option("prune", "l1_filter"), {"channel_ratio": ratio})
         history = prune_model(model, cfg, example_inputs=torch.rand(1, c, s, s))["history"]
     with torch.no_grad():
         model.train()(torch.rand(4, c, s, s))

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from robprune.checkpoint import save_checkpoint
-from robprune.config import config_dir
+from robprune.declarations import load_option
 from robprune.errors import ConfigError
 from robprune.measure import checkpoint_size_bytes, count_macs, count_nonzero_params, measure_latency
 from robprune.models import build_model
@@ -27,7 +27,7 @@ def test_count_params_excludes_buffers():
 def test_nonzero_params_of_a_masked_model_count_the_kept_weights_only():
     model = cnn8()
     assert count_nonzero_params(model) == count_params(model)  # dense: nothing removed
-    prune_model(model, OmegaConf.load(config_dir() / "prune" / "global_magnitude.yaml"), example_inputs=torch.rand(1, 1, 28, 28))
+    prune_model(model, load_option("prune", "global_magnitude"), example_inputs=torch.rand(1, 1, 28, 28))
     weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     zeros = sum(int((w == 0).sum()) for w in weights)
     assert zeros >= 0.89 * sum(w.numel() for w in weights)  # prune.sparsity 0.9
@@ -51,7 +51,7 @@ def test_pruning_reduces_macs_and_params():
     model = cnn8()
     x = torch.rand(1, 1, 28, 28)
     macs, params = count_macs(model, x), count_params(model)
-    prune_model(model, OmegaConf.load(config_dir() / "prune" / "l1_filter.yaml"), example_inputs=x)
+    prune_model(model, load_option("prune", "l1_filter"), example_inputs=x)
     assert count_macs(model, x) < 0.5 * macs and count_params(model) < 0.5 * params
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from robprune.attacks import pgd
 from robprune.compose import compose
 from robprune.config import config_dir
+from robprune.declarations import load_option
 from robprune.models import Normalize
 from robprune.pipeline import run
 from robprune.prune import PruneContext, prune_model
@@ -79,7 +80,7 @@ def test_mrs_deterministic_and_zero_branch_is_least_sensitive(trained_two_branch
         assert other_seed != first
         assert len(result.layers["stem"]["losses"]) == 5  # R = 5 draws by default
     # ... and so the largest ratio: allocation with the real scores
-    info = prune_model(model, OmegaConf.merge(OmegaConf.load(config_dir() / "prune" / "mrs.yaml"), {"sparsity": 0.4}),
+    info = prune_model(model, OmegaConf.merge(load_option("prune", "mrs"), {"sparsity": 0.4}),
                        PruneContext(torch.rand(1, 1, 8, 8), scores={"layers": [{"name": k, "mrs": v} for k, v in first.items()]}))
     ratios = info["ratios"]
     assert ratios["branch_b"] == max(ratios.values()) > ratios["branch_a"]  # r_l = min(c/s_l, r_max), s floored at τ

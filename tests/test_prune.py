@@ -8,11 +8,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from robprune.config import config_dir
+from robprune.declarations import load_option
 from robprune.errors import ConfigError
 from robprune.models import build_model
 from robprune.prune import prune_model
 from robprune.prune.channel.structured import channels_to_remove
 from robprune.prune.stats import prunable_weight_count
+from robprune.registry import PRUNERS
 
 # name -> (in_channels, image_size); 32x32 models are slow-ish, so one fixture prunes each once
 SHAPES = {"small_cnn": (1, 8), "cnn8": (1, 28), "resnet18": (3, 32), "vgg16_bn": (3, 32)}
@@ -22,7 +24,7 @@ KEPT = {"small_cnn": {"features.0"}, "cnn8": {"features.0"}, "vgg16_bn": {"featu
 
 
 def prune_cfg(name="l1_filter", **overrides):
-    cfg = OmegaConf.load(config_dir() / "prune" / f"{name}.yaml")
+    cfg = load_option("prune", name)  # the file over its declared defaults, as Hydra composes it
     return OmegaConf.merge(cfg, overrides)
 
 
@@ -211,7 +213,7 @@ def test_channels_to_remove(channels, ratio, removed):
     assert channels_to_remove(channels, ratio) == removed
 
 
-@pytest.mark.parametrize("name", ["none", "l1_filter", "l2_filter", "taylor", "random", "mrs", "global_magnitude"])
+@pytest.mark.parametrize("name", PRUNERS.names())
 def test_yaml_keys_have_comments(name):
     lines = (config_dir() / "prune" / f"{name}.yaml").read_text().splitlines()
     assert lines and all(" # " in line or line.startswith("# ") for line in lines if line.strip())
@@ -226,7 +228,7 @@ def test_options_checked_without_a_model(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         check_prune_config(OmegaConf.merge(prune_cfg(), overrides))
-    for name in ("l1_filter", "l2_filter", "taylor", "random", "mrs", "global_magnitude", "none"):
+    for name in PRUNERS.names(modality="image"):
         check_prune_config(prune_cfg(name))  # every shipped config is valid as it is
 
 

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from robprune.checkpoint import load_checkpoint, save_checkpoint
-from robprune.config import config_dir
+from robprune.declarations import load_option
 from robprune.errors import ConfigError
 from robprune.models import build_model
 from robprune.prune import PruneContext, prune_model
@@ -33,7 +33,7 @@ def make(name):
 
 
 def prune_cfg(name, **overrides):
-    return OmegaConf.merge(OmegaConf.load(config_dir() / "prune" / f"{name}.yaml"), overrides)
+    return OmegaConf.merge(load_option("prune", name), overrides)
 
 
 def example(name, n=1):

@@ -26,16 +26,18 @@ from torch import nn
 from robprune.config import instantiate
 from robprune.errors import ConfigError
 from robprune.prune.channel.gradual import adasap
-from robprune.prune.channel.methods import channel_pruning, l1_filter, mrpf, no_pruning
+from robprune.prune.channel.methods import channel_pruning, l1_filter, mrs, no_pruning
 from robprune.prune.channel.unstructured import global_magnitude
 from robprune.prune.context import PruneContext
-from robprune.prune.layerwise.methods import LM_METHODS
+from robprune.prune.layerwise.methods import kr_obs, magnitude, sparsegpt
+from robprune.registry import PRUNERS
 
 # keys of a conf/prune node that are not options of the method: the scores stage's node, and Hydra's
 # defaults list when a YAML file is loaded without composition (tests, scripts)
 NOT_OPTIONS = ("scores", "calibration", "defaults")
 
-__all__ = ["LM_METHODS", "PruneContext", "adasap", "check_prune_config", "prune_model", "channel_pruning", "global_magnitude", "l1_filter", "mrpf", "no_pruning"]
+__all__ = ["PruneContext", "adasap", "channel_pruning", "check_prune_config", "global_magnitude", "kr_obs", "l1_filter",
+           "magnitude", "mrs", "no_pruning", "prune_model", "sparsegpt"]
 
 
 def prune_model(model: nn.Module, prune_cfg: DictConfig, context: PruneContext | None = None, *,
@@ -98,5 +100,6 @@ def check_prune_config(prune_cfg: DictConfig) -> None:
     from robprune.prune.channel.methods import check_options
 
     method = _method(prune_cfg)
-    if isinstance(method, functools.partial):
-        check_options(method)
+    entry = PRUNERS.find(method.func) if isinstance(method, functools.partial) else None
+    if entry is not None and entry.meta.get("options") is not None:  # a channel pruner's cross-key rules
+        check_options(method, entry.meta.get("fixed", {}))

@@ -16,6 +16,7 @@ optimizer step (momentum or the SAM perturbation cannot revive them).
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -34,6 +35,8 @@ from robprune.prune.stats import (
     prunable_weight_count,
 )
 from robprune.train.sharpness import NeuronMap, neuron_map
+from robprune.options import BOOL, FRACTION, STR, TRAINING, Choice, Float, Int
+from robprune.registry import PRUNERS
 
 GRADUAL_CRITERIA = ("l2", "taylor")
 
@@ -152,9 +155,20 @@ class GradualChannelMasks:
         return {root: torch.nonzero(~kept).flatten().tolist() for root, kept in self.kept.items()}
 
 
-def adasap(model: nn.Module, context: PruneContext, *, method: str = "adasap", criterion: str = "l2",
-           sparsity: float | None = 0.5, r_max: float = 0.95, min_channels: int = 1, exclude_stem: bool = True,
-           exclude_linear: bool = True, during_training=None) -> dict:
+@PRUNERS.register("adasap", modality="image", family="channel")
+def adasap(model: nn.Module, context: PruneContext, *,
+           method: Annotated[str, STR, "name recorded in results"] = "adasap",
+           criterion: Annotated[str, Choice(*GRADUAL_CRITERIA), "importance inside a group, ranked afresh at every "
+                                "pruning step: l2 (filter L2 norm) | taylor (first-order, last gradient)"] = "l2",
+           sparsity: Annotated[float | None, FRACTION, "global fraction of Conv2d/Linear weights removed (params "
+                               "semantics, one shared channel ratio)"] = 0.5,
+           r_max: Annotated[float, Float(0, high=1, high_open=True, example="0.95"), "largest channel ratio a group "
+                            "may get when allocating to the sparsity"] = 0.95,
+           min_channels: Annotated[int, Int(1), "output channels every group keeps"] = 1,
+           exclude_stem: Annotated[bool, BOOL, "never prune the first conv"] = True,
+           exclude_linear: Annotated[bool, BOOL, "never prune Linear outputs"] = True,
+           during_training: Annotated[dict | None, TRAINING, "the training the pruning happens in: a train node plus "
+                                      "prune_interval and prune_steps"] = None) -> dict:
     """AdaSAP's warm-up with gradual pruning (Bair et al., ICLR 2024, §3.1-3.2), IN PLACE: trains the model
     with ``during_training`` (a train node whose ``sharpness`` is normally ``adasap``; ``none`` gives plain
     gradual pruning) through ``context.train`` while masking channels, then removes them physically.

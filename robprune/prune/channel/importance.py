@@ -2,8 +2,8 @@
 
 Scorers are Torch-Pruning importance objects: called on a ``tp.Group`` holding the full index range of
 its root, they return a 1-D tensor of one score per root output channel, low = removed first. A new
-criterion is one class here plus an entry in :data:`CRITERIA` (config name -> factory taking the
-:class:`~robprune.prune.context.PruneContext`).
+criterion is one class here plus an entry in the table registered in :data:`robprune.registry.CRITERIA`
+(config name -> factory taking the :class:`~robprune.prune.context.PruneContext`; docs/how-to/add-a-pruner.md).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from torch_pruning.pruner import function
 from robprune.errors import ConfigError
 from robprune.prune.context import PruneContext
 from robprune.prune.stats import PRUNABLE_TYPES
+from robprune.registry import CRITERIA as IMPORTANCES
 
 # Pruning functions that remove *output* filters; in-channel slices of the next layer and norm-layer
 # parameters are consequences of the cut, not part of the filter criterion.
@@ -132,16 +133,20 @@ def _taylor(context: PruneContext, model: nn.Module) -> TaylorImportance:
 
 
 # config name (prune.criterion) -> factory(context, model) -> importance
-CRITERIA: dict[str, Callable[[PruneContext, nn.Module], tp.importance.Importance]] = {
+# prune.criterion name -> factory (context, model) -> importance, registered in robprune.registry.CRITERIA
+_FACTORIES: dict[str, Callable[[PruneContext, nn.Module], tp.importance.Importance]] = {
     "l1": lambda context, model: FilterNormImportance(p=1),
     "l2": lambda context, model: FilterNormImportance(p=2),
     "taylor": _taylor,
     "random": lambda context, model: RandomImportance(context.seed),
 }
+for _name, _factory in _FACTORIES.items():
+    IMPORTANCES.add(_name, _factory)
+CRITERIA = tuple(_FACTORIES)  # the choices of prune.criterion
 
 
 def make_importance(criterion: str, context: PruneContext, model: nn.Module) -> tp.importance.Importance:
     """The importance object for ``prune.criterion``; ConfigError for an unknown name."""
     if criterion not in CRITERIA:
         raise ConfigError(f"prune.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    return CRITERIA[criterion](context, model)
+    return IMPORTANCES.get(criterion)(context, model)

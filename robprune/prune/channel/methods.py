@@ -13,52 +13,59 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import partial
+from typing import Annotated
 
 from torch import nn
 
-from robprune.config import require_range
 from robprune.errors import ConfigError
+from robprune.options import BOOL, FRACTION, STR, TARGET, Choice, Float, Int, check_fields, option
 from robprune.prune.channel.allocation import (BoundedRule, bounded_ratios, global_by_score, inverse_ratios, rule_terms,
                                                uniform_ratios, uniform_sparsity)
-from robprune.prune.channel.importance import make_importance
+from robprune.prune.channel.importance import CRITERIA, make_importance
 from robprune.prune.channel.policy import structured_prune
 from robprune.prune.channel.sensitivity import group_scores
 from robprune.prune.context import PruneContext
+from robprune.registry import PRUNERS
 from robprune.prune.stats import conv_channels, count_params, layer_table, prunable_weight_count
 
 RATIO_SEMANTICS = ("params", "channel")
 ALLOCATIONS = ("uniform", "global", "mrs")
 RULES = ("bounded", "inverse")   # allocation mrs: how scores become ratios
 NORMALIZATIONS = ("bisection", "mean")
-# the options l1_filter and mrpf fix before the config's own (also what check_options assumes for them)
-L1_FILTER = {"method": "l1_filter", "criterion": "l1"}
-MRPF = {"method": "mrs", "criterion": "l1", "allocation": "mrs"}
+# what a registered method fixes over the config's options (so they are not options of that method)
+L1_FILTER = {"criterion": "l1"}
+MRS = {"allocation": "mrs"}
+SCORES_NODE = {"scores": TARGET}  # the scores stage's node (MRS scores or Taylor's calibration set), not an option
 
 
 @dataclass(frozen=True)
 class ChannelPruning:
-    """Options of structured channel pruning (the keys of conf/prune/{l1,l2}_filter, taylor, random, mrs)."""
+    """Options of structured channel pruning (prune=l1_filter, l2_filter, taylor, random), declared once:
+    the schema of their conf files, their defaults and what the method is built with (docs/concepts/options.md)."""
 
-    method: str = "channel"              # name recorded in results
-    criterion: str = "l1"                # importance inside a group: l1 | l2 | taylor | random
-    allocation: str = "uniform"          # uniform | global (by normalised score) | mrs (MRPF adaptive)
-    sparsity: float | None = None        # global parameter sparsity target (ratio_semantics params)
-    channel_ratio: float | None = None   # per-group channel ratio (ratio_semantics channel)
-    ratio_semantics: str | None = None   # params | channel | None = inferred from which key is set
-    normalization: str = "bisection"     # mrs only: bisection (c hits sparsity) | mean (c from channel_ratio)
-    rule: str = "bounded"                # mrs only: bounded clip(c − λ·z_l, r_min, r_max_l) | inverse clip(c/s_l, 0, r_max)
-    lam: float = 0.4                     # mrs bounded: λ, channel ratio per unit of standardised log score
-    r_min: float = 0.0                   # mrs bounded: smallest per-group channel ratio
-    r_max: float = 0.95                  # largest per-group channel ratio when allocating to a sparsity
-    r_max_small: float = 0.5             # mrs bounded: r_max of groups holding under small_fraction of the weights
-    small_fraction: float = 0.02         # mrs bounded: share of the Conv2d/Linear weights below which a group is small
-    score_floor: float = 0.1             # mrs bounded: scores floored at this fraction of the median score
-    min_channels: int = 1                # channels every group keeps
-    exclude_stem: bool = True            # never prune the first conv
-    exclude_linear: bool = True          # never prune Linear outputs
+    method: str = option("channel", STR, help="name recorded in results (the registered name)")
+    criterion: str = option("l1", Choice(*CRITERIA), help="importance inside a group: l1 | l2 (filter norms, Li et al. "
+                            "2017) | taylor (Molchanov et al. 2019, Eq. 8, on the calibration set) | random")
+    allocation: str = option("uniform", Choice(*ALLOCATIONS), help="with sparsity: uniform = one shared ratio found by "
+                             "bisection | global = one threshold on mean-normalised scores | mrs (prune=mrs)")
+    sparsity: float | None = option(None, FRACTION, help="global fraction of Conv2d/Linear weights removed "
+                                    "(params semantics); null = use channel_ratio")
+    channel_ratio: float | None = option(None, FRACTION, help="fraction of output channels removed per prunable "
+                                         "group (channel semantics); used when sparsity is null")
+    ratio_semantics: str | None = option(None, Choice(None, *RATIO_SEMANTICS), help="params (sparsity) | channel "
+                                         "(channel_ratio) | null = params when sparsity is set, else channel "
+                                         "(docs/methods/conventions.md#sparsity)")
+    r_max: float = option(0.95, Float(0, high=1, high_open=True, example="0.95"),
+                          help="largest channel ratio a group may get when allocating to a sparsity")
+    min_channels: int = option(1, Int(1), help="output channels every group keeps")
+    exclude_stem: bool = option(True, BOOL, help="never prune the first conv (in ResNets this also keeps its "
+                                "residual-coupled convs)")
+    exclude_linear: bool = option(True, BOOL, help="Linear layers (incl. the classifier) are not pruned; their inputs "
+                                  "shrink with the conv before")
 
     def semantics(self) -> str:
-        """'params' or 'channel' after checking that exactly one amount applies (ConfigError otherwise)."""
+        """'params' or 'channel' after checking that exactly one amount applies (ConfigError otherwise);
+        single keys' types and ranges are their declarations' (checked when built, :func:`channel_options`)."""
         inferred = "params" if self.sparsity is not None else "channel"
         semantics = self.ratio_semantics or inferred
         if semantics not in RATIO_SEMANTICS:
@@ -71,29 +78,36 @@ class ChannelPruning:
         if semantics == "channel" and self.sparsity is not None:
             raise ConfigError(f"prune.ratio_semantics=channel but prune.sparsity={self.sparsity} is set too; "
                               f"set prune.sparsity=null to use prune.channel_ratio={self.channel_ratio}")
-        require_range(float(self.sparsity if semantics == "params" else self.channel_ratio),
-                      "prune.sparsity" if semantics == "params" else "prune.channel_ratio", 0, 1)
-        require_range(float(self.r_max), "prune.r_max", 0, 1)
-        if self.allocation not in ALLOCATIONS:
-            raise ConfigError(f"prune.allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
-        if int(self.min_channels) < 1:
-            raise ConfigError(f"prune.min_channels must be >= 1, got {self.min_channels}")
         if self.allocation == "mrs":
             self.check_mrs()
         return semantics
 
     def check_mrs(self) -> None:
-        """The MRS rule's options: ranges and r_min <= min(r_max, r_max_small) (ConfigError naming the key)."""
-        for key, choices in (("rule", RULES), ("normalization", NORMALIZATIONS)):
-            if getattr(self, key) not in choices:
-                raise ConfigError(f"prune.{key} must be {' or '.join(choices)}, got {getattr(self, key)!r}; "
-                                  f"e.g. prune.{key}={choices[0]}")
-        if float(self.lam) < 0:
-            raise ConfigError(f"prune.lam must be >= 0, got {self.lam}; e.g. prune.lam=0.4")
-        for key in ("r_min", "r_max_small", "small_fraction"):
-            require_range(float(getattr(self, key)), f"prune.{key}", 0, 1)
-        if not 0 < float(self.score_floor) <= 1:
-            raise ConfigError(f"prune.score_floor must be in (0, 1], got {self.score_floor}; e.g. prune.score_floor=0.1")
+        """Cross-key rules of the MRS allocation (none without it)."""
+
+
+@dataclass(frozen=True)
+class MRSPruning(ChannelPruning):
+    """prune=mrs (MRPF, docs/methods/mrpf.md#step-4): the channel options plus how the MRS scores become
+    per-group ratios."""
+
+    normalization: str = option("bisection", Choice(*NORMALIZATIONS), help="how c is set: bisection = c hits sparsity "
+                                "| mean = c from channel_ratio S (bounded: c = S; inverse: r_l = S·L·(1/s_l)/Σ_j 1/s_j)")
+    rule: str = option("bounded", Choice(*RULES), help="MRS → ratio (docs/methods/mrpf.md#step-4): bounded r_l = "
+                       "clip(c − lam·z_l, r_min, r_max_l) | inverse r_l = clip(c/s_l, 0, r_max) (the old rule)")
+    lam: float = option(0.4, Float(0, example="0.4"), help="bounded: λ, channel ratio moved per unit of z_l = "
+                        "standardised log score (std over groups)")
+    r_min: float = option(0.0, Float(0, high=1, high_open=True, example="0"), help="bounded: smallest channel ratio a "
+                          "group may get, at most r_max and r_max_small")
+    r_max_small: float = option(0.5, Float(0, high=1, high_open=True, example="0.5"), help="bounded: r_max_l of small "
+                                "groups (never above r_max)")
+    small_fraction: float = option(0.02, Float(0, high=1, high_open=True, example="0.02"), help="bounded: a group is small "
+                                   "when its layers hold under this fraction of the Conv2d/Linear weights")
+    score_floor: float = option(0.1, Float(0, high=1, low_open=True, example="0.1"), help="bounded: s_l = max(MRS_l, "
+                                "score_floor · median MRS) before the log")
+
+    def check_mrs(self) -> None:
+        """r_min <= min(r_max, r_max_small): otherwise the ratio range is empty (ConfigError naming the key)."""
         for key in ("r_max", "r_max_small"):
             if float(self.r_min) > float(getattr(self, key)):
                 raise ConfigError(f"prune.r_min={self.r_min:g} exceeds prune.{key}={getattr(self, key):g}, so the ratio "
@@ -131,22 +145,22 @@ def _mrs_allocate(inp, *, options: ChannelPruning, context: PruneContext):
     return bounded_ratios(inp, group_scores=scores, rule=options.bounded_rule(), **amount)
 
 
-def channel_options(options: dict) -> ChannelPruning:
-    """ChannelPruning from config keys; ConfigError naming an unknown key."""
-    unknown = sorted(set(options) - set(ChannelPruning.__dataclass_fields__))
+def channel_options(options: dict) -> MRSPruning:
+    """The options of a channel pruner from config keys (every channel option, the MRS rule's at their
+    defaults unless set); ConfigError naming an unknown key or a value its declaration refuses."""
+    fields = MRSPruning.__dataclass_fields__
+    unknown = sorted(set(options) - set(fields))
     if unknown:
-        raise ConfigError(f"prune.{unknown[0]} is not an option of channel pruning; options: "
-                          f"{', '.join(ChannelPruning.__dataclass_fields__)}")
-    return ChannelPruning(**options)
+        raise ConfigError(f"prune.{unknown[0]} is not an option of channel pruning; options: {', '.join(fields)}")
+    opts = MRSPruning(**options)
+    check_fields(opts, "prune")
+    return opts
 
 
-def check_options(method) -> None:
-    """Check a bound method's options without a model (so a sweep fails before any training).
-    method: the functools.partial that ``instantiate(prune_cfg)`` returns."""
-    defaults = {l1_filter: L1_FILTER, mrpf: MRPF, channel_pruning: {}}
-    if method.func in defaults:
-        opts = channel_options({**defaults[method.func], **method.keywords})
-        opts.semantics()
+def check_options(method, fixed: dict) -> None:
+    """Check a bound channel method's options without a model (so a sweep fails before any training).
+    method: the functools.partial that ``instantiate(prune_cfg)`` returns; fixed: what its registration fixes."""
+    channel_options({**fixed, **method.keywords}).semantics()
 
 
 def channel_pruning(model: nn.Module, context: PruneContext, **options) -> dict:
@@ -190,22 +204,27 @@ def achieved_channel_ratio(layers: list[dict]) -> float:
     return 1.0 - sum(r["channels_after"] for r in rows) / before if before else 0.0
 
 
+@PRUNERS.register("l1_filter", modality="image", family="channel", options=ChannelPruning, fixed=L1_FILTER,
+                  nodes=SCORES_NODE)
 def l1_filter(model: nn.Module, context: PruneContext, **options) -> dict:
     """L1-norm filter pruning (Li et al., ICLR 2017; Adver-Fine's compression, docs/methods/adverfine.md): in every
     prunable group remove the output channels with the smallest filter L1 norm, floor(channel_ratio·C)
     of them, or a shared ratio found by bisection to reach a parameter ``sparsity``."""
-    return channel_pruning(model, context, **{**L1_FILTER, **options})
+    return channel_pruning(model, context, **{"method": "l1_filter", **L1_FILTER, **options})
 
 
-def mrpf(model: nn.Module, context: PruneContext, **options) -> dict:
+@PRUNERS.register("mrs", modality="image", family="channel", options=MRSPruning, fixed=MRS, nodes=SCORES_NODE)
+def mrs(model: nn.Module, context: PruneContext, **options) -> dict:
     """MRPF (arXiv 2410.15176, docs/methods/mrpf.md#step-4 (steps 4-5)): per-group ratios from the cached MRS scores
     (``rule: bounded``, r_l = clip(c − λ·z_l, r_min, r_max_l), or ``inverse``; c by bisection to the
     parameter ``sparsity``, or ``normalization: mean``), L1 filter norm inside each group (group norm
     for coupled groups)."""
-    return channel_pruning(model, context, **{**MRPF, **options})
+    return channel_pruning(model, context, **{"method": "mrs", **MRS, **options})
 
 
-def no_pruning(model: nn.Module, context: PruneContext | None = None, *, method: str = "none",
+@PRUNERS.register("none", modality=("image", "text"), family="none")
+def no_pruning(model: nn.Module, context: PruneContext | None = None, *,
+               method: Annotated[str, STR, "name recorded in results"] = "none",
                sparsity: float | None = None, channel_ratio: float | None = None) -> dict:
     """The dense baseline: leaves ``model`` untouched and records zero sparsity. ``sparsity`` and
     ``channel_ratio`` are accepted and ignored, so an experiment that sets them (mrpf_mnist) can also
@@ -214,3 +233,9 @@ def no_pruning(model: nn.Module, context: PruneContext | None = None, *, method:
     return {"method": method, "structured": False, "channel_ratio": 0.0, "history": [], "ratios": {},
             "groups": [], "sparsity": 0.0, "prunable_before": weights, "prunable_after": weights,
             "params_before": params, "params_after": params, "layers": layer_table(channels, channels)}
+
+
+# l2_filter, taylor and random: channel_pruning with the criterion their conf file sets
+for _name in ("l2_filter", "taylor", "random"):
+    PRUNERS.add(_name, channel_pruning, modality="image", family="channel", options=ChannelPruning, fixed={},
+                nodes=SCORES_NODE)

@@ -8,6 +8,8 @@ are zero (removed) — docs/methods/conventions.md#sparsity.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
@@ -15,6 +17,8 @@ from robprune.config import require_range
 from robprune.errors import ConfigError
 from robprune.prune.context import PruneContext
 from robprune.prune.stats import PRUNABLE_TYPES, conv_channels, count_params, layer_table, prunable_weight_count
+from robprune.options import BOOL, FRACTION, STR, Choice
+from robprune.registry import PRUNERS
 
 
 def candidate_layers(model: nn.Module, *, exclude_stem: bool, exclude_linear: bool) -> dict[str, nn.Module]:
@@ -41,8 +45,16 @@ def magnitude_masks(layers: dict[str, nn.Module], n_zero: int) -> dict[str, torc
     return masks
 
 
-def global_magnitude(model: nn.Module, context: PruneContext, *, sparsity: float, method: str = "global_magnitude",
-                     exclude_stem: bool = False, exclude_linear: bool = False, ratio_semantics: str = "params") -> dict:
+@PRUNERS.register("global_magnitude", modality="image", family="channel")
+def global_magnitude(model: nn.Module, context: PruneContext, *,
+                     sparsity: Annotated[float, FRACTION, "fraction of ALL Conv2d/Linear weight elements zeroed (same "
+                                         "definition as structured sparsity)"] = 0.9,
+                     method: Annotated[str, STR, "name recorded in results"] = "global_magnitude",
+                     exclude_stem: Annotated[bool, BOOL, "true = keep the first conv's weights (the others then lose "
+                                             "more)"] = False,
+                     exclude_linear: Annotated[bool, BOOL, "true = keep every Linear's weights"] = False,
+                     ratio_semantics: Annotated[str, Choice("params"), "always params: weights, not channels, are "
+                                                "removed"] = "params") -> dict:
     """Zero the globally smallest-magnitude weights, IN PLACE, so that a fraction ``sparsity`` of ALL
     Conv2d/Linear weight elements is zero (excluded layers keep theirs, so the others lose more).
     Returns the info dict of :func:`robprune.prune.prune_model` with structured=False, masked=True."""

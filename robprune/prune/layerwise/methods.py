@@ -5,13 +5,24 @@ from the calib stage through the :class:`PruneContext`; the masks are the exact 
 later fine-tuning (:class:`robprune.prune.masks.WeightMask`)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from robprune.errors import ConfigError
 from robprune.prune.context import PruneContext
+from robprune.options import BOOL, FRACTION, SIZE, STR, Choice, Float, Int, Value
 from robprune.prune.layerwise.nm import parse_n_m
+from robprune.registry import PRUNERS
 
-LM_METHODS = ("kr_obs", "sparsegpt", "magnitude")
+# The calib stage's node, shared by every layer-wise pruner (not an option of the method itself)
+CALIBRATION = {"calibration": {"n": Int(1, example="512"), "heldout": Int(0, example="64")}}
+Sparsity = Annotated[float | None, FRACTION, "fraction of each encoder Linear layer's (row's, for the OBS methods) "
+                     "weights removed; the embeddings, pooler and classifier are not pruned"]
+NM = Annotated[str | None, Value("str", null=True, example="2:4"), "N:M instead of sparsity, e.g. '2:4' or '32:64' = "
+               "N kept of every M consecutive input weights"]
+Method = Annotated[str, STR, "name recorded in results"]
+BatchSize = Annotated[int, SIZE, "calibration sentences per forward pass (memory: one batch of activations)"]
 
 
 def _prune(model: nn.Module, context: PruneContext, method: str, sparsity, n_m, **options) -> dict:
@@ -27,8 +38,13 @@ def _prune(model: nn.Module, context: PruneContext, method: str, sparsity, n_m, 
     return {**info, "history": [], "report": True, "ratio_semantics": "params", "channel_ratio": None}
 
 
-def kr_obs(model: nn.Module, context: PruneContext, *, sparsity: float | None = 0.5, n_m=None,
-           method: str = "kr_obs", rel_damp: float = 0.01, batch_size: int = 32, refit_head: bool = True) -> dict:
+@PRUNERS.register("kr_obs", modality="text", family="layerwise", nodes=CALIBRATION)
+def kr_obs(model: nn.Module, context: PruneContext, *, sparsity: Sparsity = 0.5, n_m: NM = None, method: Method = "kr_obs",
+           rel_damp: Annotated[float, Float(0, low_open=True, example="0.01"), "Hessian damping λ = rel_damp · mean "
+                               "diag(H), raised ×10 until Cholesky succeeds"] = 0.01,
+           batch_size: BatchSize = 32,
+           refit_head: Annotated[bool, BOOL, "refit the pooler and classifier to the dense outputs too "
+                                 "(docs/methods/kr.md#step-2); false keeps them dense"] = True) -> dict:
     """Knowledge-retention OBS: layer by layer in forward order, inputs through the already pruned model,
     the dense weights refit to the dense outputs, then exact OBS removal per row (docs/methods/kr.md#step-2 (2a-2d));
     the pooler and classifier refit too unless ``refit_head`` is false."""
@@ -36,18 +52,25 @@ def kr_obs(model: nn.Module, context: PruneContext, *, sparsity: float | None = 
                   refit_head=refit_head)
 
 
-def sparsegpt(model: nn.Module, context: PruneContext, *, sparsity: float | None = 0.5, n_m=None,
-              method: str = "sparsegpt", percdamp: float = 0.01, blocksize: int = 128, batch_size: int = 32) -> dict:
+@PRUNERS.register("sparsegpt", modality="text", family="layerwise", nodes=CALIBRATION)
+def sparsegpt(model: nn.Module, context: PruneContext, *, sparsity: Sparsity = 0.5, n_m: NM = None,
+              method: Method = "sparsegpt",
+              percdamp: Annotated[float, Float(0, low_open=True, example="0.01"), "damping percdamp · mean diag(H) "
+                                  "(the paper's 0.01)"] = 0.01,
+              blocksize: Annotated[int, Int(1, example="128"), "columns per block: mask selection and lazy batch "
+                                   "updates (the paper's 128)"] = 128,
+              batch_size: BatchSize = 32) -> dict:
     """SparseGPT, independent layer-wise (Frantar & Alistarh 2023, Algorithm 1): dense inputs, no refit."""
     return _prune(model, context, method, sparsity, n_m, rel_damp=percdamp, blocksize=blocksize,
                   batch_size=batch_size)
 
 
-def magnitude(model: nn.Module, context: PruneContext, *, sparsity: float | None = 0.5, n_m=None,
-              method: str = "magnitude", scope: str = "layer") -> dict:
+@PRUNERS.register("magnitude", modality="text", family="layerwise", nodes=CALIBRATION)
+def magnitude(model: nn.Module, context: PruneContext, *, sparsity: Sparsity = 0.5, n_m: NM = None,
+              method: Method = "magnitude",
+              scope: Annotated[str, Choice("layer", "global"), "layer = each Linear loses the fraction | global = one "
+                               "|w| threshold over all encoder Linears"] = "layer") -> dict:
     """Magnitude pruning of the encoder Linear weights, per layer or one global threshold (``scope``)."""
-    if scope not in ("layer", "global"):
-        raise ConfigError(f"prune.scope must be layer or global, got {scope!r}; e.g. prune.scope=layer")
     return _prune(model, context, method, sparsity, n_m, scope=scope)
 
 
