@@ -11,6 +11,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from robprune.errors import ConfigError
+from robprune.registry import CRITERIA as IMPORTANCES
 from robprune.registry import MODELS, PRUNERS, Entry, target_entry
 
 NOT_OPTIONS = ("scores", "calibration", "defaults")  # keys of a prune node that are not options of the method
@@ -23,7 +24,8 @@ def check_prune_combinations(node: DictConfig) -> None:
         return
     scores = str((node.get("scores") or {}).get("_target_", ""))
     allocation = node.get("allocation", entry.meta["fixed"].get("allocation", "uniform"))
-    if node.get("criterion") == "taylor" and not scores:
+    criterion = node.get("criterion")
+    if criterion in IMPORTANCES and IMPORTANCES.entry(criterion).meta.get("needs_scores") and not scores:
         raise ConfigError("prune.criterion=taylor needs a scores node that makes the calibration set; use prune=taylor, "
                           "or set prune.criterion=l1")
     if allocation == "mrs":

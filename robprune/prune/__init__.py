@@ -102,4 +102,4 @@ def check_prune_config(prune_cfg: DictConfig) -> None:
     method = _method(prune_cfg)
     entry = PRUNERS.find(method.func) if isinstance(method, functools.partial) else None
     if entry is not None and entry.meta.get("options") is not None:  # a channel pruner's cross-key rules
-        check_options(method, entry.meta.get("fixed", {}))
+        check_options(method, entry.meta["options"], entry.meta.get("fixed", {}))

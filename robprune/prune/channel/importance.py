@@ -2,12 +2,11 @@
 
 Scorers are Torch-Pruning importance objects: called on a ``tp.Group`` holding the full index range of
 its root, they return a 1-D tensor of one score per root output channel, low = removed first. A new
-criterion is one class here plus an entry in the table registered in :data:`robprune.registry.CRITERIA`
-(config name -> factory taking the :class:`~robprune.prune.context.PruneContext`; docs/how-to/add-a-pruner.md).
+criterion is one class plus its registration in :data:`robprune.registry.CRITERIA` (config name -> factory
+taking the :class:`~robprune.prune.context.PruneContext` and the model; docs/how-to/add-pruner.md).
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -134,19 +133,14 @@ def _taylor(context: PruneContext, model: nn.Module) -> TaylorImportance:
 
 # config name (prune.criterion) -> factory(context, model) -> importance
 # prune.criterion name -> factory (context, model) -> importance, registered in robprune.registry.CRITERIA
-_FACTORIES: dict[str, Callable[[PruneContext, nn.Module], tp.importance.Importance]] = {
-    "l1": lambda context, model: FilterNormImportance(p=1),
-    "l2": lambda context, model: FilterNormImportance(p=2),
-    "taylor": _taylor,
-    "random": lambda context, model: RandomImportance(context.seed),
-}
-for _name, _factory in _FACTORIES.items():
-    IMPORTANCES.add(_name, _factory)
-CRITERIA = tuple(_FACTORIES)  # the choices of prune.criterion
+# (needs_scores: the criterion reads the scores stage's calibration set; a new criterion in its own module
+# registers the same way, docs/how-to/add-pruner.md)
+IMPORTANCES.add("l1", lambda context, model: FilterNormImportance(p=1))
+IMPORTANCES.add("l2", lambda context, model: FilterNormImportance(p=2))
+IMPORTANCES.add("taylor", _taylor, needs_scores=True)
+IMPORTANCES.add("random", lambda context, model: RandomImportance(context.seed))
 
 
 def make_importance(criterion: str, context: PruneContext, model: nn.Module) -> tp.importance.Importance:
-    """The importance object for ``prune.criterion``; ConfigError for an unknown name."""
-    if criterion not in CRITERIA:
-        raise ConfigError(f"prune.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    return IMPORTANCES.get(criterion)(context, model)
+    """The importance object for ``prune.criterion``; ConfigError naming the registered ones otherwise."""
+    return IMPORTANCES.get(criterion, key="prune.criterion")(context, model)

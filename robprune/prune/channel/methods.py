@@ -18,13 +18,14 @@ from typing import Annotated
 from torch import nn
 
 from robprune.errors import ConfigError
-from robprune.options import BOOL, FRACTION, STR, TARGET, Choice, Float, Int, check_fields, option
+from robprune.options import BOOL, FRACTION, STR, TARGET, Choice, Float, Int, Value, check_fields, option
 from robprune.prune.channel.allocation import (BoundedRule, bounded_ratios, global_by_score, inverse_ratios, rule_terms,
                                                uniform_ratios, uniform_sparsity)
-from robprune.prune.channel.importance import CRITERIA, make_importance
+from robprune.prune.channel.importance import make_importance
 from robprune.prune.channel.policy import structured_prune
 from robprune.prune.channel.sensitivity import group_scores
 from robprune.prune.context import PruneContext
+from robprune.registry import CRITERIA as IMPORTANCES
 from robprune.registry import PRUNERS
 from robprune.prune.stats import conv_channels, count_params, layer_table, prunable_weight_count
 
@@ -44,8 +45,9 @@ class ChannelPruning:
     the schema of their conf files, their defaults and what the method is built with (docs/concepts/options.md)."""
 
     method: str = option("channel", STR, help="name recorded in results (the registered name)")
-    criterion: str = option("l1", Choice(*CRITERIA), help="importance inside a group: l1 | l2 (filter norms, Li et al. "
-                            "2017) | taylor (Molchanov et al. 2019, Eq. 8, on the calibration set) | random")
+    criterion: str = option("l1", Value("str", example="l1"), help="importance inside a group, a registered criterion: "
+                            "l1 | l2 (filter norms, Li et al. 2017) | taylor (Molchanov et al. 2019, Eq. 8, on the "
+                            "calibration set) | random | any other registered one")
     allocation: str = option("uniform", Choice(*ALLOCATIONS), help="with sparsity: uniform = one shared ratio found by "
                              "bisection | global = one threshold on mean-normalised scores | mrs (prune=mrs)")
     sparsity: float | None = option(None, FRACTION, help="global fraction of Conv2d/Linear weights removed "
@@ -78,6 +80,7 @@ class ChannelPruning:
         if semantics == "channel" and self.sparsity is not None:
             raise ConfigError(f"prune.ratio_semantics=channel but prune.sparsity={self.sparsity} is set too; "
                               f"set prune.sparsity=null to use prune.channel_ratio={self.channel_ratio}")
+        IMPORTANCES.entry(self.criterion, key="prune.criterion")  # a registered criterion (its module imported)
         if self.allocation == "mrs":
             self.check_mrs()
         return semantics
@@ -157,10 +160,18 @@ def channel_options(options: dict) -> MRSPruning:
     return opts
 
 
-def check_options(method, fixed: dict) -> None:
+def check_options(method, options: type, fixed: dict) -> None:
     """Check a bound channel method's options without a model (so a sweep fails before any training).
-    method: the functools.partial that ``instantiate(prune_cfg)`` returns; fixed: what its registration fixes."""
-    channel_options({**fixed, **method.keywords}).semantics()
+    method: the functools.partial that ``instantiate(prune_cfg)`` returns; options: the dataclass its
+    registration declares them with; fixed: what the registration fixes."""
+    values = {**fixed, **method.keywords}
+    unknown = sorted(set(values) - set(options.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"prune.{unknown[0]} is not an option of channel pruning; options: "
+                          f"{', '.join(options.__dataclass_fields__)}")
+    opts = options(**values)
+    check_fields(opts, "prune")
+    opts.semantics()
 
 
 def channel_pruning(model: nn.Module, context: PruneContext, **options) -> dict:
