@@ -1,4 +1,4 @@
-"""Declared defaults as Hydra config nodes: a conf file keeps only what differs (docs/concepts/options.md).
+"""Declared defaults as Hydra config nodes: a conf file keeps only what differs (docs/concepts/registry-and-options.md).
 
 Every registered thing that declares its options (:mod:`robprune.options`: ``Annotated`` parameters or a
 dataclass named by the registration's ``options=``) gets its defaults stored in Hydra's ConfigStore as

@@ -61,7 +61,7 @@ class Stage:
     precheck(pc): the checks this stage needs before ANY stage runs, given a :class:`Precheck` (the whole
     config, the data, the dense untrained model): a missing input file, an unreachable target on this
     model, a schedule that does not fit the data. Raises ConfigError; the pipeline calls the prechecks of
-    every planned stage, in order, before the first build (docs/concepts/stage-graph.md).
+    every planned stage, in order, before the first build (docs/concepts/how-a-run-works.md).
     instances(cfg): for a *family* (one stage per entry of a config node, e.g. the ingredients of a
     weight average), the concrete stages this config asks for, each with its own name and reads; the
     family's own declaration is then only a template. An input ``name*`` consumes every placed stage

@@ -5,7 +5,7 @@ A thing's options are a dataclass whose fields carry their spec (type, range, ch
 (:func:`spec_of`, read by :mod:`robprune.validate`), the defaults (:func:`defaults_of`, filled into the
 composed config under what the YAML file sets) and the keyword arguments the thing is built with. The
 generated configuration reference (docs/configuration/reference.md) is read from the same fields. See
-docs/concepts/options.md.
+docs/concepts/registry-and-options.md.
 
 A spec is a :class:`Value` (a leaf), a nested dict of specs, :data:`TARGET` (a node with a
 ``_target_``: its keys are the callable's options, see :mod:`robprune.validate`), :class:`MapOf` (free

@@ -1,4 +1,4 @@
-"""One registration mechanism for every kind of configurable thing (docs/concepts/registry.md).
+"""One registration mechanism for every kind of configurable thing (docs/concepts/registry-and-options.md).
 
 A pruning method, attack, model, dataset, training objective, optimizer wrapper or stage is registered
 once, under the name that is at the same time its conf file's stem (``conf/<group>/<name>.yaml``, for

@@ -6,7 +6,7 @@ attack leaves ``model.training``, parameters and their ``.grad`` as it found the
 detached tensor on x's device. Each attack registers itself in :data:`robprune.registry.ATTACKS` under its
 conf file's stem (``conf/attack/<name>.yaml``), with its options declared in its signature
 (``Annotated[type, spec]``: the schema the config is checked against); the contract tests run over every
-registered one (docs/how-to/add-an-attack.md).
+registered one (docs/how-to/add-attack.md).
 """
 from robprune.attacks.autoattack import autoattack, capture_warnings
 from robprune.attacks.pgd import fgsm, pgd

@@ -32,7 +32,7 @@ from robprune.registry import ATTACKS
 
 COMPAT = (None, "adverfine")
 STARTS = {True: "uniform", False: "none", "normal": "normal"}  # random_start value -> first iterate
-# The options of pgd (and fgsm), declared once: schema, defaults and signature (docs/concepts/options.md)
+# The options of pgd (and fgsm), declared once: schema, defaults and signature (docs/concepts/registry-and-options.md)
 Eps = Annotated[float, EPS, "budget in pixel units ([0,1] images), L∞ or L2 per norm"]
 Steps = Annotated[int, STEPS, "gradient steps"]
 StepSize = Annotated[float | None, Float(0, null=True, example="0.01"), "pixels per step; null = 2.5·eps/steps (Madry et al.)"]

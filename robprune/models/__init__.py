@@ -2,7 +2,7 @@
 ``in_channels, image_size, num_classes, mean, std`` (filled from the dataset) plus its own options, and
 returns a model whose first layer is :class:`Normalize`, so inputs are pixels in [0, 1]. Each
 registers itself in :data:`robprune.registry.MODELS` under its conf file's stem (``conf/model/<name>.yaml``),
-its options declared in its signature (docs/how-to/add-a-model.md). ``timm_model``
+its options declared in its signature (docs/how-to/add-model.md). ``timm_model``
 builds any timm architecture by name (``model=timm model.name=...``). ``text_classifier`` builds a
 transformers sequence classifier whose input is token ids (:mod:`robprune.models.text`)."""
 from robprune.models.cnn import cnn8, small_cnn

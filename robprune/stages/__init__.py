@@ -2,7 +2,7 @@
 decides which run (``Stage.when``). A method adds a stage by adding a module and placing it in
 :data:`ORDER` (where it sits in the graph); each is registered in :data:`robprune.registry.STAGES` under
 its name, the cache folder and the metrics key. The walk in :func:`robprune.pipeline.run` does not
-change (docs/how-to/add-a-stage.md)."""
+change (docs/how-to/add-stage.md)."""
 from robprune.registry import STAGES as REGISTRY
 from robprune.stages import average, calib, evaluate, finetune, prune, prune_train, quant, scores, train
 

@@ -42,7 +42,7 @@ SCORES_NODE = {"scores": TARGET}  # the scores stage's node (MRS scores or Taylo
 @dataclass(frozen=True)
 class ChannelPruning:
     """Options of structured channel pruning (prune=l1_filter, l2_filter, taylor, random), declared once:
-    the schema of their conf files, their defaults and what the method is built with (docs/concepts/options.md)."""
+    the schema of their conf files, their defaults and what the method is built with (docs/concepts/registry-and-options.md)."""
 
     method: str = option("channel", STR, help="name recorded in results (the registered name)")
     criterion: str = option("l1", Value("str", example="l1"), help="importance inside a group, a registered criterion: "

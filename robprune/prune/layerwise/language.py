@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -39,18 +41,72 @@ from robprune.prune.layerwise.streaming import (
 )
 from robprune.ui import track
 
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a solver prunes: the model (IN PLACE) and its frozen dense copy, the encoder's Linear groups
+    (layers sharing an input, forward order) and the head (pooler, classifier: refit, never pruned),
+    calibration ids (N, L) or None, the amount (sparsity or n_m), and the method's own options."""
+
+    model: nn.Module
+    dense: nn.Module
+    groups: list
+    head: list
+    ids: torch.Tensor | None
+    sparsity: float | None
+    n_m: tuple[int, int] | None
+    batch_size: int
+    device: Any
+    progress: bool
+    options: dict
+
+
+@dataclass(frozen=True)
+class Solver:
+    """How one layer-wise method prunes: ``run(job) -> {layer name: damping λ or None}``; a new method is
+    a Solver and a registered function passing it to :func:`prune_language_model` (docs/how-to/add-pruner.md)."""
+
+    run: Callable[[Job], dict]
+    needs_calibration: bool = True
+
+
+def _solve_obs(correct: bool) -> Callable[[Job], dict]:
+    def run(job: Job) -> dict:
+        return _obs(job.model, job.dense, job.groups, job.head if job.options.get("refit_head", True) else [], job.ids,
+                    correct=correct, sparsity=job.sparsity, n_m=job.n_m, rel_damp=job.options.get("rel_damp", 0.01),
+                    batch_size=job.batch_size, device=job.device, progress=job.progress)
+    return run
+
+
+def _solve_sparsegpt(job: Job) -> dict:
+    blocksize = int(job.options.get("blocksize", 128))
+    if job.n_m is not None and blocksize % job.n_m[1]:
+        raise ConfigError(f"prune.blocksize={blocksize} must be a multiple of M={job.n_m[1]} (prune.n_m); e.g. prune.blocksize=128")
+    return _sparsegpt(job.model, job.groups, job.ids, sparsity=job.sparsity, n_m=job.n_m,
+                      rel_damp=job.options.get("rel_damp", 0.01), blocksize=blocksize, batch_size=job.batch_size,
+                      device=job.device, progress=job.progress)
+
+
 # kr_obs: docs/methods/kr.md#step-2. obs_independent: the same OBS with inputs from the dense model (no
 # cumulative-error correction; an ablation). sparsegpt, magnitude: the baselines of docs/methods/baselines.md.
-METHODS = ("kr_obs", "obs_independent", "sparsegpt", "magnitude")
+SOLVERS = {
+    "kr_obs": Solver(_solve_obs(correct=True)),
+    "obs_independent": Solver(_solve_obs(correct=False)),
+    "sparsegpt": Solver(_solve_sparsegpt),
+    "magnitude": Solver(lambda job: _magnitude(job.groups, job.sparsity, job.n_m, job.options.get("scope", "layer")),
+                        needs_calibration=False),
+}
+METHODS = tuple(SOLVERS)
 
-__all__ = ["METHODS", "prune_language_model", "reconstruction_report", "write_report"]
+__all__ = ["METHODS", "SOLVERS", "Job", "Solver", "prune_language_model", "reconstruction_report", "write_report"]
 
 
 def prune_language_model(model: nn.Module, calib_ids: torch.Tensor | None = None, *, method: str,
                          sparsity: float | None = None, n_m: tuple[int, int] | None = None, scope: str = "layer",
                          rel_damp: float = 0.01, blocksize: int = 128, batch_size: int = 32,
                          refit_head: bool = True, heldout_ids: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                         progress: bool = False) -> dict:
+                         progress: bool = False, solver: Solver | None = None, **extra) -> dict:
     """Prune the encoder Linear layers of a TextClassifier IN PLACE (exact zeros in the weights).
 
     calib_ids: (N, L) int64 calibration sentences, right-padded with model.pad_id (any padding length:
@@ -66,29 +122,27 @@ def prune_language_model(model: nn.Module, calib_ids: torch.Tensor | None = None
     in :func:`_info`.
     """
     started = time.perf_counter()
-    sparsity, n_m = _check_options(method, sparsity, n_m, scope, rel_damp, blocksize, batch_size)
+    solver = solver or SOLVERS.get(method)
+    if solver is None:
+        raise ConfigError(f"prune.method={method!r} is not a language-model pruning method; use one of {', '.join(METHODS)}")
+    sparsity, n_m = _check_options(sparsity, n_m, scope, rel_damp, blocksize, batch_size)
     if not isinstance(refit_head, bool):
         raise ConfigError(f"prune.refit_head must be true or false, got {refit_head!r}; e.g. prune.refit_head=false")
-    if calib_ids is None and method != "magnitude":
+    if calib_ids is None and solver.needs_calibration:
         raise ConfigError(f"prune.method={method} needs calibration sentences; pass calib_ids (N, L) token ids")
     training = model.training
     model.to(device).eval()
     try:
         ids = calib_ids if calib_ids is not None else heldout_ids
         groups, head = linear_groups(model, None if ids is None else ids[:1].to(device))
-        _check_n_m(n_m, groups, method, blocksize)
+        if n_m is not None:
+            check_n_m_fits(n_m, ((name, module.in_features) for group in groups for name, module in group))
         dense = copy.deepcopy(model).requires_grad_(False)  # frozen reference (knowledge to retain)
         params = sum(p.numel() for p in model.parameters())
-        options = {"sparsity": sparsity, "n_m": n_m, "rel_damp": rel_damp, "batch_size": batch_size,
-                   "device": device, "progress": progress}
+        job = Job(model, dense, groups, head, calib_ids, sparsity, n_m, batch_size, device, progress,
+                  {"scope": scope, "rel_damp": rel_damp, "blocksize": blocksize, "refit_head": refit_head, **extra})
         with torch.no_grad():
-            if method == "magnitude":
-                damping = _magnitude(groups, sparsity, n_m, scope)
-            elif method == "sparsegpt":
-                damping = _sparsegpt(model, groups, calib_ids, blocksize=blocksize, **options)
-            else:
-                damping = _obs(model, dense, groups, head if refit_head else [], calib_ids,
-                               correct=method == "kr_obs", **options)
+            damping = solver.run(job)
         report_ids = heldout_ids if heldout_ids is not None else calib_ids
         errors = [] if report_ids is None else reconstruction_report(dense, model, report_ids, batch_size, device)
     finally:
@@ -97,10 +151,8 @@ def prune_language_model(model: nn.Module, calib_ids: torch.Tensor | None = None
                  seconds=time.perf_counter() - started)
 
 
-def _check_options(method, sparsity, n_m, scope, rel_damp, blocksize, batch_size):
+def _check_options(sparsity, n_m, scope, rel_damp, blocksize, batch_size):
     """ConfigError (one line, naming the key) for a bad option; returns (sparsity, n_m) resolved."""
-    if method not in METHODS:
-        raise ConfigError(f"prune.method={method!r} is not a language-model pruning method; use one of {', '.join(METHODS)}")
     if scope not in ("layer", "global"):
         raise ConfigError(f"prune.scope must be layer or global, got {scope!r}")
     if not rel_damp > 0:
@@ -117,14 +169,6 @@ def _check_options(method, sparsity, n_m, scope, rel_damp, blocksize, batch_size
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"prune.sparsity must be in [0, 1), got {sparsity}; e.g. prune.sparsity=0.5")
     return sparsity, None
-
-
-def _check_n_m(n_m, groups: list[Group], method: str, blocksize: int) -> None:
-    if n_m is None:
-        return
-    check_n_m_fits(n_m, ((name, module.in_features) for group in groups for name, module in group))
-    if method == "sparsegpt" and blocksize % n_m[1]:
-        raise ConfigError(f"prune.blocksize={blocksize} must be a multiple of M={n_m[1]} (prune.n_m); e.g. prune.blocksize=128")
 
 
 def _magnitude(groups: list[Group], sparsity, n_m, scope: str) -> dict[str, float | None]:

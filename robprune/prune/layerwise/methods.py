@@ -25,7 +25,11 @@ Method = Annotated[str, STR, "name recorded in results"]
 BatchSize = Annotated[int, SIZE, "calibration sentences per forward pass (memory: one batch of activations)"]
 
 
-def _prune(model: nn.Module, context: PruneContext, method: str, sparsity, n_m, **options) -> dict:
+def prune_layers(model: nn.Module, context: PruneContext, method: str, sparsity, n_m, *, solver=None,
+                 **options) -> dict:
+    """Prune a text model's encoder layer by layer with ``solver`` (a
+    :class:`robprune.prune.layerwise.language.Solver`; None: the built-in one of ``method``), the
+    calibration sentences from ``context``; the info dict of :func:`robprune.prune.prune_model`."""
     from robprune.prune.layerwise.language import prune_language_model
 
     if not hasattr(model, "pad_id"):
@@ -34,7 +38,7 @@ def _prune(model: nn.Module, context: PruneContext, method: str, sparsity, n_m, 
     pattern = parse_n_m(n_m)
     info = prune_language_model(model, context.calib_ids, method=method, sparsity=None if pattern else sparsity,
                                 n_m=pattern, heldout_ids=context.heldout_ids, device=context.device,
-                                progress=context.progress, **options)
+                                progress=context.progress, solver=solver, **options)
     return {**info, "history": [], "report": True, "ratio_semantics": "params", "channel_ratio": None}
 
 
@@ -48,7 +52,7 @@ def kr_obs(model: nn.Module, context: PruneContext, *, sparsity: Sparsity = 0.5,
     """Knowledge-retention OBS: layer by layer in forward order, inputs through the already pruned model,
     the dense weights refit to the dense outputs, then exact OBS removal per row (docs/methods/kr.md#step-2 (2a-2d));
     the pooler and classifier refit too unless ``refit_head`` is false."""
-    return _prune(model, context, method, sparsity, n_m, rel_damp=rel_damp, batch_size=batch_size,
+    return prune_layers(model, context, method, sparsity, n_m, rel_damp=rel_damp, batch_size=batch_size,
                   refit_head=refit_head)
 
 
@@ -61,7 +65,7 @@ def sparsegpt(model: nn.Module, context: PruneContext, *, sparsity: Sparsity = 0
                                    "updates (the paper's 128)"] = 128,
               batch_size: BatchSize = 32) -> dict:
     """SparseGPT, independent layer-wise (Frantar & Alistarh 2023, Algorithm 1): dense inputs, no refit."""
-    return _prune(model, context, method, sparsity, n_m, rel_damp=percdamp, blocksize=blocksize,
+    return prune_layers(model, context, method, sparsity, n_m, rel_damp=percdamp, blocksize=blocksize,
                   batch_size=batch_size)
 
 
@@ -71,7 +75,7 @@ def magnitude(model: nn.Module, context: PruneContext, *, sparsity: Sparsity = 0
               scope: Annotated[str, Choice("layer", "global"), "layer = each Linear loses the fraction | global = one "
                                "|w| threshold over all encoder Linears"] = "layer") -> dict:
     """Magnitude pruning of the encoder Linear weights, per layer or one global threshold (``scope``)."""
-    return _prune(model, context, method, sparsity, n_m, scope=scope)
+    return prune_layers(model, context, method, sparsity, n_m, scope=scope)
 
 
 def measured_sparsity(model: nn.Module) -> dict | None:
