@@ -114,7 +114,7 @@ def spec_for(group: str, option: str, key: str, data: dict, conf: Path | None = 
     for part in node.split("."):
         root = root.get(part) if isinstance(root, dict) else None
     if group == "dataset":
-        root = {**schema.DATASET, **schema.DATASET_EXTRA.get(option, {})}
+        root = {**schema.DATASET, **schema.dataset_keys(option)}
     return _walk({"": root}, key, targets)
 
 

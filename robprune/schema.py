@@ -14,7 +14,7 @@ from robprune.corruptions import SOURCES
 from robprune.options import (ANY, BOOL, EPS, FRACTION, HYDRA_KEYS, PATH, SEED, SIZE, STEPS, STR, TARGET,  # noqa: F401
                                TRAINING, Choice, Float, Int, MapOf, Value, declared, spec_of, unknown_key)
 from robprune.prune.channel.sensitivity import PERTURBATIONS
-from robprune.registry import REGISTRIES, Entry, locate, target_entry
+from robprune.registry import DATASETS, REGISTRIES, Entry, locate, target_entry
 from robprune.train.recipe import SCHEDULES
 from robprune.train.sharpness import IMPORTANCES, NORMALIZE
 from robprune.train.sharpness import METHODS as SHARPNESS_METHODS
@@ -42,16 +42,16 @@ DATASET = {"name": STR, "root": PATH, "download": BOOL, "train_split": STR, "tes
            "num_classes": Int(1, null=True, example="10"), "mean": Value("list", item=Float(0, high=1)),
            "std": Value("list", item=Float(0, low_open=True)), "eps": EPS, "eps_l2": Float(0, example="0.5"),
            "augment": {"crop_padding": Int(0, example="4"), "hflip": BOOL}}
-FILELESS = ("digits", "synthetic")  # datasets that need no dataset.root folder
-TEXT_DATASET = {"modality": Choice("text"), "max_length": Int(2, example="64"), "tokenizer": Value("str", null=True, example="minilm-l6"),
-                "heldout_split": Value("str", null=True, example="'train[8000:8500]'")}
-DATASET_EXTRA = {  # keys only some datasets read (conf/dataset/<name>.yaml)
-    "sst2": TEXT_DATASET, "imdb": TEXT_DATASET, "ag_news": TEXT_DATASET,
-    "imagefolder": {"channels": Choice(1, 3, example="3"), "image_size": Int(1, null=True, example="32"),
-                    "mean": Value("list", item=Float(0, high=1), null=True), "std": Value("list", item=Float(0, low_open=True), null=True)},
-    "synthetic": {"num_train": Int(1, example="1024"), "num_test": Int(1, example="256"), "channels": Int(1, example="3"),
-                  "image_size": Int(1, example="32"), "seed": Int(example="0")},
-}
+
+
+def dataset_keys(name: str) -> dict:
+    """The keys only dataset ``name`` reads (its registration's ``keys``; conf/dataset/<name>.yaml)."""
+    return DATASETS.entry(name).meta.get("keys", {}) if name in DATASETS else {}
+
+
+def reads_files(name: str) -> bool:
+    """Whether dataset ``name`` is read from files under dataset.root (its registration's ``files``)."""
+    return not (name in DATASETS and DATASETS.entry(name).meta.get("files", True) is False)
 # greedy weight averaging (robprune.stages.average): ingredient recipes merged over `train`, the scoring attack
 INGREDIENT = {"epochs": Int(0, example="2"), "objective": ANY, "optimizer": ANY, "schedule": ANY,  # merged over train, then checked as a train node
               "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0"), "seed": Int(example="1")}

@@ -100,7 +100,7 @@ def check_node(node, spec: dict, path: str) -> None:
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path} must be a group of keys, got {node!r}; pick an option of its group, e.g. {path}=<option>")
     if path == "dataset":
-        spec = {**spec, **schema.DATASET_EXTRA.get(str(node.get("name")), {})}
+        spec = {**spec, **schema.dataset_keys(str(node.get("name")))}
     for key in schema.REQUIRED.get(path, ()):
         if key not in node:
             raise ConfigError(f"{path + '.' if path else ''}{key} is not set (removed with ~?); put it back, "
@@ -338,7 +338,7 @@ def check_split_not_empty(spec: str, part, key: str) -> None:
 
 def check_data_root(node: DictConfig) -> None:
     """A dataset read from files, without download, needs its folder to exist."""
-    if str(node.name) in schema.FILELESS or node.get("download"):
+    if not schema.reads_files(str(node.name)) or node.get("download"):
         return
     root = node.get("root")
     if root is None or not Path(str(root)).expanduser().is_dir():

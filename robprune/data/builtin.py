@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from robprune.config import require_positive
 from robprune.data.source import Arrays, Source, get
+from robprune.options import Int
 from robprune.registry import DATASETS
 
 _DIGITS_TEST_EVERY = 5  # every 5th image of each class is a test image -> an exact, stratified 80/20 split
@@ -55,5 +56,7 @@ def _synthetic(cfg: DictConfig, split: str, files: list) -> Arrays:
 DIGITS = Source(splits=lambda cfg: ("train", "test"), decode=_digits)
 SYNTHETIC = Source(splits=lambda cfg: ("train", "test"), decode=_synthetic)
 
-DATASETS.add("digits", DIGITS, modality="image")
-DATASETS.add("synthetic", SYNTHETIC, modality="image")
+DATASETS.add("digits", DIGITS, modality="image", files=False)  # scikit-learn's bundled copy: no dataset.root
+DATASETS.add("synthetic", SYNTHETIC, modality="image", files=False, keys={  # the keys only it reads
+    "num_train": Int(1, example="1024"), "num_test": Int(1, example="256"), "channels": Int(1, example="3"),
+    "image_size": Int(1, example="32"), "seed": Int(example="0")})

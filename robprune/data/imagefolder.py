@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from robprune.data.source import Arrays, Source, get, missing_files, root_dir
 from robprune.errors import ConfigError, DataError
+from robprune.options import Choice, Float, Int, Value
 from robprune.registry import DATASETS
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -105,4 +106,6 @@ def _splits(cfg: DictConfig) -> tuple[str, ...]:
 SOURCE = Source(splits=_splits, decode=_decode, locate=_locate,
                 num_classes=lambda cfg: len(_classes(cfg)), cache_keys=("channels", "image_size"))
 
-DATASETS.add("imagefolder", SOURCE, modality="image")
+DATASETS.add("imagefolder", SOURCE, modality="image", keys={  # the keys only it reads
+    "channels": Choice(1, 3, example="3"), "image_size": Int(1, null=True, example="32"),
+    "mean": Value("list", item=Float(0, high=1), null=True), "std": Value("list", item=Float(0, low_open=True), null=True)})

@@ -46,6 +46,7 @@ from omegaconf import DictConfig
 from robprune.data.source import get, missing_files, root_dir, try_download
 from robprune.errors import ConfigError, DataError
 from robprune.io import atomic_write
+from robprune.options import Choice, Int, Value
 from robprune.registry import DATASETS
 
 Texts = tuple[list[str], torch.Tensor]  # sentences, (N,) int64 labels in [0, num_classes)
@@ -388,6 +389,10 @@ IMDB = TextSource(splits=("train", "test"), locate=_imdb_locate, read=lambda cfg
 AG_NEWS = TextSource(splits=("train", "test"), locate=_ag_locate,
                      read=lambda cfg, split, files: read_ag_news(files[0]), num_classes=4)
 
-DATASETS.add("sst2", SST2, modality="text")
-DATASETS.add("imdb", IMDB, modality="text")
-DATASETS.add("ag_news", AG_NEWS, modality="text")
+# the keys every text dataset reads besides the common ones (conf/dataset/<name>.yaml)
+TEXT_KEYS = {"modality": Choice("text"), "max_length": Int(2, example="64"),
+             "tokenizer": Value("str", null=True, example="minilm-l6"),
+             "heldout_split": Value("str", null=True, example="'train[8000:8500]'")}
+DATASETS.add("sst2", SST2, modality="text", keys=TEXT_KEYS)
+DATASETS.add("imdb", IMDB, modality="text", keys=TEXT_KEYS)
+DATASETS.add("ag_news", AG_NEWS, modality="text", keys=TEXT_KEYS)
