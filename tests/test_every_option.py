@@ -1,0 +1,215 @@
+"""Every option of every config group runs, and so does every shipped experiment (issue 22 item 5).
+
+Options are the ``conf/<group>/*.yaml`` files, listed by ``options(group)``: a new file is a new test case
+without editing this file. Each runs the real pipeline in-process, composed from the real config with
+that option, ``offline(cfg)`` (tiny real-format files for datasets that need files, a tiny local BERT for a
+hub model) and ``shrink(cfg)`` (every budget the composed config holds cut to the least that exercises
+it). Image options run on the embedded digits default; an option the digits default refuses with a
+ConfigError naming what it needs runs on the next base that accepts it: 32x32 images generated in memory
+(e.g. VGG's five pools), or a tiny SST-2-format set with a tiny BERT (text datasets, models, objectives,
+pruners, attacks). Every
+experiment of conf/experiment runs through the real command as a Hydra multirun. All cases share one
+stage cache per session (xdist workers included), so e.g. every prune option reuses one dense model.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from robprune.compose import compose
+from robprune.errors import ConfigError
+from robprune.pipeline import run
+from tests.helpers import REPO, read_metrics, robprune
+from tests.tiny_roots import image_root, imagefolder_root, shared_folder, text_root
+
+CONF = REPO / "conf"
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group: the stems of ``conf/<group>/*.yaml``."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+# The defaults a case starts from, first to last: the embedded digits default; 32x32 images generated in
+# memory (dataset=synthetic) for options that need larger images; a tiny text pipeline (the text_sst2
+# experiment's groups: a local BERT, a tiny SST-2 set). No training curves, a cheap evaluation (an
+# eval or attack option replaces or extends it).
+BASES = {"image": ["logger=none", "eval=pgd"], "image32": ["logger=none", "eval=pgd", "dataset=synthetic"],
+         "text": ["dataset=sst2", "model=bert", "train=text_finetune", "prune=none", "finetune=none", "eval=clean",
+                  "logger=none"]}
+TINY_TRAIN, TINY_TEST = 64, 32  # examples of the training and test splits of every run
+
+
+# ---------------------------------------------------------------- what a composed config needs to run here
+
+def offline(cfg, roots: dict) -> list[str]:
+    """Overrides that point a composed config at the tiny local files: the data root of its dataset, a
+    local BERT for a hub model name, a local masked LM where BERT-Attack needs one, no downloads, and a
+    tracking store under the cache folder."""
+    out = ["data.download=false"]
+    name, text = str(cfg.dataset.name), cfg.dataset.get("modality") == "text"
+    if text:
+        out.append(f"data.root={roots['text']}")
+    elif name == "imagefolder":
+        out.append(f"data.root={roots['imagefolder']}")
+    elif name not in ("digits", "synthetic"):
+        out.append(f"data.root={roots['image']}")
+    if name == "tiny_imagenet":
+        out.append("dataset.num_classes=null")  # the fixture tree has 3 of the 200 classes
+    pretrained = OmegaConf.select(cfg, "model.pretrained", default=None)
+    if isinstance(pretrained, str) and pretrained != "minilm-l6" and not Path(pretrained).exists():
+        out.append(f"model.pretrained={roots['text'] / 'encoder'}")  # a hub name: nothing is downloaded here
+    for name, attack in _attacks(cfg):
+        if "mlm" in attack.keys() and OmegaConf.is_missing(attack, "mlm"):
+            out.append(f"{name}.mlm={roots['text'] / 'mlm'}")
+    if OmegaConf.select(cfg, "logger.mlflow", default=None) is not None:
+        out.append(f"logger.mlflow.tracking_uri={Path(str(cfg.cache_dir)).parent / 'mlruns'}")
+    return out
+
+
+def _attacks(cfg):
+    """(key, node) of every attack config the run evaluates with."""
+    for name, node in (OmegaConf.select(cfg, "eval.attacks", default=None) or {}).items():
+        yield f"eval.attacks.{name}", node
+    attack = OmegaConf.select(cfg, "average.attack", default=None)
+    if attack is not None:
+        yield "average.attack", attack
+
+
+def _split(spec: str) -> str:
+    return str(spec).split("[", 1)[0]
+
+
+def shrink(cfg) -> list[str]:
+    """Overrides cutting every budget that ``cfg`` holds to the least that still runs its code: one epoch
+    on a few dozen examples, one attack step, a handful of attacked examples, one latency repeat."""
+    has = lambda key: OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False) is not None  # noqa: E731
+    train, test = _split(cfg.dataset.train_split), _split(cfg.dataset.test_split)
+    out = [f"dataset.train_split='{train}[:{TINY_TRAIN}]'",
+           f"dataset.test_split='{test}[{TINY_TRAIN}:{TINY_TRAIN + TINY_TEST}]'" if test == train
+           else f"dataset.test_split='{test}[:{TINY_TEST}]'", "data.batch_size=32"]
+    if has("dataset.heldout_split"):
+        out.append(f"dataset.heldout_split='{_split(cfg.dataset.heldout_split)}[{TINY_TRAIN + TINY_TEST}:]'")
+    for key, value in (("model.width", 8), ("model.hidden", 16), ("model.width_mult", 0.125)):
+        if has(key):
+            out.append(f"{key}={value}")
+    if has("model.name") and str(cfg.model.get("_target_", "")).endswith("timm_model"):
+        out.append("model.name=resnet10t")  # the smallest timm ResNet: the option's code path, a tenth of the cost
+    for node in ("train", "finetune", "quant.train", "prune.during_training"):
+        if has(f"{node}.epochs"):
+            out.append(f"{node}.epochs={min(1, int(OmegaConf.select(cfg, f'{node}.epochs')))}")
+        if node == "quant.train":  # its objective is ${train.objective}, shrunk there
+            continue
+        if has(f"{node}.objective.attack.steps"):
+            out.append(f"{node}.objective.attack.steps=1")
+        if has(f"{node}.objective.adv_steps"):
+            out.append(f"{node}.objective.adv_steps=1")
+    if has("prune.during_training"):  # 2 batches of one epoch: prune at steps 1 and 2
+        out += ["prune.during_training.prune_interval=1", "prune.during_training.prune_steps=2"]
+    for key, value in (("quant.calibration.n_examples", 32), ("prune.scores.n_images", 32), ("prune.scores.steps", 1),
+                       ("prune.scores.attack.steps", 1), ("prune.scores.draws", 1), ("prune.scores.damage_seeds", "[0]"),
+                       ("prune.calibration.n", 16), ("prune.calibration.heldout", 8), ("prune.batch_size", 8),
+                       ("eval.large_eps_n", 8), ("eval.corruptions.n_examples", 8), ("eval.corruptions.severities", "[1]"),
+                       ("eval.latency.repeats", 1), ("eval.latency.warmup", 0), ("eval.latency.batch_size", 4),
+                       ("average.n_score", 4)):
+        if has(key):
+            out.append(f"{key}={value}")
+    for name in (OmegaConf.select(cfg, "average.ingredients", default=None) or {}):
+        out.append(f"++average.ingredients.{name}.epochs=1")
+    for name in (OmegaConf.select(cfg, "eval.n_examples", default=None) or {}):
+        out.append(f"eval.n_examples.{name}=4")
+    for key, attack in _attacks(cfg):
+        for knob, value in (("steps", 1), ("n_iter", 2), ("n_queries", 10), ("query_budget", 20), ("max_candidates", 4),
+                            ("word_candidates", 2), ("vocab_size", 2000)):
+            if knob in attack:
+                out.append(f"{key}.{knob}={value}")
+    return out
+
+
+# ---------------------------------------------------------------- running one option
+
+@pytest.fixture(scope="session")
+def roots(tmp_path_factory, worker_id):
+    return {"image": shared_folder(tmp_path_factory, worker_id, "every_option_image", image_root),
+            "imagefolder": shared_folder(tmp_path_factory, worker_id, "every_option_folder", imagefolder_root),
+            "text": shared_folder(tmp_path_factory, worker_id, "every_option_text", text_root)}
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory, worker_id):
+    """One stage cache for every case of the session (its lock serialises the workers' builds)."""
+    return shared_folder(tmp_path_factory, worker_id, "every_option_cache", lambda folder: None)
+
+
+def selection(group: str, option: str) -> list[str]:
+    """The overrides choosing ``option`` of ``group`` as a user writes them."""
+    if group == "attack":  # an attack is an evaluation entry named after it: robust_acc/<option>
+        return [f"+attack@eval.attacks.{option}={option}", f"+eval.n_examples.{option}=4"]
+    if group == "eval/corruptions":
+        return [f"+eval/corruptions@eval.corruptions={option}"]
+    if group == "compress":  # a study axis outside the root defaults (conf/experiment/adverfine_*)
+        return [f"+compress={option}"]
+    return [f"{group}={option}"]
+
+
+def compose_run(overrides: list[str], roots: dict) -> tuple:
+    """(config, choices as the command records them): the composed config plus offline() and shrink()."""
+    cfg = compose(overrides)
+    cfg = compose([*overrides, *offline(cfg, roots), *shrink(cfg)], with_hydra=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items()
+               if not k.startswith("hydra") and "@" not in k and v is not None}  # what robprune.app records
+    with __import__("omegaconf").open_dict(cfg):
+        cfg.pop("hydra")
+    return cfg, choices
+
+
+def run_option(group: str, option: str, roots: dict, cache: Path, run_dir: Path, *extra: str) -> dict:
+    """Run the option on the first of BASES whose run accepts it. A base's refusal comes before any stage
+    (validation, the data, the dense model) and must say what the option needs: text inputs, larger images."""
+    refusals = []
+    for base in BASES.values():
+        if group == "attack":  # an attack option is added to an evaluation without attacks
+            base = [o for o in base if not o.startswith("eval=")] + ["eval=clean"]
+        try:
+            cfg, choices = compose_run([*base, *selection(group, option), f"cache_dir={cache}", *extra], roots)
+            metrics = run(cfg, run_dir, choices=choices)
+        except ConfigError as err:
+            assert not (run_dir / "metrics.json").exists()
+            refusals.append(str(err))
+            continue
+        for refusal in refusals:
+            assert re.search(r"text|transformer|token|embedding|image", refusal, re.I), refusal
+        break
+    else:
+        raise AssertionError(f"no base runs {group}={option}: {refusals}")
+    assert metrics == read_metrics(run_dir)
+    assert 0 <= metrics["clean_acc"] <= 1 and metrics["params"] > 0
+    assert isinstance(metrics["checks"], dict)
+    assert (run_dir / "config.yaml").exists() and (run_dir / "model.safetensors").exists()
+    return metrics
+
+
+GROUPS = ["dataset", "model", "train", "prune", "quant", "finetune", "eval", "eval/corruptions", "attack", "logger",
+          "compress"]
+CASES = [(group, option) for group in GROUPS for option in options(group)]
+
+
+def recorded(group: str, option: str, metrics: dict, run_dir: Path) -> bool:
+    """The option's name where the results record it."""
+    config = OmegaConf.load(run_dir / "config.yaml")
+    if group == "attack":
+        return f"robust_acc/{option}" in metrics and option in config.eval.attacks
+    if group == "eval/corruptions":
+        return metrics["choices"][group] == option and "corruption_acc/mean" in metrics
+    named = {"dataset": metrics["dataset"]["name"], "prune": config.prune.method, "quant": config.quant.method}
+    return metrics["choices"][group] == option and named.get(group, option) == option
+
+
+@pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_option_runs(group, option, roots, cache, tmp_path):
+    metrics = run_option(group, option, roots, cache, tmp_path / "run")
+    assert recorded(group, option, metrics, tmp_path / "run"), (group, option, metrics.get("choices"))
