@@ -24,7 +24,7 @@ from robprune.compose import compose
 from robprune.errors import ConfigError
 from robprune.pipeline import run
 from tests.helpers import REPO, read_metrics, robprune
-from tests.tiny_roots import image_root, imagefolder_root, shared_folder, text_root
+from tests.tiny_roots import image_root, shared_folder, text_root, tiny_imagenet_root
 
 CONF = REPO / "conf"
 
@@ -54,12 +54,10 @@ def offline(cfg, roots: dict) -> list[str]:
     name, text = str(cfg.dataset.name), cfg.dataset.get("modality") == "text"
     if text:
         out.append(f"data.root={roots['text']}")
-    elif name == "imagefolder":
-        out.append(f"data.root={roots['imagefolder']}")
+    elif name == "tiny_imagenet":
+        out += [f"data.root={roots['tiny_imagenet']}", "dataset.num_classes=null"]  # the tree has 3 of its 200 classes
     elif name not in ("digits", "synthetic"):
         out.append(f"data.root={roots['image']}")
-    if name == "tiny_imagenet":
-        out.append("dataset.num_classes=null")  # the fixture tree has 3 of the 200 classes
     pretrained = OmegaConf.select(cfg, "model.pretrained", default=None)
     if isinstance(pretrained, str) and pretrained != "minilm-l6" and not Path(pretrained).exists():
         out.append(f"model.pretrained={roots['text'] / 'encoder'}")  # a hub name: nothing is downloaded here
@@ -88,13 +86,13 @@ def shrink(cfg) -> list[str]:
     """Overrides cutting every budget that ``cfg`` holds to the least that still runs its code: one epoch
     on a few dozen examples, one attack step, a handful of attacked examples, one latency repeat."""
     has = lambda key: OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False) is not None  # noqa: E731
-    train, test = _split(cfg.dataset.train_split), _split(cfg.dataset.test_split)
-    out = [f"dataset.train_split='{train}[:{TINY_TRAIN}]'",
-           f"dataset.test_split='{test}[{TINY_TRAIN}:{TINY_TRAIN + TINY_TEST}]'" if test == train
+    test = _split(cfg.dataset.test_split)  # every dataset has a train split (MNIST experiments carve theirs from test)
+    out = [f"dataset.train_split='train[:{TINY_TRAIN}]'",
+           f"dataset.test_split='{test}[{TINY_TRAIN}:{TINY_TRAIN + TINY_TEST}]'" if test == "train"
            else f"dataset.test_split='{test}[:{TINY_TEST}]'", "data.batch_size=32"]
     if has("dataset.heldout_split"):
         out.append(f"dataset.heldout_split='{_split(cfg.dataset.heldout_split)}[{TINY_TRAIN + TINY_TEST}:]'")
-    for key, value in (("model.width", 8), ("model.hidden", 16), ("model.width_mult", 0.125)):
+    for key, value in (("model.width", 8), ("model.width_mult", 0.125)):
         if has(key):
             out.append(f"{key}={value}")
     if has("model.name") and str(cfg.model.get("_target_", "")).endswith("timm_model"):
@@ -135,7 +133,7 @@ def shrink(cfg) -> list[str]:
 @pytest.fixture(scope="session")
 def roots(tmp_path_factory, worker_id):
     return {"image": shared_folder(tmp_path_factory, worker_id, "every_option_image", image_root),
-            "imagefolder": shared_folder(tmp_path_factory, worker_id, "every_option_folder", imagefolder_root),
+            "tiny_imagenet": shared_folder(tmp_path_factory, worker_id, "every_option_tiny_imagenet", tiny_imagenet_root),
             "text": shared_folder(tmp_path_factory, worker_id, "every_option_text", text_root)}
 
 
@@ -213,3 +211,61 @@ def recorded(group: str, option: str, metrics: dict, run_dir: Path) -> bool:
 def test_option_runs(group, option, roots, cache, tmp_path):
     metrics = run_option(group, option, roots, cache, tmp_path / "run")
     assert recorded(group, option, metrics, tmp_path / "run"), (group, option, metrics.get("choices"))
+
+
+# ---------------------------------------------------------------- every shipped experiment, through the command
+
+SYMBOLIC = {name: Path(f"{{{name}}}") for name in ("image", "tiny_imagenet", "text")}  # filled in when a test runs
+
+
+def experiment_overrides(name: str) -> list[str]:
+    """What an experiment needs on top of its file to run here in seconds: offline() and shrink(), and a
+    tiny local encoder for a text model (the packaged MiniLM runs in test_option_runs[model=minilm])."""
+    cfg = compose([f"+experiment={name}"])
+    small = [f"model.pretrained={SYMBOLIC['text'] / 'encoder'}"] if "pretrained" in cfg.model else []
+    return [*offline(cfg, SYMBOLIC), *shrink(cfg), *small]
+
+
+def experiment_groups() -> list[tuple[list[str], list[str]]]:
+    """(overrides, experiments): experiments that need the same overrides run as one multirun. Hydra
+    composes a multirun's first config without the swept experiment, where keys of an experiment's
+    groups (prune.scores, ...) are missing: a group's overrides are given as ``++key=value`` (set, or add
+    where missing), which sets the same keys of every job as ``key=value``. An experiment alone in its
+    group is not swept, so its own grid (``hydra.sweeper.params``, e.g. the Adver-Fine grid) would be:
+    each axis is pinned to its first value."""
+    groups: dict[tuple, list[str]] = {}
+    for name in options("experiment"):
+        groups.setdefault(tuple(experiment_overrides(name)), []).append(name)
+    out = []
+    for overrides, names in groups.items():
+        if len(names) == 1:
+            grid = OmegaConf.select(compose([f"+experiment={names[0]}"], with_hydra=True), "hydra.sweeper.params",
+                                    default=None) or {}
+            out.append(([*(f"{axis}={str(values).split(',')[0].strip()}" for axis, values in grid.items()),
+                         *overrides], names))
+        else:
+            out.append(([f"++{o.lstrip('+')}" for o in overrides], names))
+    return out
+
+
+EXPERIMENTS = experiment_groups()
+
+
+@pytest.mark.parametrize("overrides, names", EXPERIMENTS, ids=["+".join(names) for _, names in EXPERIMENTS])
+def test_experiments_run_through_the_command(overrides, names, roots, cache, tmp_path):
+    """``robprune run -m +experiment=a,b`` (Hydra's multirun, as lightning-hydra-template's experiment
+    test): every job writes its metrics, and the experiment is recorded among the run's choices."""
+    args = [o.format(**{k: str(v) for k, v in roots.items()}) for o in overrides]
+    sweep = tmp_path / "sweep"
+    res = robprune(["run", "-m", f"+experiment={','.join(names)}", *args, f"cache_dir={cache}",
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted(sweep.glob("*/metrics.json"))
+    assert len(jobs) == len(names), (names, jobs)
+    ran = {}
+    for path in jobs:
+        metrics = json.loads(path.read_text())
+        assert 0 <= metrics["clean_acc"] <= 1 and isinstance(metrics["checks"], dict)
+        assert (path.parent / "model.safetensors").exists() and (path.parent / "run.log").exists()
+        ran[metrics["choices"]["experiment"]] = metrics
+    assert sorted(ran) == sorted(names)

@@ -1,16 +1,8 @@
-"""Tiny data roots in the real on-disk formats, one folder per modality, so that every dataset option
-and every shipped experiment can run offline with ``data.root=<folder>``:
-
-- ``image_root``: MNIST and Fashion-MNIST IDX files (torchvision's ``<root>/<Name>/raw`` layout), the
-  CIFAR-10 and CIFAR-100 pickle batches, SVHN ``.mat`` files and a Tiny-ImageNet tree, side by side;
-- ``imagefolder_root``: ``<root>/<split>/<class>/<image>.png`` (an image folder takes every folder under
-  its root as a split, so it cannot share the other image files' root);
-- ``text_root``: SST-2 TSVs, the AG News CSVs and the aclImdb tree of the same synthetic sentences, a tiny
-  BERT classifier whose WordPiece vocabulary was trained on them (``bert``), a tiny encoder without a head on
-  that tokenizer (``encoder``, as a hub checkpoint like bert-base-uncased is) and a tiny masked LM on it
-  (BERT-Attack's ``mlm``).
-
-Writers come from tests/data_fixtures.py, tests/text_fixtures.py and tests/test_tiny_imagenet.py.
+"""Tiny data roots in the real on-disk formats, so that every dataset option and every shipped
+experiment runs offline with ``data.root=<folder>``: ``image_root`` (every file-based image dataset but
+Tiny-ImageNet, side by side), ``tiny_imagenet_root`` and ``text_root`` (SST-2, AG News and IMDB files of
+one synthetic corpus, a tiny BERT trained on nothing, a head-less encoder and a masked LM on its tokenizer).
+Writers come from tests/data_fixtures.py, tests/text_fixtures.py and tests/test_tiny_imagenet.py;
 ``shared_folder`` makes one copy per pytest session that every xdist worker reuses."""
 from __future__ import annotations
 
@@ -22,9 +14,6 @@ import numpy as np
 
 from tests.data_fixtures import make_cifar10, make_mnist, write_cifar_batch, write_png, write_svhn
 from tests.text_fixtures import sentences, tiny_bert, write_sst2
-
-
-TINY_IMAGENET_PER_CLASS, TINY_IMAGENET_VAL = 32, 40
 
 
 def shared_folder(tmp_path_factory, worker_id: str, name: str, make) -> Path:
@@ -44,11 +33,14 @@ def shared_folder(tmp_path_factory, worker_id: str, name: str, make) -> Path:
 
 
 def image_root(root: Path) -> Path:
-    """Every file-based image dataset except imagefolder in one root (train splits of 96, test of 128)."""
-    from tests.test_tiny_imagenet import WNIDS, _jpeg, make_tiny_imagenet
-
-    make_mnist(root / "MNIST" / "raw", 96, 128, seed=0)
-    make_mnist(root / "FashionMNIST" / "raw", 96, 128, seed=1)
+    """Every file-based image dataset but Tiny-ImageNet in one root, so that one ``data.root`` serves a
+    multirun over experiments on different datasets: MNIST's IDX files in the root itself (where
+    fashion_mnist, which looks there first too, reads them: same format, same random pixels), the CIFAR-10
+    and CIFAR-100 batch folders, the SVHN .mat files, and an image tree ``{train,test}/<class>/<n>.png``
+    (imagefolder takes every folder under its root as a split; the CIFAR folders hold no class folders,
+    so they add no class). Training splits hold 64+ examples, test splits 32+ (MNIST's 128: the MNIST
+    experiments carve both from it)."""
+    make_mnist(root, 96, 128, seed=0)
     make_cifar10(root / "cifar-10-batches-py", per_batch=20, n_test=64, seed=2)
     rng = np.random.default_rng(3)
     for split, n in (("train", 96), ("test", 64)):
@@ -56,9 +48,18 @@ def image_root(root: Path) -> Path:
                           rng.integers(0, 100, n).tolist(), "fine_labels")
         write_svhn(root / f"{split}_32x32.mat", rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
                    rng.integers(1, 11, n))
-    base = make_tiny_imagenet(root, n_train=TINY_IMAGENET_PER_CLASS)  # 3 classes: dataset.num_classes=null reads wnids.txt
+    imagefolder(root, classes=4, per_class={"train": 16, "test": 8})
+    return root
+
+
+def tiny_imagenet_root(root: Path) -> Path:
+    """root/tiny-imagenet-200 with 3 classes x 32 training images and 40 annotated val images (its
+    train/ and val/ folders would be an image folder's splits: a root of its own)."""
+    from tests.test_tiny_imagenet import WNIDS, _jpeg, make_tiny_imagenet
+
+    base = make_tiny_imagenet(root, n_train=32)  # dataset.num_classes=null reads the 3 classes from wnids.txt
     rows = []
-    for n in range(6, TINY_IMAGENET_VAL):  # the writer's 6 val images and more, annotated alike
+    for n in range(6, 40):  # the writer's 6 val images and more, annotated alike
         wnid = WNIDS[n % len(WNIDS)]
         _jpeg(base / "val" / "images" / f"val_{n}.JPEG", wnid, 100 + n)
         rows.append(f"val_{n}.JPEG\t{wnid}\t0\t0\t63\t63\n")
@@ -67,15 +68,14 @@ def image_root(root: Path) -> Path:
     return root
 
 
-def imagefolder_root(root: Path, *, classes: int = 4, per_class: dict | None = None, size: int = 32) -> Path:
-    """root/{train,test}/<class>/<n>.png, RGB, ``size`` pixels square."""
+def imagefolder(root: Path, *, classes: int, per_class: dict, size: int = 32) -> None:
+    """root/<split>/class<c>/<n>.png, RGB noise around a per-class grey level, ``size`` pixels square."""
     rng = np.random.default_rng(4)
-    for split, n in (per_class or {"train": 16, "test": 8}).items():
+    for split, n in per_class.items():
         for c in range(classes):
             for i in range(n):
                 pixels = np.clip(rng.normal(60 * c + 40, 30, (size, size, 3)), 0, 255).astype(np.uint8)
                 write_png(root / split / f"class{c}" / f"{i}.png", pixels)
-    return root
 
 
 def text_root(root: Path) -> Path:
