@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from robprune.compose import compose
 from robprune.errors import ConfigError
@@ -155,13 +155,21 @@ def selection(group: str, option: str) -> list[str]:
 
 
 def compose_run(overrides: list[str], roots: dict) -> tuple:
-    """(config, choices as the command records them): the composed config plus offline() and shrink()."""
-    cfg = compose(overrides)
-    cfg = compose([*overrides, *offline(cfg, roots), *shrink(cfg)], with_hydra=True)
+    """(config, choices as the command records them): the config composed from ``overrides``, then
+    offline() and shrink() of it set as Hydra sets an override of an existing key (parsed by Hydra's
+    override grammar; composing a second time would cost a third of a case)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = compose(overrides, with_hydra=True)
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items()
                if not k.startswith("hydra") and "@" not in k and v is not None}  # what robprune.app records
-    with __import__("omegaconf").open_dict(cfg):
+    with open_dict(cfg):
         cfg.pop("hydra")
+    for override in OverridesParser.create().parse_overrides([*offline(cfg, roots), *shrink(cfg)]):
+        key = override.key_or_group
+        parent, _, last = key.rpartition(".")
+        assert override.is_force_add() or last in OmegaConf.select(cfg, parent).keys(), key  # as Hydra's struct mode
+        OmegaConf.update(cfg, key, override.value(), merge=False, force_add=override.is_force_add())
     return cfg, choices
 
 
