@@ -180,6 +180,7 @@ def run_option(group: str, option: str, roots: dict, cache: Path, run_dir: Path,
     for base in BASES.values():
         if group == "attack":  # an attack option is added to an evaluation without attacks
             base = [o for o in base if not o.startswith("eval=")] + ["eval=clean"]
+        base = [o for o in base if o.split("=")[0] not in {e.split("=")[0] for e in extra}]  # extra may choose options
         try:
             cfg, choices = compose_run([*base, *selection(group, option), f"cache_dir={cache}", *extra], roots)
             metrics = run(cfg, run_dir, choices=choices)
@@ -277,3 +278,65 @@ def test_experiments_run_through_the_command(overrides, names, roots, cache, tmp
         assert (path.parent / "model.safetensors").exists() and (path.parent / "run.log").exists()
         ran[metrics["choices"]["experiment"]] = metrics
     assert sorted(ran) == sorted(names)
+
+
+# ---------------------------------------------------------------- defaults that run as shipped
+
+# Options whose shipped default cannot run offline, and what they need: each is refused before any work
+# with one line naming the key to set, and runs in test_option_runs with that key set by offline().
+REFUSED_OFFLINE = {
+    # model.pretrained: bert-base-uncased is a hub name; no package ships its weights (the packaged encoder
+    # is model=minilm's), so offline it needs a local folder (offline() gives a tiny one)
+    ("model", "bert"): ["model.pretrained"],
+    # mlm: ??? -- BERT-Attack's masked language model has no default, as no package ships one (offline()
+    # gives a tiny masked LM)
+    ("attack", "bert_attack"): ["eval.attacks.bert_attack.mlm"],
+}
+
+
+@pytest.mark.parametrize("group, option", list(REFUSED_OFFLINE), ids=[f"{g}={o}" for g, o in REFUSED_OFFLINE])
+def test_options_needing_files_no_package_ships_are_refused_naming_the_key(group, option, roots, cache, tmp_path,
+                                                                          capsys):
+    from tests.test_validation import assert_one_line, no_cache_entry, run_main
+
+    base = [o for o in BASES["text"] if not o.startswith("eval=")] + ["eval=clean"]
+    pointed = [f"data.root={roots['text']}", *([] if group == "model" else [f"model.pretrained={roots['text'] / 'encoder'}"])]
+    code, err = run_main([*base, *selection(group, option), *pointed, f"cache_dir={tmp_path / 'cache'}",
+                          f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    for key in REFUSED_OFFLINE[(group, option)]:
+        assert_one_line(code, err, key)
+    assert no_cache_entry(tmp_path / "cache") and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_adasap_default_schedule_runs_on_the_embedded_default(cache, roots, tmp_path):
+    """prune=adasap with its own schedule (not shrink()'s) on the whole digits training split: it fits the
+    3 epochs x 12 batches (robprune run prune=adasap used to exit 2) and reaches its target sparsity."""
+    cfg, choices = compose_run([*BASES["image"], "prune=adasap", f"cache_dir={cache}"], roots)
+    shipped = compose(["prune=adasap"])
+    for key in ("dataset.train_split", "data.batch_size", "prune.during_training"):
+        OmegaConf.update(cfg, key, OmegaConf.select(shipped, key), merge=False)
+    node = cfg.prune.during_training
+    assert (node.epochs, node.prune_interval, node.prune_steps) == (3, 6, 5)
+    metrics = run(cfg, tmp_path / "run", choices=choices)
+    assert metrics["dataset"]["n_train"] == 1442 and "prune_train" in metrics["stages"]
+    assert metrics["sparsity"] == pytest.approx(0.5, abs=0.05) and metrics["params"] < metrics["params_dense"]
+
+
+# ---------------------------------------------------------------- table layouts (conf/table)
+
+# The runs each layout of conf/table tabulates: (group, option, other overrides) run as in test_option_runs.
+TABLE_RUNS = {"adverfine": [("compress", "none"), ("compress", "prune")],
+              "kr": [("prune", "none", "eval=text"), ("prune", "kr_obs", "eval=text")]}  # the layout's cells are TextFooler's
+
+
+@pytest.mark.parametrize("layout", options("table"))
+def test_table_layouts_tabulate_real_runs(layout, roots, cache, tmp_path):
+    from robprune.cli import main
+
+    if layout not in TABLE_RUNS:
+        pytest.fail(f"conf/table/{layout}.yaml is new: add the runs it lays out to TABLE_RUNS in {__file__}")
+    for i, (group, option, *extra) in enumerate(TABLE_RUNS[layout]):
+        run_option(group, option, roots, cache, tmp_path / "runs" / str(i), *extra)
+    assert main(["table", f"+table={layout}", str(tmp_path / "runs"), "--quiet"]) == 0
+    rows = [ln for ln in (tmp_path / "runs" / f"{layout}.md").read_text().splitlines() if ln.startswith("|")]
+    assert len(rows) >= 2 + len(TABLE_RUNS[layout]), rows  # header, rule, a row per run
