@@ -95,8 +95,6 @@ def shrink(cfg) -> list[str]:
     for key, value in (("model.width", 8), ("model.width_mult", 0.125)):
         if has(key):
             out.append(f"{key}={value}")
-    if has("model.name") and str(cfg.model.get("_target_", "")).endswith("timm_model"):
-        out.append("model.name=resnet10t")  # the smallest timm ResNet: the option's code path, a tenth of the cost
     for node in ("train", "finetune", "quant.train", "prune.during_training"):
         if has(f"{node}.epochs"):
             out.append(f"{node}.epochs={min(1, int(OmegaConf.select(cfg, f'{node}.epochs')))}")
