@@ -7,8 +7,8 @@ hub model) and ``shrink(cfg)`` (every budget the composed config holds cut to th
 it). Image options run on the embedded digits default; an option the digits default refuses with a
 ConfigError naming what it needs runs on the next base that accepts it: 32x32 images generated in memory
 (e.g. VGG's five pools), or a tiny SST-2-format set with a tiny BERT (text datasets, models, objectives,
-pruners, attacks). Every
-experiment of conf/experiment runs through the real command as a Hydra multirun. All cases share one
+pruners, attacks). Every experiment of conf/experiment runs through the real command as a Hydra multirun
+(experiments needing the same overrides share one). All cases share one
 stage cache per session (xdist workers included), so e.g. every prune option reuses one dense model.
 """
 from __future__ import annotations
@@ -204,12 +204,19 @@ CASES = [(group, option) for group in GROUPS for option in options(group)]
 
 
 def recorded(group: str, option: str, metrics: dict, run_dir: Path) -> bool:
-    """The option's name where the results record it."""
+    """The option's name where the results record it, and what the option adds: a metric per attack, a
+    logger's files."""
     config = OmegaConf.load(run_dir / "config.yaml")
     if group == "attack":
         return f"robust_acc/{option}" in metrics and option in config.eval.attacks
     if group == "eval/corruptions":
         return metrics["choices"][group] == option and "corruption_acc/mean" in metrics
+    if group == "logger" and config.logger.tensorboard and not any((run_dir / "tensorboard").iterdir()):
+        return False  # the option's files: event files per stage, an MLflow run
+    if group == "logger" and config.logger.mlflow and not any(Path(config.logger.mlflow.tracking_uri).iterdir()):
+        return False
+    if not all(f"robust_acc/{name}" in metrics for name in config.eval.attacks):  # every attack of the eval option
+        return False
     named = {"dataset": metrics["dataset"]["name"], "prune": config.prune.method, "quant": config.quant.method}
     return metrics["choices"][group] == option and named.get(group, option) == option
 
@@ -338,3 +345,24 @@ def test_table_layouts_tabulate_real_runs(layout, roots, cache, tmp_path):
     assert main(["table", f"+table={layout}", str(tmp_path / "runs"), "--quiet"]) == 0
     rows = [ln for ln in (tmp_path / "runs" / f"{layout}.md").read_text().splitlines() if ln.startswith("|")]
     assert len(rows) >= 2 + len(TABLE_RUNS[layout]), rows  # header, rule, a row per run
+
+
+# ---------------------------------------------------------------- corruption sources that read files
+
+@pytest.mark.parametrize("source", ["files", "folders"])
+def test_corruption_sources_read_their_files(source, roots, cache, tmp_path):
+    """eval.corruptions.source=files (CIFAR-10-C's <name>.npy + labels.npy) and =folders (Tiny-ImageNet-C's
+    <name>/<severity>/<class>/<image>) on tiny files in those layouts, through the pipeline on digits
+    (source=generate, the default, runs in test_option_runs[eval/corruptions=*])."""
+    from robprune.data import build_data
+    from tests.test_corruption_eval import _folders, write_files
+
+    if source == "files":
+        data = build_data(compose([]).dataset)  # the files hold the whole test split, as CIFAR-10-C does
+        folder = write_files(tmp_path / "c", data.test_x, data.test_y, names=("contrast",))
+    else:
+        folder = _folders(tmp_path / "c", classes=10, per_class=2, names=("contrast",), severities=(1,))
+    metrics = run_option("eval/corruptions", "default", roots, cache, tmp_path / "run", f"eval.corruptions.source={source}",
+                         f"eval.corruptions.root={folder}", "eval.corruptions.names=[contrast]")
+    assert 0 <= metrics["corruption_acc/contrast/1"] <= 1 and metrics["n_eval/corruptions"] == 8
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").eval.corruptions.source == source
