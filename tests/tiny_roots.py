@@ -1,7 +1,8 @@
 """Tiny data roots in the real on-disk formats, so that every dataset option and every shipped
 experiment runs offline with ``data.root=<folder>``: ``image_root`` (every file-based image dataset but
 Tiny-ImageNet, side by side), ``tiny_imagenet_root`` and ``text_root`` (SST-2, AG News and IMDB files of
-one synthetic corpus, a randomly initialised tiny BERT whose tokenizer was trained on it, a head-less encoder and a masked LM on that tokenizer).
+one synthetic corpus, a randomly initialised tiny BERT whose tokenizer was trained on it, a head-less
+encoder and a masked LM on that tokenizer).
 Writers come from tests/data_fixtures.py, tests/text_fixtures.py and tests/test_tiny_imagenet.py;
 ``shared_folder`` makes one copy per pytest session that every xdist worker reuses."""
 from __future__ import annotations
