@@ -1,0 +1,115 @@
+"""Tiny data roots in the real on-disk formats, so that every dataset option and every shipped
+experiment runs offline with ``data.root=<folder>``: ``image_root`` (every file-based image dataset but
+Tiny-ImageNet, side by side), ``tiny_imagenet_root`` and ``text_root`` (SST-2, AG News and IMDB files of
+one synthetic corpus, a randomly initialised tiny BERT whose tokenizer was trained on it, a head-less
+encoder and a masked LM on that tokenizer).
+Writers come from tests/data_fixtures.py, tests/text_fixtures.py and tests/test_tiny_imagenet.py;
+``shared_folder`` makes one copy per pytest session that every xdist worker reuses."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tests.data_fixtures import make_cifar10, make_mnist, write_cifar_batch, write_png, write_svhn
+from tests.text_fixtures import sentences, tiny_bert, write_sst2
+
+
+def shared_folder(tmp_path_factory, worker_id: str, name: str, make) -> Path:
+    """``make(folder)`` once per test session: under pytest-xdist every worker's base temp folder sits in
+    one session folder, so the first worker to get the lock builds ``name`` there and the others reuse it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if worker_id != "master" else base
+    folder = base / name
+    with FileLock(str(base / f"{name}.lock")):
+        if not (folder / ".done").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            make(folder)
+            (folder / ".done").write_text("")
+    return folder
+
+
+def image_root(root: Path) -> Path:
+    """Every file-based image dataset but Tiny-ImageNet in one root, so that one ``data.root`` serves a
+    multirun over experiments on different datasets: MNIST's IDX files in the root itself (where
+    fashion_mnist, which looks there first too, reads them: same format, same random pixels), the CIFAR-10
+    and CIFAR-100 batch folders, the SVHN .mat files, and an image tree ``{train,test}/<class>/<n>.png``
+    (imagefolder takes every folder under its root as a split; the CIFAR folders hold no class folders,
+    so they add no class). Training splits hold 64+ examples, test splits 32+ (MNIST's 128: the MNIST
+    experiments carve both from it)."""
+    make_mnist(root, 96, 128, seed=0)
+    make_cifar10(root / "cifar-10-batches-py", per_batch=20, n_test=64, seed=2)
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 96), ("test", 64)):
+        write_cifar_batch(root / "cifar-100-python" / split, rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                          rng.integers(0, 100, n).tolist(), "fine_labels")
+        write_svhn(root / f"{split}_32x32.mat", rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
+                   rng.integers(1, 11, n))
+    imagefolder(root, classes=4, per_class={"train": 16, "test": 8})
+    return root
+
+
+def tiny_imagenet_root(root: Path) -> Path:
+    """root/tiny-imagenet-200 with 3 classes x 32 training images and 40 annotated val images (its
+    train/ and val/ folders would be an image folder's splits: a root of its own)."""
+    from tests.test_tiny_imagenet import WNIDS, _jpeg, make_tiny_imagenet
+
+    base = make_tiny_imagenet(root, n_train=32)  # dataset.num_classes=null reads the 3 classes from wnids.txt
+    rows = []
+    for n in range(6, 40):  # the writer's 6 val images and more, annotated alike
+        wnid = WNIDS[n % len(WNIDS)]
+        _jpeg(base / "val" / "images" / f"val_{n}.JPEG", wnid, 100 + n)
+        rows.append(f"val_{n}.JPEG\t{wnid}\t0\t0\t63\t63\n")
+    with open(base / "val" / "val_annotations.txt", "a") as fh:
+        fh.write("".join(rows))
+    return root
+
+
+def imagefolder(root: Path, *, classes: int, per_class: dict, size: int = 32) -> None:
+    """root/<split>/class<c>/<n>.png, RGB noise around a per-class grey level, ``size`` pixels square."""
+    rng = np.random.default_rng(4)
+    for split, n in per_class.items():
+        for c in range(classes):
+            for i in range(n):
+                pixels = np.clip(rng.normal(60 * c + 40, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                write_png(root / split / f"class{c}" / f"{i}.png", pixels)
+
+
+def text_root(root: Path) -> Path:
+    """SST-2, AG News and IMDB files of the synthetic sentiment corpus, root/bert (a tiny BERT whose
+    tokenizer knows every word of it) and root/mlm (a tiny masked LM on that tokenizer)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
+
+    write_sst2(root, n_train=160, n_dev=64)
+    with open(root / "train.csv", "w", newline="") as train, open(root / "test.csv", "w", newline="") as test:
+        for fh, rows in ((train, sentences(160, seed=0)), (test, sentences(64, seed=1))):
+            writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
+            for i, (label, text) in enumerate(rows):  # AG News: "class 1-4","title","description"
+                words = text.split()
+                writer.writerow([str(2 * (i % 2) + label + 1), " ".join(words[:2]), " ".join(words[2:])])
+    for split, n, seed in (("train", 160, 0), ("test", 64, 1)):  # aclImdb/<split>/{neg,pos}/<id>_<rating>.txt
+        for i, (label, text) in enumerate(sentences(n, seed=seed)):
+            folder = root / "aclImdb" / split / ("pos" if label else "neg")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i}_{8 if label else 2}.txt").write_text(text)
+    bert = tiny_bert(root / "bert", root / "train.tsv")
+    tokenizer = AutoTokenizer.from_pretrained(str(bert))
+    # a pretrained checkpoint as the hub's bert-base-uncased is one: an encoder with no classification head
+    # (the head is new for any number of classes) and 512 positions (IMDB's max_length is 256)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=512)).save_pretrained(str(root / "encoder"),
+                                                                                               safe_serialization=True)
+    tokenizer.save_pretrained(str(root / "encoder"))
+    torch.manual_seed(1)
+    mlm = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=128))
+    mlm.save_pretrained(str(root / "mlm"), safe_serialization=True)
+    tokenizer.save_pretrained(str(root / "mlm"))
+    (root / "made.json").write_text(json.dumps({"sst2": 160, "ag_news": 160, "imdb": 160}))
+    return root
