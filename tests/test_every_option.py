@@ -23,6 +23,8 @@ from omegaconf import OmegaConf, open_dict
 from robprune.compose import compose
 from robprune.errors import ConfigError
 from robprune.pipeline import run
+from robprune.registry import REGISTRIES
+from robprune.schema import reads_files
 from tests.helpers import REPO, read_metrics, robprune
 from tests.tiny_roots import image_root, shared_folder, text_root, tiny_imagenet_root
 
@@ -30,7 +32,12 @@ CONF = REPO / "conf"
 
 
 def options(group: str) -> list[str]:
-    """The options of a config group: the stems of ``conf/<group>/*.yaml``."""
+    """The options of a config group: its registry's names where the group holds registered things
+    (prune, attack, model, dataset: tests/test_registry.py keeps them equal to the conf stems), else
+    the stems of ``conf/<group>/*.yaml`` (recipes: train, finetune, eval, quant, logger, compress)."""
+    registry = next((r for r in REGISTRIES.values() if r.group == group), None)
+    if registry is not None:
+        return list(registry.names())
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
@@ -56,7 +63,7 @@ def offline(cfg, roots: dict) -> list[str]:
         out.append(f"data.root={roots['text']}")
     elif name == "tiny_imagenet":
         out += [f"data.root={roots['tiny_imagenet']}", "dataset.num_classes=null"]  # the tree has 3 of its 200 classes
-    elif name not in ("digits", "synthetic"):
+    elif reads_files(name):
         out.append(f"data.root={roots['image']}")
     pretrained = OmegaConf.select(cfg, "model.pretrained", default=None)
     if isinstance(pretrained, str) and pretrained != "minilm-l6" and not Path(pretrained).exists():
