@@ -182,10 +182,13 @@ def check_attack(node: DictConfig, path: str, target: str) -> None:
     if is_text_attack(node):
         params = {k: value_at(node, k, f"{path}.{k}") for k in node.keys() if k not in schema.HYDRA_KEYS}
         locate(target).check_params(where=path, **OmegaConf.to_container(OmegaConf.create(params), resolve=True))
-    if target == "robprune.attacks.autoattack" and node.get("version") == "custom" and not node.get("attacks"):
+    from robprune.attacks import autoattack, pgd
+
+    obj = locate(target)
+    if obj is autoattack and node.get("version") == "custom" and not node.get("attacks"):
         raise ConfigError(f"{path}.version=custom needs {path}.attacks, a list from {', '.join(schema.AA_ATTACKS)}; "
                           f"e.g. {path}.attacks=[apgd-ce,square]")
-    if target == "robprune.attacks.pgd" and node.get("compat") == "adverfine" and node.get("norm", "linf") != "linf":
+    if obj is pgd and node.get("compat") == "adverfine" and node.get("norm", "linf") != "linf":
         raise ConfigError(f"{path}.compat=adverfine reproduces an L∞ attack only, but {path}.norm={node.norm}; "
                           f"set {path}.norm=linf or {path}.compat=null")
 
@@ -259,9 +262,10 @@ def check_average(cfg: DictConfig) -> None:
 
 def check_model(node: DictConfig) -> None:
     """A timm model's name must be in timm's registry (close matches listed); imports timm only then."""
-    if str(node.get("_target_")) == "robprune.models.timm_model" and "name" in node:
-        from robprune.models.timm import check_timm_name
+    from robprune.models.timm import check_timm_name, timm_model
 
+    entry = registered(MODELS, node)
+    if entry is not None and entry.obj is timm_model and "name" in node:
         check_timm_name(str(node.name))
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, ListConfig
 
+from robprune.attacks.pgd import fgsm, pgd
+from robprune.registry import ATTACKS, target_entry
+
 
 def attack_compat(cfg: DictConfig) -> dict[str, str | None]:
     """{config path of every PGD/FGSM attack node: its ``compat`` value} over the whole config, e.g.
@@ -16,8 +19,8 @@ def attack_compat(cfg: DictConfig) -> dict[str, str | None]:
 
 def _walk(node, path: str, found: dict) -> None:
     if isinstance(node, DictConfig):
-        target = str(node.get("_target_", "")) if "_target_" in node else ""
-        if target in ("robprune.attacks.pgd", "robprune.attacks.fgsm"):
+        entry = target_entry(ATTACKS, str(node._target_)) if "_target_" in node else None
+        if entry is not None and entry.obj in (pgd, fgsm):  # the attacks with a compat option
             found[path] = node.get("compat")
         for key in node.keys():
             if path or key != "hydra":
