@@ -16,16 +16,12 @@ from robprune.options import (ANY, BOOL, EPS, FRACTION, HYDRA_KEYS, PATH, SEED, 
 from robprune.prune.channel.sensitivity import PERTURBATIONS
 from robprune.registry import DATASETS, REGISTRIES, Entry, locate, target_entry
 from robprune.train.recipe import SCHEDULES
-from robprune.train.sharpness import IMPORTANCES, NORMALIZE
-from robprune.train.sharpness import METHODS as SHARPNESS_METHODS
+from robprune.train.sharpness import SharpnessOptions
 
 # ---- groups without a _target_ -------------------------------------------------------------------
 SCHEDULE = {"name": Choice(*SCHEDULES), "milestones": Value("list", item=Int(0)), "gamma": Float(0),
             "warmup": Float(0, high=1, high_open=True, example="0.1")}  # warmup: linear only, fraction of all steps
-SHARPNESS = {"method": Choice(*SHARPNESS_METHODS), "rho": Float(0, low_open=True, example="0.05"),
-             "eta": Float(0, example="0.01"), "rho_min": Float(0, low_open=True, example="0.01"),
-             "rho_max": Float(0, low_open=True, example="2.0"), "importance": Choice(*IMPORTANCES), "normalize": Choice(*NORMALIZE),
-             "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}  # rho_min <= rho_max: robprune.train.sharpness
+SHARPNESS = spec_of(SharpnessOptions)  # declared in robprune.train.sharpness
 TRAIN = {"epochs": Int(0, example="2"), "objective": TARGET, "optimizer": TARGET, "schedule": SCHEDULE,
          "sharpness": SHARPNESS, "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}
 QUANT = {"method": ANY, "bits": ANY, "per_channel": ANY, "observer": ANY, "ema_decay": ANY, "freeze_ranges": ANY,

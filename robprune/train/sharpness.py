@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from robprune.errors import ConfigError
+from robprune.options import Choice, Float, check_fields, option
 from robprune.registry import SHARPNESS
 
 IMPORTANCES = ("l2", "taylor")
@@ -252,40 +253,53 @@ SHARPNESS.add("asam", SharpnessAware, perturbation="ε = ρ·T²g/‖T g‖, T =
 SHARPNESS.add("adasap", SharpnessAware, perturbation="ASAM with a per-neuron ρ_i from its importance (Bair et al. 2024)")
 METHODS = ("none", *SHARPNESS.names())
 
+@dataclass(frozen=True)
+class SharpnessOptions:
+    """A train node's ``sharpness`` options, declared once: the schema of the node, its defaults, and what
+    :class:`SharpnessAware` is built with (docs/methods/adasap.md)."""
+
+    method: str = option("none", Choice(*METHODS), help="none (plain optimizer) | sam | asam | adasap: the two-pass "
+                         "optimizer around the base one")
+    rho: float = option(0.05, Float(0, low_open=True, example="0.05"), help="SAM/ASAM radius")
+    eta: float = option(0.01, Float(0, example="0.01"), help="T = |w| + eta (ASAM's adaptive scale)")
+    rho_min: float = option(0.01, Float(0, low_open=True, example="0.01"), help="AdaSAP: radius of the most important "
+                            "neurons and of never-pruned parameters")
+    rho_max: float = option(2.0, Float(0, low_open=True, example="2.0"), help="AdaSAP: radius of the least important "
+                            "neurons, >= rho_min")
+    importance: str = option("l2", Choice(*IMPORTANCES), help="AdaSAP: the neuron importance behind the radii")
+    normalize: str = option("global", Choice(*NORMALIZE), help="AdaSAP: global ε_i = ρ_i·T_i²g_i/‖T g‖ (ASAM's) | "
+                            "neuron: /‖T_i g_i‖ (docs/methods/adasap.md#step-1)")
+    clip_grad_norm: float | None = option(None, Float(0, low_open=True, null=True, example="1.0"),
+                                          help="clip the second-pass gradient to this L2 norm; null = no clipping")
+
+
+def options_of(node, path: str) -> SharpnessOptions:
+    """The sharpness node as :class:`SharpnessOptions` (declared defaults for keys it leaves out), checked:
+    each key against its declaration, and rho_min <= rho_max for AdaSAP (ConfigError naming the key)."""
+    values = dict(node.items()) if node is not None else {}
+    unknown = sorted(set(values) - set(SharpnessOptions.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]} is not a key of {path}; keys: {', '.join(SharpnessOptions.__dataclass_fields__)}")
+    opts = SharpnessOptions(**values)
+    check_fields(opts, path)
+    if opts.method == "adasap" and float(opts.rho_min) > float(opts.rho_max):
+        raise ConfigError(f"{path}.rho_min ({float(opts.rho_min)}) is above {path}.rho_max ({float(opts.rho_max)}); "
+                          "set rho_min <= rho_max")
+    return opts
+
+
 def wrap(cfg, model: nn.Module, base: torch.optim.Optimizer, key: str, *, neurons: NeuronMap | None = None):
     """The optimizer a train/finetune node asks for: ``base`` itself, or wrapped per its ``sharpness`` node.
     Raises ConfigError (exit 2) for a bad node; :func:`robprune.validate` runs the same check before work."""
     node = cfg.get("sharpness") if cfg is not None else None
-    if node is None or node.get("method", "none") == "none":
+    opts = options_of(node, f"{key}.sharpness")
+    if opts.method == "none":
         return base
-    check_node(node, f"{key}.sharpness")
-    return SharpnessAware(model, base, method=node.method, rho=node.get("rho", 0.05), eta=node.get("eta", 0.01),
-                          rho_min=node.get("rho_min", 0.01), rho_max=node.get("rho_max", 2.0),
-                          importance=node.get("importance", "l2"), clip_grad_norm=node.get("clip_grad_norm"),
-                          neurons=neurons, normalize=node.get("normalize", "global"))
+    return SharpnessAware(model, base, method=opts.method, rho=opts.rho, eta=opts.eta, rho_min=opts.rho_min,
+                          rho_max=opts.rho_max, importance=opts.importance, clip_grad_norm=opts.clip_grad_norm,
+                          neurons=neurons, normalize=opts.normalize)
 
 
 def check_node(node, path: str) -> None:
-    """One-line ConfigErrors for a sharpness node: method, ρ > 0, η ≥ 0, ρ_min ≤ ρ_max, importance, clipping."""
-    method = node.get("method", "none")
-    if method not in METHODS:
-        raise ConfigError(f"{path}.method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method == "none":
-        return
-    if method in ("sam", "asam") and not float(node.get("rho", 0.05)) > 0:
-        raise ConfigError(f"{path}.rho must be > 0, got {node.get('rho')}; SAM/ASAM radii are positive (e.g. 0.05 / 2.0)")
-    if not float(node.get("eta", 0.01)) >= 0:
-        raise ConfigError(f"{path}.eta must be >= 0, got {node.get('eta')}")
-    if method == "adasap":
-        lo, hi = float(node.get("rho_min", 0.01)), float(node.get("rho_max", 2.0))
-        if not lo > 0:
-            raise ConfigError(f"{path}.rho_min must be > 0, got {lo}")
-        if lo > hi:
-            raise ConfigError(f"{path}.rho_min ({lo}) is above {path}.rho_max ({hi}); set rho_min <= rho_max")
-        if node.get("normalize", "global") not in NORMALIZE:
-            raise ConfigError(f"{path}.normalize must be one of {', '.join(NORMALIZE)}, got {node.get('normalize')!r}")
-        if node.get("importance", "l2") not in IMPORTANCES:
-            raise ConfigError(f"{path}.importance must be one of {', '.join(IMPORTANCES)}, got {node.get('importance')!r}")
-    clip = node.get("clip_grad_norm")
-    if clip is not None and not float(clip) > 0:
-        raise ConfigError(f"{path}.clip_grad_norm must be > 0 or null, got {clip}")
+    """One-line ConfigErrors for a sharpness node (see :func:`options_of`)."""
+    options_of(node, path)
