@@ -76,10 +76,23 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
         options = {k: v for k, v in options.items() if k != "during_training"}
     elif channel_entry(prune_cfg) is None:
         return None
-    opts = methods.channel_options({**entry.meta.get("fixed", {}), **options})
+    opts = _cut_options(entry, options)
     if opts.semantics() != "params":
         return None
     return _channel_limit(copy.deepcopy(model).cpu(), example_inputs[:1].cpu(), opts)
+
+
+def _cut_options(entry: Entry, options: dict):
+    """The channel-pruning options (:class:`~robprune.prune.channel.methods.MRSPruning`) of a channel
+    pruner's config: what its registration fixes, then its keys. Keys that only its own options dataclass
+    declares (a ChannelPruning subclass with a new option, checked by check_prune_config against that
+    dataclass) are left out: the allocation and the cut do not read them."""
+    from robprune.prune.channel import methods
+
+    known = methods.MRSPruning.__dataclass_fields__
+    own = getattr(entry.meta.get("options"), "__dataclass_fields__", {})
+    values = {**entry.meta.get("fixed", {}), **options}
+    return methods.channel_options({k: v for k, v in values.items() if k in known or k not in own})
 
 
 def _bounded(opts) -> bool:
@@ -173,7 +186,7 @@ def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
         return
     options = {k: v for k, v in to_container(cfg.prune).items() if k not in NOT_OPTIONS and not k.startswith("_")
                and k != "during_training"}
-    opts = methods.channel_options({**entry.meta.get("fixed", {}), **options})
+    opts = _cut_options(entry, options)
     name, trial, x = cfg.model.get("name"), copy.deepcopy(model).cpu().eval(), example_inputs[:1].cpu()
     with torch.no_grad():
         expected = trial(x).shape
