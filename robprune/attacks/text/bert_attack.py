@@ -15,6 +15,8 @@ tokenizer; there is no default, since none ships offline: without one the attack
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import functools
 import math
 import os
@@ -28,17 +30,10 @@ from robprune.attacks.text.encoder import MINILM, quiet_loading
 from robprune.attacks.text.search import greedy_swap, rank_words, whole_text_similarity
 from robprune.attacks.text.words import Sentence, is_stop_word, match_case
 from robprune.errors import ConfigError
+from robprune.options import REQUIRED
 from robprune.registry import ATTACKS
 
 MAX_COMBINATIONS = 4096  # sub-word combinations scored per multi-token word (top m per position, m^n <= this)
-
-PARAMS = {
-    "seed": base.integer, "mlm": base.text_or_null, "max_candidates": base.positive_int(example=48),
-    "max_subwords": base.positive_int(example=4), "max_words_changed": base.fraction,
-    "min_similarity": base.between(-1, 1, null=True), "similarity_metric": base.choice("angular", "cosine"),
-    "query_budget": base.budget, "encoder": base.text_or_null, "antonyms": base.text_or_null,
-}
-
 
 def check_params(*, where: str = "attack.bert_attack", **params) -> None:
     """ConfigError naming ``<where>.<key>`` for an unknown or invalid parameter, or no masked LM."""
@@ -49,10 +44,16 @@ def check_params(*, where: str = "attack.bert_attack", **params) -> None:
 
 
 @ATTACKS.register("bert_attack", modality="text")
-def bert_attack(victim, text: str, label: int, *, seed: int = 0, mlm: str | None = None, max_candidates: int = 48,
-                max_subwords: int = 4, max_words_changed: float | None = 0.4, min_similarity: float | None = 0.2,
-                similarity_metric: str = "cosine", query_budget: int | None = None,
-                encoder: str | None = MINILM, antonyms: str | None = WORDNET) -> TextAttackResult:
+def bert_attack(victim, text: str, label: int, *, seed: int = 0,
+                mlm: Annotated[str | None, base.text_or_null, REQUIRED, "masked language model: a local folder saved "
+                               "with save_pretrained (e.g. bert-base-uncased); required, none ships offline"] = None,
+                max_candidates: Annotated[int, base.positive_int(example=48), "K masked-LM predictions per word "
+                                          "(paper, via TextAttack: 48)"] = 48,
+                max_subwords: Annotated[int, base.positive_int(example=4), "words split into more sub-word tokens get "
+                                        "no candidates"] = 4,
+                max_words_changed: base.MaxWordsChanged = 0.4, min_similarity: base.MinSimilarity = 0.2,
+                similarity_metric: base.SimilarityMetric = "cosine", query_budget: base.QueryBudget = None,
+                encoder: base.Encoder = MINILM, antonyms: base.Antonyms = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim``. mlm: masked-LM folder (required);
     max_candidates: K predictions per word; max_subwords: longer words get no candidates; antonyms:
     masked-LM candidates that are WordNet antonyms are dropped (a masked LM readily proposes "bad"
@@ -137,3 +138,4 @@ def _combine(tokenizer, log_probs: torch.Tensor, k: int) -> list[str]:
 
 
 bert_attack.check_params = check_params
+PARAMS = base.params_of(bert_attack)  # {option: check}: its declaration's

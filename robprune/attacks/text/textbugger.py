@@ -18,6 +18,8 @@ homoglyphs only).
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import random
 
 from robprune.attacks.text import base
@@ -38,26 +40,22 @@ KEYBOARD = {c: "".join(sorted({row[j] for row in _ROWS[max(0, r - 1):r + 2] for 
                                 if 0 <= j < len(row)} - {c}))
             for r, keys in enumerate(_ROWS) for i, c in enumerate(keys)}
 
-PARAMS = {
-    "seed": base.integer, "word_candidates": base.positive_int(null=True, example=5), "min_cos": base.between(-1, 1, null=True),
-    "min_similarity": base.between(-1, 1, null=True), "similarity_metric": base.choice("angular", "cosine"),
-    "max_words_changed": base.fraction, "query_budget": base.budget, "vectors": base.text_or_null,
-    "vocab_size": base.positive_int(null=True, example=100000), "encoder": base.text_or_null,
-    "antonyms": base.text_or_null,
-}
-
-
 def check_params(*, where: str = "attack.textbugger", **params) -> None:
     """ConfigError naming ``<where>.<key>`` for an unknown or invalid parameter of :func:`textbugger`."""
     base.check_with(PARAMS, where, params)
 
 
 @ATTACKS.register("textbugger", modality="text")
-def textbugger(victim, text: str, label: int, *, seed: int = 0, word_candidates: int | None = 5,
-               min_cos: float | None = None, min_similarity: float | None = 0.8, similarity_metric: str = "cosine",
-               max_words_changed: float | None = None, query_budget: int | None = None, vectors: str | None = GLOVE,
-               vocab_size: int | None = None, encoder: str | None = MINILM,
-               antonyms: str | None = WORDNET) -> TextAttackResult:
+def textbugger(victim, text: str, label: int, *, seed: int = 0,
+               word_candidates: Annotated[int | None, base.positive_int(null=True, example=5), "Sub-W: nearest "
+                                          "neighbours per word in the word vectors (paper: top 5 in GloVe); null = no "
+                                          "word bug"] = 5,
+               min_cos: Annotated[float | None, base.between(-1, 1, null=True), "least cosine of a Sub-W candidate; "
+                                  "null = none (the paper sets none)"] = None,
+               min_similarity: base.MinSimilarity = 0.8, similarity_metric: base.SimilarityMetric = "cosine",
+               max_words_changed: base.MaxWordsChanged = None, query_budget: base.QueryBudget = None,
+               vectors: base.Vectors = GLOVE, vocab_size: base.VocabSize = None, encoder: base.Encoder = MINILM,
+               antonyms: base.Antonyms = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim``; deterministic for a given ``seed``.
 
     word_candidates: Sub-W neighbours per word (None or vectors None: no word bug); min_cos: their
@@ -115,3 +113,4 @@ def character_bugs(word: str, rng: random.Random) -> list[str]:
 
 
 textbugger.check_params = check_params
+PARAMS = base.params_of(textbugger)  # {option: check}: its declaration's

@@ -20,6 +20,8 @@ all-MiniLM-L6-v2 instead of the Universal Sentence Encoder.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 from robprune.attacks.text import base
 from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
@@ -30,15 +32,6 @@ from robprune.attacks.text.words import is_stop_word, match_case
 from robprune.errors import ConfigError
 from robprune.registry import ATTACKS
 
-PARAMS = {
-    "seed": base.integer, "max_candidates": base.positive_int(), "min_cos": base.between(-1, 1),
-    "min_similarity": base.between(-1, 1, null=True), "similarity_metric": base.choice("angular", "cosine"),
-    "window": base.positive_int(null=True, example=15), "skip_short": base.boolean, "max_words_changed": base.fraction,
-    "query_budget": base.budget, "vectors": base.text_or_null, "vocab_size": base.positive_int(null=True, example=100000),
-    "encoder": base.text_or_null, "antonyms": base.text_or_null,
-}
-
-
 def check_params(*, where: str = "attack.textfooler", **params) -> None:
     """ConfigError naming ``<where>.<key>`` for an unknown or invalid parameter of :func:`textfooler`."""
     base.check_with(PARAMS, where, params)
@@ -47,11 +40,18 @@ def check_params(*, where: str = "attack.textfooler", **params) -> None:
 
 
 @ATTACKS.register("textfooler", modality="text")
-def textfooler(victim, text: str, label: int, *, seed: int = 0, max_candidates: int = 50, min_cos: float = 0.5,
-               min_similarity: float | None = 0.840845057, similarity_metric: str = "angular", window: int | None = 15,
-               skip_short: bool = True, max_words_changed: float | None = None, query_budget: int | None = None,
-               vectors: str = GLOVE, vocab_size: int | None = None, encoder: str | None = MINILM,
-               antonyms: str | None = WORDNET) -> TextAttackResult:
+def textfooler(victim, text: str, label: int, *, seed: int = 0,
+               max_candidates: Annotated[int, base.positive_int(), "nearest neighbours tried per word (paper: 50)"] = 50,
+               min_cos: Annotated[float, base.between(-1, 1), "least cosine between a word and its candidate in the "
+                                  "word vectors (paper: 0.5)"] = 0.5,
+               min_similarity: base.MinSimilarity = 0.840845057, similarity_metric: base.SimilarityMetric = "angular",
+               window: Annotated[int | None, base.positive_int(null=True, example=15), "words compared around the "
+                                 "changed one (paper: 15); null = whole texts"] = 15,
+               skip_short: Annotated[bool, base.boolean, "texts with fewer words than window skip the similarity "
+                                     "check (TextAttack's recipe)"] = True,
+               max_words_changed: base.MaxWordsChanged = None, query_budget: base.QueryBudget = None,
+               vectors: base.Vectors = GLOVE, vocab_size: base.VocabSize = None, encoder: base.Encoder = MINILM,
+               antonyms: base.Antonyms = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim`` (:class:`~robprune.attacks.text.Victim`).
 
     max_candidates: neighbours per word; min_cos: their cosine bound in [-1, 1]; min_similarity:
@@ -85,3 +85,4 @@ def textfooler(victim, text: str, label: int, *, seed: int = 0, max_candidates: 
 
 
 textfooler.check_params = check_params
+PARAMS = base.params_of(textfooler)  # {option: check}: its declaration's
