@@ -15,6 +15,8 @@ from robprune.options import (ANY, BOOL, EPS, FRACTION, HYDRA_KEYS, PATH, SEED, 
                                TRAINING, Choice, Float, Int, MapOf, Value, declared, spec_of, unknown_key)
 from robprune.prune.channel.sensitivity import PERTURBATIONS
 from robprune.registry import DATASETS, REGISTRIES, Entry, locate, target_entry
+from robprune.quant.modules import METHODS as QUANT_METHODS
+from robprune.quant.modules import QuantSpec
 from robprune.train.recipe import SCHEDULES
 from robprune.train.sharpness import SharpnessOptions
 
@@ -24,7 +26,7 @@ SCHEDULE = {"name": Choice(*SCHEDULES), "milestones": Value("list", item=Int(0))
 SHARPNESS = spec_of(SharpnessOptions)  # declared in robprune.train.sharpness
 TRAIN = {"epochs": Int(0, example="2"), "objective": TARGET, "optimizer": TARGET, "schedule": SCHEDULE,
          "sharpness": SHARPNESS, "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}
-QUANT = {"method": ANY, "bits": ANY, "per_channel": ANY, "observer": ANY, "ema_decay": ANY, "freeze_ranges": ANY,
+QUANT = {**spec_of(QuantSpec), "method": Choice("none", *QUANT_METHODS),  # declared by robprune.quant.QuantSpec
          "calibration": {"n_examples": Int(1, null=True, example="1024"), "batch_size": SIZE}, "train": TRAIN}
 DATA = {"root": PATH, "download": BOOL, "batch_size": Int(1, example="128"), "cache_dir": PATH}
 LATENCY = {"batch_size": SIZE, "repeats": Int(1, example="20"), "warmup": Int(0, example="3")}

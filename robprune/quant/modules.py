@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from robprune.errors import ConfigError
+from robprune.options import BOOL, Choice, Float, Int, check_fields, option
 from robprune.quant.observers import OBSERVERS, RangeObserver
 from robprune.quant.quantizer import (
     MAX_BITS,
@@ -44,22 +46,25 @@ class QuantSpec:
     calibration (PTQ), else they track training batches (QAT).
     """
 
-    method: str
-    bits: int
-    per_channel: bool = False
-    observer: str = "minmax"
-    ema_decay: float = 0.99
-    freeze_ranges: bool = True
+    method: str = option(spec=Choice(*METHODS), help="ptq (calibrated after pruning) | qat (fake-quantised "
+                         "training, quant.train); none is no quantisation (recorded as quant.method)")
+    bits: int = option(spec=Int(MIN_BITS, high=MAX_BITS, example="8"), help="bit width of weights and input activations")
+    per_channel: bool = option(False, BOOL, help="weights: one scale per output channel (true) or per tensor (false, "
+                               "the paper)")
+    observer: str = option("minmax", Choice(*OBSERVERS), help="activation range observer: minmax (running min/max) | "
+                           "ema (moving average)")
+    ema_decay: float = option(0.99, Float(0, high=1, low_open=True, high_open=True, example="0.99"),
+                              help="decay d of the ema observer (unused by minmax)")
+    freeze_ranges: bool = option(True, BOOL, help="activation ranges stay as calibrated, also while the quantised "
+                                 "model is fine-tuned")
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"quant.method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if isinstance(self.bits, bool) or not MIN_BITS <= int(self.bits) <= MAX_BITS:
-            raise ValueError(f"quant.bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {self.bits!r}")
-        if self.observer not in OBSERVERS:
-            raise ValueError(f"quant.observer must be one of {', '.join(OBSERVERS)}, got {self.observer!r}")
-        if not 0.0 < float(self.ema_decay) < 1.0:
-            raise ValueError(f"quant.ema_decay must be in (0, 1), got {self.ema_decay}")
+        """Each field against its declaration (ValueError with the one-line message: a config's checks
+        raise it as a ConfigError, a checkpoint's as a CheckpointError)."""
+        try:
+            check_fields(self, "quant")
+        except ConfigError as err:
+            raise ValueError(str(err).removeprefix("ConfigError: ")) from None
 
     def to_dict(self) -> dict:
         return asdict(self)

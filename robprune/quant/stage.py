@@ -32,7 +32,9 @@ def spec_from_config(quant_cfg: DictConfig | dict | None) -> QuantSpec | None:
         raise ConfigError(f"quant.calibration.n_examples must be >= 1 or null (whole training split), got {n}")
     try:
         return QuantSpec.from_dict(values)
-    except (ValueError, TypeError) as err:
+    except ValueError as err:  # a declaration refused a value: its message names the key and a fix
+        raise ConfigError(str(err)) from None
+    except TypeError as err:
         raise ConfigError(f"{err}; e.g. quant.bits=8") from None
 
 
