@@ -238,6 +238,8 @@ def check_fields(obj: Any, where: str) -> None:
         spec = specs[f.name]
         if isinstance(spec, Value):
             spec.check(getattr(obj, f.name), f"{where}.{f.name}")
+        elif callable(spec) and not isinstance(spec, (MapOf, type)):  # a check of its own: (value, key)
+            spec(getattr(obj, f.name), f"{where}.{f.name}")
 
 
 def _infer(annotation: Any, name: str) -> Any:

@@ -18,6 +18,7 @@ from robprune.registry import DATASETS, REGISTRIES, Entry, locate, target_entry
 from robprune.quant.modules import METHODS as QUANT_METHODS
 from robprune.quant.modules import QuantSpec
 from robprune.train.recipe import SCHEDULES
+from robprune.train.trainer import TrainerOptions
 from robprune.train.sharpness import SharpnessOptions
 
 # ---- groups without a _target_ -------------------------------------------------------------------
@@ -54,8 +55,7 @@ def reads_files(name: str) -> bool:
 INGREDIENT = {"epochs": Int(0, example="2"), "objective": ANY, "optimizer": ANY, "schedule": ANY,  # merged over train, then checked as a train node
               "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0"), "seed": Int(example="1")}
 AVERAGE = {"ingredients": MapOf(INGREDIENT), "attack": TARGET, "n_score": Int(1, example="100"), "batch_size": SIZE}
-TRAINER = {"devices": Int(1, example="2"), "precision": Choice("fp32", "bf16"), "channels_last": BOOL, "compile": BOOL,
-           "sync_batchnorm": BOOL}  # devices against the machine: robprune.train.trainer.resolve
+TRAINER = spec_of(TrainerOptions)  # declared by robprune.train.trainer.TrainerOptions
 LOGGER = {"tensorboard": BOOL, "mlflow": ANY}  # mlflow: null or {tracking_uri, experiment}: robprune.tracking.check_logger
 ROOT = {"dataset": DATASET, "model": TARGET, "train": TRAIN, "prune": TARGET, "quant": QUANT, "finetune": TRAIN,
         "eval": EVAL, "data": DATA, "seed": Int(example="0"), "train_seed": Int(example="0"), "device": ANY,

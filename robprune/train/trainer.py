@@ -32,21 +32,39 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from robprune.errors import ConfigError
+from robprune.options import BOOL, Choice, check_fields, defaults_of, option
 
 log = logging.getLogger("robprune")
 PRECISIONS = ("fp32", "bf16")
-DEFAULTS = {"devices": 1, "precision": "fp32", "channels_last": False, "compile": False, "sync_batchnorm": False}
+
+
+def _devices(value, key: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}; e.g. {key}=2")
 
 
 @dataclass(frozen=True)
-class Trainer:
+class TrainerOptions:
+    """The ``trainer`` node's options, declared once (schema, defaults, meaning); they enter every training
+    stage's key."""
+
+    devices: int = option(1, _devices, help="data-parallel processes (DistributedDataParallel: GPUs on CUDA, processes "
+                          "on a CPU); data.batch_size stays the global batch")
+    precision: str = option("fp32", Choice(*PRECISIONS), help="fp32 | bf16 (autocast of the training forward; GPU "
+                            "option, fp32 on a CPU with a note)")
+    channels_last: bool = option(False, BOOL, help="NHWC model and inputs during training")
+    compile: bool = option(False, BOOL, help="torch.compile the training forward (GPU option, eager on a CPU with a note)")
+    sync_batchnorm: bool = option(False, BOOL, help="SyncBatchNorm across ranks (CUDA); otherwise each rank keeps its "
+                                  "own BN statistics")
+
+
+DEFAULTS = defaults_of(TrainerOptions)
+
+
+@dataclass(frozen=True)
+class Trainer(TrainerOptions):
     """The resolved ``trainer`` node: what training actually does on this device (after fallbacks)."""
 
-    devices: int = 1
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    sync_batchnorm: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -80,12 +98,8 @@ def available_devices(device: torch.device) -> int:
 def resolve(node, device: torch.device) -> Trainer:
     """ConfigError for a trainer node this device cannot run; fall back (with a note) for GPU-only options on a CPU."""
     v = node_values(node)
+    check_fields(TrainerOptions(**v), "trainer")
     devices = v["devices"]
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ConfigError(f"trainer.devices must be a positive integer, got {devices!r}; e.g. trainer.devices=2")
-    if v["precision"] not in PRECISIONS:
-        raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {v['precision']!r}; "
-                          "e.g. trainer.precision=bf16")
     have = available_devices(device)
     under = launched()
     if under:  # torchrun started the ranks: their number is the world size
