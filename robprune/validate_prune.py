@@ -26,16 +26,12 @@ def check_prune_combinations(node: DictConfig) -> None:
     allocation = node.get("allocation", entry.meta["fixed"].get("allocation", "uniform"))
     criterion = node.get("criterion")
     if criterion in IMPORTANCES and IMPORTANCES.entry(criterion).meta.get("needs_scores") and not scores:
-        raise ConfigError("prune.criterion=taylor needs a scores node that makes the calibration set; use prune=taylor, "
-                          "or set prune.criterion=l1")
+        raise ConfigError(f"prune.criterion={criterion} needs a scores node that makes the calibration set; use "
+                          f"prune={criterion} if it is a pruner, or set prune.criterion=l1")
     if allocation == "mrs":
         if not scores.endswith("mrs_scores"):
             raise ConfigError("prune.allocation=mrs needs MRS scores (prune.scores._target_=robprune.prune.channel.sensitivity."
                               "mrs_scores); use prune=mrs, or set prune.allocation=uniform")
-        normalization = node.get("normalization", "bisection")
-        if normalization == "bisection" and node.get("sparsity") is None:
-            raise ConfigError("prune.normalization=bisection needs prune.sparsity (a global parameter fraction); "
-                              "e.g. prune.sparsity=0.9, or prune.normalization=mean with prune.channel_ratio")
 
 
 def pruner(node: DictConfig) -> "Entry | None":

@@ -129,7 +129,7 @@ def bounded_ratios(inp: AllocationInput, *, group_scores: dict[str, float], rule
     by bisection so the global parameter sparsity equals ``sparsity``; 'mean': c = ``channel_ratio``
     (z has mean 0, so S is the mean ratio before clipping). Non-decreasing in c, as bisection needs.
     """
-    _check_normalization(normalization, sparsity, channel_ratio)
+    check_normalization(normalization, sparsity, channel_ratio)
     _, z = standardised_log_scores(_scores_of(inp, group_scores), rule.score_floor)
     caps = group_caps(inp.groups, inp.budget, r_max=rule.r_max, r_max_small=rule.r_max_small,
                       small_fraction=rule.small_fraction)
@@ -161,7 +161,7 @@ def inverse_ratios(inp: AllocationInput, *, group_scores: dict[str, float], spar
     ``sparsity``. normalization 'mean': r_l = clip(S·L·(1/s_l) / Σ_j (1/s_j), 0, r_max) with
     S = ``channel_ratio`` (the mean per-layer channel ratio before clipping).
     """
-    _check_normalization(normalization, sparsity, channel_ratio)
+    check_normalization(normalization, sparsity, channel_ratio)
     s = _floored(inp, group_scores)
     if normalization == "mean":
         inv = {root: 1.0 / v for root, v in s.items()}
@@ -173,7 +173,9 @@ def inverse_ratios(inp: AllocationInput, *, group_scores: dict[str, float], spar
 
 
 
-def _check_normalization(normalization: str, sparsity: float | None, channel_ratio: float | None) -> None:
+def check_normalization(normalization: str, sparsity: float | None, channel_ratio: float | None) -> None:
+    """The amount each normalisation needs (ConfigError otherwise): mean spreads channel_ratio, bisection
+    hits sparsity. The MRS options' cross-key rule (MRSPruning.check_mrs) and the allocators' precondition."""
     if normalization not in ("bisection", "mean"):
         raise ConfigError(f"prune.normalization must be bisection or mean, got {normalization!r}; e.g. prune.normalization=bisection")
     if normalization == "mean" and channel_ratio is None:

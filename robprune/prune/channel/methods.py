@@ -19,8 +19,8 @@ from torch import nn
 
 from robprune.errors import ConfigError
 from robprune.options import BOOL, FRACTION, STR, TARGET, Choice, Float, Int, Value, check_fields, option
-from robprune.prune.channel.allocation import (BoundedRule, bounded_ratios, global_by_score, inverse_ratios, rule_terms,
-                                               uniform_ratios, uniform_sparsity)
+from robprune.prune.channel.allocation import (BoundedRule, bounded_ratios, check_normalization, global_by_score,
+                                               inverse_ratios, rule_terms, uniform_ratios, uniform_sparsity)
 from robprune.prune.channel.importance import make_importance
 from robprune.prune.channel.policy import structured_prune
 from robprune.prune.channel.sensitivity import group_scores
@@ -110,7 +110,9 @@ class MRSPruning(ChannelPruning):
                                 "score_floor · median MRS) before the log")
 
     def check_mrs(self) -> None:
-        """r_min <= min(r_max, r_max_small): otherwise the ratio range is empty (ConfigError naming the key)."""
+        """The amount the normalisation needs, and r_min <= min(r_max, r_max_small): otherwise the ratio range
+        is empty (ConfigError naming the key)."""
+        check_normalization(self.normalization, self.sparsity, self.channel_ratio)
         for key in ("r_max", "r_max_small"):
             if float(self.r_min) > float(getattr(self, key)):
                 raise ConfigError(f"prune.r_min={self.r_min:g} exceeds prune.{key}={getattr(self, key):g}, so the ratio "
