@@ -77,10 +77,10 @@ def refuse_finished_dirs(args: list[str]) -> None:
     with -m, the sweep directory) already holds a finished run: a later run never touches its bytes."""
     from hydra import compose, initialize_config_dir
 
-    from robprune.compose import expand_overrides
+    from robprune.compose import expand_overrides, overrides_of
 
     multirun = any(a in ("-m", "--multirun") for a in args)
-    overrides = expand_overrides([a for a in args if not a.startswith("-")])[0]
+    overrides = expand_overrides(overrides_of(args))[0]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         hc = compose("config", overrides=overrides, return_hydra_config=True).hydra
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"

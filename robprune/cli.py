@@ -61,10 +61,10 @@ def run_command(args: list[str]) -> int:
 
 
 def _run(args: list[str]) -> int:
-    from robprune.compose import check_overrides
+    from robprune.compose import check_overrides, overrides_of
 
     args = quote_splits(args)
-    check_overrides([a for a in args if not a.startswith("-")])
+    check_overrides(overrides_of(args))
     from robprune.app import hydra_main
 
     sys.argv = ["robprune", *args]

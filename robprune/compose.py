@@ -151,4 +151,23 @@ def sweeper_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in (params or {}).items() if str(k) not in given]
 
 
-__all__ = ["compose", "expand_overrides", "check_overrides"]
+# Hydra's flags that take a value as the next argument (``--cfg job``, ``-p prune``, ``--info plugins``)
+FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn",
+                    "--config-dir", "-cd", "--experimental-rerun")
+
+
+def overrides_of(args: list[str]) -> list[str]:
+    """The config overrides of a ``robprune run`` command line: every argument that is not a Hydra flag or
+    a flag's value (``--cfg job`` is a flag and its value, ``--cfg=job`` one flag)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in FLAGS_WITH_VALUE
+        else:
+            out.append(arg)
+    return out
+
+
+__all__ = ["compose", "expand_overrides", "check_overrides", "overrides_of"]

@@ -138,3 +138,17 @@ def test_real_mnist_split_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     m = read_metrics(tmp_path / "run")
     assert m["dataset"] == {"name": "mnist", "n_train": 600, "n_test": 200}
+
+
+def test_hydra_flags_and_their_values_are_not_read_as_overrides(tmp_path):
+    """``--cfg job`` (flag, space, value) prints the job's config like ``--cfg=job``: the value is not
+    composed as an override ('cannot parse job'), and nothing runs."""
+    from robprune.compose import overrides_of
+
+    assert overrides_of(["prune=mrs", "--cfg", "job", "-p", "prune", "-m", "seed=0,1", "--cfg=all"]) == \
+        ["prune=mrs", "seed=0,1"]
+    spaced = robprune(["run", "prune=mrs", f"hydra.run.dir={tmp_path / 'run'}", "--cfg", "job"], cwd=tmp_path)
+    joined = robprune(["run", "prune=mrs", f"hydra.run.dir={tmp_path / 'run'}", "--cfg=job"], cwd=tmp_path)
+    assert spaced.returncode == joined.returncode == 0, spaced.stderr[-2000:]
+    assert "_target_: robprune.prune.mrs" in spaced.stdout and spaced.stdout == joined.stdout
+    assert not (tmp_path / "run" / "metrics.json").exists()
