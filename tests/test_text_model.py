@@ -153,3 +153,23 @@ def test_text_attack_on_images_is_refused():
         validate(compose(["eval=text"]))
     with pytest.raises(ConfigError, match="does not apply"):
         validate(compose(["train=freelb"]))
+
+
+def test_a_max_length_beyond_the_models_positions_is_one_line_before_any_stage(text_env, tmp_path):
+    """dataset.max_length longer than the encoder's position embeddings (IMDB's 256 on a 128-position
+    BERT) is refused before any stage, naming the key and the limit, instead of an index error deep in
+    the encoder; the run directory gets no result."""
+    from robprune.pipeline import run
+
+    base = ["+experiment=text_sst2", f"data.root={text_env['data']}", f"model.pretrained={text_env['bert']}", "dataset.train_split=train",
+            f"dataset.tokenizer={text_env['bert']}", f"cache_dir={tmp_path / 'cache'}"]
+    data = _bundle(text_env, max_length=200)
+    with pytest.raises(ConfigError, match=r"dataset\.max_length=200 is longer than the model's 128 position embeddings"):
+        data.check_model(_model(text_env, data))
+    cfg = compose([*base, "dataset.max_length=200"])
+    with pytest.raises(ConfigError, match="dataset.max_length=128 or lower"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["datasets"]  # the decoded sentences only, no stage
+    data = _bundle(text_env, max_length=128)
+    data.check_model(_model(text_env, data))  # exactly the model's positions is fine

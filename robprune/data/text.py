@@ -79,10 +79,15 @@ class TextBundle:
         return TokenLoader(x, y, batch_size, pad_id=self.pad_id, **kwargs)
 
     def check_model(self, model) -> None:
-        """The model must take token ids (a text classifier)."""
+        """The model must take token ids (a text classifier) and have a position embedding for every token of
+        a ``dataset.max_length`` sentence (a longer sentence ends in an index error inside the encoder)."""
         if not hasattr(model, "pad_id"):
             raise ConfigError(f"dataset.name={self.name} is a text dataset but model._target_ builds "
                               f"{type(model).__name__}, an image model; use model=minilm (or another text model)")
+        positions = getattr(getattr(getattr(model, "hf", None), "config", None), "max_position_embeddings", None)
+        if isinstance(positions, int) and int(self.max_length) > positions:
+            raise ConfigError(f"dataset.max_length={self.max_length} is longer than the model's {positions} position "
+                              f"embeddings; set dataset.max_length={positions} or lower (or a model with more positions)")
 
 
 class TokenLoader:
