@@ -68,3 +68,31 @@ def test_names_filter_on_metadata_including_several_values():
     assert registry.names(modality="text") == ("b", "c")
     assert registry.names(modality="image") == ("a", "c")
     assert registry.name_of(3) == "c" and registry.find(4) is None
+
+
+def test_a_criterion_is_checked_against_the_criteria_registry_before_any_work():
+    """prune.criterion names a registered criterion (a new one in its own module is accepted); a misspelt
+    one is one line naming the registered ones, and a criterion that reads the calibration set without a
+    scores node says so — both at validation, from the registrations."""
+    from robprune.compose import compose
+    from robprune.registry import CRITERIA
+    from robprune.validate import validate
+
+    validate(compose(["prune=l2_filter", "prune.criterion=random"]))
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["prune=l2_filter", "prune.criterion=l22"]))
+    assert "prune.criterion='l22' is not a registered channel importance criterion (did you mean l2?)" in str(err.value)
+    assert all(name in str(err.value) for name in CRITERIA.names())
+    needs = [n for n in CRITERIA.names() if CRITERIA.entry(n).meta.get("needs_scores")]
+    assert needs == ["taylor"]
+    with pytest.raises(ConfigError, match="prune.criterion=taylor needs a scores node"):
+        validate(compose(["prune=l2_filter", "prune.criterion=taylor"]))
+
+
+def test_a_declared_node_refuses_a_key_it_does_not_declare():
+    from robprune.train.sharpness import check_node
+    from robprune.train.trainer import DEFAULTS, TrainerOptions
+
+    with pytest.raises(ConfigError, match=r"train\.sharpness\.rhoo is not a key of train\.sharpness"):
+        check_node({"method": "sam", "rhoo": 0.1}, "train.sharpness")
+    assert DEFAULTS == {f: getattr(TrainerOptions(), f) for f in TrainerOptions.__dataclass_fields__}
