@@ -20,7 +20,7 @@ from robprune import schema
 from robprune.config import _check_targets, config_dir
 from robprune.corruptions import check_node as check_corruptions
 from robprune.errors import ConfigError
-from robprune.registry import ATTACKS, MODELS, OBJECTIVES, PRUNERS, Entry, locate, target_entry
+from robprune.registry import ATTACKS, MODELS, OBJECTIVES, PRUNERS, locate, target_entry
 from robprune.schema import ANY, BOOL, TARGET, MapOf, Value, unknown_key
 from robprune.tracking import check_logger
 from robprune.validate_prune import check_before_stages, check_prune_combinations, reachable_sparsity
@@ -267,20 +267,14 @@ def check_model(node: DictConfig) -> None:
     """A timm model's name must be in timm's registry (close matches listed); imports timm only then."""
     from robprune.models.timm import check_timm_name, timm_model
 
-    entry = registered(MODELS, node)
+    entry = target_entry(MODELS, node.get("_target_"))
     if entry is not None and entry.obj is timm_model and "name" in node:
         check_timm_name(str(node.name))
 
 
-def registered(registry, node) -> "Entry | None":
-    """The registry entry a node's ``_target_`` resolves to (None: not a registered thing, or no target)."""
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    return None if target is None else target_entry(registry, str(target))
-
-
 def modality_of(registry, node, default: str = "image") -> tuple[str, ...]:
     """The modalities a registered thing takes (``meta['modality']``, one or several)."""
-    entry = registered(registry, node)
+    entry = target_entry(registry, node.get("_target_") if isinstance(node, DictConfig) else None)
     value = entry.meta.get("modality", default) if entry is not None else default
     return value if isinstance(value, tuple) else (value,)
 
