@@ -9,7 +9,7 @@ from robprune.stages import average, calib, evaluate, finetune, prune, prune_tra
 ORDER = (train.STAGE, average.INGREDIENTS, average.STAGE, scores.STAGE, calib.STAGE, prune.STAGE, prune_train.STAGE,
          quant.STAGE, finetune.STAGE, evaluate.STAGE)
 for _position, _stage in enumerate(ORDER):
-    REGISTRY.add(_stage.name, _stage, position=_position)
-STAGES = tuple(REGISTRY.get(name) for name in sorted(REGISTRY.names(), key=lambda n: REGISTRY.entry(n).meta["position"]))
+    REGISTRY.add(_stage.name, _stage, position=_position)  # robprune.registry.STAGES: name -> stage, place in the graph
+STAGES = ORDER
 
 __all__ = ["ORDER", "STAGES"]
