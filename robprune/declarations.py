@@ -20,8 +20,6 @@ code. :func:`store_declarations` must run before Hydra composes: :func:`robprune
 """
 from __future__ import annotations
 
-import functools
-
 from robprune.options import declared, defaults_of
 from robprune.registry import REGISTRIES, Entry
 
@@ -68,9 +66,9 @@ def load_option(group: str, name: str):
     return OmegaConf.merge(OmegaConf.create(base), node)
 
 
-@functools.lru_cache(maxsize=1)
 def store_declarations() -> None:
-    """Store ``declared/<group>/<name>`` for every registered thing of a config group (once per process)."""
+    """Store ``declared/<group>/<name>`` for every registered thing of a config group. Called before every
+    composition (a few milliseconds), so a thing registered since the last one is there too."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
