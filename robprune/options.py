@@ -21,7 +21,7 @@ import functools
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from robprune.errors import ConfigError
 

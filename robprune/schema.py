@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from robprune.attacks.autoattack import AA_ATTACKS, AA_NORMS, AA_VERSIONS  # noqa: F401  (validate's hint)
 from robprune.corruptions import SOURCES
 from robprune.options import (ANY, BOOL, EPS, FRACTION, HYDRA_KEYS, PATH, SEED, SIZE, STEPS, STR, TARGET,  # noqa: F401
                                TRAINING, Choice, Float, Int, MapOf, Value, declared, spec_of, unknown_key)

@@ -186,10 +186,11 @@ def check_attack(node: DictConfig, path: str, target: str) -> None:
         params = {k: value_at(node, k, f"{path}.{k}") for k in node.keys() if k not in schema.HYDRA_KEYS}
         locate(target).check_params(where=path, **OmegaConf.to_container(OmegaConf.create(params), resolve=True))
     from robprune.attacks import autoattack, pgd
+    from robprune.attacks.autoattack import AA_ATTACKS
 
     obj = locate(target)
     if obj is autoattack and node.get("version") == "custom" and not node.get("attacks"):
-        raise ConfigError(f"{path}.version=custom needs {path}.attacks, a list from {', '.join(schema.AA_ATTACKS)}; "
+        raise ConfigError(f"{path}.version=custom needs {path}.attacks, a list from {', '.join(AA_ATTACKS)}; "
                           f"e.g. {path}.attacks=[apgd-ce,square]")
     if obj is pgd and node.get("compat") == "adverfine" and node.get("norm", "linf") != "linf":
         raise ConfigError(f"{path}.compat=adverfine reproduces an L∞ attack only, but {path}.norm={node.norm}; "

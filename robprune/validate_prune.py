@@ -52,7 +52,6 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
     import copy
 
     from robprune.config import to_container
-    from robprune.prune.channel import methods
 
     from robprune.prune import adasap, global_magnitude
 
@@ -168,7 +167,6 @@ def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
     import torch
 
     from robprune.config import to_container
-    from robprune.prune.channel import methods
     from robprune.prune.channel.structured import build_groups, cut_group
 
     from robprune.prune import adasap

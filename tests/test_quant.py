@@ -328,3 +328,17 @@ def test_an_int8_conversion_that_disagrees_fails_the_run_checks():
     ok = {"checks": {"failed": [], "passed": True}, "int8_check": {**record, "ok": True}}
     add_int8_check(ok)
     assert ok["checks"]["passed"] is True and ok["checks"]["int8_matches_fake"] is True
+
+
+
+def test_the_quant_declaration_refuses_a_bad_value_from_a_config_and_from_code():
+    """QuantSpec's fields are the quant node's schema: a value outside a declaration is a ValueError naming the
+    key when built in code, and one ConfigError line with the fix from a config (spec_from_config, before any
+    work); a checkpoint's record: test_checkpoint_with_an_invalid_quant_record_is_refused."""
+    from robprune.quant.stage import spec_from_config
+
+    with pytest.raises(ValueError, match=r"quant\.ema_decay must be in \(0, 1\), got 1\.5"):
+        QuantSpec("ptq", 8, ema_decay=1.5)
+    with pytest.raises(ConfigError, match=r"^ConfigError: quant\.bits must be in \[2, 16\], got 40; e\.g\. quant\.bits=8$"):
+        spec_from_config({"method": "ptq", "bits": 40})
+    assert spec_from_config({"method": "ptq", "bits": 4}) == QuantSpec("ptq", 4)

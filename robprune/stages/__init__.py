@@ -8,8 +8,8 @@ from robprune.stages import average, calib, evaluate, finetune, prune, prune_tra
 
 ORDER = (train.STAGE, average.INGREDIENTS, average.STAGE, scores.STAGE, calib.STAGE, prune.STAGE, prune_train.STAGE,
          quant.STAGE, finetune.STAGE, evaluate.STAGE)
-for _position, _stage in enumerate(ORDER):
-    REGISTRY.add(_stage.name, _stage, position=_position)  # robprune.registry.STAGES: name -> stage, place in the graph
+for _stage in ORDER:
+    REGISTRY.add(_stage.name, _stage)  # robprune.registry.STAGES: name -> stage (ORDER is its place in the graph)
 STAGES = ORDER
 
 __all__ = ["ORDER", "STAGES"]

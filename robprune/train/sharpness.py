@@ -273,7 +273,7 @@ class SharpnessOptions:
                                           help="clip the second-pass gradient to this L2 norm; null = no clipping")
 
 
-def options_of(node, path: str) -> SharpnessOptions:
+def sharpness_options(node, path: str) -> SharpnessOptions:
     """The sharpness node as :class:`SharpnessOptions` (declared defaults for keys it leaves out), checked:
     each key against its declaration, and rho_min <= rho_max for AdaSAP (ConfigError naming the key)."""
     values = dict(node.items()) if node is not None else {}
@@ -292,7 +292,7 @@ def wrap(cfg, model: nn.Module, base: torch.optim.Optimizer, key: str, *, neuron
     """The optimizer a train/finetune node asks for: ``base`` itself, or wrapped per its ``sharpness`` node.
     Raises ConfigError (exit 2) for a bad node; :func:`robprune.validate` runs the same check before work."""
     node = cfg.get("sharpness") if cfg is not None else None
-    opts = options_of(node, f"{key}.sharpness")
+    opts = sharpness_options(node, f"{key}.sharpness")
     if opts.method == "none":
         return base
     return SharpnessAware(model, base, method=opts.method, rho=opts.rho, eta=opts.eta, rho_min=opts.rho_min,
@@ -301,5 +301,5 @@ def wrap(cfg, model: nn.Module, base: torch.optim.Optimizer, key: str, *, neuron
 
 
 def check_node(node, path: str) -> None:
-    """One-line ConfigErrors for a sharpness node (see :func:`options_of`)."""
-    options_of(node, path)
+    """One-line ConfigErrors for a sharpness node (see :func:`sharpness_options`)."""
+    sharpness_options(node, path)

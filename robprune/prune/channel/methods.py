@@ -150,30 +150,25 @@ def _mrs_allocate(inp, *, options: ChannelPruning, context: PruneContext):
     return bounded_ratios(inp, group_scores=scores, rule=options.bounded_rule(), **amount)
 
 
-def channel_options(options: dict) -> MRSPruning:
-    """The options of a channel pruner from config keys (every channel option, the MRS rule's at their
-    defaults unless set); ConfigError naming an unknown key or a value its declaration refuses."""
-    fields = MRSPruning.__dataclass_fields__
+def channel_options(options: dict, declaration: type = None) -> "MRSPruning":
+    """The options of a channel pruner from config keys, as ``declaration`` (default :class:`MRSPruning`:
+    every channel option, the MRS rule's at their defaults unless set); ConfigError naming an unknown key or
+    a value its declaration refuses."""
+    declaration = declaration or MRSPruning
+    fields = declaration.__dataclass_fields__
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise ConfigError(f"prune.{unknown[0]} is not an option of channel pruning; options: {', '.join(fields)}")
-    opts = MRSPruning(**options)
+    opts = declaration(**options)
     check_fields(opts, "prune")
     return opts
 
 
-def check_options(method, options: type, fixed: dict) -> None:
+def check_options(method, declaration: type, fixed: dict) -> None:
     """Check a bound channel method's options without a model (so a sweep fails before any training).
-    method: the functools.partial that ``instantiate(prune_cfg)`` returns; options: the dataclass its
+    method: the functools.partial that ``instantiate(prune_cfg)`` returns; declaration: the dataclass its
     registration declares them with; fixed: what the registration fixes."""
-    values = {**fixed, **method.keywords}
-    unknown = sorted(set(values) - set(options.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"prune.{unknown[0]} is not an option of channel pruning; options: "
-                          f"{', '.join(options.__dataclass_fields__)}")
-    opts = options(**values)
-    check_fields(opts, "prune")
-    opts.semantics()
+    channel_options({**fixed, **method.keywords}, declaration).semantics()
 
 
 def channel_pruning(model: nn.Module, context: PruneContext, **options) -> dict:
