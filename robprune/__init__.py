@@ -16,3 +16,6 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # robprune draws its
 import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema")
+# timm 1.0.9 (what the robustbench extra pins) decorates one of its models with torch.jit.interface at import,
+# which torch >= 2.9 deprecates with a FutureWarning on stderr; nothing a robprune user can act on.
+warnings.filterwarnings("ignore", message=r"`torch.jit.interface` is deprecated", category=FutureWarning)

@@ -104,6 +104,20 @@ def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu
     return model.to(map_location).eval(), meta
 
 
+def read_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, model.json) of a robprune checkpoint without rebuilding its model: the same files and
+    digest checks as :func:`load_checkpoint` (a model.init source, robprune.start)."""
+    weights_path, meta_path = _resolve(Path(path))
+    meta = _read_meta(meta_path)
+    tensors, file_digest = _read_weights(weights_path)
+    if file_digest != meta["weights_sha256"]:
+        raise CheckpointError(f"{weights_path}: weights and {meta_path.name} come from different saves (an interrupted "
+                              f"save or files copied from different runs); save the checkpoint again")
+    if tensors_digest(tensors) != file_digest:
+        raise CheckpointError(f"{weights_path}: weights are corrupt (checksum mismatch); save the checkpoint again")
+    return tensors, meta
+
+
 def _resolve(path: Path) -> tuple[Path, Path]:
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     meta = weights.with_suffix(".json")

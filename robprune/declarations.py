@@ -31,10 +31,11 @@ def options_of(entry: Entry):
     return entry.meta.get("options", entry.obj)
 
 
-def declared_defaults(entry: Entry) -> dict | None:
+def declared_defaults(entry: Entry, common=None) -> dict | None:
     """{option: default} of a registered thing, as config values (None: it declares no options). What
     the registration fixes (``meta['fixed']``) is not an option of it; a ``method`` option defaults to the
-    registered name (the name recorded in results)."""
+    registered name (the name recorded in results). common: its registry's :attr:`~robprune.registry.Registry.common`
+    options (a model's ``init`` and ``head``), listed first."""
     options = options_of(entry)
     if not declared(options):
         return None
@@ -42,7 +43,7 @@ def declared_defaults(entry: Entry) -> dict | None:
     out = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults_of(options).items() if k not in fixed}
     if "method" in out:
         out["method"] = entry.name
-    return out
+    return {**(defaults_of(common) if common is not None else {}), **out}
 
 
 def load_option(group: str, name: str):
@@ -60,7 +61,7 @@ def load_option(group: str, name: str):
                 path = str(source).lstrip("/").split("@")[0]
                 if path.startswith(f"{GROUP}/"):
                     registry = next(r for r in REGISTRIES.values() if r.group == path.split("/", 1)[1])
-                    base = declared_defaults(registry.entry(str(option))) or {}
+                    base = declared_defaults(registry.entry(str(option)), registry.common) or {}
     if "defaults" in node:
         node.pop("defaults")
     return OmegaConf.merge(OmegaConf.create(base), node)
@@ -76,6 +77,6 @@ def store_declarations() -> None:
         if registry.group is None:
             continue
         for entry in registry.entries():
-            node = declared_defaults(entry)
+            node = declared_defaults(entry, registry.common)
             if node is not None:
                 store.store(group=f"{GROUP}/{registry.group}", name=entry.name, node=node)

@@ -57,6 +57,10 @@ class Stage:
     externals(view): files outside the data bundle that the builder reads, as JSON-able records (e.g.
     [path, size, mtime_ns], the decode cache's rule), from the stage's own config view; they enter the
     key's environment part, so replacing such a file rebuilds the stage without changing its seeds.
+    content(view): for config paths whose value names a file the builder loads (``model.init``), a JSON-able
+    record of that file's content ({path: {"sha256": ...}}); the key holds the record in place of the
+    path, so the same weights under another path reuse the stage and a changed file rebuilds it (and its
+    seeds follow the content, not where it lies).
     publishes: files of its output copied into the run directory when present (plots, tables, reports).
     precheck(pc): the checks this stage needs before ANY stage runs, given a :class:`Precheck` (the whole
     config, the data, the dense untrained model): a missing input file, an unreachable target on this
@@ -79,6 +83,7 @@ class Stage:
     produces_model: bool = True
     libraries: tuple[str, ...] = LIBRARIES
     externals: Callable[["ConfigView"], Any] | None = None
+    content: Callable[["ConfigView"], dict[str, Any]] | None = None
     instances: Callable[[DictConfig], list["Stage"]] | None = None
     publishes: tuple[str, ...] = ()
     precheck: Callable[["Precheck"], None] | None = None
@@ -170,6 +175,18 @@ def _resolve_inputs(stage: Stage, names: list[str], last_model: str | None) -> d
 
 
 # --- config slices -------------------------------------------------------------------------------
+
+def keyed_by_content(sliced: DictConfig, records: dict[str, Any]) -> DictConfig:
+    """``sliced`` with each path of ``records`` holding its content record instead of its value (a
+    stage's ``content`` hook): what the key is computed from. Paths whose record is None are left as they are."""
+    if not records or all(r is None for r in records.values()):
+        return sliced
+    out = OmegaConf.create(OmegaConf.to_container(sliced))
+    for path, record in records.items():
+        if record is not None:
+            OmegaConf.update(out, path, {"content": record}, merge=False)
+    return out
+
 
 def _covered(path: str, paths: Iterable[str]) -> bool:
     return any(path == p or path.startswith(p + ".") for p in paths)

@@ -20,7 +20,7 @@ from robprune.attacks.compat import attack_compat
 from robprune.checkpoint import load_checkpoint
 from robprune.data import DataBundle, build_data
 from robprune.graph import (MODEL, ConfigView, DataView, Planned, Precheck, StageContext, config_slice,
-                            data_fingerprint, plan, provenance, stage_keys)
+                            data_fingerprint, keyed_by_content, plan, provenance, stage_keys)
 from robprune.io import atomic_write_json, atomic_write_text
 from robprune.measure import checkpoint_size_bytes, dense_model, measure
 from robprune.stages import STAGES
@@ -58,11 +58,12 @@ def walk(planned: list[Planned], cfg: DictConfig, data: DataBundle, cache: Stage
         sliced = config_slice(cfg, stage.reads, stage.ignores)
         view = ConfigView(sliced, stage.name, stage.reads, stage.ignores)
         externals = stage.externals(view) if stage.externals else None
-        key, seed_key = stage_keys(stage, sliced, input_keys, prints, device.type, externals)
+        keyed = keyed_by_content(sliced, stage.content(view)) if stage.content else sliced
+        key, seed_key = stage_keys(stage, keyed, input_keys, prints, device.type, externals)
         inputs = {role: results[up] for role, up in p.inputs.items()}
         meta = {"name": stage.name, "key": key, "inputs": {role: results[up].key for role, up in p.inputs.items()},
                 "input_stages": dict(p.inputs), "data": {part: prints[part] for part in stage.data},
-                "config": OmegaConf.to_container(sliced),
+                "config": OmegaConf.to_container(keyed),
                 "device": device.type, "provenance": env}
 
         def build(work: Path, stage=stage, view=view, inputs=inputs, key=key, seed_key=seed_key) -> None:

@@ -200,7 +200,8 @@ def _declared(data: dict) -> dict[str, tuple[Any, str]]:
         group = str(source).lstrip("/").split("@")[0].split("/", 1)[1]
         registry = next(r for r in REGISTRIES.values() if r.group == group)
         options = options_of(registry.entry(str(name)))
-        return {k: (v, help_of(options).get(k, "")) for k, v in declared_defaults(registry.entry(str(name))).items()}
+        helps = {**(help_of(registry.common) if registry.common is not None else {}), **help_of(options)}
+        return {k: (v, helps.get(k, "")) for k, v in declared_defaults(registry.entry(str(name)), registry.common).items()}
     return {}
 
 

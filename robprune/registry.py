@@ -41,10 +41,13 @@ class Registry:
 
     kind: what an entry is, in words ("pruning method"); group: its conf group (``conf/<group>/``),
     None for kinds chosen inside other nodes (objectives, stages); modules: the modules whose import
-    registers every entry (imported lazily, on the first read)."""
+    registers every entry (imported lazily, on the first read). :attr:`common`: a dataclass declaring
+    options every entry's node takes besides its own (a model's ``init`` and ``head``), handled by the
+    caller, not by the registered callable; set by the package that owns them (:meth:`set_common`)."""
 
     def __init__(self, kind: str, *, group: str | None = None, modules: tuple[str, ...] = ()):
         self.kind, self.group, self.modules = kind, group, modules
+        self._common: Any = None
         self._entries: dict[str, Entry] = {}
         self._loaded = False
 
@@ -58,6 +61,16 @@ class Registry:
             raise ValueError(f"{self.kind} {name!r} is registered twice ({known.obj!r} and {obj!r})")
         self._entries[name] = Entry(name, obj, dict(meta))
         return obj
+
+    def set_common(self, options: Any) -> None:
+        """Declare the options (a dataclass) every entry's node takes besides its own."""
+        self._common = options
+
+    @property
+    def common(self) -> Any:
+        """The dataclass of options every entry's node takes (None: none); loads the registry first."""
+        self._load()
+        return self._common
 
     def register(self, name: str | None = None, **meta: Any) -> Callable[[Any], Any]:
         """Decorator: ``@REG.register("name", modality="image")``; the name defaults to ``obj.__name__``."""

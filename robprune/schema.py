@@ -88,10 +88,13 @@ def registered(target: str) -> "Entry | None":
 
 
 def _declaration(target: str):
-    """(what declares the options, what the registration fixes, the nodes it carries besides its options)."""
-    entry = registered(target)
-    if entry is not None:
-        return entry.meta.get("options", entry.obj), entry.meta.get("fixed", {}), entry.meta.get("nodes", {})
+    """(what declares the options, what the registration fixes, the nodes it carries besides its options:
+    its own and its registry's common options, e.g. a model's init and head)."""
+    for registry in REGISTRIES.values():
+        entry = target_entry(registry, target)
+        if entry is not None:
+            common = spec_of(registry.common) if registry.common is not None else {}
+            return entry.meta.get("options", entry.obj), entry.meta.get("fixed", {}), {**common, **entry.meta.get("nodes", {})}
     try:
         return locate(target), {}, {}
     except (ImportError, AttributeError):

@@ -265,12 +265,12 @@ def check_average(cfg: DictConfig) -> None:
 
 
 def check_model(node: DictConfig) -> None:
-    """A timm model's name must be in timm's registry (close matches listed); imports timm only then."""
-    from robprune.models.timm import check_timm_name, timm_model
-
+    """A model's own checks of its node (its registration's ``check`` hook: a timm name in timm's registry, a
+    RobustBench zoo name, threat and dataset), before any work; each imports its package only then."""
     entry = target_entry(MODELS, node.get("_target_"))
-    if entry is not None and entry.obj is timm_model and "name" in node:
-        check_timm_name(str(node.name))
+    hook = entry.meta.get("check") if entry is not None else None
+    if hook is not None:
+        hook(OmegaConf.to_container(node, resolve=True))
 
 
 def modality_of(registry, node, default: str = "image") -> tuple[str, ...]:

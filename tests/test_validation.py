@@ -277,6 +277,9 @@ TEXT_OPTIONS = {"dataset": ("sst2", "imdb", "ag_news"), "model": ("minilm", "ber
                 "eval": ("text",), "prune": ("kr_obs", "sparsegpt", "magnitude")}  # the text modality's options
 
 
+ZOO_OPTIONS = {"model": ("robustbench",)}  # the RobustBench zoo's models take their own datasets only (cifar10, cifar100, imagenet)
+
+
 def _is_text_attack(path: Path) -> bool:
     return "robprune.attacks.text." in path.read_text()
 
@@ -284,7 +287,8 @@ def _is_text_attack(path: Path) -> bool:
 def _zip_options() -> list[list[str]]:
     """Every option of every group at least once (options of different groups combined row by row),
     images and text separately (a text dataset takes a text model, text attacks and no pruning yet)."""
-    groups = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml") if p.stem not in TEXT_OPTIONS.get(g, ()))
+    groups = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml") if p.stem not in TEXT_OPTIONS.get(g, ())
+                        and p.stem not in ZOO_OPTIONS.get(g, ()))
               for g in ("dataset", "model", "train", "prune", "quant", "finetune", "eval")}
     rows = max(len(v) for v in groups.values())
     combos = [[f"{g}={opts[i % len(opts)]}" for g, opts in groups.items()] for i in range(rows)]
@@ -294,6 +298,8 @@ def _zip_options() -> list[list[str]]:
     text_rows = max(len(v) for v in TEXT_OPTIONS.values())
     text = ["quant=none", "finetune=none"]
     combos += [[*text, *(f"{g}={opts[i % len(opts)]}" for g, opts in TEXT_OPTIONS.items())] for i in range(text_rows)]
+    combos += [["model=robustbench", "dataset=cifar10"], ["model=robustbench", "dataset=cifar100", "model.name=Gowal2020Uncovering"],
+               ["model=robustbench", "dataset=imagefolder", "model.dataset=cifar10", "model.threat=L2", "model.name=Engstrom2019Robustness"]]
     combos.append([*text, "prune=none", "dataset=sst2", "model=minilm", "train=text_finetune", "eval=text",
                    *(f"+attack@eval.attacks.extra_{a.stem}={a.stem}" for a in attacks if _is_text_attack(a)),
                    "eval.attacks.extra_bert_attack.mlm=path/to/bert-base-uncased"])  # BERT-Attack's masked LM is required

@@ -6,10 +6,15 @@ its options declared in its signature (docs/how-to/add-model.md). ``timm_model``
 builds any timm architecture by name (``model=timm model.name=...``). ``text_classifier`` builds a
 transformers sequence classifier whose input is token ids (:mod:`robprune.models.text`)."""
 from robprune.models.cnn import cnn8, small_cnn
-from robprune.models.common import Normalize, build_model
+from robprune.models.common import Normalize, StartOptions, build_model
 from robprune.models.resnet import resnet18
+from robprune.models.robustbench import robustbench_model
 from robprune.models.text import TextClassifier, text_classifier
 from robprune.models.timm import timm_model
 from robprune.models.vgg import vgg16_bn
 
-__all__ = ["Normalize", "build_model", "cnn8", "small_cnn", "resnet18", "timm_model", "vgg16_bn", "TextClassifier", "text_classifier"]
+from robprune.registry import MODELS
+
+MODELS.set_common(StartOptions)  # model.init, model.head: every model node takes them (robprune.start)
+
+__all__ = ["StartOptions", "Normalize", "build_model", "cnn8", "small_cnn", "resnet18", "robustbench_model", "timm_model", "vgg16_bn", "TextClassifier", "text_classifier"]

@@ -1,9 +1,56 @@
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
+
+from robprune.options import Choice, Value, option
+
+PRETRAINED = "pretrained"  # model.init=pretrained: the architecture's published weights
+HEADS = ("keep", "new")
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    """Options every model node takes besides its builder's own (``MODELS.common``), declared once; what they
+    do is :func:`robprune.start.load_start` (docs/how-to/start-from-a-model.md)."""
+
+    init: str | None = option(None, Value("str", null=True, example="outputs/runs/<run>"),
+                              help="starting weights: null = the builder's initialisation | a robprune run or checkpoint "
+                              "folder | a .safetensors or .pt/.pth state dict (weights_only) | pretrained = the "
+                              "architecture's published weights (timm, torchvision, robustbench)")
+    head: str = option("keep", Choice(*HEADS), help="keep = load the classifier from model.init (class counts must match) "
+                       "| new = a fresh classifier for this dataset (train it with train.epochs>0)")
+
+
+START_KEYS = tuple(f.name for f in fields(StartOptions))
+
+
+@dataclass(frozen=True)
+class Published:
+    """Published weights of an architecture (a model registration's ``pretrained`` hook returns one).
+
+    path: the local weights file (in the package's cache; downloaded by the hook when online). mean, std:
+    the normalisation they were trained with (None: the model normalises inside, e.g. RobustBench's).
+    info: what to record beside robprune's own results (e.g. the zoo's published accuracies). wrappers,
+    strip: dict keys and key prefixes of the file's own layout to look under and remove (besides the usual
+    ones of robprune.start)."""
+
+    path: Path
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    info: dict | None = None
+    wrappers: tuple[str, ...] = ()
+    strip: tuple[str, ...] = ()
+
+
+def online() -> bool:
+    """Whether downloads are allowed: robprune is offline unless HF_HUB_OFFLINE=0 (the same switch as the hub)."""
+    return os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() in ("0", "false", "no", "")
 
 
 class Normalize(nn.Module):
@@ -26,10 +73,14 @@ def build_model(model_cfg, **shape) -> nn.Module:
     determined by (model_cfg, shape), which is what checkpoints record as ``arch``. shape: for images
     ``in_channels, image_size, num_classes, mean, std``; for text ``num_classes, pad_id, vocab_size``
     (and ``hf_config`` when a checkpoint is rebuilt): whatever the data bundle's ``arch_record`` gives."""
+    from omegaconf import OmegaConf
+
     from robprune.config import instantiate
 
     shape = {k: (list(v) if isinstance(v, tuple) else v) for k, v in shape.items()}
-    return instantiate(model_cfg, "model", **shape)
+    builder = {k: v for k, v in OmegaConf.to_container(OmegaConf.create(model_cfg) if isinstance(model_cfg, dict)
+               else model_cfg, resolve=True).items() if k not in START_KEYS}  # init/head: robprune.start, not the builder
+    return instantiate(OmegaConf.create(builder), "model", **shape)
 
 
 def flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:

@@ -43,7 +43,7 @@ class TimmNet(nn.Module):
         return self.net(self.normalize(x))
 
 
-@MODELS.register("timm", modality="image")
+@MODELS.register("timm", modality="image", check=lambda node: check_timm_name(str(node.get("name", "resnet18"))))
 def timm_model(*, in_channels: int, image_size: int, num_classes: int, mean, std,
                name: Annotated[str, Value("str", example="resnet18"), "timm architecture (timm.list_models()): resnet18, "
                                "resnet10t, mobilevit_xxs, vgg16_bn, ...; a tag is allowed (resnet18.a1_in1k)"] = "resnet18",
