@@ -14,7 +14,8 @@ from robprune.errors import ConfigError, RobpruneError
 
 log = logging.getLogger("robprune")
 USAGE = """usage: robprune run [-m] [group=option ...] [key=value ...]
-       robprune eval <run dir | checkpoint dir | model.safetensors> [group=option ...] [key=value ...]
+       robprune eval <run dir | checkpoint dir | model.safetensors | weights file> [group=option ...] [key=value ...]
+       robprune eval model=robustbench model.name=NAME dataset=cifar10 [key=value ...]   (any model.init, no path)
        robprune table <results dir> [--rows KEY ...] [--cols METRIC ...] [--out DIR]
        robprune table +table=NAME <results dir> [--out DIR]   (layout conf/table/NAME.yaml, e.g. adverfine)
        robprune plot <results dir> --x KEY --y METRIC [METRIC ...] [--hue KEY ...] [--out DIR]
@@ -76,12 +77,15 @@ def _run(args: list[str]) -> int:
 
 
 def eval_command(args: list[str]) -> int:
-    if not args or args[0].startswith("-") or "=" in args[0]:
-        raise ConfigError("robprune eval needs a run directory, checkpoint directory or model.safetensors first; "
+    if not args or args[0].startswith("-"):
+        raise ConfigError("robprune eval needs a run directory, checkpoint or weights file first, or model.init=...; "
                           "e.g. robprune eval outputs/runs/<run> eval=autoattack")
     from robprune.reeval import reevaluate
 
-    reevaluate(Path(args[0]), quote_splits(args[1:]))
+    if "=" in args[0]:  # no path: the overrides name the model (model.init=..., model=robustbench)
+        reevaluate(None, quote_splits(args))
+    else:
+        reevaluate(Path(args[0]), quote_splits(args[1:]))
     return 0
 
 

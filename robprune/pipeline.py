@@ -151,6 +151,9 @@ def assemble_metrics(cfg, data, results: dict[str, StageResult], final: StageRes
         "provenance": provenance(device),
         "version": robprune.__version__, "attack_compat": attack_compat(cfg),
     })
+    trained = results.get("train")
+    if trained is not None:  # where the dense model's weights came from (model.init), e.g. a zoo model's published accuracies
+        metrics["start"] = json.loads((trained.path / "model.json").read_text()).get("start")
     add_int8_check(metrics)
     add_sparsity_check(metrics, model, prune_info)
     return metrics

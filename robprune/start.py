@@ -25,6 +25,7 @@ never by its path.
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -134,8 +135,8 @@ def read_state(source: Source) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(source.path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
-            raise ConfigError(f"{where}: not a readable safetensors file ({_first_line(err)}); pass the file again "
-                              f"or re-save it with safetensors.torch.save_file") from None
+            raise ConfigError(f"{where}: not a readable safetensors file ({_first_line(err)}); pass a file written by "
+                              f"safetensors.torch.save_file") from None
     else:
         state = _torch_state(source.path, where)
     extra = source.published or Published(source.path)
@@ -148,7 +149,7 @@ def _robprune_state(source: Source, where: str) -> dict[str, torch.Tensor]:
     tensors, meta = read_weights(source.path)
     if meta.get("pruning_history") or meta.get("quant"):
         what = "pruned" if meta.get("pruning_history") else "quantised"
-        raise ConfigError(f"{where}: holds a {what} model; start from a dense one (the run's train stage, or a weights "
+        raise ConfigError(f"{where}: holds a {what} model; pass a dense one (the run's train stage, or a weights "
                           f"file), or evaluate it as it is with robprune eval {source.given}")
     return tensors
 
@@ -159,12 +160,14 @@ def _torch_state(path: Path, where: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Weights only load failed" in str(err):
-            raise ConfigError(f"{where}: torch.load(weights_only=True) refuses it (it pickles Python objects, e.g. a whole "
-                              f"model or an optimizer); robprune never unpickles such files: save model.state_dict() with "
-                              f"torch.save, or as .safetensors") from None
-        raise ConfigError(f"{where}: not a PyTorch checkpoint ({_first_line(err)}); pass a .safetensors file or a state "
-                          f"dict saved with torch.save") from None
+        if "Unsupported global" in str(err):  # a pickled class: what weights_only exists to refuse
+            name = re.search(r"GLOBAL ([\w.]+)", str(err))
+            raise ConfigError(f"{where}: torch.load(weights_only=True) refuses it (it pickles Python objects"
+                              f"{', ' + name.group(1) if name else ''}, e.g. a whole "
+                              f"model or an optimizer) and robprune never unpickles; pass model.state_dict() saved with "
+                              f"torch.save, or a .safetensors file") from None
+        raise ConfigError(f"{where}: not a PyTorch checkpoint (its bytes are no pickle of tensors); pass a .safetensors "
+                          f"file or a state dict saved with torch.save") from None
     except Exception as err:  # noqa: BLE001 - a file that is no checkpoint fails inside the unpickler in many ways
         raise ConfigError(f"{where}: not a PyTorch checkpoint ({type(err).__name__}: {_first_line(err)}); pass a "
                           f".safetensors file or a state dict saved with torch.save") from None
@@ -185,11 +188,11 @@ def _unwrap(obj: Any, where: str, wrappers: tuple[str, ...] = (), strip: tuple[s
                 obj = tensors  # a state dict saved with extra entries (an epoch counter) beside the tensors
                 break
             raise ConfigError(f"{where}: holds a dict without a state dict (keys: {', '.join(map(str, list(obj)[:6]))}); "
-                              f"robprune looks under {', '.join(WRAPPERS)}; save model.state_dict() itself")
+                              f"robprune looks under {', '.join(WRAPPERS)}; pass model.state_dict() itself")
         obj = inner
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"{where}: not a state dict ({type(obj).__name__}); save model.state_dict() with torch.save "
-                          f"or as .safetensors")
+        raise ConfigError(f"{where}: not a state dict ({type(obj).__name__}); pass model.state_dict() saved with "
+                          f"torch.save, or a .safetensors file")
     for prefix in (*PREFIXES, *strip):
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}

@@ -26,7 +26,7 @@ from robprune.pipeline import run
 from robprune.registry import REGISTRIES
 from robprune.schema import reads_files
 from tests.helpers import REPO, read_metrics, robprune
-from tests.tiny_roots import image_root, shared_folder, text_root, tiny_imagenet_root
+from tests.tiny_roots import ZOO_MODEL, image_root, shared_folder, text_root, tiny_imagenet_root, zoo_root
 
 CONF = REPO / "conf"
 
@@ -47,7 +47,8 @@ def options(group: str) -> list[str]:
 # eval or attack option replaces or extends it).
 BASES = {"image": ["logger=none", "eval=pgd"], "image32": ["logger=none", "eval=pgd", "dataset=synthetic"],
          "text": ["dataset=sst2", "model=bert", "train=text_finetune", "prune=none", "finetune=none", "eval=clean",
-                  "logger=none"]}
+                  "logger=none"],
+         "zoo": ["logger=none", "eval=pgd", "dataset=cifar10"]}  # model=robustbench: the zoo's own dataset
 TINY_TRAIN, TINY_TEST = 64, 32  # examples of the training and test splits of every run
 
 
@@ -65,6 +66,9 @@ def offline(cfg, roots: dict) -> list[str]:
         out += [f"data.root={roots['tiny_imagenet']}", "dataset.num_classes=null"]  # the tree has 3 of its 200 classes
     elif reads_files(name):
         out.append(f"data.root={roots['image']}")
+    if str(cfg.model.get("_target_")).endswith("robustbench_model"):  # a tiny zoo folder (random weights, the zoo's layout)
+        dataset, threat, name = ZOO_MODEL
+        out += [f"model.dir={roots['zoo']}", f"model.name={name}", f"model.threat={threat}"]
     pretrained = OmegaConf.select(cfg, "model.pretrained", default=None)
     if isinstance(pretrained, str) and pretrained != "minilm-l6" and not Path(pretrained).exists():
         out.append(f"model.pretrained={roots['text'] / 'encoder'}")  # a hub name: nothing is downloaded here
@@ -139,7 +143,8 @@ def shrink(cfg) -> list[str]:
 def roots(tmp_path_factory, worker_id):
     return {"image": shared_folder(tmp_path_factory, worker_id, "every_option_image", image_root),
             "tiny_imagenet": shared_folder(tmp_path_factory, worker_id, "every_option_tiny_imagenet", tiny_imagenet_root),
-            "text": shared_folder(tmp_path_factory, worker_id, "every_option_text", text_root)}
+            "text": shared_folder(tmp_path_factory, worker_id, "every_option_text", text_root),
+            "zoo": shared_folder(tmp_path_factory, worker_id, "every_option_zoo", zoo_root)}
 
 
 @pytest.fixture(scope="session")
@@ -236,7 +241,7 @@ def test_option_runs(group, option, roots, cache, tmp_path):
 
 # ---------------------------------------------------------------- every shipped experiment, through the command
 
-SYMBOLIC = {name: Path(f"{{{name}}}") for name in ("image", "tiny_imagenet", "text")}  # filled in when a test runs
+SYMBOLIC = {name: Path(f"{{{name}}}") for name in ("image", "tiny_imagenet", "text", "zoo")}  # filled in when a test runs
 
 
 def experiment_overrides(name: str) -> list[str]:

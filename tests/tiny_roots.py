@@ -53,6 +53,26 @@ def image_root(root: Path) -> Path:
     return root
 
 
+ZOO_MODEL = ("cifar10", "Linf", "Wong2020Fast")  # a small zoo architecture (PreActResNet-18)
+
+
+def zoo_root(root: Path) -> Path:
+    """A RobustBench model folder (``<dir>/<dataset>/<threat>/<name>.pt``) holding :data:`ZOO_MODEL` with
+    seeded random weights, saved as RobustBench's checkpoints are: a ``state_dict`` entry whose keys carry
+    DataParallel's ``module.`` prefix, beside other entries."""
+    import torch
+
+    from robprune.models.robustbench import entries
+
+    dataset, threat, name = ZOO_MODEL
+    torch.manual_seed(0)
+    model = entries(dataset, threat)[name]["model"]()
+    path = root / dataset / threat / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 15}, path)
+    return root
+
+
 def tiny_imagenet_root(root: Path) -> Path:
     """root/tiny-imagenet-200 with 3 classes x 32 training images and 40 annotated val images (its
     train/ and val/ folders would be an image folder's splits: a root of its own)."""

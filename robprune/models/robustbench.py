@@ -69,14 +69,15 @@ def entries(dataset: str, threat: str) -> dict:
 def check(name: str, threat: str, dataset: str) -> dict:
     """The zoo entry, or ConfigError naming the closest zoo names."""
     if dataset not in DATASETS:
-        raise ConfigError(f"model.dataset={dataset}: RobustBench's zoo covers {', '.join(DATASETS)}; set dataset= one of "
-                          f"them (model.dataset follows dataset.name)")
+        raise ConfigError(f"model.dataset={dataset}: RobustBench's zoo has models for the images of {', '.join(DATASETS)} "
+                          f"only; use dataset=cifar10 (model.dataset follows dataset.name), or set model.dataset=cifar10 for "
+                          f"an image folder of CIFAR-10")
     if threat not in THREATS:
         raise ConfigError(f"model.threat must be one of {', '.join(THREATS)}, got {threat!r}; e.g. model.threat=Linf")
     models = entries(dataset, threat)
     if name not in models:
         near = difflib.get_close_matches(name, list(models), n=5, cutoff=0.5)
-        hint = f"closest: {', '.join(near)}" if near else f"e.g. model.name={next(iter(models))}"
+        hint = f"pick a zoo name, closest: {', '.join(near)}" if near else f"e.g. model.name={next(iter(models))}"
         raise ConfigError(f"model.name={name!r} is not in RobustBench's {dataset} {threat} zoo ({len(models)} models); {hint}")
     return models[name]
 
@@ -87,8 +88,8 @@ def robustbench_model(*, in_channels: int, image_size: int, num_classes: int, me
                       name: Annotated[str, Value("str", example="Carmon2019Unlabeled"), "zoo name (the Model ID of "
                                       "RobustBench's leaderboard), e.g. Standard, Carmon2019Unlabeled, Wong2020Fast"] = "Standard",
                       threat: Annotated[str, Choice(*THREATS), "threat model of the zoo: Linf | L2 | corruptions"] = "Linf",
-                      dataset: Annotated[str, Choice(*DATASETS), "the zoo's dataset (conf/model/robustbench.yaml: "
-                                         "${dataset.name})"] = "cifar10",
+                      dataset: Annotated[str, Value("str", example="cifar10"), "the zoo's dataset: cifar10 | cifar100 | "
+                                         "imagenet (conf/model/robustbench.yaml: ${dataset.name})"] = "cifar10",
                       dir: Annotated[str, Value("str", example="models"), "RobustBench's model folder: weights are "  # noqa: A002
                                      "<dir>/<dataset>/<threat>/<name>.pt"] = "models") -> nn.Module:
     """The zoo's architecture for (dataset, threat, name), untrained (``model.init=pretrained`` loads the
@@ -115,15 +116,15 @@ def zoo_weights(cfg: dict) -> Published:
                               f"which robprune does not load yet; pick another zoo model or pass a state dict: model.init=<file>")
         if not online():
             raise ConfigError(f"model.init=pretrained: RobustBench weights {path} are not on this machine and robprune is "
-                              f"offline; run once with HF_HUB_OFFLINE=0 (robprune downloads them with RobustBench's code), "
-                              f"or copy the file there (model.dir=<folder>)")
+                              f"offline; set HF_HUB_OFFLINE=0 on a machine online (robprune downloads them with RobustBench's "
+                              f"code), or pass the file: model.init=<file> (or model.dir=<folder of the zoo's layout>)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             importlib.import_module("robustbench.utils").download_gdrive_new(gdrive, path)
         except Exception as err:  # noqa: BLE001 - network errors come in many types
             path.unlink(missing_ok=True)
             raise ConfigError(f"model.init=pretrained: downloading {name} to {path} failed ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}); copy the file there by hand") from None
+                              f"{str(err).splitlines()[0] if str(err) else ''}); pass the file: model.init=<file>") from None
     return Published(path=path, info=info, wrappers=("last",), strip=("model.",))
 
 
