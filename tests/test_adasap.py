@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import REPO, read_metrics, robprune
+from tests.helpers import REPO, read_metrics, robprune
 from torch import nn
 
 from robprune.errors import ConfigError

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from data_fixtures import (CONF_DATASET, dataset_cfg, idx_bytes, make_cifar10, make_mnist, write_cifar_batch,
+from tests.data_fixtures import (CONF_DATASET, dataset_cfg, idx_bytes, make_cifar10, make_mnist, write_cifar_batch,
                            write_png, write_svhn)
 from robprune.data import BatchLoader, build_data, parse_split
 from robprune.errors import ConfigError, DataError

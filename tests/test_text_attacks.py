@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from text_fixtures import sentences, tiny_bert, write_sst2
+from tests.text_fixtures import sentences, tiny_bert, write_sst2
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
