@@ -98,10 +98,10 @@ MATRIX = [
     (["model=timm", "model.stem=tiny"], "model.stem"),
     (["model=timm", "model.drop_rate=1.5"], "model.drop_rate"),
     (["model=timm", "model.nmae=resnet18"], "did you mean model.name?"),
-    (["model=torchvision", "model.name=resnet1888"], "model.name='resnet1888' is not a torchvision classification model; "
-                                                     "close matches: resnet18"),
-    (["model=torchvision", "model.weights=IMAGENET1K_V9"], "model.weights=IMAGENET1K_V9 is not a weight of torchvision's "
-                                                           "resnet18 (it has IMAGENET1K_V1, DEFAULT)"),
+    (["model=torchvision", "model.name=resnet1888"], ("model.name='resnet1888' is not a torchvision classification model; "
+                                                      "close matches: resnet18")),
+    (["model=torchvision", "model.weights=IMAGENET1K_V9"], ("model.weights=IMAGENET1K_V9 is not a weight of torchvision's "
+                                                            "resnet18 (it has IMAGENET1K_V1, DEFAULT)")),
     (["dataset=tiny_imagenet", "data.root=/nonexistent/tiny"], "/nonexistent/tiny"),
     # sharpness-aware optimizers and pruning during training (AdaSAP)
     (["finetune=asam", "finetune.sharpness.rho=0"], "finetune.sharpness.rho"),

@@ -148,7 +148,7 @@ def _from_hub(hub_id: str | None, filename: str | None) -> Path | None:
     for file in ((filename,) if filename else HUB_FILES):
         try:
             return Path(hf_hub_download(hub_id, file, local_files_only=not online()))
-        except Exception:  # noqa: BLE001 - not cached, no such file, offline, network: all mean "not from here"
+        except Exception:  # noqa: BLE001, S112 - not cached, no such file, offline, network: all mean "not from here"
             continue
     return None
 
