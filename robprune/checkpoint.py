@@ -166,8 +166,11 @@ def _rebuild(meta: dict, meta_path: Path) -> nn.Module:
 
     arch = meta["arch"]
     model_cfg = dict(arch["model"])
-    if model_cfg.get("pretrained"):  # the checkpoint holds the weights: never fetch pretrained ones again
-        model_cfg["pretrained"] = False
+    # The checkpoint holds the weights: nothing is fetched. build_model drops model.init/head (published weights
+    # are loaded by robprune.start, never by a builder); a boolean `pretrained` is timm's option before model.init
+    # (issue 23), which older model.json files record.
+    if isinstance(model_cfg.get("pretrained"), bool):
+        model_cfg.pop("pretrained")
     try:
         model = build_model(OmegaConf.create(model_cfg), **{k: v for k, v in arch.items() if k != "model"})
     except ConfigError as err:

@@ -231,6 +231,7 @@ def load_start(model: nn.Module, model_cfg, *, num_classes: int | None = None, s
     head = str(model_cfg.get("head", "keep"))
     if head not in HEADS:
         raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}; e.g. model.head=new")
+    _check_channels(model, source)
     state = read_state(source)
     where = f"model.init={source.given}"
     prefix, target = _target(model, state)
@@ -273,6 +274,20 @@ def load_start(model: nn.Module, model_cfg, *, num_classes: int | None = None, s
     if published is not None and published.info:
         record["published"] = published.info
     return record
+
+
+def _check_channels(model: nn.Module, source: Source) -> None:
+    """Published weights with a normalisation take images of that many channels: another count (MNIST's 1
+    into ImageNet weights) is one line before the file is read."""
+    from robprune.models.common import Normalize
+
+    published = source.published
+    layer = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    if published is None or published.mean is None or layer is None or layer.mean.numel() == len(published.mean):
+        return
+    raise ConfigError(f"model.init={source.given}: the published weights ({source.path.name}) take {len(published.mean)}-"
+                      f"channel images but the dataset gives {layer.mean.numel()}; use a {len(published.mean)}-channel "
+                      f"dataset, or model.init=null to train this architecture from scratch")
 
 
 def _set_normalization(model: nn.Module, mean, std) -> None:

@@ -97,7 +97,11 @@ MATRIX = [
     (["model=timm", "model.name=resnet1888"], "model.name='resnet1888' is not a timm model; close matches: resnet18"),
     (["model=timm", "model.stem=tiny"], "model.stem"),
     (["model=timm", "model.drop_rate=1.5"], "model.drop_rate"),
-    (["model=timm", "model.pretrand=true"], "did you mean model.pretrained?"),
+    (["model=timm", "model.nmae=resnet18"], "did you mean model.name?"),
+    (["model=torchvision", "model.name=resnet1888"], ("model.name='resnet1888' is not a torchvision classification model; "
+                                                      "close matches: resnet18")),
+    (["model=torchvision", "model.weights=IMAGENET1K_V9"], ("model.weights=IMAGENET1K_V9 is not a weight of torchvision's "
+                                                            "resnet18 (it has IMAGENET1K_V1, DEFAULT)")),
     (["dataset=tiny_imagenet", "data.root=/nonexistent/tiny"], "/nonexistent/tiny"),
     # sharpness-aware optimizers and pruning during training (AdaSAP)
     (["finetune=asam", "finetune.sharpness.rho=0"], "finetune.sharpness.rho"),
@@ -363,15 +367,17 @@ def test_tiny_imagenet_without_val_annotations(finished, tmp_path, capsys):
 
 
 def test_timm_pretrained_offline_real_command(finished, tmp_path):
-    """model.pretrained=true without the hub (offline, empty cache): one line naming the fix, exit 2, nothing run."""
+    """model.init=pretrained without the weights (offline, empty caches): one line naming the key and a local
+    file as the fix, exit 2, nothing run."""
     pytest.importorskip("timm")
     run, snapshot = finished
     before = snapshot()
-    res = robprune(["run", "model=timm", "model.name=resnet10t", "model.pretrained=true", "dataset=synthetic",
-                    f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'new_run'}"], cwd=tmp_path,
-                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
-    line = assert_one_line(res.returncode, res.stderr, "model.pretrained=true")
-    assert "resnet10t" in line and "set model.pretrained=false" in line
+    res = robprune(["run", "model=timm", "model.name=resnet10t", "model.init=pretrained", "model.head=new",
+                    "dataset=synthetic", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'new_run'}"],
+                   cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+                                      "TORCH_HOME": str(tmp_path / "torch")})
+    line = assert_one_line(res.returncode, res.stderr, "model.init=pretrained")
+    assert "resnet10t" in line and "model.init=path/to/weights.safetensors" in line
     assert no_cache_entry(tmp_path / "cache") and snapshot() == before
 
 

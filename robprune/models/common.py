@@ -53,6 +53,19 @@ def online() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() in ("0", "false", "no", "")
 
 
+def download(url: str, path: Path) -> Path | None:
+    """``url`` to ``path`` with torch.hub's downloader (a partial file never stays); None when it fails."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except Exception:  # noqa: BLE001 - network errors come in many types
+        path.unlink(missing_ok=True)
+        return None
+    return path
+
+
 class Normalize(nn.Module):
     """(x - mean) / std per channel, as the model's first layer (buffers, so they move with .to()).
 
