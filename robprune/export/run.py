@@ -168,13 +168,13 @@ def _record(fmt: str, path: Path, model: nn.Module, meta: dict, data, cfg, expor
     idx = seeded_indices(data.test_x.shape[0], n_check, int(cfg.seed))
     batches = data.loader(data.test_x[idx], data.test_y[idx], CHECK_BATCH, shuffle=False)
     quantised = quant_spec_of(model) is not None
-    result = compare(model, exported, batches)
     lat = cfg.eval.latency
     batch = data.example_inputs(int(lat.batch_size), random=True)
     timing = {"repeats": int(lat.repeats), "warmup": int(lat.warmup)}
+    pytorch_ms = None if quantised else measure_latency(model, batch, **timing)["latency_ms"]  # before the file runs
+    result = compare(model, exported, batches)
     exported_ms = median_ms(exported.run, batch, repeats=timing["repeats"], warmup=max(timing["warmup"], exported.warmup),
                             context=exported.context)
-    pytorch_ms = None if quantised else measure_latency(model, batch, **timing)["latency_ms"]
     record = {"format": fmt, "file": FORMATS[fmt], "size_bytes": exported.file.stat().st_size, "source": str(path.resolve()),
               "model": meta["arch"]["model"].get("_target_"), "pruned": bool(meta.get("pruning_history")),
               "quant": meta.get("quant"), "seed": int(cfg.seed), **result, **verdict(result, quantised=quantised),
