@@ -7,7 +7,8 @@ classes) with 50% of its channels removed by conf/prune/l1_filter.yaml, random-i
 depend on the values; checked on 512 random images). Each model is exported with robprune's own
 writers (robprune.export), then PyTorch eager, ONNX Runtime (CPUExecutionProvider) and the TorchScript
 file are timed in alternating rounds at each batch size, so that a change in machine load hits all
-three; ratios are against PyTorch eager in the same run. Float results (agreement, max logit
+three (ONNX Runtime without spin-waiting threads, robprune.export.onnx_file.ort_session); ratios are
+against PyTorch eager in the same run. Float results (agreement, max logit
 difference) and latencies differ between CPUs and thread counts.
 
     python scripts/bench_export.py --threads 2 --repeats 20
