@@ -16,6 +16,7 @@ log = logging.getLogger("robprune")
 USAGE = """usage: robprune run [-m] [group=option ...] [key=value ...]
        robprune eval <run dir | checkpoint dir | model.safetensors | weights file> [group=option ...] [key=value ...]
        robprune eval model=robustbench model.name=NAME dataset=cifar10 [key=value ...]   (any model.init, no path)
+       robprune export <run dir | checkpoint dir | model.safetensors> --format onnx|torchscript [--out DIR] [--opset N] [--n-check N] [key=value ...]
        robprune table <results dir> [--rows KEY ...] [--cols METRIC ...] [--out DIR]
        robprune table +table=NAME <results dir> [--out DIR]   (layout conf/table/NAME.yaml, e.g. adverfine)
        robprune plot <results dir> --x KEY --y METRIC [METRIC ...] [--hue KEY ...] [--out DIR]
@@ -28,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["run"]
     command, rest = argv[0], argv[1:]
-    commands = {"run": run_command, "eval": eval_command, "table": table_command, "plot": plot_command,
-                "cache": cache_command}
+    commands = {"run": run_command, "eval": eval_command, "export": export_command, "table": table_command,
+                "plot": plot_command, "cache": cache_command}
     if command in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -86,6 +87,33 @@ def eval_command(args: list[str]) -> int:
         reevaluate(None, quote_splits(args))
     else:
         reevaluate(Path(args[0]), quote_splits(args[1:]))
+    return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line ConfigErrors (exit 2 through main) instead of a usage block."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}; see robprune --help")
+
+
+def export_command(args: list[str]) -> int:
+    from robprune.export import DEFAULT_N_CHECK, DEFAULT_OPSET, export_run
+
+    parser = _OneLineParser(prog="robprune export", description="A saved model as one ONNX or TorchScript file, "
+                            "checked against PyTorch on the run's test points (docs/export.md).")
+    parser.add_argument("path", help="a run directory, a checkpoint directory or its model.safetensors")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run's config, e.g. threads=2")
+    parser.add_argument("--format", dest="fmt", default=None, help="onnx | torchscript")
+    parser.add_argument("--out", default=None, help="a new folder for the file and export.json (default outputs/exports/<time>)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--n-check", type=int, default=DEFAULT_N_CHECK, help="seeded test points the file is checked on")
+    parser.add_argument("--quiet", action="store_true", default=None)
+    ns = parser.parse_intermixed_args(args)
+    if ns.fmt is None:
+        raise ConfigError("robprune export needs --format onnx or --format torchscript")
+    export_run(Path(ns.path), ns.fmt, out=ns.out, opset=ns.opset, n_check=ns.n_check,
+               overrides=quote_splits(ns.overrides), quiet=ns.quiet)
     return 0
 
 

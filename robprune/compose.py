@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -38,6 +39,28 @@ def compose(overrides: Iterable[str] = (), *, with_hydra: bool = False) -> DictC
     if not with_hydra:
         with open_dict(cfg):
             cfg.pop("hydra", None)
+    return cfg
+
+
+# taken from a saved run's config.yaml unless overridden: what the model is and was made with (the recipes do not
+# change an evaluation or an export, but the config written beside it must describe the model, and fit its modality)
+FROM_RUN = ("dataset", "data", "model", "seed", "train", "average", "prune", "quant", "finetune")
+
+
+def compose_saved(ckpt_dir: Path, overrides: list[str], sections: tuple[str, ...] = FROM_RUN) -> DictConfig:
+    """The root config with ``overrides`` whose ``sections`` come from ``ckpt_dir/config.yaml`` (a run
+    directory's resolved config) unless an override names them; just ``compose(overrides)`` for a
+    checkpoint without one (``robprune eval`` and ``robprune export``)."""
+    cfg = compose(overrides)
+    saved_cfg = Path(ckpt_dir) / "config.yaml"
+    if saved_cfg.exists():
+        saved = OmegaConf.load(saved_cfg)
+        with open_dict(cfg):
+            for section in sections:
+                if section in saved and not any(o.lstrip("+~").startswith(section) for o in overrides):
+                    cfg[section] = saved[section]
+                elif section == "average" and section in cfg and section not in saved:
+                    del cfg[section]  # a run without weight averaging: none in its evaluation's config either
     return cfg
 
 

@@ -20,3 +20,9 @@ class DataError(RobpruneError):
 
 class CheckpointError(RobpruneError):
     kind = "CheckpointError"
+
+
+class ExportError(RobpruneError):
+    """``robprune export`` cannot write or check the file (an op without a mapping, a package missing, a failed check)."""
+
+    kind = "ExportError"

@@ -13,10 +13,10 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from robprune.checkpoint import load_checkpoint
-from robprune.compose import compose
+from robprune.compose import compose, compose_saved
 from robprune.data import build_data
 from robprune.errors import CheckpointError, ConfigError
 from robprune.evaluate.model import evaluate_model
@@ -28,9 +28,6 @@ from robprune.summary import print_summary
 from robprune.validate import validate
 
 log = logging.getLogger("robprune")
-# taken from the run's config.yaml unless overridden: what the model is and was made with (the recipes do not
-# change an evaluation, but the config written beside it must describe the model, and fit its modality)
-FROM_RUN = ("dataset", "data", "model", "seed", "train", "average", "prune", "quant", "finetune")
 
 
 def _robprune_checkpoint(path: Path) -> bool:
@@ -50,16 +47,7 @@ def reevaluate(path: Path | None, overrides: list[str]) -> dict:
         return _evaluate_start(path, overrides)
     path = Path(path)
     ckpt_dir = path if path.is_dir() else path.parent
-    cfg = compose(overrides)
-    saved_cfg = ckpt_dir / "config.yaml"
-    if saved_cfg.exists():
-        saved = OmegaConf.load(saved_cfg)
-        with open_dict(cfg):
-            for section in FROM_RUN:
-                if section in saved and not any(o.lstrip("+~").startswith(section) for o in overrides):
-                    cfg[section] = saved[section]
-                elif section == "average" and section in cfg and section not in saved:
-                    del cfg[section]  # a run without weight averaging: none in its evaluation's config either
+    cfg = compose_saved(ckpt_dir, overrides)
     validate(cfg)
     model, meta = load_checkpoint(path)
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 from robprune.corruptions import SOURCES
+from robprune.errors import ConfigError
 from robprune.options import (ANY, BOOL, EPS, FRACTION, HYDRA_KEYS, PATH, SEED, SIZE, STEPS, STR, TARGET,  # noqa: F401
-                               TRAINING, Choice, Float, Int, MapOf, Value, declared, spec_of, unknown_key)
+                               TRAINING, Choice, Float, Int, MapOf, Value, declared, spec_of)
+from robprune.options import unknown_key as _unknown_key
 from robprune.prune.channel.sensitivity import PERTURBATIONS
 from robprune.registry import DATASETS, REGISTRIES, Entry, locate, target_entry
 from robprune.quant.modules import METHODS as QUANT_METHODS
@@ -40,6 +42,19 @@ DATASET = {"name": STR, "root": PATH, "download": BOOL, "train_split": STR, "tes
            "num_classes": Int(1, null=True, example="10"), "mean": Value("list", item=Float(0, high=1)),
            "std": Value("list", item=Float(0, low_open=True)), "eps": EPS, "eps_l2": Float(0, example="0.5"),
            "augment": {"crop_padding": Int(0, example="4"), "hflip": BOOL}}
+
+
+# keys that were options once, and what replaced them: their own one-line hint instead of "not a key"
+REPLACED = {"model": {"pretrained": "published weights are model.init=pretrained now (docs/how-to/start-from-a-model.md); "
+                                    "use model.init=pretrained"}}
+
+
+def unknown_key(key: str, parent: str, allowed):
+    """:func:`robprune.options.unknown_key`, or the hint of a key that :data:`REPLACED` names."""
+    name = key.rsplit(".", 1)[-1]
+    if name in REPLACED.get(parent, {}):
+        return ConfigError(f"{key} is not an option of {parent} any more: {REPLACED[parent][name]}")
+    return _unknown_key(key, parent, allowed)
 
 
 def dataset_keys(name: str) -> dict:

@@ -23,6 +23,10 @@ def checks_text(checks: dict) -> str:
 
 def summary_rows(metrics: dict) -> list[tuple[str, str]]:
     rows = [("clean accuracy", _pct(metrics.get("clean_acc")))]
+    published = (metrics.get("start") or {}).get("published") or {}
+    if published.get("clean_acc") is not None:  # a zoo model's own numbers, beside ours (robprune.models.robustbench)
+        rows.append((f"published ({published.get('zoo')}): clean / {published.get('robust_metric', 'robust')}",
+                     f"{_pct(published['clean_acc'])} / {_pct(published.get('robust_acc'))}"))
     for key in sorted(k for k in metrics if k.startswith("robust_acc/") and k.count("/") == 1):  # not per sub-attack
         name = key.split("/", 1)[1]
         n = metrics.get(f"n_eval/{name}")

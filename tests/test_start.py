@@ -236,3 +236,18 @@ def test_a_bad_zoo_model_is_one_line_before_any_work(case, zoo, tmp_path, capsys
     line = assert_one_line(code, err, key)
     assert named in line, line
     assert no_cache_entry(tmp_path / "cache") and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_replaced_option_names_its_replacement(tmp_path, capsys):
+    code = main(["run", "model=timm", "model.pretrained=true", f"hydra.run.dir={tmp_path / 'run'}"])
+    line = assert_one_line(code, capsys.readouterr().err, "model.pretrained")
+    assert "model.init=pretrained" in line and not (tmp_path / "run").exists()
+
+
+def test_the_summary_shows_a_zoo_model_published_numbers_beside_ours():
+    from robprune.summary import summary_rows
+
+    published = {"zoo": "cifar10/Linf/Wong2020Fast", "clean_acc": 0.8334, "robust_acc": 0.4321, "robust_metric": "autoattack"}
+    rows = dict(summary_rows({"clean_acc": 0.5, "start": {"published": published}}))
+    assert rows["published (cifar10/Linf/Wong2020Fast): clean / autoattack"] == "83.34% / 43.21%"
+    assert not any(k.startswith("published") for k in dict(summary_rows({"clean_acc": 0.5, "start": None})))
