@@ -81,6 +81,20 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class NormalizedNet(nn.Module):
+    """Normalize -> a network from a model package (timm, torchvision), kept as ``.net`` so that the
+    package's own weights load into it by their own names (robprune.start).
+    x: (N, C, H, W) pixels in [0, 1] -> (N, num_classes) logits."""
+
+    def __init__(self, net: nn.Module, mean, std):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = net
+
+    def forward(self, x):
+        return self.net(self.normalize(x))
+
+
 def build_model(model_cfg, **shape) -> nn.Module:
     """Instantiate ``model_cfg`` (a ``conf/model`` node) for a dataset's shape; architecture is fully
     determined by (model_cfg, shape), which is what checkpoints record as ``arch``. shape: for images

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from torch import nn
 
 from robprune.errors import ConfigError
-from robprune.models.common import Normalize, Published, download, online
+from robprune.models.common import NormalizedNet, Published, download, online
 from robprune.options import Choice, Float, Value
 from robprune.registry import MODELS
 
@@ -33,18 +33,6 @@ DROP = Float(0, high=1, high_open=True, null=True, example="0.1")  # a dropout r
 
 STEMS = ("auto", "timm", "small")
 SMALL_IMAGE = 64  # px: stem auto = small up to this image size
-
-
-class TimmNet(nn.Module):
-    """Normalize -> a timm model. x: (N, C, H, W) pixels in [0, 1] -> (N, num_classes) logits."""
-
-    def __init__(self, net: nn.Module, mean, std):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.net = net
-
-    def forward(self, x):
-        return self.net(self.normalize(x))
 
 
 @MODELS.register("timm", modality="image", pretrained=lambda cfg: timm_weights(str(cfg.get("name", "resnet18"))),
@@ -56,7 +44,7 @@ def timm_model(*, in_channels: int, image_size: int, num_classes: int, mean, std
                                "stride 1, no stem max-pool | timm = timm's ImageNet stem"] = "auto",
                drop_rate: Annotated[float | None, DROP, "dropout before the classifier; null = timm's default"] = None,
                drop_path_rate: Annotated[float | None, DROP, "stochastic depth rate; null = timm's default (models "
-                                         "without it refuse a value)"] = None) -> TimmNet:
+                                         "without it refuse a value)"] = None) -> NormalizedNet:
     """``timm.create_model(name, in_chans=in_channels, num_classes=num_classes)`` after Normalize, randomly
     initialised (``model.init=pretrained`` loads timm's published weights afterwards: :func:`timm_weights`).
 
@@ -80,7 +68,7 @@ def timm_model(*, in_channels: int, image_size: int, num_classes: int, mean, std
                           f"and model.drop_path_rate=null") from None
     if stem == "small" or (stem == "auto" and image_size <= SMALL_IMAGE):
         small_stem(net, name, required=stem == "small")
-    return TimmNet(net, mean, std)
+    return NormalizedNet(net, mean, std)
 
 
 def check_timm_name(name: str) -> None:

@@ -29,24 +29,12 @@ from urllib.parse import urlparse
 from torch import nn
 
 from robprune.errors import ConfigError
-from robprune.models.common import Normalize, Published, download, online
+from robprune.models.common import NormalizedNet, Published, download, online
 from robprune.options import Choice, Value
 from robprune.registry import MODELS
 
 STEMS = ("auto", "torchvision", "small")
 SMALL_IMAGE = 64  # px: stem auto = small up to this image size, as for timm
-
-
-class TorchvisionNet(nn.Module):
-    """Normalize -> a torchvision model. x: (N, C, H, W) pixels in [0, 1] -> (N, num_classes) logits."""
-
-    def __init__(self, net: nn.Module, mean, std):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.net = net
-
-    def forward(self, x):
-        return self.net(self.normalize(x))
 
 
 def _check_node(node: dict) -> None:
@@ -66,7 +54,7 @@ def torchvision_model(*, in_channels: int, image_size: int, num_classes: int, me
                                          "torchvision.models.get_model_weights(name); DEFAULT = the best"] = "DEFAULT",
                       stem: Annotated[str, Choice(*STEMS), "auto = small for images <= 64 px (ResNets), else "
                                       "torchvision | small = conv1 stride 1, no stem max-pool (ResNets only) | "
-                                      "torchvision = the ImageNet stem"] = "auto") -> TorchvisionNet:
+                                      "torchvision = the ImageNet stem"] = "auto") -> NormalizedNet:
     """``torchvision.models.get_model(name, weights=None, num_classes=num_classes)`` after Normalize,
     randomly initialised (``model.init=pretrained`` loads ``weights`` afterwards). ``weights`` is used
     only by :func:`torchvision_weights`; it is an option of this builder so that it is declared, checked
@@ -84,7 +72,7 @@ def torchvision_model(*, in_channels: int, image_size: int, num_classes: int, me
         _first_conv_channels(net, in_channels)
     if stem == "small" or (stem == "auto" and image_size <= SMALL_IMAGE):
         small_stem(net, name, required=stem == "small")
-    return TorchvisionNet(net, mean, std)
+    return NormalizedNet(net, mean, std)
 
 
 def names() -> list[str]:
