@@ -25,8 +25,8 @@ never by its path.
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from robprune.errors import ConfigError
-from robprune.models.common import HEADS, PRETRAINED, START_KEYS, Published, StartOptions, online  # noqa: F401
+from robprune.models.common import HEADS, PRETRAINED, START_KEYS, Published, StartOptions
 
 # checkpoint dicts that hold the state dict under a key, in the order they are tried (issue 23)
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "ema", "state_dict_ema", "model_ema")

@@ -82,7 +82,7 @@ def zoo(tmp_path_factory):
 
 
 def zoo_args(zoo, *more) -> list[str]:
-    dataset, threat, name = ZOO_MODEL
+    _, threat, name = ZOO_MODEL
     return ["logger=none", "threads=1", "dataset=cifar10", f"data.root={zoo['data']}", "model=robustbench",
             f"model.name={name}", f"model.threat={threat}", f"model.dir={zoo['zoo']}", "eval=pgd",
             "eval.attacks.pgd20.steps=1", "eval.n_examples.pgd20=8", "dataset.train_split='train[:32]'",
@@ -95,7 +95,7 @@ def test_a_robustbench_layout_checkpoint_loads_with_the_logits_of_its_model(zoo)
     from robprune.models.robustbench import entries
 
     dataset, threat, name = ZOO_MODEL
-    model, record, data = model_of(zoo_args(zoo))
+    model, record, _ = model_of(zoo_args(zoo))
     original = entries(dataset, threat)[name]["model"]()
     saved = torch.load(Path(zoo["zoo"]) / dataset / threat / f"{name}.pt", weights_only=True)["state_dict"]
     original.load_state_dict({k.removeprefix("module."): v for k, v in saved.items()})
