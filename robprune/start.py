@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from robprune.errors import ConfigError
-from robprune.models.common import HEADS, PRETRAINED, START_KEYS, Published, StartOptions
+from robprune.models.common import PRETRAINED, START_KEYS, Published, StartOptions
 
 # checkpoint dicts that hold the state dict under a key, in the order they are tried (issue 23)
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "ema", "state_dict_ema", "model_ema")
@@ -228,9 +228,7 @@ def load_start(model: nn.Module, model_cfg, *, num_classes: int | None = None, s
     source = source or resolve(model_cfg)
     if source is None:
         return None
-    head = str(model_cfg.get("head", "keep"))
-    if head not in HEADS:
-        raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}; e.g. model.head=new")
+    head = str(model_cfg.get("head", "keep"))  # one of HEADS: the schema checked it
     _check_channels(model, source)
     state = read_state(source)
     where = f"model.init={source.given}"

@@ -250,3 +250,53 @@ def test_the_summary_shows_a_zoo_model_published_numbers_beside_ours():
     rows = dict(summary_rows({"clean_acc": 0.5, "start": {"published": published}}))
     assert rows["published (cifar10/Linf/Wong2020Fast): clean / autoattack"] == "83.34% / 43.21%"
     assert not any(k.startswith("published") for k in dict(summary_rows({"clean_acc": 0.5, "start": None})))
+
+
+def unit_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Files that are no usable state dict, for the loader itself (no run needed)."""
+    torch.save({"epoch": 3, "notes": "best"}, tmp / "no_state.pt")
+    torch.save([torch.zeros(2)], tmp / "a_list.pt")
+    (tmp / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    (tmp / "empty_folder").mkdir()
+    return {"a dict without a state dict": (tmp / "no_state.pt", "without a state dict"),
+            "a list of tensors": (tmp / "a_list.pt", "not a state dict (list)"),
+            "an unreadable safetensors file": (tmp / "junk.safetensors", "not a readable safetensors file"),
+            "a folder without model.safetensors": (tmp / "empty_folder", "holds no model.safetensors")}
+
+
+@pytest.mark.parametrize("case", ["a dict without a state dict", "a list of tensors", "an unreadable safetensors file",
+                                  "a folder without model.safetensors"])
+def test_a_file_without_a_usable_state_dict_is_named_with_the_fix(case, tmp_path):
+    from robprune.errors import ConfigError
+
+    path, named = unit_cases(tmp_path)[case]
+    cfg = compose([*TINY, f"model.init={path}"])
+    model = dense_model({"model": dict(cfg.model), "in_channels": 1, "image_size": 8, "num_classes": 10,
+                         "mean": [0.5], "std": [0.5]})
+    with pytest.raises(ConfigError, match="model.init=") as err:
+        load_start(model, cfg.model)
+    assert named in str(err.value) and "; pass" in str(err.value)
+
+
+def test_zoo_weights_the_loader_cannot_read_are_refused_by_name(zoo):
+    from robprune.errors import ConfigError
+    from robprune.models.robustbench import entries, zoo_weights
+
+    assert isinstance(entries("cifar10", "Linf")["Chen2020Adversarial"]["gdrive_id"], list)  # an ensemble: 3 files
+    with pytest.raises(ConfigError, match="model.name=Chen2020Adversarial: RobustBench publishes these weights"):
+        zoo_weights({"name": "Chen2020Adversarial", "threat": "Linf", "dataset": "cifar10", "dir": str(zoo["zoo"])})
+
+
+def test_a_zoo_model_for_another_dataset_shape_is_one_line(zoo, tmp_path, capsys):
+    code = main(["run", *zoo_args(zoo, "model.dataset=cifar100", "model.name=Gowal2020Uncovering"),
+                 f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"])
+    line = assert_one_line(code, capsys.readouterr().err, "model=robustbench")
+    assert "100 classes" in line and "use dataset=cifar100" in line
+    assert no_cache_entry(tmp_path / "cache") and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_eval_refuses_a_new_head(dense, tmp_path, capsys):
+    source = sources(dense, tmp_path)["safetensors"]
+    assert main(["eval", str(source), *TINY, "model.head=new", f"eval_out={tmp_path / 'eval'}"]) == 2
+    line = assert_one_line(2, capsys.readouterr().err, "model.head=new")
+    assert "untrained classifier" in line and not (tmp_path / "eval").exists()

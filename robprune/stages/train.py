@@ -7,7 +7,7 @@ import copy
 import shutil
 
 from robprune.checkpoint import save_checkpoint
-from robprune.graph import Precheck, Stage, StageContext
+from robprune.graph import LIBRARIES, Precheck, Stage, StageContext
 from robprune.measure import dense_model
 from robprune.stages.common import architecture, seed_stage, train_model
 from robprune.start import content_record, load_start
@@ -37,4 +37,5 @@ def content(view) -> dict:
 
 
 STAGE = Stage("train", reads=("model", "train", "train_seed", "data.batch_size", "dataset.augment", "trainer"),
-              data=("train",), build=build, precheck=precheck, content=content)
+              data=("train",), build=build, precheck=precheck, content=content,
+              libraries=(*LIBRARIES, "robustbench"))  # model=robustbench: the zoo's architecture definitions
