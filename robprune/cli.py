@@ -14,6 +14,7 @@ from robprune.errors import ConfigError, RobpruneError
 
 log = logging.getLogger("robprune")
 USAGE = """usage: robprune run [-m] [group=option ...] [key=value ...]
+       robprune plan [group=option ...] [key=value ...]   (= robprune run --dry-run: checks, stage keys, what is cached)
        robprune eval <run dir | checkpoint dir | model.safetensors | weights file> [group=option ...] [key=value ...]
        robprune eval model=robustbench model.name=NAME dataset=cifar10 [key=value ...]   (any model.init, no path)
        robprune export <run dir | checkpoint dir | model.safetensors> --format onnx|torchscript [--out DIR] [--opset N] [--n-check N] [key=value ...]
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["run"]
     command, rest = argv[0], argv[1:]
-    commands = {"run": run_command, "eval": eval_command, "export": export_command, "table": table_command,
+    commands = {"run": run_command, "plan": plan_command, "eval": eval_command, "export": export_command, "table": table_command,
                 "plot": plot_command, "cache": cache_command}
     if command in ("-h", "--help", "help"):
         print(USAGE)
@@ -51,6 +52,8 @@ def quote_splits(args: list[str]) -> list[str]:
 
 
 def run_command(args: list[str]) -> int:
+    if "--dry-run" in args:  # check the job and show its stage plan, run nothing (robprune.plan)
+        return plan_command([a for a in args if a != "--dry-run"])
     from robprune.train.trainer import launched, serve, stop_serving
 
     where = launched()  # under torchrun: rank 0 runs the job, the other ranks train what it sends them
@@ -74,6 +77,13 @@ def _run(args: list[str]) -> int:
         hydra_main()
     except SystemExit as exit_:  # a job's user error exits 2 from inside Hydra; main() returns the code
         return int(exit_.code or 0)
+    return 0
+
+
+def plan_command(args: list[str]) -> int:
+    from robprune.plan import plan_command as show
+
+    show(quote_splits(args))
     return 0
 
 

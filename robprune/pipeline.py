@@ -51,15 +51,8 @@ def walk(planned: list[Planned], cfg: DictConfig, data: DataBundle, cache: Stage
     env = provenance(device)
     for p in planned:
         stage = p.stage
-        for part in stage.data:
-            if part not in prints:
-                prints[part] = data_fingerprint(data, part)
         input_keys = {role: (results[up].key, semantic[up]) for role, up in p.inputs.items()}
-        sliced = config_slice(cfg, stage.reads, stage.ignores)
-        view = ConfigView(sliced, stage.name, stage.reads, stage.ignores)
-        externals = stage.externals(view) if stage.externals else None
-        keyed = keyed_by_content(sliced, stage.content(view)) if stage.content else sliced
-        key, seed_key = stage_keys(stage, keyed, input_keys, prints, device.type, externals)
+        key, seed_key, sliced, view, keyed = keys_of(p, cfg, data, input_keys, prints, device)
         inputs = {role: results[up] for role, up in p.inputs.items()}
         meta = {"name": stage.name, "key": key, "inputs": {role: results[up].key for role, up in p.inputs.items()},
                 "input_stages": dict(p.inputs), "data": {part: prints[part] for part in stage.data},
@@ -77,6 +70,23 @@ def walk(planned: list[Planned], cfg: DictConfig, data: DataBundle, cache: Stage
     return results
 
 
+def keys_of(p: Planned, cfg: DictConfig, data: DataBundle, input_keys: dict[str, tuple[str, str]],
+            prints: dict[str, str], device: torch.device):
+    """(cache key, semantic key, config slice, its view, the slice the key is computed from) of a placed
+    stage, given its inputs' (key, semantic key); ``prints`` collects the data fingerprints (computed once
+    per part). The one place a key is derived: :func:`walk` builds under it, :func:`plan_run` looks it up."""
+    stage = p.stage
+    for part in stage.data:
+        if part not in prints:
+            prints[part] = data_fingerprint(data, part)
+    sliced = config_slice(cfg, stage.reads, stage.ignores)
+    view = ConfigView(sliced, stage.name, stage.reads, stage.ignores)
+    externals = stage.externals(view) if stage.externals else None
+    keyed = keyed_by_content(sliced, stage.content(view)) if stage.content else sliced
+    key, seed_key = stage_keys(stage, keyed, input_keys, prints, device.type, externals)
+    return key, seed_key, sliced, view, keyed
+
+
 def precheck(planned: list[Planned], pc: Precheck) -> None:
     """Every planned stage's precheck, in graph order, before the first stage builds (a missing file or an
     unreachable target is one line now, not after an hour of training)."""
@@ -85,23 +95,50 @@ def precheck(planned: list[Planned], pc: Precheck) -> None:
             p.stage.precheck(pc)
 
 
-def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
-    """Run the whole pipeline for one config; writes config.yaml, metrics.json and the checkpoint to run_dir."""
-    started = time.perf_counter()
+def prepare(cfg: DictConfig) -> tuple[torch.device, object, DataBundle, list[Planned]]:
+    """Everything before the first stage: validation, threads, device and trainer, the data, the dense
+    model's checks and every planned stage's precheck. Returns (device, trainer, data, planned stages)."""
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
     trainer = resolve_trainer(cfg.get("trainer"), device)  # trainer.devices against this machine, GPU-only options
-    run_dir = Path(run_dir)
-    log.info("run dir %s, device %s", run_dir, device)
-    for note in trainer.notes:
-        log.warning(note)
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
     dense = dense_model(architecture(cfg.model, data))
     data.check_model(dense)  # e.g. an image model on a text dataset
     planned = plan(STAGES, cfg)
     precheck(planned, Precheck(cfg, data, dense, example_inputs(data)))
+    return device, trainer, data, planned
+
+
+def plan_run(cfg: DictConfig, run_dir: Path | None = None) -> list[dict]:
+    """What :func:`run` would do, without building anything: for every planned stage (graph order) its
+    name, cache key, inputs (role -> upstream stage) and state in the cache (:meth:`StageCache.state`:
+    cached, resume, damaged, build). Validates and prechecks as ``run`` does; writes no run directory
+    and no cache entry (``robprune plan``, ``robprune run --dry-run``)."""
+    device, _, data, planned = prepare(cfg)
+    cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=Path(run_dir or ".") / "stages")
+    keys: dict[str, tuple[str, str]] = {}
+    prints: dict[str, str] = {}
+    rows = []
+    for p in planned:
+        input_keys = {role: keys[up] for role, up in p.inputs.items()}
+        key, seed_key = keys_of(p, cfg, data, input_keys, prints, device)[:2]
+        keys[p.stage.name] = (key, seed_key)
+        state = cache.state(p.stage.name, key) if cfg.cache else "build"
+        rows.append({"stage": p.stage.name, "key": key, "inputs": dict(p.inputs), "state": state,
+                     "reads": list(p.stage.reads)})
+    return rows
+
+
+def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
+    """Run the whole pipeline for one config; writes config.yaml, metrics.json and the checkpoint to run_dir."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    device, trainer, data, planned = prepare(cfg)
+    log.info("run dir %s, device %s", run_dir, device)
+    for note in trainer.notes:
+        log.warning(note)
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
     results = walk(planned, cfg, data, cache, device, progress=not cfg.quiet)
     final = results[next(p.inputs[MODEL] for p in planned if p.stage.name == "eval")]

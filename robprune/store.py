@@ -354,6 +354,16 @@ class StageCache:
                 log.warning("cache entry %s/%s failed verification (%s); moved to %s, rebuilding it", name, key, problem, moved)
             return self._build(name, key, final.with_name(f"{key}.partial"), final, build, meta or {})
 
+    def state(self, name: str, key: str) -> str:
+        """What :meth:`get` would do for (name, key), without doing it or touching anything: ``cached``
+        (a verified entry), ``resume`` (a partial build whose work folder a build re-enters), ``damaged``
+        (an entry that fails verification: rebuilt) or ``build``."""
+        root = self.root if self.enabled else self.scratch
+        final = root / name / key
+        if final.exists():
+            return "cached" if (final / DONE).exists() and check_entry(final) is None else "damaged"
+        return "resume" if final.with_name(f"{key}.partial").exists() else "build"
+
     @staticmethod
     def _reused(name: str, key: str, final: Path) -> StageResult:
         try:
