@@ -6,6 +6,8 @@ A fake-quantised model is timed on PyTorch's INT8 kernels after conversion
 ``latency_ms`` is null and ``latency_note`` says why."""
 from __future__ import annotations
 
+import copy
+
 import statistics
 import time
 from pathlib import Path
@@ -78,6 +80,30 @@ def measure_latency(model: nn.Module, example_inputs: torch.Tensor, *, repeats: 
             "latency_repeats": repeats, "latency_threads": torch.get_num_threads(), "latency_device": str(device)}
 
 
+def gpu_latency(model: nn.Module, example_inputs: torch.Tensor, *, repeats: int = 20, warmup: int = 3) -> dict:
+    """Median GPU time of ``model(example_inputs)`` (both on one CUDA device) measured with CUDA events,
+    which time the kernels on the device's own clock rather than the host's launch: ``warmup`` untimed
+    calls (cuDNN's algorithm search, the allocator), then ``repeats`` timed ones. The same keys as
+    :func:`measure_latency`, ``latency_device`` the CUDA device (``latency_threads``: None)."""
+    require_positive(repeats, "latency.repeats")
+    require_positive(warmup, "latency.warmup", allow_zero=True)
+    device = example_inputs.device
+    model.eval()
+    times_ms = []
+    with torch.inference_mode(), torch.cuda.device(device):
+        for _ in range(warmup):
+            model(example_inputs)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(example_inputs)
+            end.record()
+            end.synchronize()
+            times_ms.append(start.elapsed_time(end))
+    return {"latency_ms": statistics.median(times_ms), "latency_batch_size": int(example_inputs.shape[0]),
+            "latency_repeats": repeats, "latency_threads": None, "latency_device": str(device)}
+
+
 def checkpoint_size_bytes(path: Path | str) -> int:
     """Bytes of ``model.safetensors``; ``path`` is the checkpoint directory or the file itself."""
     path = Path(path)
@@ -93,13 +119,15 @@ def dense_model(arch: dict) -> nn.Module:
     return build_model(OmegaConf.create(arch["model"]), **{k: v for k, v in arch.items() if k != "model"})
 
 
-def measure(model: nn.Module, meta: dict, data, cfg) -> dict:
+def measure(model: nn.Module, meta: dict, data, cfg, device: torch.device | None = None) -> dict:
     """Cost and size of a loaded checkpoint (``model``, its model.json ``meta``), the same keys for a
     pipeline run and ``robprune eval``: params (non-zero, :func:`count_nonzero_params`) and
     params_total, MACs (batch 1), CPU latency (median ms per batch of eval.latency.batch_size; for a
     quantised model on INT8 kernels, see :func:`quantised_latency`); the dense model's params_dense,
     macs_dense and macs_ratio; the ``quant`` block; storage_bytes at the bit width,
-    dense_storage_bytes and compression_ratio."""
+    dense_storage_bytes and compression_ratio. device: the run's device; on CUDA a float model's
+    ``latency_ms`` is also timed there (:func:`gpu_latency`, ``latency_device`` says where) and the CPU
+    time is kept as ``latency_cpu_ms``."""
     from robprune.quant import quant_record, quant_spec_of, size_metrics
 
     model = model.cpu().eval()
@@ -109,6 +137,10 @@ def measure(model: nn.Module, meta: dict, data, cfg) -> dict:
     now, dense = measure_macs_params(model, data), measure_macs_params(dense_model(meta["arch"]), data)
     latency = (quantised_latency(model, batch, meta, data, cfg.get("seed", 0), **timing) if quant_spec_of(model)
                else measure_latency(model, batch, **timing))
+    if device is not None and torch.device(device).type == "cuda" and not quant_spec_of(model):
+        cpu = latency
+        latency = {**gpu_latency(copy.deepcopy(model).to(device), batch.to(device), **timing),
+                   "latency_cpu_ms": cpu["latency_ms"], "latency_cpu_threads": cpu["latency_threads"]}
     return {**now, **latency, "params_dense": dense["params_total"], "macs_dense": dense["macs"],
             "macs_ratio": now["macs"] / max(1, dense["macs"]),
             "quant": quant_record(model, meta.get("quant_calibration")), **size_metrics(model, dense["params_total"])}

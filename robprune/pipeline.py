@@ -176,7 +176,7 @@ def assemble_metrics(cfg, data, results: dict[str, StageResult], final: StageRes
     prune_info = meta.get("prune") or (json.loads((pruned.path / "model.json").read_text()).get("prune", {})
                                        if pruned else {})
     metrics = json.loads((results["eval"].path / EVAL_FILE).read_text())
-    metrics.update(measure(model, meta, data, cfg))
+    metrics.update(measure(model, meta, data, cfg, device))
     metrics.update({
         "sparsity": float(prune_info.get("sparsity", 0.0)),
         "structured": bool(prune_info.get("structured", True)),

@@ -58,7 +58,7 @@ def reevaluate(path: Path | None, overrides: list[str]) -> dict:
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = evaluate_model(model.to(device).eval(), data, cfg.eval, seed=int(cfg.seed),
                              test_split=str(cfg.dataset.test_split), device=device, progress=not cfg.quiet, out=out)
-    metrics.update(measure(model, meta, data, cfg))
+    metrics.update(measure(model, meta, data, cfg, device))
     add_int8_check(metrics)
     metrics.update({"checkpoint": str(path.resolve()), "seed": int(cfg.seed),
                     "sparsity": float((meta.get("prune") or {}).get("sparsity", 0.0))})
@@ -95,7 +95,7 @@ def _evaluate_start(path: Path | None, overrides: list[str]) -> dict:
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = evaluate_model(model.to(device).eval(), data, cfg.eval, seed=int(cfg.seed),
                              test_split=str(cfg.dataset.test_split), device=device, progress=not cfg.quiet, out=out)
-    metrics.update(measure(model.cpu(), meta, data, cfg))
+    metrics.update(measure(model.cpu(), meta, data, cfg, device))
     add_int8_check(metrics)
     metrics.update({"checkpoint": str(cfg.model.init), "start": start, "seed": int(cfg.seed), "sparsity": 0.0})
     return _write(out, metrics, cfg, f"robprune eval model.init={cfg.model.init} → {out}")

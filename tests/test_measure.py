@@ -92,3 +92,28 @@ def test_checkpoint_size_bytes(tmp_path):
     size = (directory / "model.safetensors").stat().st_size
     assert checkpoint_size_bytes(directory) == checkpoint_size_bytes(str(directory / "model.safetensors")) == size
     assert size > 4 * count_params(cnn8())  # float32 weights plus header
+
+
+def _measured(device):
+    from robprune.data import build_data
+    from robprune.compose import compose
+    from robprune.measure import measure
+
+    cfg = compose(["model.width=8", "eval.latency.repeats=3", "eval.latency.warmup=1", "eval.latency.batch_size=16"])
+    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
+    arch = {"model": OmegaConf.to_container(cfg.model), **data.arch_record()}
+    model = build_model(cfg.model, **data.arch_record())
+    return measure(model, {"arch": arch, "pruning_history": [], "quant": None}, data, cfg, device), model
+
+
+def test_cpu_runs_report_cpu_latency_only():
+    out, _ = _measured(torch.device("cpu"))
+    assert out["latency_device"] == "cpu" and out["latency_ms"] > 0 and "latency_cpu_ms" not in out
+
+
+@pytest.mark.gpu
+def test_cuda_runs_time_latency_on_the_gpu_with_events_and_keep_the_cpu_time():
+    out, model = _measured(torch.device("cuda"))
+    assert out["latency_device"].startswith("cuda") and out["latency_ms"] > 0 and out["latency_threads"] is None
+    assert out["latency_cpu_ms"] > 0 and out["latency_cpu_threads"] == torch.get_num_threads()
+    assert next(model.parameters()).device.type == "cpu"  # the GPU timing used a copy
