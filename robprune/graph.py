@@ -118,6 +118,7 @@ class StageContext:
     seed_key: str                   # semantic key: derive random seeds from it (see module docstring)
     device: Any                     # torch.device, chosen once per run
     progress: bool = False          # show progress bars (not part of any output)
+    on_epoch: Callable[[str, dict], None] | None = None  # (stage, epoch row) while a stage trains: live curves, not an output
 
     def input(self, name: str) -> Any:
         """The upstream result called ``name`` (for :data:`MODEL`: the model the stage consumes)."""

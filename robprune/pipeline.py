@@ -27,7 +27,7 @@ from robprune.stages import STAGES
 from robprune.stages.common import architecture, example_inputs
 from robprune.stages.evaluate import EVAL_FILE
 from robprune.store import StageCache, StageResult, publish_files
-from robprune.tracking import report_to_mlflow, write_curves
+from robprune.tracking import live_curves, report_to_mlflow, write_curves
 from robprune.train.trainer import resolve as resolve_trainer
 from robprune.validate import validate
 
@@ -43,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def walk(planned: list[Planned], cfg: DictConfig, data: DataBundle, cache: StageCache, device: torch.device,
-         *, progress: bool = False) -> dict[str, StageResult]:
+         *, progress: bool = False, on_epoch=None) -> dict[str, StageResult]:
     """Build or reuse every planned stage in order; returns name -> result (insertion = graph order)."""
     results: dict[str, StageResult] = {}
     semantic: dict[str, str] = {}
@@ -61,7 +61,7 @@ def walk(planned: list[Planned], cfg: DictConfig, data: DataBundle, cache: Stage
 
         def build(work: Path, stage=stage, view=view, inputs=inputs, key=key, seed_key=seed_key) -> None:
             stage.build(StageContext(stage.name, view, inputs, DataView(data, stage.name, stage.data), Path(work),
-                                     key, seed_key, device, progress))
+                                     key, seed_key, device, progress, on_epoch))
 
         results[stage.name] = cache.get(stage.name, key, build, meta=meta)
         semantic[stage.name] = seed_key
@@ -140,7 +140,12 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     for note in trainer.notes:
         log.warning(note)
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
-    results = walk(planned, cfg, data, cache, device, progress=not cfg.quiet)
+    live = live_curves(cfg.get("logger"), run_dir)  # tensorboard/<stage>/ while stages train
+    try:
+        results = walk(planned, cfg, data, cache, device, progress=not cfg.quiet, on_epoch=live)
+    finally:
+        if live is not None:
+            live.close()
     final = results[next(p.inputs[MODEL] for p in planned if p.stage.name == "eval")]
 
     metrics = assemble_metrics(cfg, data, results, final, choices, device)

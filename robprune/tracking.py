@@ -1,10 +1,13 @@
-"""Training curves of a run for TensorBoard (and MLflow with ``logger=mlflow``), written when it finishes.
+"""Training curves of a run for TensorBoard (and MLflow with ``logger=mlflow``), written when it finishes,
+and for TensorBoard also while it trains (:class:`LiveCurves`).
 
 Every training stage keeps its per-epoch log in its checkpoint's ``model.json`` (``train_log``,
 ``finetune_log``, ``prune_train_log``: epoch, loss, lr, seconds), so curves come from the stage
 results — a stage reused from the cache contributes its curve too — and are written to
 ``<run dir>/tensorboard/<stage>/`` once the run has finished (built in a temporary folder and renamed,
 as every result file). ``tensorboard --logdir outputs/sweeps/<time>`` then shows every run of a sweep.
+While a stage trains, :class:`LiveCurves` adds each epoch's scalars to the same folders as the epoch
+ends, so a long job can be watched; the finished run's complete set replaces them.
 """
 from __future__ import annotations
 
@@ -26,11 +29,47 @@ STAGE_LOGS = {"train": "train_log", "prune_train": "prune_train_log", "finetune"
 SCALARS = ("loss", "lr", "seconds")
 
 
+def log_key(stage: str) -> str | None:
+    """The model.json key of a stage's own per-epoch log; None for a stage without a curve."""
+    return STAGE_LOGS.get(stage, "train_log" if stage.startswith("ingredient_") else None)
+
+
+class LiveCurves:
+    """``(stage, row)`` -> the row's scalars in ``<folder>/<stage>/`` at once (flushed), for stages that
+    have a curve (:func:`log_key`). :meth:`close` before :func:`write_curves` replaces the folder."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.writers = Path(folder), {}
+
+    def __call__(self, stage: str, row: dict) -> None:
+        if log_key(stage) is None:
+            return
+        if stage not in self.writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writers[stage] = SummaryWriter(log_dir=str(self.folder / stage))
+        writer = self.writers[stage]
+        for scalar in SCALARS:
+            if row.get(scalar) is not None:
+                writer.add_scalar(scalar, float(row[scalar]), int(row["epoch"]))
+        writer.flush()
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+
+def live_curves(node: DictConfig | None, run_dir: Path) -> LiveCurves | None:
+    """A :class:`LiveCurves` into ``<run dir>/tensorboard`` when the logger asks for TensorBoard."""
+    return LiveCurves(Path(run_dir) / "tensorboard") if node is not None and node.get("tensorboard") else None
+
+
 def stage_curves(results: dict) -> dict[str, list[dict]]:
     """{stage name: per-epoch rows} for every training stage of a run (from :class:`StageResult` paths)."""
     curves = {}
     for name, result in results.items():
-        key = STAGE_LOGS.get(name, "train_log" if name.startswith("ingredient_") else None)
+        key = log_key(name)
         path = Path(result.path) / "model.json"
         if key is None or not path.is_file():
             continue

@@ -99,3 +99,28 @@ def test_write_tensorboard_replaces_an_older_folder_whole(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["train"]
     assert _scalars(folder / "train")["seconds"] == [(1, 2.0)]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tensorboard-")]
+
+
+def test_curves_reach_tensorboard_while_the_stages_train(tmp_path, monkeypatch):
+    """Each epoch's scalars are in <run dir>/tensorboard/<stage>/ as the epoch ends, before the run finishes
+    (LiveCurves, called by the training loop's on_epoch_end); the finished run's set then replaces them."""
+    from robprune.compose import compose
+    from robprune.pipeline import run
+    from robprune.tracking import LiveCurves
+
+    run_dir, seen = tmp_path / "run", []
+    write = LiveCurves.__call__
+
+    def watched(self, stage, row):
+        write(self, stage, row)
+        seen.append((stage, row["epoch"], (run_dir / "metrics.json").exists(), _scalars(run_dir / "tensorboard" / stage)))
+
+    monkeypatch.setattr(LiveCurves, "__call__", watched)
+    metrics = run(compose([*TINY, "logger=tensorboard", f"cache_dir={tmp_path / 'cache'}"]), run_dir)
+    assert [(stage, epoch, done) for stage, epoch, done, _ in seen] == [("train", 1, False), ("train", 2, False),
+                                                                        ("finetune", 1, False)]
+    for stage, epoch, _, scalars in seen:  # on disk at that moment: every epoch so far, nothing later
+        assert [step for step, _ in scalars["loss"]] == list(range(1, epoch + 1))
+    final = _scalars(run_dir / "tensorboard" / "train")["loss"]
+    assert [v for _, v in final] == pytest.approx([v for _, v in seen[1][3]["loss"]], rel=1e-6)
+    assert metrics["stages"]["train"]["reused"] is False

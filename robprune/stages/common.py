@@ -45,7 +45,12 @@ def train_model(model, cfg_train, key: str, ctx: StageContext, generator: torch.
     objective, optimizer = build_training(cfg_train, model, key)  # checks the recipe here, before any process starts
     epochs = int(cfg_train.epochs)
     if trainer.devices > 1 and epochs > 0:
-        return _train_parallel(model, cfg_train, key, ctx, generator, list(hooks), trainer)
+        history = _train_parallel(model, cfg_train, key, ctx, generator, list(hooks), trainer)
+        for row in history if ctx.on_epoch else ():  # the ranks send their rows back at the end
+            ctx.on_epoch(ctx.stage, row)
+        return history
+    if ctx.on_epoch is not None:
+        hooks = [*hooks, EpochReport(ctx.stage, ctx.on_epoch)]
     for hook in hooks:  # hooks that need the optimizer (masks a two-pass optimizer must not perturb)
         if hasattr(hook, "bind"):
             hook.bind(optimizer, model)
@@ -63,6 +68,16 @@ def train_model(model, cfg_train, key: str, ctx: StageContext, generator: torch.
     finally:
         if trainer.channels_last:
             model.to(memory_format=torch.contiguous_format)
+
+
+class EpochReport:
+    """A training hook passing each epoch's log row to ``report(stage, row)`` as soon as the epoch ends."""
+
+    def __init__(self, stage: str, report):
+        self.stage, self.report = stage, report
+
+    def on_epoch_end(self, row: dict) -> None:
+        self.report(self.stage, dict(row))
 
 
 def _train_parallel(model, cfg_train, key: str, ctx: StageContext, generator: torch.Generator, hooks: list,

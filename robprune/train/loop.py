@@ -103,7 +103,8 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
     epoch; with ``per_step`` it is set before every step from the fractional epoch ``e + i / len(loader)``
     (linear warm-up and decay). clip_grad_norm: clip the gradient's global L2 norm before each step
     (for a two-pass optimizer, each pass's gradient; the first one only sets ε's direction).
-    hooks: objects with optional ``on_epoch_start(epoch)`` and ``after_step(model)`` (masks, observers).
+    hooks: objects with optional ``on_epoch_start(epoch)``, ``after_step(model)`` (masks, observers) and
+    ``on_epoch_end(row)`` (the epoch's log row, on the writing rank only: live training curves).
     checkpoint_dir: when given, a checkpoint is written after every epoch and training resumes from it.
     Steps go through ``optimizer.step(closure)`` so two-pass optimizers (SAM, ASAM) need no other loop.
 
@@ -171,6 +172,8 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
         state.history.append(row)
         state.epoch = epoch + 1
         log.info("%s epoch %d/%d: loss %.4f, lr %.3g, %.1f s", description, epoch + 1, epochs, row["loss"], row["lr"], row["seconds"])
+        if writes:
+            _call(hooks, "on_epoch_end", row)
         if checkpoint_dir is not None and writes:
             save_epoch_checkpoint(checkpoint_dir, model, optimizer, generator, state)
     model.eval()
