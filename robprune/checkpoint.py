@@ -104,6 +104,14 @@ def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu
     return model.to(map_location).eval(), meta
 
 
+def is_checkpoint(path: Path | str) -> bool:
+    """Whether ``path`` is a robprune checkpoint: a folder holding model.safetensors + model.json, or such
+    a ``.safetensors`` file with its ``.json`` beside it (what load_checkpoint and read_weights take)."""
+    path = Path(path)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    return weights.suffix == ".safetensors" and weights.is_file() and weights.with_suffix(".json").is_file()
+
+
 def read_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, model.json) of a robprune checkpoint without rebuilding its model: the same files and
     digest checks as :func:`load_checkpoint` (a model.init source, robprune.start)."""

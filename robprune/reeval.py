@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from robprune.checkpoint import load_checkpoint
+from robprune.checkpoint import is_checkpoint, load_checkpoint
 from robprune.compose import compose, compose_saved
 from robprune.data import build_data
 from robprune.errors import CheckpointError, ConfigError
@@ -30,46 +30,27 @@ from robprune.validate import validate
 log = logging.getLogger("robprune")
 
 
-def _robprune_checkpoint(path: Path) -> bool:
-    weights = path / "model.safetensors" if path.is_dir() else path
-    return weights.suffix == ".safetensors" and weights.with_suffix(".json").is_file()
-
-
 def reevaluate(path: Path | None, overrides: list[str]) -> dict:
     """Evaluate the checkpoint at ``path`` (None: the model ``overrides`` start from) with ``overrides``."""
-    from robprune.measure import measure
-    from robprune.pipeline import add_int8_check, resolve_device
-
     if path is not None and not Path(path).exists():
         raise CheckpointError(f"{path}: no such run directory, checkpoint or weights file; pass a run directory "
                               "(outputs/runs/<run>), a folder holding model.safetensors + model.json, or a weights file")
-    if path is None or not _robprune_checkpoint(Path(path)):
+    if path is None or not is_checkpoint(path):
         return _evaluate_start(path, overrides)
     path = Path(path)
-    ckpt_dir = path if path.is_dir() else path.parent
-    cfg = compose_saved(ckpt_dir, overrides)
+    cfg = compose_saved(path if path.is_dir() else path.parent, overrides)
     validate(cfg)
     model, meta = load_checkpoint(path)
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
     _check_shape(meta["arch"], data, path)
-    EVAL_STAGE.precheck(Precheck(cfg, data, model, example_inputs(data)))  # the eval stage's own checks
-    device = resolve_device(cfg.device)
-    out = _out_dir(cfg)
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = evaluate_model(model.to(device).eval(), data, cfg.eval, seed=int(cfg.seed),
-                             test_split=str(cfg.dataset.test_split), device=device, progress=not cfg.quiet, out=out)
-    metrics.update(measure(model, meta, data, cfg, device))
-    add_int8_check(metrics)
-    metrics.update({"checkpoint": str(path.resolve()), "seed": int(cfg.seed),
-                    "sparsity": float((meta.get("prune") or {}).get("sparsity", 0.0))})
-    return _write(out, metrics, cfg, f"robprune eval {path} → {out}")
+    extra = {"checkpoint": str(path.resolve()), "sparsity": float((meta.get("prune") or {}).get("sparsity", 0.0))}
+    return _evaluate(cfg, data, model, meta, extra, f"robprune eval {path}")
 
 
 def _evaluate_start(path: Path | None, overrides: list[str]) -> dict:
     """A model built from the command line's model config and filled from ``path`` (model.init=path) or
     from the model.init the overrides give (e.g. a zoo model's pretrained weights)."""
-    from robprune.measure import dense_model, measure
-    from robprune.pipeline import add_int8_check, resolve_device
+    from robprune.measure import dense_model
     from robprune.stages.common import architecture
     from robprune.start import load_start
 
@@ -80,35 +61,37 @@ def _evaluate_start(path: Path | None, overrides: list[str]) -> dict:
     if cfg.model.get("init") is None:
         raise ConfigError("robprune eval needs a model: a run directory, checkpoint or weights file first, or "
                           "model.init=... (e.g. robprune eval model=robustbench model.name=Carmon2019Unlabeled dataset=cifar10)")
+    if cfg.model.get("head") == "new":
+        raise ConfigError("robprune eval with model.head=new would evaluate an untrained classifier; set model.head=keep, "
+                          "or train it first: robprune run model.init=... model.head=new train.epochs=...")
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
     arch = architecture(cfg.model, data)
     model = dense_model(arch)
     data.check_model(model)
     start = load_start(model, cfg.model, num_classes=arch.get("num_classes"))
-    if start["head"] == "new":
-        raise ConfigError("robprune eval with model.head=new would evaluate an untrained classifier; set model.head=keep, "
-                          "or train it first: robprune run model.init=... model.head=new train.epochs=...")
     meta = {"arch": arch, "pruning_history": [], "quant": None, "start": start}
-    EVAL_STAGE.precheck(Precheck(cfg, data, model, example_inputs(data)))
+    extra = {"checkpoint": str(cfg.model.init), "start": start, "sparsity": 0.0}
+    return _evaluate(cfg, data, model, meta, extra, f"robprune eval model.init={cfg.model.init}")
+
+
+def _evaluate(cfg, data, model, meta: dict, extra: dict, title: str) -> dict:
+    """The eval stage's checks, then evaluation, cost and size of ``model`` into a new folder (eval_out):
+    config.yaml and metrics.json (``extra`` added), the same keys as a run's."""
+    from robprune.measure import measure
+    from robprune.pipeline import add_int8_check, resolve_device
+
+    EVAL_STAGE.precheck(Precheck(cfg, data, model, example_inputs(data)))  # the eval stage's own checks
     device = resolve_device(cfg.device)
-    out = _out_dir(cfg)
+    out = Path(cfg.eval_out or f"outputs/evals/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.time_ns() % 10**6:06d}")
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = evaluate_model(model.to(device).eval(), data, cfg.eval, seed=int(cfg.seed),
                              test_split=str(cfg.dataset.test_split), device=device, progress=not cfg.quiet, out=out)
-    metrics.update(measure(model.cpu(), meta, data, cfg, device))
+    metrics.update(measure(model, meta, data, cfg, device))
     add_int8_check(metrics)
-    metrics.update({"checkpoint": str(cfg.model.init), "start": start, "seed": int(cfg.seed), "sparsity": 0.0})
-    return _write(out, metrics, cfg, f"robprune eval model.init={cfg.model.init} → {out}")
-
-
-def _out_dir(cfg) -> Path:
-    return Path(cfg.eval_out or f"outputs/evals/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.time_ns() % 10**6:06d}")
-
-
-def _write(out: Path, metrics: dict, cfg, title: str) -> dict:
+    metrics.update({**extra, "seed": int(cfg.seed)})
     atomic_write_json(out / "metrics.json", metrics)
     if not cfg.quiet:
-        print_summary(metrics, title=title)
+        print_summary(metrics, title=f"{title} → {out}")
     return metrics
 
 

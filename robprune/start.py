@@ -94,8 +94,9 @@ def resolve(model_cfg) -> Source | None:
     elif not path.is_file():
         raise ConfigError(f"model.init={init}: no such file or folder; pass a robprune run or checkpoint folder, a weights "
                           f"file (.safetensors, .pt, .pth) or model.init=pretrained")
-    robprune_made = path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
-    return Source("robprune" if robprune_made else "file", path, init)
+    from robprune.checkpoint import is_checkpoint
+
+    return Source("robprune" if is_checkpoint(path) else "file", path, init)
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}

@@ -54,3 +54,15 @@ def test_the_table_says_what_each_stage_would_do(tmp_path, capsys):
     assert main(["plan", *TINY, f"cache_dir={tmp_path / 'cache'}", "quiet=false"]) == 0
     out = capsys.readouterr().out
     assert "model: train" in out and "0 of 4 stages cached, 4 to build" in out
+
+
+def test_the_plan_sees_a_damaged_entry_and_a_partial_build(tmp_path, capsys):
+    """StageCache.state: an entry that fails verification is rebuilt, a left-over .partial folder resumed."""
+    cache = tmp_path / "cache"
+    assert main(["run", *TINY, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}", "quiet=true"]) == 0
+    keys = {stage: key for stage, (key, _) in planned(["plan", *TINY, f"cache_dir={cache}"], capsys).items()}
+    (cache / "eval" / keys["eval"] / "metrics.json").write_text("{}")  # edited after it was built
+    finetune = cache / "finetune" / keys["finetune"]
+    finetune.rename(finetune.with_name(f"{keys['finetune']}.partial"))  # as a build killed half-way leaves it
+    states = {stage: state for stage, (_, state) in planned(["plan", *TINY, f"cache_dir={cache}"], capsys).items()}
+    assert states == {"train": "cached", "prune": "cached", "finetune": "resume", "eval": "damaged"}

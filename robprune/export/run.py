@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from robprune.checkpoint import is_checkpoint
 from robprune.errors import CheckpointError, ConfigError, ExportError
 from robprune.export.check import CHECK_BATCH, Exported, compare, median_ms, verdict
 from robprune.io import atomic_write_json
@@ -48,8 +49,7 @@ def check_request(path: Path, fmt: str, out: Path | None, opset: int, n_check: i
         raise CheckpointError(f"{path}: no such run directory or checkpoint; pass a run directory "
                               "(outputs/runs/<run>) or a folder holding model.safetensors + model.json")
     ckpt_dir = path if path.is_dir() else path.parent
-    weights = path if path.is_file() else path / "model.safetensors"
-    if not (weights.is_file() and weights.with_suffix(".json").is_file()):
+    if not is_checkpoint(path):
         raise CheckpointError(f"{path}: no model to export (model.safetensors + model.json; a run writes them when "
                               "it finishes); pass a finished run directory, a checkpoint directory or a model.safetensors")
     out = Path(out) if out else Path("outputs/exports") / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.time_ns() % 10**6:06d}"
