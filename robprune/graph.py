@@ -304,7 +304,10 @@ def data_fingerprint(bundle: Any, part: str) -> str:
     """16 hex digits over the decoded tensors of a data part ('train' / 'test'), its sentences for a text
     dataset, and the bundle's meta (for text: the tokenizer's content id and max_length).
 
-    Content, not file names or times: replacing the images of a folder changes it, touching them does not."""
+    Content, not file names or times: replacing the images of a folder changes it, touching them does not.
+    A streamed dataset answers from its manifest instead (``bundle.fingerprint``: paths, sizes, mtimes)."""
+    if hasattr(bundle, "fingerprint"):
+        return bundle.fingerprint(part)
     key = ("data", part, data_meta(bundle))
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     if part in ("train", "test", "heldout"):

@@ -103,7 +103,7 @@ def prepare(cfg: DictConfig) -> tuple[torch.device, object, DataBundle, list[Pla
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
     trainer = resolve_trainer(cfg.get("trainer"), device)  # trainer.devices against this machine, GPU-only options
-    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
+    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir, loading=cfg.data)
     dense = dense_model(architecture(cfg.model, data))
     data.check_model(dense)  # e.g. an image model on a text dataset
     planned = plan(STAGES, cfg)

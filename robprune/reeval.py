@@ -41,7 +41,7 @@ def reevaluate(path: Path | None, overrides: list[str]) -> dict:
     cfg = compose_saved(path if path.is_dir() else path.parent, overrides)
     validate(cfg)
     model, meta = load_checkpoint(path)
-    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
+    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir, loading=cfg.data)
     _check_shape(meta["arch"], data, path)
     extra = {"checkpoint": str(path.resolve()), "sparsity": float((meta.get("prune") or {}).get("sparsity", 0.0))}
     return _evaluate(cfg, data, model, meta, extra, f"robprune eval {path}")
@@ -64,7 +64,7 @@ def _evaluate_start(path: Path | None, overrides: list[str]) -> dict:
     if cfg.model.get("head") == "new":
         raise ConfigError("robprune eval with model.head=new would evaluate an untrained classifier; set model.head=keep, "
                           "or train it first: robprune run model.init=... model.head=new train.epochs=...")
-    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
+    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir, loading=cfg.data)
     arch = architecture(cfg.model, data)
     model = dense_model(arch)
     data.check_model(model)

@@ -30,7 +30,8 @@ TRAIN = {"epochs": Int(0, example="2"), "objective": TARGET, "optimizer": TARGET
          "sharpness": SHARPNESS, "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}
 QUANT = {**spec_of(QuantSpec), "method": Choice("none", *QUANT_METHODS),  # declared by robprune.quant.QuantSpec
          "calibration": {"n_examples": Int(1, null=True, example="1024"), "batch_size": SIZE}, "train": TRAIN}
-DATA = {"root": PATH, "download": BOOL, "batch_size": Int(1, example="128"), "cache_dir": PATH}
+DATA = {"root": PATH, "download": BOOL, "batch_size": Int(1, example="128"), "cache_dir": PATH,
+        "num_workers": Int(0, example="8"), "gpu_decode": Choice("auto", True, False), "skip_bad": BOOL}  # robprune.data.stream.Loading
 LATENCY = {"batch_size": SIZE, "repeats": Int(1, example="20"), "warmup": Int(0, example="3")}
 CORRUPTIONS = {"source": Choice(*SOURCES), "root": PATH, "frost_textures": PATH,
                "names": Value("list", item=STR, example="[fog,snow]"), "severities": Value("list", item=Int(), example="[1,2,3,4,5]"),
@@ -41,7 +42,9 @@ EVAL = {"attacks": MapOf(TARGET), "n_examples": MapOf(Int(1, null=True, example=
 DATASET = {"name": STR, "root": PATH, "download": BOOL, "train_split": STR, "test_split": STR,
            "num_classes": Int(1, null=True, example="10"), "mean": Value("list", item=Float(0, high=1)),
            "std": Value("list", item=Float(0, low_open=True)), "eps": EPS, "eps_l2": Float(0, example="0.5"),
-           "augment": {"crop_padding": Int(0, example="4"), "hflip": BOOL}}
+           "augment": {"crop_padding": Int(0, example="4"), "hflip": BOOL,
+                       "resized_crop": Value("list", item=Float(0, high=1), null=True, example="[0.08,1.0]")},
+           "version": Value("str", null=True, example="2012")}  # dataset.version: part of every key (robprune.data.build)
 
 
 # keys that were options once, and what replaced them: their own one-line hint instead of "not a key"

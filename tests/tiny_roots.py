@@ -133,3 +133,93 @@ def text_root(root: Path) -> Path:
     tokenizer.save_pretrained(str(root / "mlm"))
     (root / "made.json").write_text(json.dumps({"sst2": 160, "ag_news": 160, "imdb": 160}))
     return root
+
+
+# --- ImageNet in its distributed layouts (streamed datasets) ------------------------------------------
+
+WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")  # the first four ILSVRC-2012 classes
+
+
+def write_jpeg(path: Path, pixels: np.ndarray, quality: int = 90) -> None:
+    """(H, W, 3) uint8 as a baseline JPEG (PIL)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=quality)
+
+
+def _class_pixels(label: int, n: int, rng, size: tuple[int, int]) -> np.ndarray:
+    """Learnable images: a class colour plus noise, varied sizes around ``size`` (H, W)."""
+    colour = np.array([(label * 67) % 256, (label * 131 + 60) % 256, (label * 29 + 120) % 256])
+    height, width = size
+    out = []
+    for i in range(n):
+        h, w = height + (i % 3) * 4, width + (i % 2) * 6
+        out.append(np.clip(colour + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8))
+    return out
+
+
+def write_devkit(root: Path, wnids: list[str], val_wnids: list[str]) -> None:
+    """ILSVRC2012_devkit_t12/data/meta.mat (the synsets struct array, leaf synsets first as in the real file,
+    their ILSVRC2012_IDs in a shuffled order so that IDs are not label indices) and the ground truth."""
+    from scipy.io import savemat
+
+    data = root / "ILSVRC2012_devkit_t12" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    ids = {w: i + 1 for i, w in enumerate(sorted(wnids, reverse=True))}  # real IDs follow another order than the wnids
+    fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"), ("num_children", "O"),
+              ("children", "O"), ("wordnet_height", "O"), ("num_train_images", "O")]
+    synsets = np.zeros((len(wnids) + 1, 1), dtype=fields)
+    for row, wnid in enumerate(wnids):
+        synsets[row, 0] = (ids[wnid], wnid, f"class {wnid}", "a gloss", 0, np.zeros((1, 0)), 0, 1300)
+    synsets[len(wnids), 0] = (len(wnids) + 1, "n00001740", "entity", "the root", len(wnids),
+                              np.arange(1, len(wnids) + 1, dtype=np.float64)[None], 19, 0)
+    savemat(str(data / "meta.mat"), {"synsets": synsets})
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ids[w]}\n" for w in val_wnids))
+
+
+def imagenet_root(root: Path, *, per_class: int = 6, val_per_class: int = 3, flat_val: bool = False,
+                  size: tuple[int, int] = (40, 48), seed: int = 0) -> Path:
+    """ILSVRC-2012 as distributed: train/<wnid>/<wnid>_<n>.JPEG, val/ either in class folders or flat
+    (ILSVRC2012_val_<8 digits>.JPEG labelled by the devkit), images of varied sizes."""
+    rng = np.random.default_rng(seed)
+    val_wnids = []
+    for label, wnid in enumerate(WNIDS):
+        for i, img in enumerate(_class_pixels(label, per_class, rng, size)):
+            write_jpeg(root / "train" / wnid / f"{wnid}_{i + 1}.JPEG", img)
+        val_wnids += [wnid] * val_per_class
+    order = rng.permutation(len(val_wnids))  # the released val files are not sorted by class
+    val_wnids = [val_wnids[i] for i in order]
+    counts: dict[str, int] = {}
+    for n, wnid in enumerate(val_wnids, start=1):
+        label = WNIDS.index(wnid)
+        img = _class_pixels(label, counts.get(wnid, 0) + 1, rng, size)[-1]
+        counts[wnid] = counts.get(wnid, 0) + 1
+        name = f"ILSVRC2012_val_{n:08d}.JPEG"
+        write_jpeg(root / "val" / name if flat_val else root / "val" / wnid / name, img)
+    if flat_val:
+        write_devkit(root, list(WNIDS), val_wnids)
+    return root
+
+
+def imagenet_v2_root(root: Path, *, per_class: int = 2, size: tuple[int, int] = (40, 48), seed: int = 1) -> Path:
+    """imagenetv2-matched-frequency-format-val/<label>/<hash>.jpeg, labels in ImageNet's order."""
+    rng = np.random.default_rng(seed)
+    base = root / "imagenetv2-matched-frequency-format-val"
+    for label in range(len(WNIDS)):
+        for i, img in enumerate(_class_pixels(label, per_class, rng, size)):
+            write_jpeg(base / str(label) / f"{rng.integers(1 << 60):x}.jpeg", img)
+    return root
+
+
+def imagenet_c_root(root: Path, names=("gaussian_noise", "fog"), severities=(1, 2, 3, 4, 5), *, per_class: int = 2,
+                    size: int = 32, seed: int = 2) -> Path:
+    """ImageNet-C: <corruption>/<severity>/<wnid>/<val name>.JPEG, images already at the crop size."""
+    rng = np.random.default_rng(seed)
+    for name in names:
+        for severity in severities:
+            for label, wnid in enumerate(WNIDS):
+                for i, img in enumerate(_class_pixels(label, per_class, rng, (size, size))):
+                    noisy = np.clip(img.astype(int) + rng.normal(0, 8 * severity, img.shape), 0, 255).astype(np.uint8)
+                    write_jpeg(root / name / str(severity) / wnid / f"ILSVRC2012_val_{label * 100 + i + 1:08d}.JPEG", noisy)
+    return root

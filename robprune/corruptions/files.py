@@ -163,20 +163,34 @@ def check_folders(root: str | Path, names, severities, num_classes: int) -> None
 
 
 def read_folder(root: str | Path, name: str, severity: int, channels: int, size: int,
-                n_examples: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x (n, C, H, W) uint8, y (n,) int64) of one severity folder through robprune's image-folder
-    reader; a seeded subset of n_examples images (None: all)."""
-    from omegaconf import OmegaConf
+                n_examples: int | None, seed: int):
+    """(x, y (n,) int64) of one severity folder: x a streamed (n, C, H, W) uint8 view
+    (:class:`robprune.data.stream.StreamImages`, decoded chunk by chunk when indexed) of a seeded subset of
+    n_examples images (None: all), resized to ``size`` when they are not that size already."""
+    from robprune.data import manifest
+    from robprune.data.imagefolder import tree_listing
+    from robprune.data.stream import Files, StreamImages, Transforms
+    from robprune.data.tensors import seeded_indices
 
-    from robprune.data import seeded_indices
-    from robprune.registry import DATASETS
+    folder = severity_folder(root, name, severity)
+    split = tree_listing(manifest.load(folder, manifest.default_cache()), {"train": ""}, "train")
+    keep = seeded_indices(len(split.rels), n_examples, seed).sort().values.tolist()
+    files = Files(folder, [split.rels[i] for i in keep], split.labels[keep])
+    return StreamImages(files, Transforms(channels=int(channels), image_size=int(size), resize=None)), files.labels
 
-    source = DATASETS.get("imagefolder")
-    cfg = OmegaConf.create({"name": "imagefolder", "root": str(severity_folder(root, name, severity)),
-                            "channels": int(channels), "image_size": int(size)})
-    files = source.locate(cfg, "train")
-    keep = seeded_indices(len(files), n_examples, seed).sort().values
-    return source.decode(cfg, "train", [files[int(i)] for i in keep])
+
+def folder_digests(root: str | Path, names, severities) -> list[list]:
+    """[folder, manifest digest] of every severity folder (the eval stage's key; manifests are cached)."""
+    from robprune.data import manifest
+
+    out = []
+    for name in names:
+        for severity in severities:
+            folder = severity_folder(root, str(name), int(severity))
+            if folder.is_dir():
+                tree = manifest.load(folder, manifest.default_cache())
+                out.append([str(folder), tree.digest(list(tree.files))])
+    return out
 
 
 def file_stats(paths) -> list[list]:

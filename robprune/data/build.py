@@ -2,14 +2,19 @@
 ``dataset.name`` names in :data:`robprune.registry.DATASETS` (each source module registers its own)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from robprune.data import builtin, cifar, imagefolder, mnist, svhn, tiny_imagenet  # noqa: F401 (they register their sources)
-from robprune.data.loader import BatchLoader
+from robprune.data import manifest
+from robprune.data import builtin, cifar, imagefolder, imagenet, mnist, svhn, tiny_imagenet  # noqa: F401 (they register their sources)
+from robprune.data.loader import BatchLoader, augment_options
+from robprune.data.stream import Files, Listing, Loading, StreamImages, StreamLoader, Transforms, with_augment
 from robprune.data.source import Arrays, Source, get, load_split
 from robprune.data.splits import parse_split, warn_overlap
 from robprune.data.text import build_text_data
@@ -33,8 +38,10 @@ class DataBundle:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    version: str | None = None  # dataset.version: a user's name for the data's release, part of every key
 
     modality = "image"
+    storage = "memory"
 
     @property
     def in_channels(self) -> int:
@@ -56,8 +63,11 @@ class DataBundle:
 
     def meta(self) -> dict:
         """Shapes and statistics that enter every stage's data fingerprint."""
-        return {"name": self.name, "num_classes": int(self.num_classes), "mean": list(self.mean),
+        meta = {"name": self.name, "num_classes": int(self.num_classes), "mean": list(self.mean),
                 "std": list(self.std), "example_shape": list(self.train_x.shape[1:])}
+        if self.version is not None:
+            meta["version"] = self.version
+        return meta
 
     def example_inputs(self, n: int = 1, *, random: bool = False) -> torch.Tensor:
         """(n, C, H, W) pixels: zeros (tracing: only the shape matters) or uniform in [0, 1] (timing)."""
@@ -72,20 +82,61 @@ class DataBundle:
         """Nothing to check beyond what the builder did (shapes come from this bundle)."""
 
 
-def build_data(dataset_cfg: DictConfig, *, cache_dir: str | Path | None = None):
+@dataclass
+class StreamBundle(DataBundle):
+    """A :class:`DataBundle` whose splits stay on disk (docs/concepts/data-and-models.md#streamed-datasets): ``train_x`` /
+    ``test_x`` are :class:`~robprune.data.stream.StreamImages` (index them like tensors), training batches
+    come from DataLoader workers, and the data fingerprint is the split's manifest digest, not its pixels."""
+
+    transforms: Transforms = field(default_factory=Transforms)
+    digests: dict = field(default_factory=dict)  # part -> manifest digest of its files (+ label files)
+    loading: Loading = field(default_factory=lambda: Loading())
+
+    storage = "stream"
+
+    def meta(self) -> dict:
+        return {**super().meta(), "storage": "stream", "transforms": self.transforms.record()}
+
+    def fingerprint(self, part: str) -> str:
+        """16 hex digits over the bundle's meta and the part's manifest digest (no pixel is read)."""
+        blob = json.dumps(["data", part, self.meta(), self.digests.get(part)], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def loader(self, x, y: torch.Tensor, batch_size: int, *, shuffle: bool, generator=None, augment=None,
+               device="cpu", drop_last: bool = False):
+        """Training/evaluation batches of a streamed split (:class:`StreamLoader`, ``augment`` applied when
+        shuffling), or of an already decoded subset (a tensor: :class:`BatchLoader`)."""
+        if not isinstance(x, StreamImages):
+            return BatchLoader(x, y, batch_size, shuffle=shuffle, generator=generator, augment=augment,
+                               device=device, drop_last=drop_last)
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        transforms = with_augment(self.transforms, augment) if shuffle else self.transforms
+        device = torch.device(device)
+        return StreamLoader(x.files, transforms, int(batch_size), shuffle=shuffle, generator=generator, device=device,
+                            drop_last=drop_last, num_workers=self.loading.num_workers,
+                            gpu_decode=self.loading.gpu_decode_on(device))
+
+
+def build_data(dataset_cfg: DictConfig, *, cache_dir: str | Path | None = None, loading=None):
     """Load ``dataset_cfg.train_split`` and ``dataset_cfg.test_split`` of dataset ``dataset_cfg.name``:
     a :class:`DataBundle` of images, or for ``modality: text`` a :class:`robprune.data.text.TextBundle`.
 
     cache_dir: if given, decoded base splits of file-backed datasets are stored there as safetensors
-    and reused while the source files are unchanged (same path, size and mtime).
+    and reused while the source files are unchanged (same path, size and mtime); streamed datasets keep
+    their folders' manifests there. loading: the ``data`` node (num_workers, gpu_decode, skip_bad) or a
+    :class:`Loading`, read by streamed datasets only.
     """
     name = str(get(dataset_cfg, "name"))
+    manifest.set_default_cache(cache_dir)
     if str(dataset_cfg.get("modality", "image")) == "text":
         return build_text_data(dataset_cfg, cache_dir=cache_dir)
     images = DATASETS.names(modality="image")
     if name not in images:
         raise ConfigError(f"dataset.name={name!r} is not a known dataset; choose one of {', '.join(images)}")
     source = DATASETS.get(name)
+    if source.storage(dataset_cfg) == "stream":
+        return _build_stream(source, dataset_cfg, cache_dir, loading if isinstance(loading, Loading) else Loading.of(loading))
     bases: dict[str, Arrays] = {}  # each base split is decoded once even if both keys slice it
     (train_x, train_y), train_at = _select(source, dataset_cfg, "train_split", bases, cache_dir)
     (test_x, test_y), test_at = _select(source, dataset_cfg, "test_split", bases, cache_dir)
@@ -97,7 +148,67 @@ def build_data(dataset_cfg: DictConfig, *, cache_dir: str | Path | None = None):
     channels = int(train_x.shape[1])
     return DataBundle(name=name, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
                       num_classes=num_classes, mean=_per_channel(dataset_cfg, "mean", channels),
-                      std=_per_channel(dataset_cfg, "std", channels, positive=True))
+                      std=_per_channel(dataset_cfg, "std", channels, positive=True), version=_version(dataset_cfg))
+
+
+def _version(cfg: DictConfig) -> str | None:
+    value = get(cfg, "version", None)
+    return None if value is None else str(value)
+
+
+def _build_stream(source: Source, cfg: DictConfig, cache_dir, loading: Loading) -> StreamBundle:
+    """The streamed bundle: listings of both splits (manifests cached in cache_dir), checked for images that
+    are not whole, and the evaluation transform of the dataset's sizes."""
+    name = str(cfg.name)
+    bases: dict[str, Listing] = {}
+    splits = {}
+    for key in ("train_split", "test_split"):
+        spec = str(get(cfg, key, "train" if key == "train_split" else "test"))
+        base, part = parse_split(spec, key=f"dataset.{key}")
+        available = source.splits(cfg)
+        if base not in available:
+            raise ConfigError(f"dataset.{key}={spec!r} names no split of dataset {name!r} (available: "
+                              f"{', '.join(available)}); use e.g. '{available[0]}' or '{available[0]}[:80%]'")
+        if base not in bases:
+            bases[base] = source.listing(cfg, base, cache_dir)
+            if not bases[base].rels:
+                raise DataError(f"dataset {name!r}: split {base!r} under {bases[base].root} holds no images; "
+                                "pass data.root=<folder with the dataset>")
+        where = part.resolve(len(bases[base].rels), key=f"dataset.{key}", spec=spec)
+        splits[key] = (_whole_images(bases[base].select(where), name, loading.skip_bad), (base, where))
+    (train, train_at), (test, test_at) = splits["train_split"], splits["test_split"]
+    warn_overlap(train_at, test_at)
+    transforms = Transforms(channels=int(get(cfg, "channels", 3)), image_size=_size(cfg, "image_size"),
+                            resize=_size(cfg, "resize"))
+    if transforms.channels not in (1, 3):
+        raise ConfigError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {transforms.channels}")
+    num_classes = _num_classes(source, cfg, (train.labels, test.labels))
+    threads = loading.num_workers
+    images = {k: StreamImages(Files(v[0].root, v[0].rels, v[0].labels), transforms, threads) for k, v in splits.items()}
+    return StreamBundle(name=name, train_x=images["train_split"], train_y=train.labels, test_x=images["test_split"],
+                        test_y=test.labels, num_classes=num_classes,
+                        mean=_per_channel(cfg, "mean", transforms.channels),
+                        std=_per_channel(cfg, "std", transforms.channels, positive=True), version=_version(cfg),
+                        transforms=transforms, digests={"train": train.digest, "test": test.digest}, loading=loading)
+
+
+def _size(cfg: DictConfig, key: str) -> int | None:
+    value = get(cfg, key, None)
+    return None if value is None else int(value)
+
+
+def _whole_images(split: Listing, name: str, skip_bad: bool) -> Listing:
+    """The split, refused (or, with data.skip_bad, thinned with a warning) when some files are not whole images."""
+    if not split.problems:
+        return split
+    shown = "; ".join(f"{split.root / rel} ({why})" for rel, why in split.problems[:3])
+    more = f" and {len(split.problems) - 3} more" if len(split.problems) > 3 else ""
+    if not skip_bad:
+        raise DataError(f"dataset {name!r}: {len(split.problems)} of {len(split.rels)} images are unreadable or "
+                        f"truncated: {shown}{more}; replace them, or pass data.skip_bad=true to leave them out")
+    warnings.warn(f"dataset {name!r}: leaving out {len(split.problems)} unreadable or truncated images "
+                  f"(data.skip_bad=true): {shown}{more}", stacklevel=3)
+    return split.without({rel for rel, _ in split.problems})
 
 
 def _select(source: Source, cfg: DictConfig, key: str, bases: dict[str, Arrays],

@@ -103,9 +103,51 @@ def _splits(cfg: DictConfig) -> tuple[str, ...]:
     return tuple(_layout(cfg)[0])
 
 
-SOURCE = Source(splits=_splits, decode=_decode, locate=_locate,
+def images_in(manifest, folder: str) -> list[str]:
+    """Image files directly inside ``folder`` (relative to the manifest's root), sorted."""
+    head = f"{folder}/" if folder else ""
+    return [rel for rel in manifest.under(folder)
+            if "/" not in rel[len(head):] and Path(rel).suffix.lower() in IMAGE_SUFFIXES]
+
+
+def tree_listing(manifest, split_dirs: dict[str, str], split: str, *, shuffle: bool = False):
+    """:class:`~robprune.data.stream.Listing` of ``split`` in a ``<split dir>/<class>/<image>`` tree (split_dirs:
+    split -> folder relative to the manifest's root; '' for a tree without split folders). Classes are the
+    sorted union of class folders over all splits, so labels agree between train and test."""
+    from robprune.data.stream import listing
+
+    classes = sorted({c for folder in split_dirs.values() for c in manifest.subdirs(folder)})
+    index = {name: i for i, name in enumerate(classes)}
+    folder = split_dirs[split]
+    rels, labels = [], []
+    for cls in manifest.subdirs(folder):
+        images = images_in(manifest, f"{folder}/{cls}" if folder else cls)
+        rels += images
+        labels += [index[cls]] * len(images)
+    if shuffle:  # a tree without split folders: the memory path's fixed permutation, so slices mix classes
+        order = np.random.default_rng(0).permutation(len(rels))
+        rels, labels = [rels[i] for i in order], [labels[i] for i in order]
+    return listing(manifest, rels, labels)
+
+
+def _listing(cfg: DictConfig, split: str, cache_dir):
+    """``dataset.storage: stream``: the split's files from the root's manifest (same layout rules)."""
+    from robprune.data import manifest as manifests
+
+    root = root_dir(cfg)
+    if not root.is_dir():
+        raise missing_files("imagefolder", root, ["<class>/<image> or <split>/<class>/<image> folders"])
+    tree = manifests.load(root, cache_dir)
+    tops = tree.subdirs("")
+    if any(images_in(tree, top) for top in tops):
+        return tree_listing(tree, {"train": ""}, split, shuffle=True)
+    return tree_listing(tree, {top: top for top in tops}, split)
+
+
+SOURCE = Source(splits=_splits, decode=_decode, locate=_locate, listing=_listing,
                 num_classes=lambda cfg: len(_classes(cfg)), cache_keys=("channels", "image_size"))
 
 DATASETS.add("imagefolder", SOURCE, modality="image", keys={  # the keys only it reads
+    "storage": Choice("memory", "stream", example="stream"), "resize": Int(1, null=True, example="256"),
     "channels": Choice(1, 3, example="3"), "image_size": Int(1, null=True, example="32"),
     "mean": Value("list", item=Float(0, high=1), null=True), "std": Value("list", item=Float(0, low_open=True), null=True)})

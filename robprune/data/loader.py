@@ -15,13 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from robprune.errors import ConfigError
 
-_AUGMENT_KEYS = {"crop_padding", "hflip"}
+_AUGMENT_KEYS = {"crop_padding", "hflip", "resized_crop"}
 
 
-def _augment_options(augment: dict | DictConfig | None) -> tuple[int, bool]:
-    """(crop padding in pixels, hflip) from a ``dataset.augment`` node; (0, False) when None."""
+def augment_options(augment: dict | DictConfig | None) -> tuple[int, bool, tuple[float, float] | None]:
+    """(crop padding in pixels, hflip, RandomResizedCrop scale range or None) from a ``dataset.augment``
+    node; (0, False, None) when None."""
     if augment is None:
-        return 0, False
+        return 0, False, None
     opts: Any = OmegaConf.to_container(augment, resolve=True) if OmegaConf.is_config(augment) else dict(augment)
     unknown = set(opts) - _AUGMENT_KEYS
     if unknown:
@@ -29,7 +30,15 @@ def _augment_options(augment: dict | DictConfig | None) -> tuple[int, bool]:
     pad = opts.get("crop_padding") or 0
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
         raise ConfigError(f"dataset.augment.crop_padding must be an integer >= 0 (pixels), got {pad!r}")
-    return pad, bool(opts.get("hflip") or False)
+    scale = opts.get("resized_crop")
+    if scale is not None:
+        if (not isinstance(scale, (list, tuple)) or len(scale) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+                or not 0 < scale[0] <= scale[1] <= 1):
+            raise ConfigError(f"dataset.augment.resized_crop must be [min, max] area fractions with "
+                              f"0 < min <= max <= 1, e.g. [0.08, 1.0], or null; got {scale!r}")
+        scale = (float(scale[0]), float(scale[1]))
+    return pad, bool(opts.get("hflip") or False), scale
 
 
 def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
@@ -73,7 +82,10 @@ class BatchLoader:
         self.y = y.to(self.device, torch.int64)
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
-        self.pad, self.hflip = _augment_options(augment)
+        self.pad, self.hflip, scale = augment_options(augment)
+        if scale is not None:
+            raise ConfigError("dataset.augment.resized_crop needs a streamed dataset (it crops the original images); "
+                              "set dataset.storage=stream or dataset.augment.resized_crop=null")
 
     def __len__(self) -> int:
         """Batches per epoch."""

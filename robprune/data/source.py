@@ -29,13 +29,29 @@ class Source:
     decode(cfg, split, files): the decoded base split as uint8 images and int64 labels.
     num_classes(cfg): class count discovered from the data, for datasets whose config may leave it null.
     cache_keys: config keys that change the decoded result and so enter the cache fingerprint.
+    listing(cfg, split, cache_dir): the base split as a :class:`robprune.data.stream.Listing` (files, labels,
+        manifest digest) for ``dataset.storage: stream``; None when the source can only be decoded whole.
+    decode is None for sources that only stream (ImageNet).
     """
 
     splits: Callable[[DictConfig], tuple[str, ...]]
-    decode: Callable[[DictConfig, str, list[Path]], Arrays]
+    decode: Callable[[DictConfig, str, list[Path]], Arrays] | None
     locate: Callable[[DictConfig, str], list[Path]] | None = None
     num_classes: Callable[[DictConfig], int] | None = None
     cache_keys: tuple[str, ...] = field(default=())
+    listing: Callable[[DictConfig, str, Any], Any] | None = None
+
+    def storage(self, cfg: DictConfig) -> str:
+        """'stream' or 'memory': ``dataset.storage`` where the source offers both, else the one it has."""
+        if self.listing is None:
+            return "memory"
+        if self.decode is None:
+            return "stream"
+        value = str(get(cfg, "storage", "memory"))
+        if value not in ("memory", "stream"):
+            raise ConfigError(f"dataset.storage={value!r} is not a storage; use memory (decoded once into RAM) "
+                              "or stream (read from disk per batch)")
+        return value
 
 
 def get(cfg: DictConfig, key: str, default: Any = _REQUIRED) -> Any:

@@ -10,6 +10,8 @@ from robprune.errors import DataError
 def as_pixels(x: torch.Tensor, *, what: str = "images") -> torch.Tensor:
     """uint8 [0, 255] -> float32 [0, 1]; float input is checked to lie in [0, 1] (DataError naming
     ``what`` otherwise: normalisation belongs in the model's first layer, not in the data)."""
+    if hasattr(x, "pixels"):  # a streamed split (robprune.data.stream.StreamImages): float batches on indexing
+        return x.pixels()
     if x.dtype == torch.uint8:
         return x.float() / 255.0
     x = x.float()

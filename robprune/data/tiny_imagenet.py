@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from robprune.data.imagefolder import _load_image
 from robprune.data.source import Arrays, Source, get, missing_files, root_dir, try_download
 from robprune.errors import ConfigError, DataError
+from robprune.options import Choice
 from robprune.registry import DATASETS
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -147,7 +148,27 @@ def _splits(cfg: DictConfig) -> tuple[str, ...]:
     return ("train", "val", "test")  # test: listed so that asking for it says why it cannot be used
 
 
-SOURCE = Source(splits=_splits, decode=_decode, locate=_locate,
+def _listing(cfg: DictConfig, split: str, cache_dir):
+    """``dataset.storage: stream``: the files and labels of :func:`_locate`, from the tree's manifest."""
+    from robprune.data import manifest as manifests
+    from robprune.data.stream import listing
+
+    files = _locate(cfg, split)  # checks the layout and the annotations as the memory path does
+    base = files[0].parent
+    tree = manifests.load(base, cache_dir)
+    wnids = read_wnids(files[0])
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    if split == "train":
+        images = files[1:]
+        labels = [index[path.parent.parent.name] for path in images]
+    else:
+        images = files[2:]
+        wnid_of = dict(read_annotations(files[1], wnids))
+        labels = [index[wnid_of[path.name]] for path in images]
+    return listing(tree, [str(p.relative_to(base)) for p in images], labels, label_files=files[:1 if split == "train" else 2])
+
+
+SOURCE = Source(splits=_splits, decode=_decode, locate=_locate, listing=_listing,
                 num_classes=lambda cfg: len(read_wnids(_find_base(cfg) / "wnids.txt")))
 
-DATASETS.add("tiny_imagenet", SOURCE, modality="image")
+DATASETS.add("tiny_imagenet", SOURCE, modality="image", keys={"storage": Choice("memory", "stream", example="stream")})

@@ -23,7 +23,7 @@ import torch
 
 from robprune.attacks.common import preserved_modes
 from robprune.corruptions import batch_seed, corrupt
-from robprune.corruptions.files import check_folders, file_stats, open_files, read_folder, severity_folder
+from robprune.corruptions.files import check_folders, file_stats, folder_digests, open_files, read_folder
 from robprune.data.tensors import as_pixels, seeded_indices
 from robprune.io import atomic_write_json
 from robprune.ui import track
@@ -79,7 +79,7 @@ def _images_of(node, source: str, x, y, idx, seed, test_split, num_classes):
     if source == "folders":
         def folders(name, severity):
             fx, fy = read_folder(node.root, name, severity, x.shape[1], x.shape[-1], node.get("n_examples"), seed)
-            return [(fx[i:i + CHUNK], fy[i:i + CHUNK]) for i in range(0, len(fy), CHUNK)]
+            return ((fx[i:i + CHUNK], fy[i:i + CHUNK]) for i in range(0, len(fy), CHUNK))  # decoded chunk by chunk
         return folders
     chunks = [idx[i:i + CHUNK] for i in range(0, idx.numel(), CHUNK)]
     if source == "files":
@@ -155,11 +155,9 @@ def input_stats(node) -> list:
     if source == "files" and node.get("root") is not None:
         root = Path(str(node.root)).expanduser()
         paths += [root / f"{name}.npy" for name in node.names] + [root / "labels.npy"]
+    folders = []  # ImageNet-C holds 3.75 M files: their cached manifests' digests, not one stat each
     if source == "folders" and node.get("root") is not None:
-        for name in node.names:
-            for severity in node.severities:
-                folder = severity_folder(node.root, str(name), int(severity))
-                paths += sorted(folder.rglob("*")) if folder.is_dir() else []
+        folders = folder_digests(node.root, list(node.names), list(node.severities))
     if node.get("frost_textures") is not None and Path(str(node.frost_textures)).expanduser().is_dir():
         paths += sorted(Path(str(node.frost_textures)).expanduser().iterdir())
-    return file_stats(paths)
+    return file_stats(paths) + folders

@@ -79,7 +79,7 @@ def export_run(path: Path | str, fmt: str, *, out: Path | str | None = None, ops
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     model, meta = load_checkpoint(path)
-    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir)
+    data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir, loading=cfg.data)
     _check_fits(meta["arch"], data, path)
     _check_exportable(model, fmt)
     with tempfile.TemporaryDirectory(prefix="robprune-export-") as tmp:

@@ -133,13 +133,15 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
         _call(hooks, "on_epoch_start", epoch)
         model.train()
         total, count, steps = 0.0, 0, max(1, len(loader))
-        for i, (x, y) in enumerate(track(loader, f"{description} epoch {epoch + 1}/{epochs}", total=len(loader),
-                                         enabled=progress)):
+        for i, (x, y, *sharded) in enumerate(track(loader, f"{description} epoch {epoch + 1}/{epochs}",
+                                                   total=len(loader), enabled=progress)):
             if per_step:
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * lr_factor(epoch + i / steps)
             share = 1.0
-            if rank is not None:  # this rank's shard of the global batch
+            if rank is not None and sharded:  # a streamed loader decoded only this rank's rows (rank r::N)
+                share = len(y) * rank.world / sharded[0]
+            elif rank is not None:  # this rank's shard of the global batch
                 n_global = len(y)
                 if n_global < rank.world:
                     continue  # every rank skips it alike (each sees the global batch size)

@@ -282,6 +282,8 @@ def train_rank(rank: int, world: int, payload: dict, trainer: Trainer, device: t
     data = payload["data"]
     loader = data.loader(data.train_x, data.train_y, payload["batch_size"], shuffle=True, generator=generator,
                          augment=payload["augment"], device=device)
+    if hasattr(loader, "shard"):  # a streamed loader: each rank decodes only its rows of every global batch
+        loader = loader.shard(rank, world)
     epochs = int(cfg_train.epochs)
     me = Rank(rank, world, payload["seed"])
     history = fit(model, loader, objective, optimizer, epochs=epochs, generator=generator,

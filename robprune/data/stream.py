@@ -1,0 +1,444 @@
+"""Streamed image datasets: files listed once (:mod:`robprune.data.manifest`), decoded per batch, never held
+in memory as a whole (docs/concepts/data-and-models.md#streamed-datasets).
+
+- :class:`Transforms`: torchvision ``transforms.v2`` functionals. Evaluation: Resize(``resize``, shorter
+  side) + CenterCrop(``image_size``), or a square resize to ``image_size`` when ``resize`` is null.
+  Training: RandomResizedCrop(``image_size``, scale ``augment.resized_crop``) + flip (ImageNet's recipe), or
+  the evaluation transform followed by pad-crop + flip (``augment.crop_padding``), as the in-memory loader does.
+  Every random draw comes from a per-example seed, so the workers' number and timing never change a batch.
+- :class:`StreamImages`: a test or train split as a lazy (N, C, H, W) uint8 tensor: ``x[idx]`` decodes those
+  images (evaluation transform) on a thread pool. Evaluation, calibration and checks index it like a tensor.
+- :class:`StreamLoader`: training batches through ``torch.utils.data.DataLoader`` worker processes (pinned
+  memory, persistent workers, prefetch), uint8 from the workers and float on the device. All of an epoch's
+  draws (order, per-example seeds) happen in ``iter()`` from the stage's generator, as for
+  :class:`~robprune.data.loader.BatchLoader`, so the same seed gives the same batches and a resume at an epoch
+  boundary is exact. In data-parallel training each rank decodes only its rows of every global batch.
+- GPU decoding: on CUDA (``data.gpu_decode``) workers only read the files' bytes and the batch is decoded with
+  ``torchvision.io.decode_jpeg(device="cuda")`` and transformed there (non-JPEG files are decoded on the CPU).
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from robprune.errors import DataError
+
+_MAX_SEED = 2 ** 62
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """What a streamed split does to each image (all sizes in pixels)."""
+
+    channels: int = 3
+    image_size: int | None = 224      # output side; None = keep (all images must match)
+    resize: int | None = 256          # evaluation: shorter side before the centre crop; None = square resize
+    resized_crop: tuple[float, float] | None = None  # training: RandomResizedCrop's scale range
+    crop_padding: int = 0             # training: zero padding of the pad-crop (when no resized_crop)
+    hflip: bool = False
+
+    @property
+    def random(self) -> bool:
+        return bool(self.resized_crop or self.crop_padding or self.hflip)
+
+    def record(self) -> dict:
+        return {"channels": self.channels, "image_size": self.image_size, "resize": self.resize}
+
+    def evaluate(self, img: torch.Tensor) -> torch.Tensor:
+        """(C, H, W) uint8 -> the evaluation view (deterministic)."""
+        from torchvision.transforms.v2 import functional as F
+
+        if self.image_size is None:
+            return img
+        size = self.image_size
+        if self.resize is not None:
+            if min(img.shape[-2:]) != self.resize:
+                img = F.resize(img, [self.resize], antialias=True)
+            return F.center_crop(img, [size, size])
+        return img if tuple(img.shape[-2:]) == (size, size) else F.resize(img, [size, size], antialias=True)
+
+    def train(self, img: torch.Tensor, seed: int) -> torch.Tensor:
+        """(C, H, W) uint8 -> a training view drawn from ``seed`` (a torch.Generator of its own)."""
+        from torchvision.transforms.v2 import functional as F
+
+        gen = torch.Generator().manual_seed(int(seed))
+        if self.resized_crop is not None:
+            top, left, h, w = resized_crop_box(img.shape[-2], img.shape[-1], self.resized_crop, gen)
+            size = self.image_size or min(img.shape[-2:])
+            img = F.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+        else:
+            img = self.evaluate(img)
+            if self.crop_padding:
+                pad = self.crop_padding
+                dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=gen))
+                height, width = img.shape[-2:]
+                img = F.pad(img, [pad, pad, pad, pad])[..., dy:dy + height, dx:dx + width]
+        if self.hflip and bool(torch.rand(1, generator=gen) < 0.5):
+            img = F.horizontal_flip(img)
+        return img
+
+
+def resized_crop_box(height: int, width: int, scale: tuple[float, float], gen: torch.Generator,
+                     ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of RandomResizedCrop (torchvision's algorithm: ten tries of an area in ``scale`` and
+    a log-uniform aspect ratio, then the largest centred crop of a ratio in range), drawn from ``gen``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(scale[0], scale[1], generator=gen))
+        aspect = math.exp(float(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=gen)))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def read_image(path: str, channels: int) -> torch.Tensor:
+    """(C, H, W) uint8 of one image file (torchvision's decoders; PIL for formats they lack); DataError
+    naming the file when it cannot be decoded."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    try:
+        return decode_image(read_file(path), mode=mode)
+    except (RuntimeError, ValueError):
+        pass
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DataError(f"{path} cannot be decoded as an image ({err}); delete or replace it, or pass "
+                        "data.skip_bad=true to leave unreadable images out") from None
+    return torch.from_numpy(pixels.reshape(pixels.shape[0], pixels.shape[1], -1).copy()).permute(2, 0, 1)
+
+
+class Files:
+    """The files of one split: ``root`` plus relative paths (one compact numpy bytes array, cheap to send to
+    worker processes) and their labels."""
+
+    def __init__(self, root: Path, rels: list[str], labels: torch.Tensor):
+        self.root = str(root)
+        self.rels = np.array([r.encode("utf-8", "surrogateescape") for r in rels], dtype=np.bytes_)
+        self.labels = labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def path(self, i: int) -> str:
+        return os.path.join(self.root, self.rels[int(i)].decode("utf-8", "surrogateescape"))
+
+    def subset(self, where: slice | np.ndarray) -> "Files":
+        out = Files.__new__(Files)
+        out.root, out.rels, out.labels = self.root, self.rels[where], self.labels[torch.as_tensor(np.arange(len(self.rels))[where])]
+        return out
+
+
+class StreamImages:
+    """A split as a lazy (N, C, H, W) uint8 tensor: ``x[idx]`` (int, slice, index tensor or array) decodes
+    those images with the evaluation transform, ``threads`` at a time. ``pixels()`` gives a view whose items
+    are float [0, 1] (what evaluation feeds the model)."""
+
+    def __init__(self, files: Files, transforms: Transforms, threads: int = 0, *, scaled: bool = False):
+        self.files, self.transforms, self.threads, self.scaled = files, transforms, int(threads), scaled
+        self._pool: ThreadPoolExecutor | None = None
+        self._shape: tuple[int, ...] | None = None
+
+    def __getstate__(self) -> dict:  # the thread pool stays behind (workers, spawned ranks)
+        return {**self.__dict__, "_pool": None}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> torch.Size:
+        if self._shape is None:  # the first image tells the channels and (without image_size) the size
+            first = self.transforms.evaluate(read_image(self.files.path(0), self.transforms.channels))
+            self._shape = tuple(first.shape)
+        return torch.Size((len(self.files), *self._shape))
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32 if self.scaled else torch.uint8
+
+    def pixels(self) -> "StreamImages":
+        return StreamImages(self.files, self.transforms, self.threads, scaled=True)
+
+    def _one(self, i: int) -> torch.Tensor:
+        img = self.transforms.evaluate(read_image(self.files.path(i), self.transforms.channels))
+        if self._shape is not None and tuple(img.shape) != self._shape:
+            raise DataError(f"{self.files.path(i)} gives a {tuple(img.shape)} image but the split's images are "
+                            f"{self._shape}; set dataset.image_size=<pixels> to resize all images")
+        return img
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        if isinstance(idx, (int, np.integer)) or (torch.is_tensor(idx) and idx.ndim == 0):
+            return self[[int(idx)]][0]
+        if isinstance(idx, slice):
+            idx = range(*idx.indices(len(self)))
+        elif torch.is_tensor(idx) and idx.dtype == torch.bool:
+            idx = idx.nonzero().squeeze(1)
+        order = [int(i) for i in (idx.tolist() if hasattr(idx, "tolist") else idx)]
+        _ = self.shape
+        if not order:
+            return torch.zeros((0, *self._shape), dtype=self.dtype)
+        if self.threads > 1 and len(order) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="robprune-decode")
+            images = list(self._pool.map(self._one, order))
+        else:
+            images = [self._one(i) for i in order]
+        out = torch.stack(images)
+        return out.float().div_(255.0) if self.scaled else out
+
+    def to(self, *args, **kwargs):
+        raise TypeError("a streamed split is decoded batch by batch: index it (x[idx]) and move the batch")
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Worker side: item (index, seed) -> (uint8 image, label); seed < 0 means the evaluation transform. With
+    ``raw`` the file's bytes and the seed come back instead (the batch is decoded on the GPU)."""
+
+    def __init__(self, files: Files, transforms: Transforms, raw: bool):
+        self.files, self.transforms, self.raw = files, transforms, raw
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        path = self.files.path(index)
+        label = self.files.labels[index]
+        if self.raw:
+            from torchvision.io import read_file
+
+            return read_file(path), int(seed), path, label
+        img = read_image(path, self.transforms.channels)
+        return (self.transforms.train(img, seed) if seed >= 0 else self.transforms.evaluate(img)), label
+
+
+def _collate_raw(items):
+    return [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], torch.stack([i[3] for i in items])
+
+
+class _Batches:
+    """The batch sampler: the current epoch's (index, seed) rows, this rank's share of every global batch."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, rank: int, world: int):
+        self.n, self.batch_size, self.drop_last, self.rank, self.world = n, batch_size, drop_last, rank, world
+        self.order = torch.arange(n)
+        self.seeds: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        for b in range(len(self)):
+            rows = range(b * self.batch_size, min((b + 1) * self.batch_size, self.n))
+            mine = [r for r in rows][self.rank::self.world]
+            if not mine:  # a final global batch smaller than the world: no rank gets rows
+                continue
+            yield [(int(self.order[r]), -1 if self.seeds is None else int(self.seeds[r])) for r in mine]
+
+    def global_sizes(self) -> list[int]:
+        return [min((b + 1) * self.batch_size, self.n) - b * self.batch_size for b in range(len(self))]
+
+
+class StreamLoader:
+    """Float [0, 1] (B, C, H, W) batches and (B,) labels of a streamed split on ``device``, decoded by
+    ``num_workers`` DataLoader processes (0: in this process). Same keywords as
+    :class:`~robprune.data.loader.BatchLoader`; ``augment`` is the split's :class:`Transforms` (evaluation
+    only when it draws nothing or for ``shuffle=False`` loaders)."""
+
+    def __init__(self, files: Files, transforms: Transforms, batch_size: int, *, shuffle: bool,
+                 generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+                 drop_last: bool = False, num_workers: int = 0, gpu_decode: bool = False, rank: int = 0,
+                 world: int = 1, prefetch: int = 4):
+        self.files, self.transforms, self.batch_size = files, transforms, int(batch_size)
+        self.shuffle, self.generator, self.device, self.drop_last = shuffle, generator, torch.device(device), drop_last
+        self.num_workers, self.gpu_decode, self.prefetch = int(num_workers), bool(gpu_decode), prefetch
+        self.rank, self.world = rank, world
+        self._sampler = _Batches(len(files), self.batch_size, drop_last, rank, world)
+        self._loader = None
+
+    @property
+    def sharded(self) -> bool:
+        """Batches are already this rank's rows (the loop must not slice them again)."""
+        return self.world > 1
+
+    def shard(self, rank: int, world: int) -> "StreamLoader":
+        """The same loader for rank ``rank`` of ``world``: it yields (x, y, global batch size) with its rows."""
+        return StreamLoader(self.files, self.transforms, self.batch_size, shuffle=self.shuffle, generator=self.generator,
+                            device=self.device, drop_last=self.drop_last, num_workers=self.num_workers,
+                            gpu_decode=self.gpu_decode, rank=rank, world=world, prefetch=self.prefetch)
+
+    def __len__(self) -> int:
+        return len(self._sampler)
+
+    def _dataloader(self):
+        if self._loader is None:
+            workers = self.num_workers
+            self._loader = torch.utils.data.DataLoader(
+                _Decode(self.files, self.transforms, self.gpu_decode), batch_sampler=self._sampler,
+                num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                prefetch_factor=self.prefetch if workers > 0 else None,
+                collate_fn=_collate_raw if self.gpu_decode else None)
+        return self._loader
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n, gen = len(self.files), self.generator
+        # every draw of the epoch here, eagerly (robprune.data.loader's contract)
+        self._sampler.order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        self._sampler.seeds = (torch.randint(0, _MAX_SEED, (n,), generator=gen)
+                               if self.shuffle and self.transforms.random else None)
+        return self._batches(self._sampler.global_sizes())
+
+    def _batches(self, sizes: list[int]):
+        sizes = [s for s in sizes if self.world == 1 or s >= self.world]
+        for n_global, batch in zip(sizes, self._dataloader()):
+            if self.gpu_decode:
+                x, y = self._decode_on_device(*batch)
+            else:
+                x, y = batch
+                x = x.to(self.device, non_blocking=True)
+            x = x.float().div_(255.0)
+            y = y.to(self.device, non_blocking=True)
+            yield (x, y, n_global) if self.sharded else (x, y)
+
+    def _decode_on_device(self, data: list, seeds: list, paths: list, y: torch.Tensor):
+        """Decode a batch of file bytes with nvJPEG (``decode_jpeg(device=...)``), then transform each image."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        mode = ImageReadMode.RGB if self.transforms.channels == 3 else ImageReadMode.GRAY
+        jpeg = [i for i, d in enumerate(data) if len(d) > 1 and int(d[0]) == 0xFF and int(d[1]) == 0xD8]
+        images: list[Any] = [None] * len(data)
+        if jpeg:
+            for i, img in zip(jpeg, decode_jpeg([data[i] for i in jpeg], mode=mode, device=self.device)):
+                images[i] = img
+        for i, img in enumerate(images):
+            if img is None:  # PNG inside a .JPEG name, or another format: the CPU decoder
+                images[i] = read_image(paths[i], self.transforms.channels).to(self.device)
+        out = [self.transforms.train(img, s) if s >= 0 else self.transforms.evaluate(img) for img, s in zip(images, seeds)]
+        return torch.stack(out), y
+
+
+def with_augment(transforms: Transforms, augment) -> Transforms:
+    """``transforms`` with the training augmentation of a ``dataset.augment`` node."""
+    from dataclasses import replace
+
+    from robprune.data.loader import augment_options
+
+    pad, hflip, scale = augment_options(augment)
+    return replace(transforms, crop_padding=pad, hflip=hflip, resized_crop=scale)
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How streamed splits are read (the ``data`` node; never part of a key: batches do not depend on it).
+
+    num_workers: DataLoader processes for training batches and decode threads for evaluation (0: this
+    process); gpu_decode: 'auto' (on CUDA) | True | False; skip_bad: leave out images that are not whole
+    (a warning names them) instead of refusing the run."""
+
+    num_workers: int = 0
+    gpu_decode: Any = "auto"
+    skip_bad: bool = False
+
+    def gpu_decode_on(self, device: torch.device) -> bool:
+        return device.type == "cuda" and self.gpu_decode in ("auto", True)
+
+    @classmethod
+    def of(cls, node) -> "Loading":
+        """From the ``data`` node (missing keys: the defaults); ConfigError on a bad value."""
+        from robprune.errors import ConfigError
+
+        if node is None:
+            return cls()
+        workers = node.get("num_workers", 0)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"data.num_workers must be an integer >= 0 (DataLoader processes; 0 = read in the "
+                              f"main process), got {workers!r}; e.g. data.num_workers=8")
+        gpu = node.get("gpu_decode", "auto")
+        if gpu not in ("auto", True, False):
+            raise ConfigError(f"data.gpu_decode must be auto, true or false, got {gpu!r}")
+        return cls(int(workers), gpu, bool(node.get("skip_bad", False)))
+
+
+# --- listings: what a streamed source returns for one base split ----------------------------------------
+
+@dataclass(frozen=True)
+class Listing:
+    """A base split of a streamed source: files (relative to ``root``) in split order, their labels, the
+    manifest digest of those files plus the content of any label file, and the files that are not whole
+    images (relative path, what is wrong)."""
+
+    root: Path
+    rels: list[str]
+    labels: torch.Tensor
+    digest: str
+    problems: list[tuple[str, str]]
+
+    def select(self, where: slice) -> "Listing":
+        """The rows ``where`` of this split (a split slice such as 'train[:10%]')."""
+        rows = list(range(len(self.rels)))[where]
+        if len(rows) == len(self.rels):
+            return self
+        rels = [self.rels[i] for i in rows]
+        bad = dict(self.problems)
+        return Listing(self.root, rels, self.labels[torch.tensor(rows, dtype=torch.int64)],
+                       _sha(self.digest, f"{where.start}:{where.stop}"), [(r, bad[r]) for r in rels if r in bad])
+
+    def without(self, rels: set[str]) -> "Listing":
+        """This split without the files ``rels`` (images skipped with data.skip_bad)."""
+        keep = [i for i, r in enumerate(self.rels) if r not in rels]
+        return Listing(self.root, [self.rels[i] for i in keep], self.labels[torch.tensor(keep, dtype=torch.int64)],
+                       _sha(self.digest, "without", *sorted(rels)), [])
+
+
+def _sha(*parts: str) -> str:
+    import hashlib
+
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def content_digest(paths: list[Path]) -> str:
+    """sha256 of the bytes of small label files (devkit ground truth, annotations)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(str(path.name).encode() + b"\x00" + Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def listing(manifest, rels: list[str], labels: list[int], *, label_files: list[Path] = (), root: Path | None = None,
+            strip: str = "") -> Listing:
+    """A :class:`Listing` of ``rels`` (paths relative to the manifest's root) with the manifest digest and
+    problems; ``strip`` is a folder prefix removed from the stored paths (``root`` = manifest root / strip)."""
+    digest = _sha(manifest.digest(rels), content_digest(list(label_files)) if label_files else "")
+    cut = len(strip.rstrip("/")) + 1 if strip else 0
+    problems = [(rel[cut:], why) for rel, why in manifest.problems(rels)]
+    return Listing(root if root is not None else Path(manifest.root) / strip, [r[cut:] for r in rels],
+                   torch.tensor(labels, dtype=torch.int64), digest, problems)

@@ -1,0 +1,299 @@
+"""Streamed image datasets (robprune.data.stream, robprune.data.imagenet): ImageNet's distributed layouts on
+generated trees of real JPEGs, seeded draws independent of the workers, data-parallel shards, the manifest
+fingerprint, the streamed pipeline end to end, and the bad-input lines."""
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from robprune.data import build_data
+from robprune.data.stream import Transforms, resized_crop_box
+from robprune.errors import ConfigError, DataError
+from robprune.graph import data_fingerprint
+from tests.data_fixtures import dataset_cfg
+from tests.helpers import read_metrics, robprune
+from tests.test_validation import assert_one_line, finished, no_cache_entry, run_main  # noqa: F401 (fixture)
+from tests.tiny_roots import WNIDS, imagenet_c_root, imagenet_root, imagenet_v2_root, shared_folder, write_jpeg
+
+SMALL = {"num_classes": 4, "image_size": 32, "resize": 36}
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory, worker_id):
+    """One ImageNet tree with val in class folders, one as released (flat val + devkit), ImageNet-V2, -C."""
+    def make(folder: Path) -> None:
+        imagenet_root(folder / "folders")
+        imagenet_root(folder / "flat", flat_val=True)
+        imagenet_v2_root(folder / "v2")
+        imagenet_c_root(folder / "c")
+    return shared_folder(tmp_path_factory, worker_id, "imagenet_roots", make)
+
+
+def _bundle(root: Path, cache: Path | None = None, name: str = "imagenet", loading=None, **overrides):
+    cfg = dataset_cfg(name, root, **{**SMALL, **overrides})
+    return build_data(cfg, cache_dir=None if cache is None else str(cache), loading=loading)
+
+
+def test_val_in_class_folders_and_flat_with_devkit_label_alike(roots, tmp_path):
+    folders, flat = _bundle(roots / "folders"), _bundle(roots / "flat")
+    assert (len(folders.train_y), len(folders.test_y)) == (24, 12) and folders.num_classes == 4
+    assert torch.equal(folders.train_y, flat.train_y)  # the same train tree, wnids sorted
+    # flat val: each file's label comes from the devkit (IDs mapped through meta.mat), not from its name order
+    for rel, label in zip(flat.test_x.files.rels, flat.test_y.tolist()):
+        folder_rel = next(r.decode() for r in folders.test_x.files.rels if r.endswith(rel.rsplit(b"/", 1)[-1]))
+        assert WNIDS[label] == folder_rel.split("/")[1]
+    # Kaggle's LOC_val_solution.csv labels the same files the same way
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(roots / "flat", kaggle, ignore=shutil.ignore_patterns("ILSVRC2012_devkit_t12"))
+    rows = ["ImageId,PredictionString"] + [f"{Path(r.decode()).stem},{WNIDS[y]} 1 2 3 4"
+                                           for r, y in zip(flat.test_x.files.rels, flat.test_y.tolist())]
+    (kaggle / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    assert torch.equal(_bundle(kaggle).test_y, flat.test_y)
+
+
+def test_evaluation_view_is_resize_then_centre_crop(roots):
+    bundle = _bundle(roots / "folders")
+    x = bundle.test_x[torch.tensor([0, 5])]
+    assert x.shape == (2, 3, 32, 32) and x.dtype == torch.uint8
+    from torchvision.io import decode_image
+    from torchvision.transforms.v2 import functional as F
+
+    raw = decode_image(bundle.test_x.files.path(5))
+    assert torch.equal(x[1], F.center_crop(F.resize(raw, [36], antialias=True), [32, 32]))
+    pixels = bundle.test_x.pixels()[[0]]
+    assert pixels.dtype == torch.float32 and torch.allclose(pixels[0], x[0].float() / 255)
+
+
+def _epoch(loader):
+    return [(x.clone(), y.clone()) for x, y, *_ in loader]
+
+
+def test_draws_are_seeded_and_independent_of_the_workers(roots):
+    bundle = _bundle(roots / "folders", loading={"num_workers": 0})
+    augment = OmegaConf.create({"crop_padding": 0, "hflip": True, "resized_crop": [0.08, 1.0]})
+
+    def run(workers: int, seed: int):
+        bundle.loading = type(bundle.loading)(num_workers=workers)
+        loader = bundle.loader(bundle.train_x, bundle.train_y, 8, shuffle=True, augment=augment,
+                               generator=torch.Generator().manual_seed(seed))
+        return _epoch(loader), _epoch(loader)
+
+    (a1, a2), (b1, _), (c1, _) = run(0, 3), run(2, 3), run(0, 4)
+    assert all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a1, b1))  # 0 vs 2 workers
+    assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a1, a2))  # the next epoch draws anew
+    assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a1, c1))  # another seed, other batches
+    # resume at an epoch boundary: a generator restored to its state after epoch 1 gives epoch 2 again
+    gen = torch.Generator().manual_seed(3)
+    loader = bundle.loader(bundle.train_x, bundle.train_y, 8, shuffle=True, augment=augment, generator=gen)
+    _epoch(loader)
+    state = gen.get_state()
+    again = torch.Generator()
+    again.set_state(state)
+    resumed = bundle.loader(bundle.train_x, bundle.train_y, 8, shuffle=True, augment=augment, generator=again)
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(_epoch(resumed), a2))
+
+
+def test_ranks_decode_only_their_rows_of_each_global_batch(roots):
+    bundle = _bundle(roots / "folders")
+    augment = OmegaConf.create({"hflip": True, "resized_crop": [0.5, 1.0]})
+    one = _epoch(bundle.loader(bundle.train_x, bundle.train_y, 10, shuffle=True, augment=augment,
+                               generator=torch.Generator().manual_seed(0)))
+    shards = [list(bundle.loader(bundle.train_x, bundle.train_y, 10, shuffle=True, augment=augment,
+                                 generator=torch.Generator().manual_seed(0)).shard(r, 2)) for r in (0, 1)]
+    assert len(one) == 3 and [n for *_, n in shards[0]] == [10, 10, 4]
+    for (x, y), (x0, y0, _), (x1, y1, _) in zip(one, *shards):
+        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1) and torch.equal(y[0::2], y0)
+
+
+def test_resized_crop_box_stays_inside_and_follows_the_scale():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        top, left, h, w = resized_crop_box(60, 90, (0.3, 0.6), gen)
+        assert 0 <= top <= 60 - h and 0 <= left <= 90 - w and h > 0 and w > 0
+        assert 0.25 <= h * w / (60 * 90) <= 0.65
+    img = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    out = Transforms(image_size=24, resized_crop=(0.08, 1.0), hflip=True).train(img, seed=7)
+    assert out.shape == (3, 24, 24)
+    assert torch.equal(out, Transforms(image_size=24, resized_crop=(0.08, 1.0), hflip=True).train(img, seed=7))
+
+
+def test_streamed_imagefolder_matches_the_in_memory_one(roots, tmp_path):
+    """Same files, same order, same labels; PNG pixels decode identically (lossless, no resize)."""
+    from tests.tiny_roots import imagefolder
+
+    imagefolder(tmp_path / "tree", classes=3, per_class={"train": 4, "test": 2}, size=16)
+    memory = build_data(dataset_cfg("imagefolder", tmp_path / "tree"))
+    stream = build_data(dataset_cfg("imagefolder", tmp_path / "tree", storage="stream"))
+    assert type(stream).__name__ == "StreamBundle"
+    assert torch.equal(memory.train_y, stream.train_y) and torch.equal(memory.test_y, stream.test_y)
+    assert torch.equal(memory.test_x, stream.test_x[torch.arange(len(stream.test_y))])
+    assert memory.arch_record() == stream.arch_record()
+
+
+def test_manifest_keys_the_data_and_is_reused(roots, tmp_path):
+    root = tmp_path / "inet"
+    shutil.copytree(roots / "folders", root)
+    cache = tmp_path / "cache"
+    first = _bundle(root, cache)
+    assert len(list((cache / "manifests").glob("*.json.gz"))) == 1
+    again = _bundle(root, cache)
+    assert data_fingerprint(first, "train") == data_fingerprint(again, "train")
+    assert data_fingerprint(first, "test") != data_fingerprint(first, "train")
+    assert data_fingerprint(_bundle(root, cache, version="v2"), "train") != data_fingerprint(first, "train")
+    assert data_fingerprint(_bundle(root, cache, resize=40), "test") != data_fingerprint(first, "test")
+    # a new image in a class folder changes the folder's mtime: the manifest is rescanned, the key moves
+    write_jpeg(root / "train" / WNIDS[0] / "extra.JPEG", (torch.rand(40, 40, 3) * 255).byte().numpy())
+    grown = _bundle(root, cache)
+    assert len(grown.train_y) == 25 and data_fingerprint(grown, "train") != data_fingerprint(first, "train")
+    assert data_fingerprint(grown, "test") == data_fingerprint(first, "test")
+    # a damaged manifest is rescanned with a warning, never fatal
+    next((cache / "manifests").glob("*.json.gz")).write_bytes(b"not gzip")
+    with pytest.warns(UserWarning, match="unreadable manifest"):
+        assert data_fingerprint(_bundle(root, cache), "train") == data_fingerprint(grown, "train")
+
+
+def test_imagenet_v2_labels_are_its_folder_names(roots):
+    bundle = _bundle(roots / "v2", name="imagenet_v2")
+    assert len(bundle.test_y) == 8 and sorted(set(bundle.test_y.tolist())) == [0, 1, 2, 3]
+    assert all(int(Path(r.decode()).parent.name) == y for r, y in zip(bundle.test_x.files.rels, bundle.test_y.tolist()))
+
+
+def test_truncated_jpeg_is_named_and_skipped_only_when_asked(roots, tmp_path):
+    root = tmp_path / "inet"
+    shutil.copytree(roots / "folders", root)
+    bad = root / "train" / WNIDS[1] / f"{WNIDS[1]}_2.JPEG"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"1 of 24 images are unreadable or truncated: .*_2\.JPEG \(truncated JPEG"):
+        _bundle(root)
+    with pytest.warns(UserWarning, match=r"leaving out 1 unreadable or truncated"):
+        bundle = _bundle(root, loading={"skip_bad": True})
+    assert len(bundle.train_y) == 23
+
+
+@pytest.mark.parametrize("case,named", [
+    ("no_layout", "has no train/ or val/ folder"),
+    ("no_val_labels", "the val labels are missing"),
+    ("class_count", "dataset.num_classes=1000 but 4 class folders"),
+    ("workers", "data.num_workers"),
+    ("download", "cannot be downloaded by robprune"),
+    ("corruptions", "/fog/3 is missing"),
+])
+def test_streamed_bad_input_is_one_line_before_any_stage(case, named, roots, finished, tmp_path, capsys):
+    run, snapshot = finished
+    before = snapshot()
+    root = tmp_path / "inet"
+    shutil.copytree(roots / ("flat" if case == "no_val_labels" else "folders"), root)
+    extra = {"dataset.num_classes": "4"}
+    if case == "no_layout":
+        (root / "train").rename(root / "training")
+        (root / "val").rename(root / "validation")
+    elif case == "no_val_labels":
+        shutil.rmtree(root / "ILSVRC2012_devkit_t12")
+    elif case == "class_count":
+        extra = {}
+    elif case == "workers":
+        extra["data.num_workers"] = "-1"
+    elif case == "download":
+        extra["data.download"] = "true"
+    elif case == "corruptions":
+        c = tmp_path / "c"
+        shutil.copytree(roots / "c", c)
+        shutil.rmtree(c / "fog" / "3")
+        extra.update({"+eval/corruptions@eval.corruptions": "imagenet_c", "eval.corruptions.root": str(c),
+                      "eval.corruptions.names": "[gaussian_noise,fog]"})
+    args = ["dataset=imagenet", f"data.root={root}", "dataset.image_size=32", "dataset.resize=36", "model=cnn8",
+            *(f"{k}={v}" for k, v in extra.items()), f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'new_run'}"]
+    code, err = run_main(args, capsys)
+    assert_one_line(code, err, named)
+    assert no_cache_entry(tmp_path / "cache") and snapshot() == before and not (tmp_path / "new_run" / "metrics.json").exists()
+
+
+def test_streamed_run_end_to_end_with_imagenet_c_and_workers(roots, tmp_path):
+    """A whole run on the released-layout tree: DataLoader workers, ImageNet-C through eval.corruptions."""
+    res = robprune(["run", "dataset=imagenet", f"data.root={roots / 'flat'}", "dataset.num_classes=4",
+                    "dataset.image_size=32", "dataset.resize=36", "model=cnn8", "model.width=8", "model.hidden=32",
+                    "train.epochs=2", "data.batch_size=8", "data.num_workers=2", "eval=pgd",
+                    "eval.attacks.pgd20.steps=2", "+eval/corruptions@eval.corruptions=imagenet_c",
+                    f"eval.corruptions.root={roots / 'c'}", "eval.corruptions.names=[gaussian_noise,fog]",
+                    "eval.corruptions.severities=[1,5]", "eval.latency.repeats=2", "eval.latency.warmup=1",
+                    "eval.latency.batch_size=4", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                   cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["dataset"] == {"name": "imagenet", "n_train": 24, "n_test": 12}
+    assert 0 <= metrics["clean_acc"] <= 1 and metrics["n_eval/corruptions"] == 12
+    assert {"corruption_acc/fog/5", "corruption_acc/gaussian_noise/1", "corruption_acc/mean"} <= set(metrics)
+
+
+RSS_SCRIPT = """
+import sys, torch
+from omegaconf import OmegaConf
+from robprune.data import build_data
+cfg = OmegaConf.create({"name": "imagefolder", "root": sys.argv[1], "storage": "stream", "image_size": 16,
+                        "train_split": "train[10:]", "test_split": "train[:10]", "num_classes": None})
+data = build_data(cfg, cache_dir=sys.argv[2], loading={"num_workers": 0})
+loader = data.loader(data.train_x, data.train_y, 256, shuffle=True, generator=torch.Generator().manual_seed(0),
+                     augment={"hflip": True, "crop_padding": 2})
+seen = sum(len(y) for x, y in loader)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))  # KiB, this process
+print(seen, peak)
+"""
+
+
+def flat_tree(root: Path, n: int, classes: int = 10) -> Path:
+    """n tiny JPEGs (one encoded image, copied) in ``classes`` class folders."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"c{i % classes}" / f"{i:06d}.jpg").write_bytes(data)
+    return root
+
+
+def test_peak_memory_is_flat_in_the_dataset_size_and_keys_are_fast(tmp_path):
+    """One epoch over 2,000 and over 20,000 JPEGs: peak RSS within a few MB; the second keying of the
+    20,000-file tree reads its cached manifest in well under a second."""
+    rss = {}
+    for n in (2000, 20000):
+        root = flat_tree(tmp_path / f"tree{n}", n)
+        out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(root), str(tmp_path / "cache")],
+                             capture_output=True, text=True, check=True)
+        seen, rss[n] = (int(v) for v in out.stdout.split())
+        assert seen == n - 10
+    print(f"peak RSS (KiB): 2,000 images {rss[2000]}, 20,000 images {rss[20000]}")
+    assert rss[20000] - rss[2000] < 8 * 1024  # KiB: within 8 MB
+    cfg = OmegaConf.create({"name": "imagefolder", "root": str(tmp_path / "tree20000"), "storage": "stream",
+                            "image_size": 16, "train_split": "train[10:]", "test_split": "train[:10]", "num_classes": None})
+    start = time.perf_counter()
+    bundle = build_data(cfg, cache_dir=str(tmp_path / "cache"))
+    data_fingerprint(bundle, "train")
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_decode_gives_the_cpu_batches(roots):
+    """nvJPEG and libjpeg-turbo may differ by a grey level on a few pixels; the crops and flips must agree."""
+    bundle = _bundle(roots / "folders", loading={"gpu_decode": True})
+    augment = {"hflip": True, "resized_crop": [0.5, 1.0]}
+    gpu = _epoch(bundle.loader(bundle.train_x, bundle.train_y, 8, shuffle=True, augment=augment, device="cuda",
+                               generator=torch.Generator().manual_seed(0)))
+    bundle.loading = type(bundle.loading)(gpu_decode=False)
+    cpu = _epoch(bundle.loader(bundle.train_x, bundle.train_y, 8, shuffle=True, augment=augment, device="cuda",
+                               generator=torch.Generator().manual_seed(0)))
+    for (xg, yg), (xc, yc) in zip(gpu, cpu):
+        assert torch.equal(yg, yc) and (xg - xc).abs().mean() < 0.02
+
