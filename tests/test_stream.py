@@ -297,3 +297,45 @@ def test_gpu_decode_gives_the_cpu_batches(roots):
     for (xg, yg), (xc, yc) in zip(gpu, cpu):
         assert torch.equal(yg, yc) and (xg - xc).abs().mean() < 0.02
 
+
+
+def write_shards(folder: Path, split_root: Path, prefix: str, per_shard: int = 6) -> list[Path]:
+    """The tree's images as WebDataset shards: <prefix>-00000N.tar with <key>.jpg + <key>.cls members."""
+    import io
+    import tarfile
+
+    from tests.tiny_roots import WNIDS as classes
+
+    items = sorted((p, classes.index(p.parent.name)) for p in split_root.rglob("*.JPEG"))
+    out = []
+    for s in range(0, len(items), per_shard):
+        path = folder / f"{prefix}-{s // per_shard:06d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for image, label in items[s:s + per_shard]:
+                for name, data in ((f"{image.stem}.jpg", image.read_bytes()), (f"{image.stem}.cls", str(label).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        out.append(path)
+    return out
+
+
+def test_webdataset_shards_read_like_the_folders_they_hold(roots, tmp_path):
+    from robprune.data.webdataset import expand
+
+    assert expand("a-{000..002}.tar") == ["a-000.tar", "a-001.tar", "a-002.tar"] and expand("{x,y}{1..2}") == ["x1", "x2", "y1", "y2"]
+    write_shards(tmp_path, roots / "folders" / "train", "train")
+    write_shards(tmp_path, roots / "folders" / "val", "val")
+    shards = _bundle(tmp_path, tmp_path / "cache", name="webdataset", train_shards="train-{000000..000003}.tar",
+                     test_shards="val-*.tar")
+    folders = _bundle(roots / "folders")
+    assert sorted(shards.train_y.tolist()) == sorted(folders.train_y.tolist()) and len(shards.test_y) == 12
+    # a sample read from its shard is the file it came from: same bytes, same label, same pixels
+    data = bytes(shards.train_x.files.read(5).numpy())
+    j = next(j for j in range(len(folders.train_y)) if Path(folders.train_x.files.path(j)).read_bytes() == data)
+    assert shards.train_y[5] == folders.train_y[j] and torch.equal(shards.train_x[[5]], folders.train_x[[j]])
+    loader = shards.loader(shards.train_x, shards.train_y, 8, shuffle=True, generator=torch.Generator().manual_seed(0),
+                           augment={"hflip": True, "resized_crop": [0.5, 1.0]})
+    assert [len(y) for _, y in loader] == [8, 8, 8]
+    with pytest.raises(ConfigError, match=r"dataset.test_shards='nothing-\*.tar' matches no file"):
+        _bundle(tmp_path, name="webdataset", train_shards="train-*.tar", test_shards="nothing-*.tar")

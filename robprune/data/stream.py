@@ -110,20 +110,23 @@ def resized_crop_box(height: int, width: int, scale: tuple[float, float], gen: t
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def read_image(path: str, channels: int) -> torch.Tensor:
-    """(C, H, W) uint8 of one image file (torchvision's decoders; PIL for formats they lack); DataError
-    naming the file when it cannot be decoded."""
+def read_image(path: str, channels: int, data: torch.Tensor | None = None) -> torch.Tensor:
+    """(C, H, W) uint8 of one image (torchvision's decoders; PIL for formats they lack): the file at ``path``,
+    or its bytes ``data`` when given (a member of a tar shard; ``path`` names it in errors). DataError naming
+    it when it cannot be decoded."""
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     try:
-        return decode_image(read_file(path), mode=mode)
+        return decode_image(read_file(path) if data is None else data, mode=mode)
     except (RuntimeError, ValueError):
         pass
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data.numpy().tobytes())) as img:
             pixels = np.asarray(img.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DataError(f"{path} cannot be decoded as an image ({err}); delete or replace it, or pass "
@@ -133,7 +136,8 @@ def read_image(path: str, channels: int) -> torch.Tensor:
 
 class Files:
     """The files of one split: ``root`` plus relative paths (one compact numpy bytes array, cheap to send to
-    worker processes) and their labels."""
+    worker processes) and their labels. A path ``shard.tar:offset:size`` names a member of a tar shard
+    (WebDataset), read by seeking to its data."""
 
     def __init__(self, root: Path, rels: list[str], labels: torch.Tensor):
         self.root = str(root)
@@ -146,10 +150,29 @@ class Files:
     def path(self, i: int) -> str:
         return os.path.join(self.root, self.rels[int(i)].decode("utf-8", "surrogateescape"))
 
-    def subset(self, where: slice | np.ndarray) -> "Files":
-        out = Files.__new__(Files)
-        out.root, out.rels, out.labels = self.root, self.rels[where], self.labels[torch.as_tensor(np.arange(len(self.rels))[where])]
-        return out
+    def member(self, i: int) -> tuple[str, int, int] | None:
+        """(shard path, offset, size) of a tar member, None for a plain file."""
+        rel = self.rels[int(i)].decode("utf-8", "surrogateescape")
+        shard, sep, rest = rel.partition(".tar:")
+        if not sep:
+            return None
+        offset, size = rest.split(":")
+        return os.path.join(self.root, shard + ".tar"), int(offset), int(size)
+
+    def read(self, i: int) -> torch.Tensor:
+        """The bytes of item ``i`` as a 1-D uint8 tensor."""
+        member = self.member(i)
+        if member is None:
+            from torchvision.io import read_file
+
+            return read_file(self.path(i))
+        shard, offset, size = member
+        with open(shard, "rb") as f:
+            f.seek(offset)
+            return torch.frombuffer(bytearray(f.read(size)), dtype=torch.uint8)
+
+    def image(self, i: int, channels: int) -> torch.Tensor:
+        return read_image(self.path(i), channels, None if self.member(i) is None else self.read(i))
 
 
 class StreamImages:
@@ -171,7 +194,7 @@ class StreamImages:
     @property
     def shape(self) -> torch.Size:
         if self._shape is None:  # the first image tells the channels and (without image_size) the size
-            first = self.transforms.evaluate(read_image(self.files.path(0), self.transforms.channels))
+            first = self.transforms.evaluate(self.files.image(0, self.transforms.channels))
             self._shape = tuple(first.shape)
         return torch.Size((len(self.files), *self._shape))
 
@@ -187,7 +210,7 @@ class StreamImages:
         return StreamImages(self.files, self.transforms, self.threads, scaled=True)
 
     def _one(self, i: int) -> torch.Tensor:
-        img = self.transforms.evaluate(read_image(self.files.path(i), self.transforms.channels))
+        img = self.transforms.evaluate(self.files.image(i, self.transforms.channels))
         if self._shape is not None and tuple(img.shape) != self._shape:
             raise DataError(f"{self.files.path(i)} gives a {tuple(img.shape)} image but the split's images are "
                             f"{self._shape}; set dataset.image_size=<pixels> to resize all images")
@@ -232,10 +255,8 @@ class _Decode(torch.utils.data.Dataset):
         path = self.files.path(index)
         label = self.files.labels[index]
         if self.raw:
-            from torchvision.io import read_file
-
-            return read_file(path), int(seed), path, label
-        img = read_image(path, self.transforms.channels)
+            return self.files.read(index), int(seed), path, label
+        img = self.files.image(index, self.transforms.channels)
         return (self.transforms.train(img, seed) if seed >= 0 else self.transforms.evaluate(img)), label
 
 
@@ -339,7 +360,7 @@ class StreamLoader:
                 images[i] = img
         for i, img in enumerate(images):
             if img is None:  # PNG inside a .JPEG name, or another format: the CPU decoder
-                images[i] = read_image(paths[i], self.transforms.channels).to(self.device)
+                images[i] = read_image(paths[i], self.transforms.channels, data[i]).to(self.device)
         out = [self.transforms.train(img, s) if s >= 0 else self.transforms.evaluate(img) for img, s in zip(images, seeds)]
         return torch.stack(out), y
 
