@@ -32,6 +32,11 @@ def _images(model, data, eval_cfg, *, seed, test_split, device, progress, work, 
                                             num_classes=int(data.num_classes), progress=progress, work=work))
         if out is not None:
             corruption_heatmap(metrics, Path(out) / PLOT_FILE)
+    if eval_cfg.get("sets"):
+        from robprune.evaluate.shift import evaluate_sets
+
+        metrics.update(evaluate_sets(model, eval_cfg, num_classes=int(data.num_classes), device=device,
+                                     batch_size=int(eval_cfg.get("batch_size", 256))))
     return metrics
 
 

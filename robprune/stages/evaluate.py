@@ -30,7 +30,9 @@ def externals(view: ConfigView) -> list:
     from robprune.evaluate.corruption import input_stats
     from robprune.evaluate.text import input_stats as text_input_stats
 
-    return input_stats(view.eval.get("corruptions")) + text_input_stats(view.eval)
+    from robprune.evaluate.shift import fingerprints
+
+    return input_stats(view.eval.get("corruptions")) + text_input_stats(view.eval) + fingerprints(view.eval)
 
 
 def precheck(pc: Precheck) -> None:
@@ -38,8 +40,11 @@ def precheck(pc: Precheck) -> None:
     from robprune.evaluate.corruption import check_inputs as check_corruption_inputs
     from robprune.evaluate.text import check_inputs as check_text_attack_inputs
 
+    from robprune.evaluate.shift import check_sets
+
     check_corruption_inputs(pc.cfg, pc.data)
     check_text_attack_inputs(pc.cfg.eval)
+    check_sets(pc.cfg.eval, int(pc.data.num_classes))
 
 
 STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("eval.latency",), inputs=(MODEL,),
