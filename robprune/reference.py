@@ -123,7 +123,9 @@ def _walk(spec: Any, key: str, targets: dict[str, str]) -> Any:
     spec = spec[""]
     for part in key.split("."):
         if spec == schema.TARGET:
-            spec = schema.params_of(targets.get(path, ""))
+            if not targets.get(path):  # the target comes from a composed file this one only overrides
+                return None
+            spec = schema.params_of(targets[path])
         if isinstance(spec, schema.MapOf):
             spec = spec.item
             path = f"{path}.{part}" if path else part
