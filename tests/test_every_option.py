@@ -26,7 +26,7 @@ from robprune.pipeline import run
 from robprune.registry import REGISTRIES
 from robprune.schema import reads_files
 from tests.helpers import REPO, read_metrics, robprune
-from tests.tiny_roots import ZOO_MODEL, image_root, shared_folder, text_root, tiny_imagenet_root, zoo_root
+from tests.tiny_roots import ZOO_MODEL, image_root, imagenet_every_root, shared_folder, text_root, tiny_imagenet_root, zoo_root
 
 CONF = REPO / "conf"
 
@@ -48,7 +48,10 @@ def options(group: str) -> list[str]:
 BASES = {"image": ["logger=none", "eval=pgd"], "image32": ["logger=none", "eval=pgd", "dataset=synthetic"],
          "text": ["dataset=sst2", "model=bert", "train=text_finetune", "prune=none", "finetune=none", "eval=clean",
                   "logger=none"],
-         "zoo": ["logger=none", "eval=pgd", "dataset=cifar10"]}  # model=robustbench: the zoo's own dataset
+         "zoo": ["logger=none", "eval=pgd", "dataset=cifar10"],  # model=robustbench: the zoo's own dataset
+         "imagenet": ["logger=none", "eval=pgd", "dataset=imagenet"]}  # ImageNet's evaluations (ImageNet-C, -V2)
+IMAGENET_ONLY = {("eval", "imagenet"), ("eval/corruptions", "imagenet_c")}  # they need ImageNet's classes and files
+STREAMED = ("imagenet", "imagenet_v2", "webdataset")  # datasets read from roots["imagenet"] at 32 px
 TINY_TRAIN, TINY_TEST = 64, 32  # examples of the training and test splits of every run
 
 
@@ -62,10 +65,16 @@ def offline(cfg, roots: dict) -> list[str]:
     name, text = str(cfg.dataset.name), cfg.dataset.get("modality") == "text"
     if text:
         out.append(f"data.root={roots['text']}")
+    elif name in STREAMED:  # the tree holds 4 of ImageNet's classes, at sizes around 20 px
+        out += [f"data.root={roots['imagenet']}", "dataset.num_classes=4", "dataset.image_size=16", "dataset.resize=18"]
     elif name == "tiny_imagenet":
         out += [f"data.root={roots['tiny_imagenet']}", "dataset.num_classes=null"]  # the tree has 3 of its 200 classes
     elif reads_files(name):
         out.append(f"data.root={roots['image']}")
+    for set_name in (OmegaConf.select(cfg, "eval.sets", default=None) or {}):  # shifted test sets (ImageNet-V2)
+        out += [f"eval.sets.{set_name}.{k}={v}" for k, v in (("num_classes", 4), ("image_size", 16), ("resize", 18))]
+    if str(cfg.model.get("_target_")).endswith("torchvision_model") and cfg.model.get("init") == "pretrained":
+        out.append("model.init=null")  # published weights are a download (tests/test_torchvision.py covers loading)
     if str(cfg.model.get("_target_")).endswith("robustbench_model"):  # a tiny zoo folder (random weights, the zoo's layout)
         dataset, threat, name = ZOO_MODEL
         out += [f"model.dir={roots['zoo']}", f"model.name={name}", f"model.threat={threat}"]
@@ -97,9 +106,10 @@ def shrink(cfg) -> list[str]:
     """Overrides cutting every budget that ``cfg`` holds to the least that still runs its code: one epoch
     on a few dozen examples, one attack step, a handful of attacked examples, one latency repeat."""
     has = lambda key: OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False) is not None  # noqa: E731
-    test = _split(cfg.dataset.test_split)  # every dataset has a train split (MNIST experiments carve theirs from test)
-    out = [f"dataset.train_split='train[:{TINY_TRAIN}]'",
-           f"dataset.test_split='{test}[{TINY_TRAIN}:{TINY_TRAIN + TINY_TEST}]'" if test == "train"
+    test = _split(cfg.dataset.test_split)  # every dataset but ImageNet-V2 has a train split (MNIST experiments carve theirs from test)
+    train = "test" if str(cfg.dataset.name) == "imagenet_v2" else "train"
+    out = [f"dataset.train_split='{train}[:{TINY_TRAIN}]'",
+           f"dataset.test_split='{test}[{TINY_TRAIN}:{TINY_TRAIN + TINY_TEST}]'" if test == train
            else f"dataset.test_split='{test}[:{TINY_TEST}]'", "data.batch_size=32"]
     if has("dataset.heldout_split"):
         out.append(f"dataset.heldout_split='{_split(cfg.dataset.heldout_split)}[{TINY_TRAIN + TINY_TEST}:]'")
@@ -144,7 +154,8 @@ def roots(tmp_path_factory, worker_id):
     return {"image": shared_folder(tmp_path_factory, worker_id, "every_option_image", image_root),
             "tiny_imagenet": shared_folder(tmp_path_factory, worker_id, "every_option_tiny_imagenet", tiny_imagenet_root),
             "text": shared_folder(tmp_path_factory, worker_id, "every_option_text", text_root),
-            "zoo": shared_folder(tmp_path_factory, worker_id, "every_option_zoo", zoo_root)}
+            "zoo": shared_folder(tmp_path_factory, worker_id, "every_option_zoo", zoo_root),
+            "imagenet": shared_folder(tmp_path_factory, worker_id, "every_option_imagenet", imagenet_every_root)}
 
 
 @pytest.fixture(scope="session")
@@ -187,7 +198,9 @@ def run_option(group: str, option: str, roots: dict, cache: Path, run_dir: Path,
     """Run the option on the first of BASES whose run accepts it. A base's refusal comes before any stage
     (validation, the data, the dense model) and must say what the option needs: text inputs, larger images."""
     refusals = []
-    for base in BASES.values():
+    for name, base in BASES.items():
+        if ((group, option) in IMAGENET_ONLY) != (name == "imagenet"):
+            continue
         if group == "attack":  # an attack option is added to an evaluation without attacks
             base = [o for o in base if not o.startswith("eval=")] + ["eval=clean"]
         base = [o for o in base if o.split("=")[0] not in {e.split("=")[0] for e in extra}]  # extra may choose options
@@ -241,7 +254,7 @@ def test_option_runs(group, option, roots, cache, tmp_path):
 
 # ---------------------------------------------------------------- every shipped experiment, through the command
 
-SYMBOLIC = {name: Path(f"{{{name}}}") for name in ("image", "tiny_imagenet", "text", "zoo")}  # filled in when a test runs
+SYMBOLIC = {name: Path(f"{{{name}}}") for name in ("image", "tiny_imagenet", "text", "zoo", "imagenet")}  # filled in when a test runs
 
 
 def experiment_overrides(name: str) -> list[str]:

@@ -312,11 +312,13 @@ def _zip_options() -> list[list[str]]:
 
 @pytest.mark.parametrize("overrides", [[]] + _zip_options(), ids=lambda o: " ".join(o) or "default")
 def test_every_option_validates(overrides, tmp_path):
+    (tmp_path / "imagenet-c").mkdir()  # eval=imagenet reads the ImageNet-C folders (validation checks the folder)
     validate(compose([*overrides, f"data.root={tmp_path}"]))
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
 def test_every_experiment_validates(name, tmp_path):
+    (tmp_path / "imagenet-c").mkdir()
     validate(compose([f"+experiment={name}", f"data.root={tmp_path}"]))
 
 

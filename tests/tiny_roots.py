@@ -223,3 +223,33 @@ def imagenet_c_root(root: Path, names=("gaussian_noise", "fog"), severities=(1, 
                     noisy = np.clip(img.astype(int) + rng.normal(0, 8 * severity, img.shape), 0, 255).astype(np.uint8)
                     write_jpeg(root / name / str(severity) / wnid / f"ILSVRC2012_val_{label * 100 + i + 1:08d}.JPEG", noisy)
     return root
+
+
+C_NAMES = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+           "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
+
+
+def imagenet_every_root(root: Path) -> Path:
+    """Every streamed dataset and ImageNet evaluation in one data.root, large enough for test_every_option's
+    slices (64 train, 32 test): ILSVRC-2012 with flat val + devkit, ImageNet-V2 (96 images), ImageNet-C
+    (the 15 corruptions at severity 1) and WebDataset shards of the train and val images."""
+    import io
+    import tarfile
+
+    imagenet_root(root, per_class=16, val_per_class=8, flat_val=True, size=(20, 24))
+    imagenet_v2_root(root, per_class=24, size=(20, 24))
+    imagenet_c_root(root / "imagenet-c", names=C_NAMES, severities=(1,), per_class=1, size=16)
+    truth = [int(line) for line in (root / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read_text().split()]
+    ids = {w: i + 1 for i, w in enumerate(sorted(WNIDS, reverse=True))}
+    label_of_id = {ids[w]: WNIDS.index(w) for w in WNIDS}
+    items = {"train": [(p, WNIDS.index(p.parent.name)) for p in sorted((root / "train").rglob("*.JPEG"))],
+             "val": [(p, label_of_id[truth[int(p.stem.rsplit("_", 1)[1]) - 1]]) for p in sorted((root / "val").glob("*.JPEG"))]}
+    for split, samples in items.items():
+        for s in range(0, len(samples), 32):
+            with tarfile.open(root / f"{split}-{s // 32:06d}.tar", "w") as tar:
+                for image, label in samples[s:s + 32]:
+                    for name, data in ((f"{image.stem}.jpg", image.read_bytes()), (f"{image.stem}.cls", str(label).encode())):
+                        info = tarfile.TarInfo(name)
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+    return root
