@@ -339,3 +339,57 @@ def test_webdataset_shards_read_like_the_folders_they_hold(roots, tmp_path):
     assert [len(y) for _, y in loader] == [8, 8, 8]
     with pytest.raises(ConfigError, match=r"dataset.test_shards='nothing-\*.tar' matches no file"):
         _bundle(tmp_path, name="webdataset", train_shards="train-*.tar", test_shards="nothing-*.tar")
+
+
+def _stream_rank(rank: int, world: int, port: int, root: str, queue) -> None:
+    """fit() on a streamed split as one rank of ``world`` (world 1: the plain loop on the whole batches)."""
+    import os
+
+    from torch import nn
+
+    from robprune.train.loop import fit
+    from robprune.train.objectives import Standard
+    from robprune.train.trainer import Rank, Trainer, wrap_forward
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 4))
+    me = None
+    if world > 1:
+        import torch.distributed as dist
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        me = Rank(rank, world, seed=0)
+    data = _bundle(Path(root), loading={"num_workers": 0})
+    generator = torch.Generator().manual_seed(5)
+    loader = data.loader(data.train_x, data.train_y, 10, shuffle=True, generator=generator,
+                         augment={"hflip": True, "resized_crop": [0.3, 1.0]})
+    if me is not None:
+        loader = loader.shard(rank, world)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    forward = wrap_forward(model, Trainer(), torch.device("cpu"), me) if me else model
+    history = fit(model, loader, Standard(), optimizer, epochs=2, lr_factor=lambda e: 1.0, generator=generator,
+                  progress=False, forward_model=forward, rank=me)
+    if rank == 0:
+        queue.put(([p.detach().tolist() for p in model.parameters()], history))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_on_a_streamed_split_train_like_one_process(roots):
+    """Each rank decodes only its rows of every global batch (24 images, batch 10: rows 5+5, 5+5, 2+2)."""
+    import torch.multiprocessing as mp
+
+    from robprune.train.trainer import free_port
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    _stream_rank(0, 1, 0, str(roots / "folders"), queue)
+    single, single_log = queue.get()
+    mp.start_processes(_stream_rank, args=(2, free_port(), str(roots / "folders"), queue), nprocs=2, start_method="spawn")
+    ddp, ddp_log = queue.get()
+    for a, b in zip(single, ddp):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
+    assert [round(r["loss"], 4) for r in ddp_log] == [round(r["loss"], 4) for r in single_log]
