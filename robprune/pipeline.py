@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -140,28 +141,28 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
     for note in trainer.notes:
         log.warning(note)
     cache = StageCache(Path(cfg.cache_dir), enabled=bool(cfg.cache), scratch=run_dir / "stages")
-    live = live_curves(cfg.get("logger"), run_dir)  # tensorboard/<stage>/ while stages train
-    try:
+    live = live_curves(cfg.get("logger"), run_dir)  # tensorboard/<stage>/ and the MLflow run, while stages train
+    with live or nullcontext():  # a job that raises ends its MLflow run as FAILED
         results = walk(planned, cfg, data, cache, device, progress=not cfg.quiet, on_epoch=live)
-    finally:
         if live is not None:
-            live.close()
-    final = results[next(p.inputs[MODEL] for p in planned if p.stage.name == "eval")]
+            live.close()  # the event files, before write_curves replaces their folder
+        final = results[next(p.inputs[MODEL] for p in planned if p.stage.name == "eval")]
 
-    metrics = assemble_metrics(cfg, data, results, final, choices, device)
-    metrics["trainer"] = trainer.record()
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
-    # Results are written only now, each file atomically (copies, never links into the cache): a run
-    # that fails earlier leaves an earlier finished result in the same directory untouched.
-    publish_files(final.path, run_dir, CHECKPOINT_FILES)
-    for p in planned:  # each stage's reports (scores.json, reconstruction.md, average.json, corruptions.png, ...)
-        out = results[p.stage.name].path
-        publish_files(out, run_dir, [f for f in p.stage.publishes if (out / f).exists()])
-    metrics["size_bytes"] = checkpoint_size_bytes(run_dir)
-    curves = write_curves(cfg.get("logger"), results, run_dir)  # tensorboard/<stage>/
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    report_to_mlflow(cfg.get("logger"), curves, run_dir, cfg, metrics)  # after the results are safe on disk
+        metrics = assemble_metrics(cfg, data, results, final, choices, device)
+        metrics["trainer"] = trainer.record()
+        metrics["seconds"] = round(time.perf_counter() - started, 2)
+        # Results are written only now, each file atomically (copies, never links into the cache): a run
+        # that fails earlier leaves an earlier finished result in the same directory untouched.
+        publish_files(final.path, run_dir, CHECKPOINT_FILES)
+        for p in planned:  # each stage's reports (scores.json, reconstruction.md, average.json, corruptions.png, ...)
+            out = results[p.stage.name].path
+            publish_files(out, run_dir, [f for f in p.stage.publishes if (out / f).exists()])
+        metrics["size_bytes"] = checkpoint_size_bytes(run_dir)
+        curves = write_curves(cfg.get("logger"), results, run_dir)  # tensorboard/<stage>/
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        # after the results are safe on disk; into the run the live curves went to (rows not logged yet only)
+        report_to_mlflow(cfg.get("logger"), curves, run_dir, cfg, metrics, live.mlflow if live else None)
     return metrics
 
 

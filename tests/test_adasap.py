@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tests.helpers import REPO, read_metrics, robprune
@@ -177,6 +179,32 @@ def test_adasap_experiments_run_shrunk_with_equal_budgets(tmp_path, name):
     b = run(compose([*overrides, "prune=l2_filter"]), tmp_path / "l2", choices={"experiment": name})
     assert b["stages"]["train"]["key"] == m["stages"]["train"]["key"] and b["stages"]["train"]["reused"]
     assert abs(b["sparsity"] - m["sparsity"]) < 0.05  # same size (the same uniform ratio by bisection)
+
+
+def test_adasap_table_shows_the_papers_numbers_next_to_ours(tmp_path):
+    """+table=adasap on ImageNet runs: rows method × size, cells val / C / V2 (mean ± std over seeds), and the
+    paper's ResNet-50 numbers at 0.40× beside them; what methods.md does not record (V2, magnitude) reads —."""
+    from tests.test_report import write_run
+
+    from robprune.cli import main as cli_main
+
+    runs = [("adasap", 0.6, 0.76, 0.40), ("taylor", 0.6, 0.74, 0.35), ("l2_filter", 0.6, 0.73, 0.34),
+            ("adasap", 0.5, 0.77, 0.42), ("none", None, 0.78, 0.39)]
+    for i, (method, sparsity, clean, corrupted) in enumerate(runs):
+        for seed in (0, 1):
+            write_run(tmp_path / f"{i}-{seed}", ratio=0.5, seed=seed, method=method, clean_acc=clean + 0.01 * seed,
+                      config={"dataset": {"name": "imagenet"}, "prune": {"sparsity": sparsity}},
+                      **{"corruption_acc/mean": corrupted, "clean_acc/imagenet_v2": clean - 0.1})
+    assert cli_main(["table", "+table=adasap", str(tmp_path), "--quiet"]) == 0
+    md = (tmp_path / "adasap.md").read_text()
+    lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[3:-1]] for ln in md.splitlines()[2:]}
+    assert list(lines) == ["dense", "AdaSAP 0.50×", "AdaSAP 0.40×", "Taylor 0.40×", "magnitude 0.40×"]
+    assert lines["AdaSAP 0.40×"] == ["76.50 ± 0.71 / 40.00 ± 0.00 / 66.00 ± 0.00", "77.27 / 41.23 / —"]
+    assert lines["Taylor 0.40×"][1] == "75.85 / 37.84 / —" and lines["magnitude 0.40×"][1] == "—"
+    assert [c.strip() for c in md.splitlines()[0].split("|")[3:-1]] == ["ImageNet", "ImageNet (paper)"]
+    csv = pd.read_csv(tmp_path / "adasap.csv")
+    row = csv[csv["model"] == "Taylor 0.40×"].iloc[0]
+    assert row["paper/corruption_acc/mean"] == pytest.approx(37.84) and np.isnan(row["paper/clean_acc/imagenet_v2"])
 
 
 def test_adasap_refuses_to_run_outside_the_training_stage_or_without_a_target():

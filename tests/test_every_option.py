@@ -355,8 +355,13 @@ def test_adasap_default_schedule_runs_on_the_embedded_default(cache, roots, tmp_
 # ---------------------------------------------------------------- table layouts (conf/table)
 
 # The runs each layout of conf/table tabulates: (group, option, other overrides) run as in test_option_runs.
+IMAGENET_LIKE = ["dataset=imagefolder", "prune.sparsity=0.6", "eval=clean", "+eval/corruptions@eval.corruptions=default"]
 TABLE_RUNS = {"adverfine": [("compress", "none"), ("compress", "prune")],
-              "kr": [("prune", "none", "eval=text"), ("prune", "kr_obs", "eval=text")]}  # the layout's cells are TextFooler's
+              "kr": [("prune", "none", "eval=text"), ("prune", "kr_obs", "eval=text")],  # the layout's cells are TextFooler's
+              # an image folder stands for ImageNet's (the paper's table); 0.6 sparsity = its 0.40x size
+              "adasap": [("prune", "adasap", *IMAGENET_LIKE), ("prune", "taylor", *IMAGENET_LIKE)]}
+# Rows whose published numbers (the layout's paper: section) must show beside the runs' own cells.
+TABLE_PAPER = {"adasap": {"AdaSAP 0.40×": "77.27 / 41.23 / —", "Taylor 0.40×": "75.85 / 37.84 / —"}}
 
 
 @pytest.mark.parametrize("layout", options("table"))
@@ -370,6 +375,9 @@ def test_table_layouts_tabulate_real_runs(layout, roots, cache, tmp_path):
     assert main(["table", f"+table={layout}", str(tmp_path / "runs"), "--quiet"]) == 0
     rows = [ln for ln in (tmp_path / "runs" / f"{layout}.md").read_text().splitlines() if ln.startswith("|")]
     assert len(rows) >= 2 + len(TABLE_RUNS[layout]), rows  # header, rule, a row per run
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[3:-1]] for ln in rows[2:]}
+    for row, published in TABLE_PAPER.get(layout, {}).items():  # ours (measured, in %), then the paper's
+        assert re.fullmatch(r"\d+\.\d\d / \d+\.\d\d / —", cells[row][0]) and cells[row][1] == published, cells
 
 
 # ---------------------------------------------------------------- corruption sources that read files

@@ -33,18 +33,20 @@ def robust_acc(ratio: float, seed: int) -> float:
     return 0.6 - 0.3 * ratio - 0.007 * seed
 
 
-def write_run(run_dir: Path, *, ratio: float, seed: int, method: str = "l1_filter", **extra_metrics) -> Path:
-    """A run directory as the runner leaves it: resolved config.yaml, metrics.json and a .hydra/ folder."""
+def write_run(run_dir: Path, *, ratio: float, seed: int, method: str = "l1_filter", config: dict | None = None,
+              **extra_metrics) -> Path:
+    """A run directory as the runner leaves it: resolved config.yaml, metrics.json and a .hydra/ folder.
+    ``config`` is merged over the config written (e.g. another dataset); ``extra_metrics`` over the metrics."""
     run_dir.mkdir(parents=True)
-    config = {
+    config = OmegaConf.merge({
         "seed": seed,
         "output_dir": str(run_dir),  # differs per run but is no experimental factor
         "dataset": {"name": "digits", "root": "/data", "split_seed": seed},
         "prune": {"_target_": f"robprune.prune.{method}", "method": method, "channel_ratio": ratio,
                   "layers": ["conv1", "conv2"]},
         "train": {"epochs": 2, "lr": 0.1},
-    }
-    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    }, config or {})
+    OmegaConf.save(config, run_dir / "config.yaml")
     params = int(120_000 * (1 - ratio))
     metrics = {
         "clean_acc": clean_acc(ratio, seed),
@@ -58,7 +60,7 @@ def write_run(run_dir: Path, *, ratio: float, seed: int, method: str = "l1_filte
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / ".hydra").mkdir()
-    OmegaConf.save(OmegaConf.create(config), run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")
     return run_dir
 
 

@@ -124,3 +124,82 @@ def test_curves_reach_tensorboard_while_the_stages_train(tmp_path, monkeypatch):
     final = _scalars(run_dir / "tensorboard" / "train")["loss"]
     assert [v for _, v in final] == pytest.approx([v for _, v in seen[1][3]["loss"]], rel=1e-6)
     assert metrics["stages"]["train"]["reused"] is False
+
+
+def _mlflow_client(store, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading MLflow 3's file store, as robprune writes it
+    return MlflowClient(tracking_uri=store.resolve().as_uri())
+
+
+def test_curves_reach_mlflow_while_the_stages_train(tmp_path, monkeypatch):
+    """logger=mlflow opens the job's MLflow run when it starts and logs each epoch's row as the epoch ends
+    (LiveCurves -> MlflowRun.live), so the run's page shows the curves before the stage has finished; the
+    end of the run adds params and final metrics to the same run, and no curve point twice."""
+    from robprune.compose import compose
+    from robprune.pipeline import run
+    from robprune.tracking import LiveCurves
+
+    run_dir, store, seen = tmp_path / "run", tmp_path / "mlruns", []
+    client = _mlflow_client(store, monkeypatch)
+    write = LiveCurves.__call__
+
+    def watched(self, stage, row):
+        write(self, stage, row)
+        run_id = self.mlflow.run_id
+        history = client.get_metric_history(run_id, f"{stage}.loss")
+        seen.append((stage, row["epoch"], client.get_run(run_id).info.status, [(h.step, h.value) for h in history]))
+
+    monkeypatch.setattr(LiveCurves, "__call__", watched)
+    metrics = run(compose([*TINY, "logger=mlflow", "logger.tensorboard=false", f"logger.mlflow.tracking_uri={store}",
+                           f"cache_dir={tmp_path / 'cache'}"]), run_dir)
+    assert [(stage, epoch, status) for stage, epoch, status, _ in seen] == [
+        ("train", 1, "RUNNING"), ("train", 2, "RUNNING"), ("finetune", 1, "RUNNING")]
+    for stage, epoch, _, history in seen:  # in the store at that moment: every epoch so far, nothing later
+        assert [step for step, _ in history] == list(range(1, epoch + 1))
+    (found,) = client.search_runs([client.get_experiment_by_name("robprune").experiment_id])  # one run per job
+    assert found.info.status == "FINISHED" and not (run_dir / "tensorboard").exists()
+    assert found.data.metrics["clean_acc"] == pytest.approx(metrics["clean_acc"])  # the end adds to the same run
+    assert found.data.params["train.epochs"] == "2"
+    for stage, key in (("train", "train_log"), ("finetune", "finetune_log")):  # each point once, as the stage logged it
+        log = json.loads((Path(metrics["stages"][stage]["path"]) / "model.json").read_text())[key]
+        history = client.get_metric_history(found.info.run_id, f"{stage}.loss")
+        assert [(h.step, h.value) for h in history] == [(row["epoch"], pytest.approx(row["loss"])) for row in log]
+    assert seen[1][3] == [(h.step, h.value) for h in client.get_metric_history(found.info.run_id, "train.loss")]
+
+
+def test_an_unreachable_mlflow_warns_once_and_the_job_finishes(tmp_path, caplog, monkeypatch):
+    """Live logging to a server that does not answer: one warning when the job starts (not one per epoch),
+    one when the end tries again, and the job's results on disk."""
+    import logging
+
+    from robprune.compose import compose
+    from robprune.pipeline import run
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # nothing listens on port 9: fail at once
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    cfg = compose([*TINY, "logger=mlflow", "logger.tensorboard=false", "logger.mlflow.tracking_uri=http://127.0.0.1:9",
+                   f"cache_dir={tmp_path / 'cache'}"])
+    with caplog.at_level(logging.WARNING, logger="robprune"):
+        metrics = run(cfg, tmp_path / "run")
+    failed = [r.getMessage() for r in caplog.records if "MLflow logging to http://127.0.0.1:9 failed" in r.getMessage()]
+    assert len(failed) == 2, failed  # 3 epochs trained: one live warning, one at the end
+    assert "without live curves" in failed[0] and "results are in" in failed[1]
+    assert metrics["stages"]["train"]["reused"] is False and (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_job_that_raises_ends_its_mlflow_run_failed(tmp_path, monkeypatch):
+    from robprune.tracking import LiveCurves, MlflowRun
+
+    node = OmegaConf.create({"tracking_uri": str(tmp_path / "mlruns"), "experiment": "x"})
+    client = _mlflow_client(tmp_path / "mlruns", monkeypatch)
+    mlflow = MlflowRun(node, tmp_path / "run")
+    mlflow.start()
+    with pytest.raises(RuntimeError), LiveCurves(None, mlflow) as live:
+        live("train", {"epoch": 1, "loss": 2.0, "lr": 0.1, "seconds": 1.0})
+        live("score", {"epoch": 1, "loss": 9.0})  # a stage without a curve: nothing logged
+        raise RuntimeError("the job broke")
+    found = client.get_run(mlflow.run_id)
+    assert found.info.status == "FAILED" and found.data.metrics == {"train.loss": 2.0, "train.lr": 0.1,
+                                                                     "train.seconds": 1.0}

@@ -5,7 +5,9 @@ alongside. ``robprune table +table=<name> <dir>`` renders it from the runs' file
 Spec keys: ``rows`` (list of run keys), ``cols`` (one run key), ``cell`` (metrics shown as
 "a / b"), ``row_label`` (format string over the row keys' labels), ``labels`` ({key: {value: text}},
 which also orders rows and columns; ``'null'`` names a missing value or key, ``'*'`` any value not listed), ``title``, and optionally ``paper`` = {dataset_key, compare:
-{our dataset: paper table}, values: {paper table: {row name: {column label: [numbers]}}}}.
+{our dataset: paper table}, values: {paper table: {row name: {column label: [numbers]}}}}. A cell metric no
+run reports, and a paper number given as null (not published), read — (a paper's table can have columns,
+such as ImageNet-V2, that neither side has for every row).
 """
 from __future__ import annotations
 
@@ -90,7 +92,12 @@ def _cell_text(row: pd.Series, cell: list[str]) -> str:
 
 
 def _paper_text(values) -> str:
-    return " / ".join(f"{v:.2f}" for v in values) if values else MISSING
+    return " / ".join(MISSING if v is None else f"{v:.2f}" for v in values) if values else MISSING
+
+
+def _number(value) -> float:
+    """A paper number as a float; NaN for one not published (null)."""
+    return math.nan if value is None else float(value)
 
 
 def layout_table(runs: pd.DataFrame, spec: dict) -> Table:
@@ -103,13 +110,16 @@ def layout_table(runs: pd.DataFrame, spec: dict) -> Table:
     absent = [k for k in rows if k not in runs.columns and "null" in labels.get(k, {})]
     if absent:  # a labelled optional node no run has (e.g. no run averaged): every run reads its 'null' text
         runs = runs.assign(**{k: None for k in absent})
+    unreported = [m for m in cell if m not in runs.columns]
+    if unreported:  # a metric of the paper's table that no run measured (e.g. no ImageNet-V2 evaluation): —
+        runs = runs.assign(**{m: math.nan for m in unreported})
     numeric = make_table(runs, [*rows, col], cell).numeric  # n, and per metric mean, /std (ddof 1), /n
     fmt = spec.get("row_label") or " ".join("{%s}" % k for k in rows)
     numeric["model"] = [_fill(fmt, {k: _label(spec, k, r[k]) for k in rows}) for _, r in numeric.iterrows()]
     numeric["column"] = [_label(spec, col, v) for v in numeric[col]]
     paper = _paper_values(spec, runs)
     for i, m in enumerate(cell):
-        numeric[f"paper/{m}"] = [((paper or {}).get(r["model"], {}).get(r["column"]) or [math.nan] * len(cell))[i]
+        numeric[f"paper/{m}"] = [_number(((paper or {}).get(r["model"], {}).get(r["column"]) or [None] * len(cell))[i])
                                  for _, r in numeric.iterrows()]
     order = sorted(range(len(numeric)), key=lambda i: [_order(spec, k, numeric.loc[i, k]) for k in [*rows, col]])
     numeric = numeric.loc[order].reset_index(drop=True)
