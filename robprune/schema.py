@@ -36,7 +36,7 @@ CORRUPTIONS = {"source": Choice(*SOURCES), "root": PATH, "frost_textures": PATH,
                "names": Value("list", item=STR, example="[fog,snow]"), "severities": Value("list", item=Int(), example="[1,2,3,4,5]"),
                "n_examples": Int(1, null=True, example="1000")}  # names, severities, root: robprune.corruptions.check_node
 EVAL = {"attacks": MapOf(TARGET), "n_examples": MapOf(Int(1, null=True, example="200")), "batch_size": Int(1, example="256"),
-        "large_eps_check": BOOL, "large_eps_n": Int(1, example="100"), "latency": LATENCY, "corruptions": CORRUPTIONS,
+        "block_size": Int(1, example="1000"), "large_eps_check": BOOL, "large_eps_n": Int(1, example="100"), "latency": LATENCY, "corruptions": CORRUPTIONS,
         "max_length": Int(2, example="64")}  # max_length: text evaluation (tokens per attacked sentence)
 DATASET = {"name": STR, "root": PATH, "download": BOOL, "train_split": STR, "test_split": STR,
            "num_classes": Int(1, null=True, example="10"), "mean": Value("list", item=Float(0, high=1)),

@@ -236,7 +236,7 @@ def test_metrics_list_the_graph_and_provenance(tmp_path):
     assert m["stages"]["eval"]["inputs"] == {MODEL: m["stages"]["finetune"]["key"]}
     assert all(s["device"] == "cpu" for s in m["stages"].values())
     # the eval stage's work folder is where evaluation keeps per-attack results for a resume after a kill
-    assert (Path(m["stages"]["eval"]["path"]) / "flags" / "pgd20.safetensors").is_file()
+    assert (Path(m["stages"]["eval"]["path"]) / "flags" / "pgd20" / "block0.safetensors").is_file()
     prov = m["provenance"]
     assert prov["device"] == "cpu" and prov["libraries"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert len(prov["code"]) == 16 and prov["python"]

@@ -162,21 +162,33 @@ def check_folders(root: str | Path, names, severities, num_classes: int) -> None
             seen = classes
 
 
-def read_folder(root: str | Path, name: str, severity: int, channels: int, size: int,
-                n_examples: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x (n, C, H, W) uint8, y (n,) int64) of one severity folder through robprune's image-folder
-    reader; a seeded subset of n_examples images (None: all)."""
-    from omegaconf import OmegaConf
-
+def folder_subset(root: str | Path, name: str, severity: int, n_examples: int | None, seed: int) -> list[Path]:
+    """The image files of one severity folder's seeded subset of n_examples images (None: all), in the
+    order they are read."""
     from robprune.data import seeded_indices
-    from robprune.registry import DATASETS
 
-    source = DATASETS.get("imagefolder")
-    cfg = OmegaConf.create({"name": "imagefolder", "root": str(severity_folder(root, name, severity)),
-                            "channels": int(channels), "image_size": int(size)})
+    source, cfg = _folder_source(root, name, severity, 1, None)
     files = source.locate(cfg, "train")
     keep = seeded_indices(len(files), n_examples, seed).sort().values
-    return source.decode(cfg, "train", [files[int(i)] for i in keep])
+    return [files[int(i)] for i in keep]
+
+
+def read_folder(root: str | Path, name: str, severity: int, channels: int, size: int | None,
+                n_examples: int | None, seed: int, part: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x (n, C, H, W) uint8, y (n,) int64) of one severity folder through robprune's image-folder
+    reader: a seeded subset of n_examples images (None: all), positions ``part`` of it (non-empty)."""
+    source, cfg = _folder_source(root, name, severity, channels, size)
+    return source.decode(cfg, "train", folder_subset(root, name, severity, n_examples, seed)[part])
+
+
+def _folder_source(root, name: str, severity: int, channels: int, size: int | None):
+    from omegaconf import OmegaConf
+
+    from robprune.registry import DATASETS
+
+    cfg = OmegaConf.create({"name": "imagefolder", "root": str(severity_folder(root, name, severity)),
+                            "channels": int(channels), "image_size": None if size is None else int(size)})
+    return DATASETS.get("imagefolder"), cfg
 
 
 def file_stats(paths) -> list[list]:
