@@ -49,7 +49,10 @@ class Stage:
 
     name: cache folder and metrics key. reads: dotted config paths the builder may read (a path covers
     its subtree). ignores: paths under ``reads`` left out of the key because they cannot change the
-    output (e.g. ``eval.latency``; the builder cannot read them either). inputs: upstream stage names;
+    output (e.g. ``eval.latency``; the builder cannot read them either). unkeyed: paths the builder
+    reads that say only how it runs, not what it computes, so they stay out of the key (the eval stage's
+    ``trainer.devices``: its ranks share an evaluation whose numbers do not depend on their number, which
+    a test proves; only for such a path). inputs: upstream stage names;
     ``name?`` is optional (used when that stage runs), :data:`MODEL` is the latest model-producing
     stage. data: parts of the data bundle read ('meta' = shapes, classes, mean/std; 'train' and
     'test' include 'meta'). when: does the config ask for this stage. build(ctx) writes every output
@@ -79,6 +82,7 @@ class Stage:
     inputs: tuple[str, ...] = ()
     data: tuple[str, ...] = ()
     ignores: tuple[str, ...] = ()
+    unkeyed: tuple[str, ...] = ()
     when: Callable[[DictConfig], bool] = lambda cfg: True
     produces_model: bool = True
     libraries: tuple[str, ...] = LIBRARIES

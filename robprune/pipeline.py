@@ -81,7 +81,8 @@ def keys_of(p: Planned, cfg: DictConfig, data: DataBundle, input_keys: dict[str,
         if part not in prints:
             prints[part] = data_fingerprint(data, part)
     sliced = config_slice(cfg, stage.reads, stage.ignores)
-    view = ConfigView(sliced, stage.name, stage.reads, stage.ignores)
+    readable = (*stage.reads, *stage.unkeyed)  # the builder also sees the unkeyed paths; the key does not
+    view = ConfigView(config_slice(cfg, readable, stage.ignores), stage.name, readable, stage.ignores)
     externals = stage.externals(view) if stage.externals else None
     keyed = keyed_by_content(sliced, stage.content(view)) if stage.content else sliced
     key, seed_key = stage_keys(stage, keyed, input_keys, prints, device.type, externals)

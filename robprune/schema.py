@@ -37,8 +37,8 @@ CORRUPTIONS = {"source": Choice(*SOURCES), "root": PATH, "frost_textures": PATH,
                "names": Value("list", item=STR, example="[fog,snow]"), "severities": Value("list", item=Int(), example="[1,2,3,4,5]"),
                "n_examples": Int(1, null=True, example="1000")}  # names, severities, root: robprune.corruptions.check_node
 EVAL = {"attacks": MapOf(TARGET), "n_examples": MapOf(Int(1, null=True, example="200")), "batch_size": Int(1, example="256"),
-        "large_eps_check": BOOL, "large_eps_n": Int(1, example="100"), "latency": LATENCY, "corruptions": CORRUPTIONS,
-        "max_length": Int(2, example="64"), "sets": MapOf(ANY)}  # sets: dataset nodes, checked by robprune.evaluate.shift  # max_length: text evaluation (tokens per attacked sentence)
+        "block_size": Int(1, example="1000"), "large_eps_check": BOOL, "large_eps_n": Int(1, example="100"), "latency": LATENCY, "corruptions": CORRUPTIONS,
+        "max_length": Int(2, example="64"), "sets": MapOf(ANY)}  # max_length: text evaluation (tokens per attacked sentence); sets: dataset nodes, checked by robprune.evaluate.shift
 DATASET = {"name": STR, "root": PATH, "download": BOOL, "train_split": STR, "test_split": STR,
            "num_classes": Int(1, null=True, example="10"), "mean": Value("list", item=Float(0, high=1)),
            "std": Value("list", item=Float(0, low_open=True)), "eps": EPS, "eps_l2": Float(0, example="0.5"),

@@ -21,7 +21,6 @@ between CPUs. ``python scripts/bench_data.py --images 2000 --workers 2 --rounds 
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 import statistics
 import subprocess

@@ -107,7 +107,7 @@ def test_sigkill_during_autoattack_resumes_with_the_same_numbers(trained, tmp_pa
     atomic_save_tensors(tmp_path / "data.safetensors", {"x": x.contiguous(), "y": y.contiguous()})
     expected = evaluate_robustness(model, x, y, compose(OVERRIDES).eval, device="cpu", seed=0)  # uninterrupted
 
-    work, state = tmp_path / "eval.partial", tmp_path / "eval.partial" / "autoattack" / "autoattack.state.json"
+    work, state = tmp_path / "eval.partial", tmp_path / "eval.partial" / "autoattack" / "autoattack" / "block0.state.json"
     child, deadline = _child(tmp_path, work, "slow"), time.monotonic() + 60
     while _finished_sub_attacks(state) < 1 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

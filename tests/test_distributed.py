@@ -1,6 +1,9 @@
 """Data-parallel training (trainer.devices, DistributedDataParallel on gloo, 2 CPU processes) and the
 trainer's precision / memory-format options: equal to one process, rank 0 alone writes, resume after
-SIGKILL, and the bad-input lines."""
+SIGKILL, and the bad-input lines. Evaluation sharded over the same ranks by seeded blocks: the metrics
+of one process exactly, rank 0 alone writes, a rank's user error is one line."""
+import dataclasses
+import functools
 import json
 import os
 import signal
@@ -13,11 +16,15 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from robprune.compose import compose
+from robprune.data import build_data
 from robprune.data.loader import BatchLoader
 from robprune.errors import ConfigError
+from robprune.evaluate.model import evaluate_model
+from robprune.models import small_cnn
 from robprune.train.loop import fit, load_epoch_checkpoint
 from robprune.train.objectives import Standard
-from robprune.train.trainer import Rank, Trainer, free_port, resolve, wrap_forward
+from robprune.train.trainer import Rank, Trainer, free_port, on_ranks, resolve, wrap_forward
 from tests.helpers import REPO, SHRINK, read_metrics, robprune, stable
 
 N, BATCH = 71, 16  # the last global batch holds 7 examples: shards of 4 and 3 (the loss weighting matters)
@@ -117,7 +124,89 @@ def test_under_torchrun_devices_is_the_world_size(monkeypatch):
         resolve({"devices": 3}, cpu)
 
 
-DDP_RUN = [*SHRINK, "train=standard", "finetune=standard", "train.epochs=40", "train.optimizer.lr=0.002"]
+# PGD on all 60 points, AutoAttack standard on 40, corruptions on all: 4 blocks of 16, 2 per rank
+SHARDED_EVAL = ["eval=default", "eval.block_size=16", "eval.n_examples.pgd20=null", "eval.n_examples.autoattack=40",
+                "eval.attacks.pgd20.steps=3", "eval.attacks.autoattack.n_iter=3", "eval.attacks.autoattack.n_queries=20",
+                "eval.large_eps_n=24", "+eval/corruptions@eval.corruptions=default",
+                "eval.corruptions.names=[gaussian_noise,fog]", "eval.corruptions.severities=[2]",
+                "eval.corruptions.n_examples=null"]
+
+
+@dataclasses.dataclass
+class _TestSplit:
+    """What the image evaluator reads of a data bundle."""
+
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int = 10
+    modality: str = "image"
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """(small_cnn after 2 epochs of Adam on the digits train split, the first 60 test points)."""
+    data = build_data(compose([]).dataset)
+    x, y = data.train_x.float() / 255, data.train_y
+    torch.manual_seed(0)
+    model = small_cnn(in_channels=1, image_size=8, num_classes=10, mean=[0.5], std=[0.5])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(2):
+        for i in range(0, x.shape[0], 64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            opt.step()
+    return model.eval(), _TestSplit(data.test_x[:60], data.test_y[:60])
+
+
+def _key_numbers(metrics: dict) -> dict:
+    keep = ("clean_acc", "robust_acc", "n_eval", "corruption_acc/mean")
+    return {**{k: v for k, v in metrics.items() if k.startswith(keep)},
+            **{f"checks/{k}": v for k, v in metrics["checks"].items() if not k.endswith("_max")}}
+
+
+def _sharded(model, data, cfg, work, devices):
+    """The eval stage's call: every block here (devices 1) or shared out over spawned gloo ranks."""
+    ranks = None if devices == 1 else functools.partial(on_ranks, trainer=Trainer(devices=devices),
+                                                        device=torch.device("cpu"), what="evaluation")
+    return evaluate_model(model, data, cfg.eval, seed=0, test_split="test", device="cpu", work=work, on_ranks=ranks)
+
+
+def test_two_gloo_ranks_evaluate_like_one_process_and_only_rank0_writes(digits_model, tmp_path):
+    """Blocks 0 and 2 on rank 0, 1 and 3 on rank 1: eval.json's metrics (checks included) equal one
+    process's, and only rank 0 kept progress (the flags of its blocks)."""
+    model, data = digits_model
+    cfg = compose(SHARDED_EVAL)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank (the float results of a forward may depend on the thread count)
+    try:
+        single = _sharded(model, data, cfg, tmp_path / "single", 1)
+        ranks = _sharded(model, data, cfg, tmp_path / "ranks", 2)
+    finally:
+        torch.set_num_threads(threads)
+    single, ranks = json.loads(json.dumps(single)), json.loads(json.dumps(ranks))  # as eval.json holds them
+    print("one process:", _key_numbers(single), "\n2 gloo ranks:", _key_numbers(ranks))
+    assert ranks == single, f"one process: {_key_numbers(single)}\n2 ranks: {_key_numbers(ranks)}"
+    assert single["n_eval/pgd20"] == 60 and single["n_eval/autoattack"] == 40 and single["checks"]["passed"]
+    assert 0 < single["robust_acc/autoattack"] < single["clean_acc/autoattack"]
+    for work, blocks in ((tmp_path / "single", [0, 1, 2, 3]), (tmp_path / "ranks", [0, 2])):
+        assert sorted(p.name for p in (work / "flags" / "pgd20").iterdir()) == [f"block{k}.safetensors" for k in blocks]
+    assert sorted(p.name for p in (tmp_path / "ranks" / "autoattack" / "autoattack").glob("*.json")) == [
+        "block0.state.json", "block2.state.json"]  # AutoAttack's subset has 3 blocks; block 1 was rank 1's
+
+
+def test_a_ranks_user_error_is_one_line(digits_model):
+    """AutoAttack's targeted attacks need 4 classes: raised inside a spawned rank, re-raised here as the
+    same ConfigError, not a traceback of the rank."""
+    model, data = digits_model
+    three = torch.nn.Sequential(model, torch.nn.Linear(10, 3)).eval()
+    cfg = compose(["eval=autoattack", "eval.n_examples.autoattack=30", "eval.large_eps_check=false"])
+    with pytest.raises(ConfigError, match="need >= 4 classes"):
+        _sharded(three, _TestSplit(data.test_x, data.test_y % 3, 3), cfg, None, 2)
+
+
+# eval.block_size=40: PGD's 120 points in 3 blocks, so the ranks share the eval stage too
+DDP_RUN = [*SHRINK, "train=standard", "finetune=standard", "train.epochs=40", "train.optimizer.lr=0.002",
+           "eval.block_size=40"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ from robprune.config import config_dir, instantiate
 from robprune.declarations import store_declarations
 from robprune.errors import ConfigError, DataError
 from robprune.evaluate import adversarial, evaluate_robustness
-from robprune.evaluate.adversarial import _accuracies
+from robprune.data.tensors import seeded_indices
+from robprune.evaluate.adversarial import _accuracies, robustness_blocks
+from robprune.evaluate.blocks import block_seed
 from robprune.evaluate.checks import ZERO_GRAD_MAX, autoattack_gap_check, ball_excess, ball_tolerance
 from robprune.models import small_cnn
 
@@ -132,12 +134,40 @@ def test_deterministic_for_a_seed_and_rng_untouched(conf_tree, data, result):
     assert again == first
 
 
+def test_blocks_are_seeded_runs_of_their_points(conf_tree, data):
+    """A subset within one block is one attack run seeded with ``seed`` (what evaluation drew before
+    blocks existed); past one block, block k is a run on its points seeded with block_seed(seed, k)
+    (block 0: ``seed``), the flags joined in block order."""
+    model, x, y = data
+    pgd = ["eval=pgd", "eval.attacks.pgd20.steps=3", "eval.n_examples.pgd20=40", "eval.large_eps_check=false"]
+    attack = instantiate(compose_eval(conf_tree, *pgd).attacks.pgd20, "eval.attacks.pgd20")  # random start: seeded
+    perm = seeded_indices(x.shape[0], None, 5)
+
+    def seeded_once(idx, seed):  # the points' clean-correct ones attacked in one batch under one seed
+        with torch.no_grad():
+            flags = model(x[idx]).argmax(1) == y[idx]
+        torch.manual_seed(seed)
+        todo = idx[flags]
+        with torch.no_grad():
+            flags[flags.clone()] = model(attack(model, x[todo], y[todo])).argmax(1) == y[todo]
+        return flags
+
+    def robust(block_size):
+        cfg = compose_eval(conf_tree, *pgd, f"eval.block_size={block_size}")
+        parts = robustness_blocks(model, x, y, cfg, device="cpu", seed=5)
+        return torch.cat([part.runs["pgd20"].robust for part in parts if "pgd20" in part.runs])
+
+    assert torch.equal(robust(1000), seeded_once(perm[:40], 5))
+    blocks = [seeded_once(perm[start:min(start + 16, 40)], block_seed(5, k)) for k, start in enumerate(range(0, 40, 16))]
+    assert torch.equal(robust(16), torch.cat(blocks))
+    assert block_seed(5, 0) == 5 and len({block_seed(5, k) for k in range(100)}) == 100
+
+
 def test_worst_case_is_per_example_not_an_average():
     correct = torch.ones(4, dtype=torch.bool)
-    perm = torch.arange(4)
     robust = {"a": torch.tensor([True, True, False, False]), "b": torch.tensor([False, False, True, True]),
               "c": torch.tensor([True, True, True])}
-    metrics = _accuracies(correct, perm, robust)
+    metrics = _accuracies(correct, robust)
     assert metrics["robust_acc/a"] == metrics["robust_acc/b"] == 0.5
     assert metrics["robust_acc/worst"] == 0.0 and metrics["n_eval/worst"] == 3
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from robprune.cli import main as cli_main
 from robprune.compose import compose
-from robprune.graph import (MODEL, ConfigView, DataView, Stage, UndeclaredRead, _covered, config_slice,
+from robprune.graph import (MODEL, ConfigView, DataView, Planned, Stage, UndeclaredRead, _covered, config_slice,
                             data_fingerprint, plan, stage_keys)
 from robprune.stages import STAGES
 from tests.helpers import REPO, SHRINK
@@ -96,6 +96,28 @@ def test_key_changes_exactly_with_the_paths_a_stage_reads(stage, overrides):
     for path in unread:
         value = OmegaConf.select(cfg, path)
         assert key_of(stage, with_leaf(cfg, path, changed(value))) == base, f"{stage.name}: {path} changes the key"
+
+
+def test_eval_key_leaves_out_how_many_ranks_share_it_but_not_its_blocks():
+    """trainer.devices only says how many ranks share the eval stage's seeded blocks (the numbers are the
+    same for any: tests/test_distributed.py), so it is out of the eval key, yet its builder reads it;
+    eval.block_size is in (other blocks, other seeds). Training keys it (per-rank BatchNorm and draws)."""
+    from robprune.pipeline import keys_of
+
+    cfg = resolved(FULL)
+    stage = next(s for s in STAGES if s.name == "eval")
+    base = key_of(stage, cfg)
+    assert key_of(stage, with_leaf(cfg, "trainer.devices", 2)) == base
+    assert key_of(stage, with_leaf(cfg, "eval.block_size", 16)) != base
+    train = next(s for s in STAGES if s.name == "train")
+    assert key_of(train, with_leaf(cfg, "trainer.devices", 2)) != key_of(train, cfg)
+    placed = Planned(stage, {MODEL: "finetune"})
+    key, _, _, view, _ = keys_of(placed, with_leaf(cfg, "trainer.devices", 2), None, {MODEL: ("k", "s")}, dict(PRINTS),
+                                 torch.device("cpu"))
+    assert view.trainer.devices == 2 and key == keys_of(placed, cfg, None, {MODEL: ("k", "s")}, dict(PRINTS),
+                                                         torch.device("cpu"))[0]
+    with pytest.raises(UndeclaredRead):
+        view.trainer.precision
 
 
 def test_key_covers_inputs_data_and_device():
@@ -236,7 +258,7 @@ def test_metrics_list_the_graph_and_provenance(tmp_path):
     assert m["stages"]["eval"]["inputs"] == {MODEL: m["stages"]["finetune"]["key"]}
     assert all(s["device"] == "cpu" for s in m["stages"].values())
     # the eval stage's work folder is where evaluation keeps per-attack results for a resume after a kill
-    assert (Path(m["stages"]["eval"]["path"]) / "flags" / "pgd20.safetensors").is_file()
+    assert (Path(m["stages"]["eval"]["path"]) / "flags" / "pgd20" / "block0.safetensors").is_file()
     prov = m["provenance"]
     assert prov["device"] == "cpu" and prov["libraries"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert len(prov["code"]) == 16 and prov["python"]

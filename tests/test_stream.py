@@ -183,7 +183,7 @@ def test_truncated_jpeg_is_named_and_skipped_only_when_asked(roots, tmp_path):
     ("download", "cannot be downloaded by robprune"),
     ("corruptions", "/fog/3 is missing"),
 ])
-def test_streamed_bad_input_is_one_line_before_any_stage(case, named, roots, finished, tmp_path, capsys):
+def test_streamed_bad_input_is_one_line_before_any_stage(case, named, roots, finished, tmp_path, capsys):  # noqa: F811
     run, snapshot = finished
     before = snapshot()
     root = tmp_path / "inet"

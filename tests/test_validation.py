@@ -64,6 +64,7 @@ MATRIX = [
     (["eval.n_examples.pgd20=0"], "eval.n_examples.pgd20"),
     (["+eval.n_examples.pgd30=5"], "eval.n_examples.pgd30"),
     (["eval.large_eps_n=0"], "eval.large_eps_n"),
+    (["eval.block_size=0"], "eval.block_size"),
     (["data.batch_size=0"], "data.batch_size"),
     (["train.optimizer.lr=0"], "train.optimizer.lr"),
     (["train.epochs=-1"], "train.epochs"),

@@ -162,21 +162,30 @@ def check_folders(root: str | Path, names, severities, num_classes: int) -> None
             seen = classes
 
 
-def read_folder(root: str | Path, name: str, severity: int, channels: int, size: int,
-                n_examples: int | None, seed: int):
-    """(x, y (n,) int64) of one severity folder: x a streamed (n, C, H, W) uint8 view
-    (:class:`robprune.data.stream.StreamImages`, decoded chunk by chunk when indexed) of a seeded subset of
-    n_examples images (None: all), resized to ``size`` when they are not that size already."""
+def folder_subset(root: str | Path, name: str, severity: int, n_examples: int | None, seed: int):
+    """The files of one severity folder's seeded subset of n_examples images (None: all), in the order they are
+    read (:class:`robprune.data.stream.Files`), listed from the folder's cached manifest."""
     from robprune.data import manifest
     from robprune.data.imagefolder import tree_listing
-    from robprune.data.stream import Files, StreamImages, Transforms
+    from robprune.data.stream import Files
     from robprune.data.tensors import seeded_indices
 
     folder = severity_folder(root, name, severity)
     split = tree_listing(manifest.load(folder, manifest.default_cache()), {"train": ""}, "train")
     keep = seeded_indices(len(split.rels), n_examples, seed).sort().values.tolist()
-    files = Files(folder, [split.rels[i] for i in keep], split.labels[keep])
-    return StreamImages(files, Transforms(channels=int(channels), image_size=int(size), resize=None)), files.labels
+    return Files(folder, [split.rels[i] for i in keep], split.labels[keep])
+
+
+def read_folder(root: str | Path, name: str, severity: int, channels: int, size: int | None,
+                n_examples: int | None, seed: int, part: slice = slice(None)):
+    """(x, y (n,) int64) of positions ``part`` of one severity folder's seeded subset: x a streamed
+    (n, C, H, W) uint8 view (:class:`robprune.data.stream.StreamImages`, decoded chunk by chunk when indexed),
+    resized to ``size`` when the images are not that size already."""
+    from robprune.data.stream import StreamImages, Transforms
+
+    files = folder_subset(root, name, severity, n_examples, seed).take(part)
+    return StreamImages(files, Transforms(channels=int(channels), image_size=None if size is None else int(size),
+                                          resize=None)), files.labels
 
 
 def folder_digests(root: str | Path, names, severities) -> list[list]:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from robprune.data import manifest
 from robprune.data import builtin, cifar, imagefolder, imagenet, mnist, svhn, tiny_imagenet, webdataset  # noqa: F401 (they register their sources)
-from robprune.data.loader import BatchLoader, augment_options
+from robprune.data.loader import BatchLoader
 from robprune.data.stream import Files, Listing, Loading, StreamImages, StreamLoader, Transforms, with_augment
 from robprune.data.source import Arrays, Source, get, load_split
 from robprune.data.splits import parse_split, warn_overlap

@@ -150,6 +150,13 @@ class Files:
     def path(self, i: int) -> str:
         return os.path.join(self.root, self.rels[int(i)].decode("utf-8", "surrogateescape"))
 
+    def take(self, where: slice) -> "Files":
+        """The files at positions ``where``."""
+        out = Files.__new__(Files)
+        out.root, out.rels = self.root, self.rels[where]
+        out.labels = self.labels[torch.arange(len(self.rels))[where]]
+        return out
+
     def member(self, i: int) -> tuple[str, int, int] | None:
         """(shard path, offset, size) of a tar member, None for a plain file."""
         rel = self.rels[int(i)].decode("utf-8", "surrogateescape")

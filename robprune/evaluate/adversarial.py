@@ -7,14 +7,22 @@ Subsets: each attack with ``n_examples.<name>`` set sees the first n points of o
 permutation of the test set, so subsets nest and ``robust_acc/worst`` is computed on the common
 prefix (the smallest subset), where every attack saw every point.
 
+Blocks (:mod:`robprune.evaluate.blocks`): the permutation is cut into blocks of ``eval.block_size``
+points, and each block is evaluated on its own under its block seed: the clean flags of its points,
+every attack on those of its points inside the attack's subset, the zero-gradient and large-eps
+checks on theirs. :func:`robustness_blocks` runs one data-parallel rank's blocks,
+:func:`robustness_metrics` joins every block's per-example outcomes in block order into the metrics;
+:func:`evaluate_robustness` does both in one process.
+
 Attacks that follow the contract ``attack(model, x, y) -> x_adv`` run per evaluation batch; an
-attack whose function carries ``whole_subset`` (AutoAttack) runs once over its whole subset, so its
-own checks see every point, and reports the flags after each of its sub-attacks.
+attack whose function carries ``whole_subset`` (AutoAttack) runs once over each block of its subset,
+so its own checks see every point of the block, and reports the flags after each of its sub-attacks.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -27,58 +35,121 @@ from robprune.attacks.common import check_min, loss_and_grad, preserved_modes
 from robprune.config import instantiate
 from robprune.data.tensors import as_pixels, seeded_indices
 from robprune.evaluate import checks
+from robprune.evaluate.blocks import Block, block_seed, block_size, blocks, owned
 from robprune.io import atomic_save_tensors
 from robprune.ui import track
 
 
 class AttackRun(NamedTuple):
-    """robust: (n,) bool aligned with the subset perm[:n], still correct under the attack;
-    ball_excess: how far its returned examples left the ε-ball or [0, 1] (pixel units, 0 inside);
-    after: sub-attack -> (n,) bool after it and those before it (AutoAttack only, else empty)."""
+    """robust: (n,) bool aligned with the points it ran on (the subset perm[:n], or a block's share of
+    it), still correct under the attack; ball_excess: how far its returned examples left the ε-ball or
+    [0, 1] (pixel units, 0 inside); after: sub-attack -> (n,) bool after it and those before it
+    (AutoAttack only, else empty)."""
 
     robust: torch.Tensor
     ball_excess: float
     after: dict[str, torch.Tensor]
 
 
+class BlockResult(NamedTuple):
+    """One block's per-example outcomes, each aligned with its positions of the permutation. clean:
+    (stop - start,) bool; runs: attack -> its run on the block's positions inside its subset (an attack
+    whose subset ends before the block is absent); zero_grad: bool, an exactly zero input gradient, on
+    the positions inside the largest subset; large_eps: bool, still correct under the large-eps PGD, on
+    those inside eval.large_eps_n (empty when the check is off); warnings: AutoAttack's check warnings
+    raised in the block, in order."""
+
+    index: int
+    clean: torch.Tensor
+    runs: dict[str, AttackRun]
+    zero_grad: torch.Tensor
+    large_eps: torch.Tensor
+    warnings: list[str]
+
+
+class _Plan(NamedTuple):
+    batch_size: int
+    sizes: dict[str, int]  # attack -> its subset size
+    large_eps_n: int  # points of the large-eps check; 0 when it is off
+
+
 def evaluate_robustness(model, x: torch.Tensor, y: torch.Tensor, eval_cfg: DictConfig, *,
                         device: torch.device | str, seed: int, progress: bool = False,
                         work: Path | None = None) -> dict[str, Any]:
-    """Clean and robust accuracy of ``model`` (already on ``device``) on a test set.
+    """Clean and robust accuracy of ``model`` (already on ``device``) on a test set, every block in this process.
 
     x: (N, C, H, W) float pixels in [0, 1] or uint8 in [0, 255]; y: (N,) int64 labels; both may live
     on the CPU (batches are moved to ``device``). eval_cfg: a ``conf/eval`` node (attacks,
-    n_examples, batch_size, large_eps_check, large_eps_n). work: the eval stage's work folder,
-    persistent across a kill (None: nothing is kept); finished attacks' flags go to
-    ``work/flags/<name>.safetensors`` and AutoAttack's progress to
-    ``work/autoattack/<name>.state.json``, so a rerun after a kill resumes with the same numbers.
+    n_examples, batch_size, block_size, large_eps_check, large_eps_n). work: the eval stage's work
+    folder, persistent across a kill (None: nothing is kept); finished attacks' flags go to
+    ``work/flags/<name>/block<k>.safetensors`` and AutoAttack's progress to
+    ``work/autoattack/<name>/block<k>.state.json``, so a rerun after a kill resumes with the same numbers.
     Returns a flat dict of fractions in [0, 1]: ``clean_acc``; per attack ``robust_acc/<name>``,
     ``clean_acc/<name>`` (on its subset), ``n_eval/<name>``; for AutoAttack also
     ``robust_acc/<name>/<sub-attack>`` after each sub-attack (non-increasing in run order);
     ``robust_acc/worst`` and ``n_eval/worst`` when there are attacks; and ``checks`` (see
     :mod:`robprune.evaluate.checks`: values, thresholds, ``failed`` reasons, ``passed``).
-    Deterministic for a given ``seed``: each attack runs under torch's global RNG seeded with
-    ``seed`` inside a fork, so the caller's RNG stream is left as it was. The model runs in eval
-    mode; its modes are restored afterwards.
+    Deterministic for a given ``seed``: each attack runs on each block under torch's global RNG seeded
+    with the block's seed (block 0: ``seed``) inside a fork, so the caller's RNG stream is left as it
+    was. The model runs in eval mode; its modes are restored afterwards.
     """
+    return robustness_metrics(eval_cfg, robustness_blocks(model, x, y, eval_cfg, device=device, seed=seed,
+                                                          progress=progress, work=work))
+
+
+def robustness_blocks(model, x: torch.Tensor, y: torch.Tensor, eval_cfg: DictConfig, *, device: torch.device | str,
+                      seed: int, rank: int = 0, world: int = 1, progress: bool = False,
+                      work: Path | None = None) -> list[BlockResult]:
+    """The blocks of rank ``rank`` of ``world`` (k % world == rank; all of them for world 1), in order.
+    Arguments as :func:`evaluate_robustness`; give ``work`` to one rank only (it writes there)."""
     device = torch.device(device)
     x, y = as_pixels(x, what="evaluate: test images"), y.long()
-    batch_size = check_min(int(eval_cfg.get("batch_size", 256)), "eval.batch_size", 1)
-    attacks_cfg = eval_cfg.get("attacks") or {}
+    plan = _plan(eval_cfg, x.shape[0])
     perm = seeded_indices(x.shape[0], None, seed)
-    with preserved_modes(model, eval_mode=True), capture_warnings() as aa_warnings:
-        correct = _correct(model, x, y, torch.arange(x.shape[0]), batch_size, device)
-        runs: dict[str, AttackRun] = {}
-        for name in attacks_cfg:
-            idx = perm[:_subset_size(eval_cfg, name, x.shape[0])]
-            runs[name] = _seeded(seed, device, lambda: _run_attack(
-                model, name, attacks_cfg[name], x, y, idx, correct[idx], batch_size, device, progress, work))
-        metrics = _accuracies(correct, perm, {name: run.robust for name, run in runs.items()})
-        for name, run in runs.items():
-            metrics.update({f"robust_acc/{name}/{sub}": _mean(flags) for sub, flags in run.after.items()})
-        parts = _check_parts(model, x, y, eval_cfg, perm, runs, batch_size, device, seed)
-    metrics["checks"] = checks.finish(parts + [checks.warnings_check(list(aa_warnings))])
+    with preserved_modes(model, eval_mode=True):
+        return [_block(model, x, y, perm[b.start:b.stop], b, eval_cfg, plan, device, progress, work)
+                for b in owned(blocks(x.shape[0], block_size(eval_cfg), seed), rank, world)]
+
+
+def robustness_metrics(eval_cfg: DictConfig, parts: list[BlockResult]) -> dict[str, Any]:
+    """The metrics of :func:`evaluate_robustness` from every block's result (in any order: joined by index)."""
+    parts = sorted(parts, key=lambda part: part.index)
+    assert [p.index for p in parts] == list(range(len(parts))), "every block's result is needed"
+    runs = {name: _joined([p.runs[name] for p in parts if name in p.runs]) for name in (eval_cfg.get("attacks") or {})}
+    metrics = _accuracies(_cat([p.clean for p in parts]), {name: run.robust for name, run in runs.items()})
+    for name, run in runs.items():
+        metrics.update({f"robust_acc/{name}/{sub}": _mean(flags) for sub, flags in run.after.items()})
+    zero = _cat([p.zero_grad for p in parts]) if runs else None
+    large = _cat([p.large_eps for p in parts]) if eval_cfg.get("large_eps_check", True) else None
+    warnings = list(dict.fromkeys(w for p in parts for w in p.warnings))  # unique, in block order
+    metrics["checks"] = checks.finish(_check_parts(eval_cfg, runs, zero, large) + [checks.warnings_check(warnings)])
     return metrics
+
+
+def _plan(eval_cfg: DictConfig, n_total: int) -> _Plan:
+    batch_size = check_min(int(eval_cfg.get("batch_size", 256)), "eval.batch_size", 1)
+    sizes = {name: _subset_size(eval_cfg, name, n_total) for name in (eval_cfg.get("attacks") or {})}
+    large = check_min(int(eval_cfg.get("large_eps_n", 100)), "eval.large_eps_n", 1) \
+        if eval_cfg.get("large_eps_check", True) else 0
+    return _Plan(batch_size, sizes, large)
+
+
+def _block(model, x, y, pos: torch.Tensor, block: Block, eval_cfg, plan: _Plan, device, progress,
+           work) -> BlockResult:
+    """Every measurement on one block; pos = perm[block.start:block.stop] (test-set indices)."""
+    batch_size = plan.batch_size
+    with capture_warnings() as warnings:
+        clean = _correct(model, x, y, pos, batch_size, device)
+        runs: dict[str, AttackRun] = {}
+        for name, n in plan.sizes.items():
+            m = block.clip(n)
+            if m:
+                runs[name] = _seeded(block.seed, device, functools.partial(
+                    _run_attack, model, name, eval_cfg.attacks[name], x, y, pos[:m], clean[:m], block, batch_size,
+                    device, progress, work))
+        zero = _zero_grad_flags(model, x, y, pos[:block.clip(max(plan.sizes.values(), default=0))], batch_size, device)
+        large = _large_eps(model, x, y, pos[:block.clip(plan.large_eps_n)], block.seed, batch_size, device)
+    return BlockResult(block.index, clean, runs, zero, large, list(warnings))
 
 
 def _subset_size(eval_cfg: DictConfig, name: str, n_total: int) -> int:
@@ -122,9 +193,11 @@ def _whole_subset(attack) -> Callable | None:
     return functools.partial(run, *getattr(attack, "args", ()), **getattr(attack, "keywords", {}))
 
 
-def _run_attack(model, name, cfg, x, y, idx, correct, batch_size, device, progress, work) -> AttackRun:
-    """One configured attack on x[idx] (correct: (len(idx),) bool clean flags), or its saved result."""
-    flags_path = None if work is None else Path(work) / "flags" / f"{name}.safetensors"
+def _run_attack(model, name, cfg, x, y, idx, correct, block: Block, batch_size, device, progress, work) -> AttackRun:
+    """One configured attack on x[idx], the block's points inside its subset (correct: (len(idx),) bool
+    clean flags), or its saved result."""
+    folder = None if work is None else Path(work)
+    flags_path = None if folder is None else folder / "flags" / name / f"block{block.index}.safetensors"
     tag = _tag(idx, correct)
     saved = _load_run(flags_path, tag)
     if saved is not None:
@@ -132,14 +205,26 @@ def _run_attack(model, name, cfg, x, y, idx, correct, batch_size, device, progre
     attack = instantiate(cfg, f"eval.attacks.{name}")
     eps, norm = _threat(cfg)
     whole = _whole_subset(attack)
+    label = f"eval {name}" if block.index == 0 else f"eval {name} block {block.index}"
     if whole is not None:
-        state = None if work is None else Path(work) / "autoattack" / f"{name}.state.json"
-        run = _run_whole(model, whole, x, y, idx, correct, batch_size, device, (eps, norm), state, f"eval {name}", progress)
+        state = None if folder is None else folder / "autoattack" / name / f"block{block.index}.state.json"
+        run = _run_whole(model, _block_seeded(whole, block), x, y, idx, correct, batch_size, device, (eps, norm),
+                         state, label, progress)
     else:
-        run = AttackRun(*_batched_flags(model, attack, x, y, idx, correct, batch_size, device,
-                                        f"eval {name}", progress, (eps, norm)), {})
+        run = AttackRun(*_batched_flags(model, attack, x, y, idx, correct, batch_size, device, label, progress,
+                                        (eps, norm)), {})
     _save_run(flags_path, tag, run)
     return run
+
+
+def _block_seeded(run: Callable, block: Block) -> Callable:
+    """A whole-subset runner whose own ``seed`` argument is derived for block k > 0 as torch's seed is
+    (:func:`robprune.evaluate.blocks.block_seed`); a null seed stays null (then the runner draws it from
+    torch's block-seeded RNG)."""
+    param = inspect.signature(run).parameters.get("seed")  # the config's value, else the runner's default
+    if block.index == 0 or param is None or param.default in (None, inspect.Parameter.empty):
+        return run
+    return functools.partial(run, seed=block_seed(int(param.default), block.index))
 
 
 def _batched_flags(model, attack, x, y, idx, correct, batch_size, device, description, progress,
@@ -178,7 +263,7 @@ def _tag(idx: torch.Tensor, correct: torch.Tensor) -> str:
 
 
 def _save_run(path: Path | None, tag: str, run: AttackRun) -> None:
-    """work/flags/<name>.safetensors: robust and after/<sub> flags as uint8, ball excess in metadata."""
+    """work/flags/<name>/block<k>.safetensors: robust and after/<sub> flags as uint8, ball excess in metadata."""
     if path is None:
         return
     tensors = {"robust": run.robust.to(torch.uint8), **{f"after/{s}": f.to(torch.uint8) for s, f in run.after.items()}}
@@ -201,14 +286,15 @@ def _load_run(path: Path | None, tag: str) -> AttackRun | None:
         return AttackRun(f.get_tensor("robust").bool(), float(meta["ball_excess"]), after)
 
 
-def _accuracies(correct: torch.Tensor, perm: torch.Tensor, robust: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Flat accuracy dict. robust[name] is aligned with perm[:n]; the worst case is the per-example
-    AND over attacks on the common prefix (Croce & Hein 2020), never an average of accuracies."""
-    metrics: dict[str, Any] = {"clean_acc": _mean(correct)}
+def _accuracies(clean: torch.Tensor, robust: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Flat accuracy dict. clean: (N,) bool aligned with the permutation; robust[name] with its prefix
+    perm[:n]; the worst case is the per-example AND over attacks on the common prefix (Croce & Hein
+    2020), never an average of accuracies."""
+    metrics: dict[str, Any] = {"clean_acc": _mean(clean)}
     for name, flags in robust.items():
         n = flags.numel()
         metrics[f"robust_acc/{name}"] = _mean(flags)
-        metrics[f"clean_acc/{name}"] = _mean(correct[perm[:n]])
+        metrics[f"clean_acc/{name}"] = _mean(clean[:n])
         metrics[f"n_eval/{name}"] = n
     if robust:
         m = min(flags.numel() for flags in robust.values())
@@ -218,15 +304,29 @@ def _accuracies(correct: torch.Tensor, perm: torch.Tensor, robust: dict[str, tor
     return metrics
 
 
+def _cat(flags: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+
+
+def _joined(runs: list[AttackRun]) -> AttackRun:
+    """One attack's block runs, in block order, as one run over its subset (the ball excess is their max)."""
+    after = {sub: _cat([run.after[sub] for run in runs]) for sub in (runs[0].after if runs else {})}
+    return AttackRun(_cat([run.robust for run in runs]), max((run.ball_excess for run in runs), default=0.0), after)
+
+
 def _mean(flags: torch.Tensor) -> float:
     return float(flags.float().mean().item()) if flags.numel() else float("nan")
 
 
-def _check_parts(model, x, y, eval_cfg, perm, runs: dict[str, AttackRun], batch_size, device, seed) -> list:
-    """(values, failures) of every check that measures the model or the attacks' results."""
+def _check_parts(eval_cfg, runs: dict[str, AttackRun], zero: torch.Tensor | None,
+                 large: torch.Tensor | None) -> list:
+    """(values, failures) of every check that measures the model or the attacks' results. zero: the
+    zero-gradient flags on the largest subset (None: no attacks); large: the large-eps PGD's flags
+    (None: the check is off)."""
     n_max = max((run.robust.numel() for run in runs.values()), default=0)
-    zero = _zero_grad_fraction(model, x, y, perm[:n_max], batch_size, device) if runs else None
-    parts = [checks.zero_grad_check(zero, n_max), _large_eps(model, x, y, eval_cfg, perm, batch_size, device, seed)]
+    fraction = None if zero is None else int(zero.sum()) / max(zero.numel(), 1)
+    parts = [checks.zero_grad_check(fraction, n_max),
+             checks.large_eps_check(None, 0) if large is None else checks.large_eps_check(_mean(large), large.numel())]
     for name, run in runs.items():
         parts.append(checks.ball_check(name, run.ball_excess, _threat(eval_cfg.attacks[name])[0]))
     for aa, p in _autoattack_pgd_pairs(eval_cfg, runs):
@@ -235,17 +335,16 @@ def _check_parts(model, x, y, eval_cfg, perm, runs: dict[str, AttackRun], batch_
     return parts
 
 
-def _large_eps(model, x, y, eval_cfg, perm, batch_size, device, seed):
-    """PGD-20 at L∞ eps = LARGE_EPS on eval.large_eps_n points (all attacked); skipped when
-    eval.large_eps_check is false."""
-    if not eval_cfg.get("large_eps_check", True):
-        return checks.large_eps_check(None, 0)
-    idx = perm[:check_min(int(eval_cfg.get("large_eps_n", 100)), "eval.large_eps_n", 1)]
+def _large_eps(model, x, y, idx: torch.Tensor, seed: int, batch_size: int, device) -> torch.Tensor:
+    """(len(idx),) bool: still correct under PGD-20 at L∞ eps = LARGE_EPS, every point attacked, under
+    torch's RNG seeded with ``seed`` (the block's)."""
+    if idx.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
     attack = functools.partial(pgd, eps=checks.LARGE_EPS, steps=20, early_stop=True)
     flags, _ = _seeded(seed, device, lambda: _batched_flags(
         model, attack, x, y, idx, torch.ones(idx.numel(), dtype=torch.bool), batch_size, device,
         "eval large-eps check", False, (None, "linf")))
-    return checks.large_eps_check(_mean(flags), idx.numel())
+    return flags
 
 
 def _attack_kind(cfg) -> tuple[str, str, float] | None:
@@ -263,10 +362,10 @@ def _autoattack_pgd_pairs(eval_cfg, runs) -> list[tuple[str, str]]:
             if ka and kp and ka[0] == "autoattack" and kp[0] == "pgd" and ka[1:] == kp[1:]]
 
 
-def _zero_grad_fraction(model, x, y, idx: torch.Tensor, batch_size: int, device) -> float:
-    """Fraction of x[idx] whose cross-entropy gradient w.r.t. the input is exactly zero everywhere."""
-    zero = 0
+def _zero_grad_flags(model, x, y, idx: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """(len(idx),) bool: x[idx]'s cross-entropy gradient w.r.t. the input is exactly zero everywhere."""
+    out = []
     for b in _batches(idx, batch_size):
         _, _, grad = loss_and_grad(model, x[b].to(device), y[b].to(device), "ce")
-        zero += int((grad.flatten(1).abs().amax(dim=1) == 0).sum().item())
-    return zero / max(idx.numel(), 1)
+        out.append((grad.flatten(1).abs().amax(dim=1) == 0).cpu())
+    return _cat(out)

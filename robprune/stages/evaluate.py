@@ -2,8 +2,15 @@
 under the image attacks and, when ``eval.corruptions`` is set, corruption accuracy and its plot; for
 text under the text attacks, with every attacked sentence in ``adversarial.jsonl`` (``eval.latency`` is measured per run,
 outside the cache, so it is not part of the key). ``dataset.test_split`` is read to map released
-corruption files (CIFAR-10-C) onto the run's test points; those files' (path, size, mtime) enter the key."""
+corruption files (CIFAR-10-C) onto the run's test points; those files' (path, size, mtime) enter the key.
+
+With ``trainer.devices`` > 1 (or under torchrun) an image evaluation's seeded blocks are shared out over
+the data-parallel ranks (robprune.evaluate.blocks) and gathered here, where eval.json is written; the
+numbers equal one process's for any number of ranks, so ``trainer.devices`` is read but not keyed.
+Text evaluation runs in this process."""
 from __future__ import annotations
+
+import functools
 
 from robprune.checkpoint import load_checkpoint
 from robprune.graph import LIBRARIES, MODEL, ConfigView, Precheck, Stage, StageContext
@@ -22,8 +29,20 @@ def build(ctx: StageContext) -> None:
     model.to(ctx.device).eval()
     metrics = evaluate_model(model, ctx.data, ctx.cfg.eval, seed=int(ctx.cfg.seed),
                              test_split=str(ctx.cfg.dataset.test_split), device=ctx.device, progress=ctx.progress,
-                             work=ctx.work)
+                             work=ctx.work, on_ranks=_ranks(ctx))
     atomic_write_json(ctx.work / EVAL_FILE, metrics)
+
+
+def _ranks(ctx: StageContext):
+    """How the evaluation's blocks are shared out: None (this process) or the data-parallel ranks of
+    ``trainer.devices`` / torchrun (robprune.train.trainer.on_ranks)."""
+    from robprune.train.trainer import on_ranks, resolve
+
+    devices = ctx.cfg.trainer.get("devices")
+    trainer = resolve(None if devices is None else {"devices": devices}, ctx.device)
+    if trainer.devices == 1:
+        return None
+    return functools.partial(on_ranks, trainer=trainer, device=ctx.device, what="evaluation")
 
 
 def externals(view: ConfigView) -> list:
@@ -48,6 +67,7 @@ def precheck(pc: Precheck) -> None:
 
 
 STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("eval.latency",), inputs=(MODEL,),
+              unkeyed=("trainer.devices",),  # how many ranks share the blocks: the same numbers for any
               data=("test",), build=build, produces_model=False, externals=externals, publishes=EVAL_PLOTS,
               precheck=precheck,
               # Pillow: the JPEG corruption's fallback codec and frost texture reader; GloVe and MiniLM: the

@@ -4,8 +4,8 @@
 
 - ``devices``: processes of data-parallel training with ``torch.distributed`` DistributedDataParallel
   (gloo on CPU, NCCL on CUDA). robprune starts them itself (``torch.multiprocessing``, one per device)
-  for each training call of a stage; the stage's own process keeps walking the graph, so pruning,
-  evaluation and every write stay in one process. Each rank trains on its shard of every global batch
+  for each training call of a stage; the stage's own process keeps walking the graph, so pruning and
+  every write stay in one process. Each rank trains on its shard of every global batch
   (``data.batch_size`` stays the *global* batch: rank r takes rows r, r+N, ... of it), its loss scaled
   by its share of the batch so that the averaged gradient equals the single-process gradient of the
   global batch; attacks during training run per rank on its shard with its local replica. Rank 0
@@ -13,7 +13,10 @@
   and the hooks' state back. Differences to one process, stated: BatchNorm statistics are per rank
   (no SyncBatchNorm on CPU; ``sync_batchnorm: true`` converts on CUDA), random draws inside the
   objective (attack starts, dropout) come from per-rank streams, and a final batch smaller than the
-  number of devices is skipped.
+  number of devices is skipped. The eval stage shares an image evaluation's seeded blocks over the
+  same ranks (:mod:`robprune.evaluate.blocks`; its numbers do not depend on their number, so
+  ``devices`` is not in its key). Both are a *task* ``task(rank, world, payload, trainer, device)``
+  run by :func:`spawn` or, under torchrun, :func:`broadcast` and :func:`serve`.
 - ``precision: bf16``: the objective's forward runs under ``torch.autocast(bfloat16)`` (CUDA); the
   weights, optimizer and backward stay fp32. ``channels_last``: model and 4-D inputs in NHWC.
   ``compile``: ``torch.compile`` of the forward. Evaluation stays fp32, contiguous and eager, so an
@@ -28,10 +31,11 @@ import logging
 import os
 import socket
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import torch
 
-from robprune.errors import ConfigError
+from robprune.errors import ConfigError, RobpruneError
 from robprune.options import BOOL, Choice, check_fields, defaults_of, option
 
 log = logging.getLogger("robprune")
@@ -182,34 +186,46 @@ def wrap_forward(model, trainer: Trainer, device: torch.device, rank: Rank | Non
 
 
 def spawn_fit(payload: dict, trainer: Trainer, device: torch.device, threads: int | None) -> dict:
-    """Run :func:`_worker` in ``trainer.devices`` processes; returns rank 0's result
+    """Train (:func:`train_rank`) in ``trainer.devices`` processes; returns rank 0's result
     ``{"state": model state_dict (CPU), "history": [...], "hooks": [hook state or None, ...]}``."""
+    log.info("%s: data-parallel training on %d %s processes (DistributedDataParallel, %s)", payload["description"],
+             trainer.devices, device.type, "nccl" if device.type == "cuda" else "gloo")
+    return decode_result(spawn(train_rank, payload, trainer, device, threads, "training"))
+
+
+def spawn(task: Callable, payload: dict, trainer: Trainer, device: torch.device, threads: int | None, what: str) -> Any:
+    """Run ``task(rank, world, payload, trainer, device)`` (a module-level function: it is pickled by
+    name) in ``trainer.devices`` spawned processes joined in one gloo / NCCL group; returns rank 0's
+    result. A rank's user error (RobpruneError) is raised here as it is; anything else as a RuntimeError
+    naming ``what`` ("training", "evaluation"), with the rank's traceback chained."""
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     world = trainer.devices
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
+    queue = mp.get_context("spawn").SimpleQueue()
     per_rank = max(1, (threads or torch.get_num_threads()) // world) if device.type == "cpu" else 1
-    port = free_port()
-    log.info("%s: data-parallel training on %d %s processes (DistributedDataParallel, %s)", payload["description"],
-             world, device.type, "nccl" if device.type == "cuda" else "gloo")
-    context = mp.start_processes(_worker, args=(world, port, payload, trainer, device.type, per_rank, queue),
+    context = mp.start_processes(_worker, args=(world, free_port(), task, payload, trainer, device.type, per_rank, queue),
                                  nprocs=world, join=False, start_method="spawn")
-    result = None
+    sent: list = []
     try:
         while not context.join(timeout=0.5):
-            if result is None and not queue.empty():
-                result = queue.get()
-    except mp.ProcessRaisedException as err:  # a rank's exception, re-raised here with its traceback text
-        # the recipe was checked in this process before the ranks started (train_model): what fails
-        # here is a bug or the machine, so a traceback, with the rank's last line in front
+            while not queue.empty():
+                sent.append(queue.get())
+    except ProcessException as err:  # a rank's exception (with its traceback text) or its death
+        while not queue.empty():
+            sent.append(queue.get())
+        for kind, value in sent:
+            if kind == "error":  # what the user can fix: one line, as in one process
+                raise value from None
+        # anything else is a bug or the machine: a traceback, with the rank's last line in front
         message = str(err).strip().splitlines()
-        raise RuntimeError(f"data-parallel training failed: {message[-1] if message else err}") from err
-    if result is None and not queue.empty():
-        result = queue.get()
-    if result is None:
-        raise RuntimeError("data-parallel training ended without rank 0's result")
-    return decode_result(result)
+        raise RuntimeError(f"data-parallel {what} failed: {message[-1] if message else err}") from err
+    while not queue.empty():
+        sent.append(queue.get())
+    results = [value for kind, value in sent if kind == "result"]
+    if not results:
+        raise RuntimeError(f"data-parallel {what} ended without rank 0's result")
+    return results[0]
 
 
 def _plain(obj):
@@ -233,9 +249,10 @@ def _tensors(obj):
     return obj
 
 
-def _worker(rank: int, world: int, port: int, payload: dict, trainer: Trainer, device_type: str, threads: int,
-            queue) -> None:
-    """One spawned rank: join the group, train, rank 0 sends the result back to the parent."""
+def _worker(rank: int, world: int, port: int, task: Callable, payload: dict, trainer: Trainer, device_type: str,
+            threads: int, queue) -> None:
+    """One spawned rank: join the group, run the task; rank 0 sends its result back to the parent, a rank
+    that meets a user error sends that."""
     import torch.distributed as dist
 
     _die_with_parent()
@@ -246,9 +263,13 @@ def _worker(rank: int, world: int, port: int, payload: dict, trainer: Trainer, d
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
     try:
         device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
-        result = train_rank(rank, world, payload, trainer, device)
+        try:
+            result = task(rank, world, payload, trainer, device)
+        except RobpruneError as err:
+            queue.put(("error", err))
+            raise
         if rank == 0:
-            queue.put(result)
+            queue.put(("result", result))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -337,14 +358,33 @@ def broadcast_fit(payload: dict, trainer: Trainer, device: torch.device) -> dict
     """Rank 0 under torchrun: send the training to the serving ranks (:func:`serve`), train as rank 0."""
     import torch.distributed as dist
 
-    rank, world = launched()
     join_launched_group(device.type)
     log.info("%s: data-parallel training on the %d torchrun processes (DistributedDataParallel, %s)",
-             payload["description"], world, dist.get_backend())
-    dist.broadcast_object_list([{"payload": payload, "trainer": trainer, "device_type": device.type}], src=0)
-    result = train_rank(rank, world, payload, trainer, launched_device(device.type))
+             payload["description"], launched()[1], dist.get_backend())
+    return decode_result(broadcast(train_rank, payload, trainer, device))
+
+
+def broadcast(task: Callable, payload: dict, trainer: Trainer, device: torch.device) -> Any:
+    """Rank 0 under torchrun: send ``task`` (see :func:`spawn`) to the serving ranks (:func:`serve`), run it
+    as rank 0 and return its result."""
+    import torch.distributed as dist
+
+    rank, world = launched()
+    join_launched_group(device.type)
+    dist.broadcast_object_list([{"task": task, "payload": payload, "trainer": trainer, "device_type": device.type}], src=0)
+    result = task(rank, world, payload, trainer, launched_device(device.type))
     dist.barrier()
-    return decode_result(result)
+    return result
+
+
+def on_ranks(task: Callable, payload: dict, trainer: Trainer, device: torch.device, what: str) -> Any:
+    """``task`` on every data-parallel rank, rank 0's result back: torchrun's processes when it started
+    this job (this process is rank 0, :func:`broadcast`), else ``trainer.devices`` spawned ones (:func:`spawn`)."""
+    where = f"the {trainer.devices} torchrun" if launched() else f"{trainer.devices} {device.type}"
+    log.info("data-parallel %s on %s processes (%s)", what, where, "nccl" if device.type == "cuda" else "gloo")
+    if launched():
+        return broadcast(task, payload, trainer, device)
+    return spawn(task, payload, trainer, device, torch.get_num_threads(), what)
 
 
 def stop_serving() -> None:
@@ -357,7 +397,8 @@ def stop_serving() -> None:
 
 
 def serve() -> int:
-    """Ranks > 0 under torchrun: train whatever rank 0 broadcasts until it says stop; nothing written here."""
+    """Ranks > 0 under torchrun: run the tasks rank 0 broadcasts (training, evaluation) until it says stop;
+    nothing written here."""
     import torch.distributed as dist
 
     rank, world = launched()
@@ -369,7 +410,7 @@ def serve() -> int:
         if box[0] is None:
             break
         task = box[0]
-        train_rank(rank, world, task["payload"], task["trainer"], launched_device(task["device_type"]))
+        task["task"](rank, world, task["payload"], task["trainer"], launched_device(task["device_type"]))
         dist.barrier()
     dist.destroy_process_group()
     return 0
