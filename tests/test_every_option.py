@@ -308,6 +308,10 @@ def test_experiments_run_through_the_command(overrides, names, roots, cache, tmp
         assert (path.parent / "model.safetensors").exists() and (path.parent / "run.log").exists()
         ran[metrics["choices"]["experiment"]] = metrics
     assert sorted(ran) == sorted(names)
+    for path in jobs:  # what an experiment's eval adds (adasap_imagenet: ImageNet-V2 through eval.sets)
+        metrics, config = json.loads(path.read_text()), OmegaConf.load(path.parent / "config.yaml")
+        for name in (OmegaConf.select(config, "eval.sets", default=None) or {}):
+            assert 0 <= metrics[f"clean_acc/{name}"] <= 1 and metrics[f"n_eval/{name}"] > 0
 
 
 # ---------------------------------------------------------------- defaults that run as shipped
