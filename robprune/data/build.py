@@ -11,12 +11,23 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from robprune.data import manifest
-from robprune.data import builtin, cifar, imagefolder, imagenet, mnist, svhn, tiny_imagenet, webdataset  # noqa: F401 (they register their sources)
+from robprune.data import (  # noqa: F401 (they register their sources)
+    builtin,
+    cifar,
+    imagefolder,
+    imagenet,
+    manifest,
+    mnist,
+    svhn,
+    tiny_imagenet,
+    webdataset,
+)
+from robprune.data.listing import Listing
 from robprune.data.loader import BatchLoader
-from robprune.data.stream import Files, Listing, Loading, StreamImages, StreamLoader, Transforms, with_augment
 from robprune.data.source import Arrays, Source, get, load_split
 from robprune.data.splits import parse_split, warn_overlap
+from robprune.data.stream import Files, Loading, StreamImages, Transforms, with_augment
+from robprune.data.streamloader import StreamLoader
 from robprune.data.text import build_text_data
 from robprune.errors import ConfigError, DataError
 from robprune.registry import DATASETS

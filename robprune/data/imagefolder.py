@@ -114,7 +114,7 @@ def tree_listing(manifest, split_dirs: dict[str, str], split: str, *, shuffle: b
     """:class:`~robprune.data.stream.Listing` of ``split`` in a ``<split dir>/<class>/<image>`` tree (split_dirs:
     split -> folder relative to the manifest's root; '' for a tree without split folders). Classes are the
     sorted union of class folders over all splits, so labels agree between train and test."""
-    from robprune.data.stream import listing
+    from robprune.data.listing import listing
 
     classes = sorted({c for folder in split_dirs.values() for c in manifest.subdirs(folder)})
     index = {name: i for i, name in enumerate(classes)}

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from robprune.data import manifest as manifests
 from robprune.data.imagefolder import images_in, tree_listing
 from robprune.data.source import Source, get, root_dir
-from robprune.data.stream import listing
+from robprune.data.listing import listing
 from robprune.errors import ConfigError, DataError
 from robprune.options import Choice, Int
 from robprune.registry import DATASETS

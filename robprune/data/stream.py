@@ -8,7 +8,7 @@ in memory as a whole (docs/concepts/data-and-models.md#streamed-datasets).
   Every random draw comes from a per-example seed, so the workers' number and timing never change a batch.
 - :class:`StreamImages`: a test or train split as a lazy (N, C, H, W) uint8 tensor: ``x[idx]`` decodes those
   images (evaluation transform) on a thread pool. Evaluation, calibration and checks index it like a tensor.
-- :class:`StreamLoader`: training batches through ``torch.utils.data.DataLoader`` worker processes (pinned
+- :class:`~robprune.data.streamloader.StreamLoader`: training batches through ``torch.utils.data.DataLoader`` worker processes (pinned
   memory, persistent workers, prefetch), uint8 from the workers and float on the device. All of an epoch's
   draws (order, per-example seeds) happen in ``iter()`` from the stage's generator, as for
   :class:`~robprune.data.loader.BatchLoader`, so the same seed gives the same batches and a resume at an epoch
@@ -23,14 +23,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from robprune.errors import DataError
 
-_MAX_SEED = 2 ** 62
 
 
 @dataclass(frozen=True)
@@ -247,131 +246,6 @@ class StreamImages:
         raise TypeError("a streamed split is decoded batch by batch: index it (x[idx]) and move the batch")
 
 
-class _Decode(torch.utils.data.Dataset):
-    """Worker side: item (index, seed) -> (uint8 image, label); seed < 0 means the evaluation transform. With
-    ``raw`` the file's bytes and the seed come back instead (the batch is decoded on the GPU)."""
-
-    def __init__(self, files: Files, transforms: Transforms, raw: bool):
-        self.files, self.transforms, self.raw = files, transforms, raw
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
-        path = self.files.path(index)
-        label = self.files.labels[index]
-        if self.raw:
-            return self.files.read(index), int(seed), path, label
-        img = self.files.image(index, self.transforms.channels)
-        return (self.transforms.train(img, seed) if seed >= 0 else self.transforms.evaluate(img)), label
-
-
-def _collate_raw(items):
-    return [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], torch.stack([i[3] for i in items])
-
-
-class _Batches:
-    """The batch sampler: the current epoch's (index, seed) rows, this rank's share of every global batch."""
-
-    def __init__(self, n: int, batch_size: int, drop_last: bool, rank: int, world: int):
-        self.n, self.batch_size, self.drop_last, self.rank, self.world = n, batch_size, drop_last, rank, world
-        self.order = torch.arange(n)
-        self.seeds: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
-
-    def __iter__(self):
-        for b in range(len(self)):
-            rows = range(b * self.batch_size, min((b + 1) * self.batch_size, self.n))
-            mine = [r for r in rows][self.rank::self.world]
-            if not mine:  # a final global batch smaller than the world: no rank gets rows
-                continue
-            yield [(int(self.order[r]), -1 if self.seeds is None else int(self.seeds[r])) for r in mine]
-
-    def global_sizes(self) -> list[int]:
-        return [min((b + 1) * self.batch_size, self.n) - b * self.batch_size for b in range(len(self))]
-
-
-class StreamLoader:
-    """Float [0, 1] (B, C, H, W) batches and (B,) labels of a streamed split on ``device``, decoded by
-    ``num_workers`` DataLoader processes (0: in this process). Same keywords as
-    :class:`~robprune.data.loader.BatchLoader`; ``augment`` is the split's :class:`Transforms` (evaluation
-    only when it draws nothing or for ``shuffle=False`` loaders)."""
-
-    def __init__(self, files: Files, transforms: Transforms, batch_size: int, *, shuffle: bool,
-                 generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-                 drop_last: bool = False, num_workers: int = 0, gpu_decode: bool = False, rank: int = 0,
-                 world: int = 1, prefetch: int = 4):
-        self.files, self.transforms, self.batch_size = files, transforms, int(batch_size)
-        self.shuffle, self.generator, self.device, self.drop_last = shuffle, generator, torch.device(device), drop_last
-        self.num_workers, self.gpu_decode, self.prefetch = int(num_workers), bool(gpu_decode), prefetch
-        self.rank, self.world = rank, world
-        self._sampler = _Batches(len(files), self.batch_size, drop_last, rank, world)
-        self._loader = None
-
-    @property
-    def sharded(self) -> bool:
-        """Batches are already this rank's rows (the loop must not slice them again)."""
-        return self.world > 1
-
-    def shard(self, rank: int, world: int) -> "StreamLoader":
-        """The same loader for rank ``rank`` of ``world``: it yields (x, y, global batch size) with its rows."""
-        return StreamLoader(self.files, self.transforms, self.batch_size, shuffle=self.shuffle, generator=self.generator,
-                            device=self.device, drop_last=self.drop_last, num_workers=self.num_workers,
-                            gpu_decode=self.gpu_decode, rank=rank, world=world, prefetch=self.prefetch)
-
-    def __len__(self) -> int:
-        return len(self._sampler)
-
-    def _dataloader(self):
-        if self._loader is None:
-            workers = self.num_workers
-            self._loader = torch.utils.data.DataLoader(
-                _Decode(self.files, self.transforms, self.gpu_decode), batch_sampler=self._sampler,
-                num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-                prefetch_factor=self.prefetch if workers > 0 else None,
-                collate_fn=_collate_raw if self.gpu_decode else None)
-        return self._loader
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        n, gen = len(self.files), self.generator
-        # every draw of the epoch here, eagerly (robprune.data.loader's contract)
-        self._sampler.order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        self._sampler.seeds = (torch.randint(0, _MAX_SEED, (n,), generator=gen)
-                               if self.shuffle and self.transforms.random else None)
-        return self._batches(self._sampler.global_sizes())
-
-    def _batches(self, sizes: list[int]):
-        sizes = [s for s in sizes if self.world == 1 or s >= self.world]
-        for n_global, batch in zip(sizes, self._dataloader()):
-            if self.gpu_decode:
-                x, y = self._decode_on_device(*batch)
-            else:
-                x, y = batch
-                x = x.to(self.device, non_blocking=True)
-            x = x.float().div_(255.0)
-            y = y.to(self.device, non_blocking=True)
-            yield (x, y, n_global) if self.sharded else (x, y)
-
-    def _decode_on_device(self, data: list, seeds: list, paths: list, y: torch.Tensor):
-        """Decode a batch of file bytes with nvJPEG (``decode_jpeg(device=...)``), then transform each image."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        mode = ImageReadMode.RGB if self.transforms.channels == 3 else ImageReadMode.GRAY
-        jpeg = [i for i, d in enumerate(data) if len(d) > 1 and int(d[0]) == 0xFF and int(d[1]) == 0xD8]
-        images: list[Any] = [None] * len(data)
-        if jpeg:
-            for i, img in zip(jpeg, decode_jpeg([data[i] for i in jpeg], mode=mode, device=self.device)):
-                images[i] = img
-        for i, img in enumerate(images):
-            if img is None:  # PNG inside a .JPEG name, or another format: the CPU decoder
-                images[i] = read_image(paths[i], self.transforms.channels, data[i]).to(self.device)
-        out = [self.transforms.train(img, s) if s >= 0 else self.transforms.evaluate(img) for img, s in zip(images, seeds)]
-        return torch.stack(out), y
-
-
 def with_augment(transforms: Transforms, augment) -> Transforms:
     """``transforms`` with the training augmentation of a ``dataset.augment`` node."""
     from dataclasses import replace
@@ -412,61 +286,3 @@ class Loading:
         if gpu not in ("auto", True, False):
             raise ConfigError(f"data.gpu_decode must be auto, true or false, got {gpu!r}")
         return cls(int(workers), gpu, bool(node.get("skip_bad", False)))
-
-
-# --- listings: what a streamed source returns for one base split ----------------------------------------
-
-@dataclass(frozen=True)
-class Listing:
-    """A base split of a streamed source: files (relative to ``root``) in split order, their labels, the
-    manifest digest of those files plus the content of any label file, and the files that are not whole
-    images (relative path, what is wrong)."""
-
-    root: Path
-    rels: list[str]
-    labels: torch.Tensor
-    digest: str
-    problems: list[tuple[str, str]]
-
-    def select(self, where: slice) -> "Listing":
-        """The rows ``where`` of this split (a split slice such as 'train[:10%]')."""
-        rows = list(range(len(self.rels)))[where]
-        if len(rows) == len(self.rels):
-            return self
-        rels = [self.rels[i] for i in rows]
-        bad = dict(self.problems)
-        return Listing(self.root, rels, self.labels[torch.tensor(rows, dtype=torch.int64)],
-                       _sha(self.digest, f"{where.start}:{where.stop}"), [(r, bad[r]) for r in rels if r in bad])
-
-    def without(self, rels: set[str]) -> "Listing":
-        """This split without the files ``rels`` (images skipped with data.skip_bad)."""
-        keep = [i for i, r in enumerate(self.rels) if r not in rels]
-        return Listing(self.root, [self.rels[i] for i in keep], self.labels[torch.tensor(keep, dtype=torch.int64)],
-                       _sha(self.digest, "without", *sorted(rels)), [])
-
-
-def _sha(*parts: str) -> str:
-    import hashlib
-
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
-
-
-def content_digest(paths: list[Path]) -> str:
-    """sha256 of the bytes of small label files (devkit ground truth, annotations)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(str(path.name).encode() + b"\x00" + Path(path).read_bytes())
-    return h.hexdigest()
-
-
-def listing(manifest, rels: list[str], labels: list[int], *, label_files: list[Path] = (), root: Path | None = None,
-            strip: str = "") -> Listing:
-    """A :class:`Listing` of ``rels`` (paths relative to the manifest's root) with the manifest digest and
-    problems; ``strip`` is a folder prefix removed from the stored paths (``root`` = manifest root / strip)."""
-    digest = _sha(manifest.digest(rels), content_digest(list(label_files)) if label_files else "")
-    cut = len(strip.rstrip("/")) + 1 if strip else 0
-    problems = [(rel[cut:], why) for rel, why in manifest.problems(rels)]
-    return Listing(root if root is not None else Path(manifest.root) / strip, [r[cut:] for r in rels],
-                   torch.tensor(labels, dtype=torch.int64), digest, problems)

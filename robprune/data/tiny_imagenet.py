@@ -151,7 +151,7 @@ def _splits(cfg: DictConfig) -> tuple[str, ...]:
 def _listing(cfg: DictConfig, split: str, cache_dir):
     """``dataset.storage: stream``: the files and labels of :func:`_locate`, from the tree's manifest."""
     from robprune.data import manifest as manifests
-    from robprune.data.stream import listing
+    from robprune.data.listing import listing
 
     files = _locate(cfg, split)  # checks the layout and the annotations as the memory path does
     base = files[0].parent

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from robprune.data.source import Source, get, root_dir
-from robprune.data.stream import Listing
+from robprune.data.listing import Listing
 from robprune.errors import ConfigError, DataError
 from robprune.options import Choice, Int, Value
 from robprune.registry import DATASETS
