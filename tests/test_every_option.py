@@ -74,7 +74,9 @@ def offline(cfg, roots: dict) -> list[str]:
     for set_name in (OmegaConf.select(cfg, "eval.sets", default=None) or {}):  # shifted test sets (ImageNet-V2)
         out += [f"eval.sets.{set_name}.{k}={v}" for k, v in (("num_classes", 4), ("image_size", 16), ("resize", 18))]
     if str(cfg.model.get("_target_")).endswith("torchvision_model") and cfg.model.get("init") == "pretrained":
-        out.append("model.init=null")  # published weights are a download (tests/test_torchvision.py covers loading)
+        # published weights are a download (tests/test_torchvision.py covers loading them): a randomly
+        # initialised ResNet-18 stands in for adasap_imagenet's ResNet-50 (half the time of a case)
+        out += ["model.init=null", "model.name=resnet18", "model.weights=DEFAULT"]
     if str(cfg.model.get("_target_")).endswith("robustbench_model"):  # a tiny zoo folder (random weights, the zoo's layout)
         dataset, threat, name = ZOO_MODEL
         out += [f"model.dir={roots['zoo']}", f"model.name={name}", f"model.threat={threat}"]
