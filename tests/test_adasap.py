@@ -160,7 +160,7 @@ def test_adasap_experiments_run_shrunk_with_equal_budgets(tmp_path, name):
 
 def test_adasap_table_shows_the_papers_numbers_next_to_ours(tmp_path):
     """+table=adasap on ImageNet runs: rows method × size, cells val / C / V2 (mean ± std over seeds), and the
-    paper's ResNet-50 numbers at 0.40× beside them; what methods.md does not record (V2, magnitude) reads —."""
+    paper's ResNet-50 numbers at 0.40× beside them; what docs/methods/adasap.md#published-numbers does not list (V2, magnitude) reads —."""
     from tests.test_report import write_run
 
     from robprune.cli import main as cli_main

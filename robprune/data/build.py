@@ -174,12 +174,7 @@ def _build_stream(source: Source, cfg: DictConfig, cache_dir, loading: Loading) 
     bases: dict[str, Listing] = {}
     splits = {}
     for key in ("train_split", "test_split"):
-        spec = str(get(cfg, key, "train" if key == "train_split" else "test"))
-        base, part = parse_split(spec, key=f"dataset.{key}")
-        available = source.splits(cfg)
-        if base not in available:
-            raise ConfigError(f"dataset.{key}={spec!r} names no split of dataset {name!r} (available: "
-                              f"{', '.join(available)}); use e.g. '{available[0]}' or '{available[0]}[:80%]'")
+        spec, base, part = _split_of(source, cfg, key)
         if base not in bases:
             bases[base] = source.listing(cfg, base, cache_dir)
             if not bases[base].rels:
@@ -225,12 +220,7 @@ def _whole_images(split: Listing, name: str, skip_bad: bool) -> Listing:
 def _select(source: Source, cfg: DictConfig, key: str, bases: dict[str, Arrays],
             cache_dir: str | Path | None) -> tuple[Arrays, tuple[str, slice]]:
     """The examples ``cfg[key]`` names, and (base split, resolved slice) for the overlap check."""
-    spec = str(get(cfg, key, "train" if key == "train_split" else "test"))
-    base, part = parse_split(spec, key=f"dataset.{key}")
-    available = source.splits(cfg)
-    if base not in available:
-        raise ConfigError(f"dataset.{key}={spec!r} names no split of dataset {str(cfg.name)!r} "
-                          f"(available: {', '.join(available)}); use e.g. '{available[0]}' or '{available[0]}[:80%]'")
+    spec, base, part = _split_of(source, cfg, key)
     if base not in bases:
         bases[base] = load_split(source, cfg, base, cache_dir)
     x, y = bases[base]
@@ -238,6 +228,17 @@ def _select(source: Source, cfg: DictConfig, key: str, bases: dict[str, Arrays],
     if part.is_full:
         return (x, y), (base, where)
     return (x[where].clone(), y[where].clone()), (base, where)  # clone: do not pin the whole base split
+
+
+def _split_of(source: Source, cfg: DictConfig, key: str):
+    """(spec, base split, slice) of ``dataset.<key>``, the base checked against the source's splits."""
+    spec = str(get(cfg, key, "train" if key == "train_split" else "test"))
+    base, part = parse_split(spec, key=f"dataset.{key}")
+    available = source.splits(cfg)
+    if base not in available:
+        raise ConfigError(f"dataset.{key}={spec!r} names no split of dataset {str(cfg.name)!r} "
+                          f"(available: {', '.join(available)}); use e.g. '{available[0]}' or '{available[0]}[:80%]'")
+    return spec, base, part
 
 
 def _num_classes(source: Source, cfg: DictConfig, labels: tuple[torch.Tensor, ...]) -> int:

@@ -121,18 +121,20 @@ def _locate(cfg: DictConfig, split: str) -> list[Path]:
     return [base / "wnids.txt", annotations, *images]
 
 
-def _decode(cfg: DictConfig, split: str, files: list[Path]) -> Arrays:
-    """x (N, 3, 64, 64) uint8, y (N,) int64: train labels from the class folder, val labels from the
+def _labelled(split: str, files: list[Path]) -> tuple[list[Path], list[int]]:
+    """(images, labels) of :func:`_locate`'s files: train labels from the class folder, val labels from the
     annotation file."""
     wnids = read_wnids(files[0])
     index = {wnid: i for i, wnid in enumerate(wnids)}
     if split == "train":
-        images = files[1:]
-        labels = [index[path.parent.parent.name] for path in images]
-    else:
-        images = files[2:]
-        wnid_of = dict(read_annotations(files[1], wnids))
-        labels = [index[wnid_of[path.name]] for path in images]
+        return files[1:], [index[path.parent.parent.name] for path in files[1:]]
+    wnid_of = dict(read_annotations(files[1], wnids))
+    return files[2:], [index[wnid_of[path.name]] for path in files[2:]]
+
+
+def _decode(cfg: DictConfig, split: str, files: list[Path]) -> Arrays:
+    """x (N, 3, 64, 64) uint8, y (N,) int64 (labels: :func:`_labelled`)."""
+    images, labels = _labelled(split, files)
     pixels = []
     for path in images:
         img = _load_image(path, "RGB", None)
@@ -156,15 +158,7 @@ def _listing(cfg: DictConfig, split: str, cache_dir):
     files = _locate(cfg, split)  # checks the layout and the annotations as the memory path does
     base = files[0].parent
     tree = manifests.load(base, cache_dir)
-    wnids = read_wnids(files[0])
-    index = {wnid: i for i, wnid in enumerate(wnids)}
-    if split == "train":
-        images = files[1:]
-        labels = [index[path.parent.parent.name] for path in images]
-    else:
-        images = files[2:]
-        wnid_of = dict(read_annotations(files[1], wnids))
-        labels = [index[wnid_of[path.name]] for path in images]
+    images, labels = _labelled(split, files)
     return listing(tree, [str(p.relative_to(base)) for p in images], labels, label_files=files[:1 if split == "train" else 2])
 
 
