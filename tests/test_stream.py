@@ -146,6 +146,9 @@ def test_manifest_keys_the_data_and_is_reused(roots, tmp_path):
     assert data_fingerprint(first, "test") != data_fingerprint(first, "train")
     assert data_fingerprint(_bundle(root, cache, version="v2"), "train") != data_fingerprint(first, "train")
     assert data_fingerprint(_bundle(root, cache, resize=40), "test") != data_fingerprint(first, "test")
+    cpu_decoded = _bundle(root, cache, loading={"gpu_decode": False})  # nvJPEG's pixels may differ: a training key
+    assert data_fingerprint(cpu_decoded, "train") != data_fingerprint(first, "train")
+    assert data_fingerprint(cpu_decoded, "test") == data_fingerprint(first, "test")  # evaluation decodes on the CPU
     # a new image in a class folder changes the folder's mtime: the manifest is rescanned, the key moves
     write_jpeg(root / "train" / WNIDS[0] / "extra.JPEG", (torch.rand(40, 40, 3) * 255).byte().numpy())
     grown = _bundle(root, cache)
@@ -395,3 +398,47 @@ def test_two_gloo_ranks_on_a_streamed_split_train_like_one_process(roots):
     for a, b in zip(single, ddp):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
     assert [round(r["loss"], 4) for r in ddp_log] == [round(r["loss"], 4) for r in single_log]
+
+
+def test_the_other_layout_errors_fire(roots, tmp_path):
+    """Each refusal of the streamed sources, one line naming the file or key and the fix."""
+    import io
+    import tarfile
+
+    from robprune.evaluate.shift import build_set
+
+    # a val class folder that train/ does not have
+    odd = tmp_path / "odd"
+    shutil.copytree(roots / "folders", odd)
+    (odd / "val" / WNIDS[0]).rename(odd / "val" / "n99999999")
+    with pytest.raises(DataError, match=r"n99999999 is not a class folder of .*train; the val folders must be"):
+        _bundle(odd)
+    # the devkit's meta.mat missing next to its ground truth
+    nometa = tmp_path / "nometa"
+    shutil.copytree(roots / "flat", nometa)
+    (nometa / "ILSVRC2012_devkit_t12" / "data" / "meta.mat").unlink()
+    with pytest.raises(DataError, match=r"meta.mat is missing: it maps the ground truth"):
+        _bundle(nometa)
+    # ImageNet-V2 without its numbered folders
+    with pytest.raises(DataError, match=r"no class folders 0 … 999 under .*imagenetv2-matched-frequency"):
+        _bundle(roots / "folders", name="imagenet_v2")
+    # images of different sizes without image_size: named at the first that differs
+    from tests.tiny_roots import imagefolder
+
+    imagefolder(tmp_path / "mixed", classes=2, per_class={"train": 2, "test": 2}, size=16)
+    write_jpeg(tmp_path / "mixed" / "test" / "class0" / "zz.jpg", (torch.rand(20, 12, 3) * 255).byte().numpy())
+    mixed = build_data(dataset_cfg("imagefolder", tmp_path / "mixed", storage="stream"))
+    with pytest.raises(DataError, match=r"zz.jpg gives a \(3, 20, 12\) image but the split's images are \(3, 16, 16\)"):
+        mixed.test_x[torch.arange(len(mixed.test_y))]
+    # a WebDataset sample without its label
+    with tarfile.open(tmp_path / "train-000000.tar", "w") as tar:
+        data = (roots / "folders" / "train" / WNIDS[0] / f"{WNIDS[0]}_1.JPEG").read_bytes()
+        info = tarfile.TarInfo("a.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match=r"sample 'a' has no a .cls label"):
+        _bundle(tmp_path, name="webdataset", train_shards="train-000000.tar", test_shards="train-000000.tar")
+    # a shifted test set with other classes than the run's
+    node = dataset_cfg("imagenet_v2", roots / "v2", num_classes=4, image_size=32, resize=36)
+    with pytest.raises(ConfigError, match=r"eval.sets.v2 has 4 classes but the run's dataset has 10"):
+        build_set("v2", node, 10)

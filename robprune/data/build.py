@@ -109,8 +109,11 @@ class StreamBundle(DataBundle):
         return {**super().meta(), "storage": "stream", "transforms": self.transforms.record()}
 
     def fingerprint(self, part: str) -> str:
-        """16 hex digits over the bundle's meta and the part's manifest digest (no pixel is read)."""
-        blob = json.dumps(["data", part, self.meta(), self.digests.get(part)], sort_keys=True)
+        """16 hex digits over the bundle's meta and the part's manifest digest (no pixel is read). Training
+        batches also depend on data.gpu_decode (nvJPEG and libjpeg-turbo may differ by a grey level; the
+        device type is in every key already); evaluation always decodes on the CPU."""
+        decode = str(self.loading.gpu_decode) if part == "train" else None
+        blob = json.dumps(["data", part, self.meta(), self.digests.get(part), decode], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def loader(self, x, y: torch.Tensor, batch_size: int, *, shuffle: bool, generator=None, augment=None,
