@@ -172,13 +172,18 @@ class Files:
             from torchvision.io import read_file
 
             return read_file(self.path(i))
-        shard, offset, size = member
-        with open(shard, "rb") as f:
-            f.seek(offset)
-            return torch.frombuffer(bytearray(f.read(size)), dtype=torch.uint8)
+        return _read_member(*member)
 
     def image(self, i: int, channels: int) -> torch.Tensor:
-        return read_image(self.path(i), channels, None if self.member(i) is None else self.read(i))
+        """(C, H, W) uint8 of item ``i`` (a file decoded from its path, a tar member from its bytes)."""
+        member = self.member(i)
+        return read_image(self.path(i), channels, None if member is None else _read_member(*member))
+
+
+def _read_member(shard: str, offset: int, size: int) -> torch.Tensor:
+    with open(shard, "rb") as f:
+        f.seek(offset)
+        return torch.frombuffer(bytearray(f.read(size)), dtype=torch.uint8)
 
 
 class StreamImages:
