@@ -40,9 +40,19 @@ def _ranks(ctx: StageContext):
 
     devices = ctx.cfg.trainer.get("devices")
     trainer = resolve(None if devices is None else {"devices": devices}, ctx.device)
-    if trainer.devices == 1:
+    if trainer.devices == 1 or _one_block(ctx):
         return None
     return functools.partial(on_ranks, trainer=trainer, device=ctx.device, what="evaluation")
+
+
+def _one_block(ctx: StageContext) -> bool:
+    """Everything fits in one block (so one rank would do all the work): no processes are started for it.
+    Corruption folders have their own subsets, so they always count as more."""
+    from robprune.evaluate.blocks import block_size
+
+    node = ctx.cfg.eval.get("corruptions")
+    folders = node is not None and str(node.get("source", "generate")) == "folders"
+    return ctx.data.modality == "image" and not folders and len(ctx.data.test_y) <= block_size(ctx.cfg.eval)
 
 
 def externals(view: ConfigView) -> list:
