@@ -149,6 +149,8 @@ def check_before_stages(cfg: DictConfig, model, example_inputs) -> None:
     if limit is None or sparsity is None or float(sparsity) <= limit + 1e-9:
         return
     keys = ("r_max", "r_max_small", "small_fraction", "exclude_stem", "exclude_linear")
+    if cfg.prune.get("granularity") == "weight":  # prune=hydra's weight variant: top-k per layer, no channel ratio
+        keys = ("exclude_stem", "exclude_linear")
     if cfg.prune.get("rule", "bounded") != "bounded":
         keys = tuple(k for k in keys if k not in ("r_max_small", "small_fraction"))
     keeps = ", ".join(f"prune.{k}={str(cfg.prune[k]).lower()}" for k in keys if k in cfg.prune)
