@@ -3,10 +3,10 @@ optimisation under the robust training objective.
 
 The weights of the dense robust model stay frozen; every prunable unit gets a real-valued score s, and
 the forward uses θ ⊙ m(s), where m keeps the k units with the largest |s| in each layer (k = (1 − r)·n,
-HYDRA §3.3, the pruning step) and passes the gradient w.r.t. m to s unchanged (straight-through, as in
-the authors' ``GetSubnet``, taken from Ramanujan et al. 2020's edge-popup). The scores start at
-s_i = θ_i / max|θ| · sqrt(6 / fan_in) (HYDRA §3.3, "scaled initialisation": proportional to the
-weight magnitude at Kaiming-uniform scale) and are trained for ``score_epochs`` with the run's robust
+HYDRA's pruning step) and passes the gradient w.r.t. m to s unchanged (straight-through, as in the
+authors' ``GetSubnet``, models/layers.py, taken from Ramanujan et al. 2020's edge-popup). The scores
+start at s_i = θ_i / max|θ| · sqrt(6 / fan_in) (HYDRA's scaled initialisation, the authors'
+``initialize_scaled_score``: proportional to the weight magnitude at Kaiming-uniform scale) and are trained for ``score_epochs`` with the run's robust
 objective through the one training loop (``context.train``), with their own optimizer. Then the mask is
 fixed: ``granularity: weight`` zeroes the weights (the zeros are the mask through fine-tuning,
 :mod:`robprune.prune.masks`), ``granularity: channel`` (one score per output channel of a prunable
@@ -41,7 +41,7 @@ GRANULARITIES = ("weight", "channel")
 
 class TopK(torch.autograd.Function):
     """m(s): 1 for the ``k`` largest entries of ``scores`` (ties by position, first wins), else 0; the
-    backward passes the incoming gradient to ``scores`` unchanged (straight-through, HYDRA §3.3)."""
+    backward passes the incoming gradient to ``scores`` unchanged (straight-through, HYDRA's pruning step)."""
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -60,7 +60,7 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def scaled_scores(weight: torch.Tensor) -> torch.Tensor:
-    """HYDRA's scaled initialisation (§3.3): s = θ / max|θ| · sqrt(6 / fan_in), fan_in = weight[0].numel()."""
+    """HYDRA's scaled initialisation (docs/methods/hydra.md#scores): s = θ / max|θ| · sqrt(6 / fan_in), fan_in = weight[0].numel()."""
     top = weight.detach().abs().max()
     return weight.detach() / (top if top > 0 else 1) * math.sqrt(6.0 / max(1, weight[0].numel()))
 
@@ -264,3 +264,15 @@ def _channel_variant(model, context, sparsity, total, before, r_max, min_channel
             "sparsity": parameter_sparsity(total, after),
             "prunable_after": after, "params_after": count_params(model), "layers": layers,
             "channel_ratio_achieved": achieved_channel_ratio(layers), "train_log": history}
+
+
+def check_single_process(cfg) -> None:
+    """prune=hydra with trainer.devices > 1 is a ConfigError: the masks are parametrizations, which
+    cannot be pickled to the ranks (torch refuses to serialise parametrized modules)."""
+    from robprune.registry import target_entry
+
+    entry = target_entry(PRUNERS, cfg.prune.get("_target_"))
+    devices = (cfg.get("trainer") or {}).get("devices", 1)
+    if entry is not None and entry.obj is hydra and int(devices or 1) > 1:
+        raise ConfigError(f"prune=hydra trains its scores in one process; trainer.devices={devices} is not supported "
+                          "(its masks cannot be sent to other processes); use trainer.devices=1")
