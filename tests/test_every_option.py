@@ -103,7 +103,7 @@ def _split(spec: str) -> str:
 
 
 def _interpolated(cfg, key: str) -> bool:
-    """Whether ``key``'s value is an interpolation (prune=hydra's ``${train.objective}``)."""
+    """Whether ``key``'s value is an interpolation (prune=hydra's ``${oc.select:train.objective,null}``)."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False)
     return OmegaConf.is_config(node) and leaf in node and OmegaConf.is_interpolation(node, leaf)
