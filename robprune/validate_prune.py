@@ -53,7 +53,7 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
 
     from robprune.config import to_container
 
-    from robprune.prune import adasap, global_magnitude
+    from robprune.prune import adasap, global_magnitude, hydra
 
     entry = pruner(prune_cfg)
     options = {k: v for k, v in to_container(prune_cfg).items() if k not in NOT_OPTIONS and not k.startswith("_")}
@@ -67,6 +67,8 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
                                   exclude_linear=bool(options.get("exclude_linear", False)))
         total = prunable_weight_count(model)
         return sum(m.weight.numel() for m in layers.values()) / total if total else 0.0
+    if entry.obj is hydra:  # HYDRA: layer-wise top-k (weight) or adasap's uniform channel allocation (channel)
+        return _hydra_limit(model, example_inputs, options)
     if entry.obj is adasap:  # pruning during training: the same uniform allocation, after training
         options = {k: v for k, v in options.items() if k != "during_training"}
     elif channel_entry(prune_cfg) is None:
@@ -74,6 +76,27 @@ def reachable_sparsity(prune_cfg: DictConfig, model, example_inputs) -> float | 
     opts = _cut_options(entry, options)
     if opts.semantics() != "params":
         return None
+    return _channel_limit(copy.deepcopy(model).cpu(), example_inputs[:1].cpu(), opts)
+
+
+HYDRA_CUT = ("exclude_stem", "exclude_linear", "r_max", "min_channels", "sparsity")  # hydra's options the channel cut reads
+
+
+def _hydra_limit(model, example_inputs, options: dict) -> float:
+    """The largest sparsity prune=hydra reaches: every pruned layer keeps one weight (weight), or every group
+    cut at r_max (channel)."""
+    import copy
+
+    from robprune.prune.channel.hydra import weight_limit
+    from robprune.prune.channel.methods import channel_options
+    from robprune.prune.channel.unstructured import candidate_layers
+    from robprune.prune.stats import prunable_weight_count
+
+    if options.get("granularity", "weight") == "weight":
+        layers = candidate_layers(model, exclude_stem=bool(options.get("exclude_stem", False)),
+                                  exclude_linear=bool(options.get("exclude_linear", False)))
+        return weight_limit(layers, prunable_weight_count(model))
+    opts = channel_options({k: v for k, v in options.items() if k in HYDRA_CUT})
     return _channel_limit(copy.deepcopy(model).cpu(), example_inputs[:1].cpu(), opts)
 
 
@@ -126,6 +149,8 @@ def check_before_stages(cfg: DictConfig, model, example_inputs) -> None:
     if limit is None or sparsity is None or float(sparsity) <= limit + 1e-9:
         return
     keys = ("r_max", "r_max_small", "small_fraction", "exclude_stem", "exclude_linear")
+    if cfg.prune.get("granularity") == "weight":  # prune=hydra's weight variant: top-k per layer, no channel ratio
+        keys = ("exclude_stem", "exclude_linear")
     if cfg.prune.get("rule", "bounded") != "bounded":
         keys = tuple(k for k in keys if k not in ("r_max_small", "small_fraction"))
     keeps = ", ".join(f"prune.{k}={str(cfg.prune[k]).lower()}" for k in keys if k in cfg.prune)
@@ -169,10 +194,11 @@ def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
     from robprune.config import to_container
     from robprune.prune.channel.structured import build_groups, cut_group
 
-    from robprune.prune import adasap
+    from robprune.prune import adasap, hydra
 
     entry = pruner(cfg.prune)
-    cuts = entry is not None and (entry.obj is adasap or channel_entry(cfg.prune) is not None)  # adasap cuts after training
+    hydra_cut = entry is not None and entry.obj is hydra and cfg.prune.get("granularity") == "channel"
+    cuts = entry is not None and (entry.obj is adasap or hydra_cut or channel_entry(cfg.prune) is not None)  # adasap cuts after training
     from robprune.models.timm import timm_model
 
     model_entry = target_entry(MODELS, cfg.model.get("_target_"))
@@ -180,7 +206,7 @@ def check_cut_fits(cfg: DictConfig, model, example_inputs) -> None:
         return
     options = {k: v for k, v in to_container(cfg.prune).items() if k not in NOT_OPTIONS and not k.startswith("_")
                and k != "during_training"}
-    opts = _cut_options(entry, options)
+    opts = _cut_options(entry, {k: v for k, v in options.items() if k in HYDRA_CUT} if hydra_cut else options)
     name, trial, x = cfg.model.get("name"), copy.deepcopy(model).cpu().eval(), example_inputs[:1].cpu()
     with torch.no_grad():
         expected = trial(x).shape

@@ -104,6 +104,13 @@ def _split(spec: str) -> str:
     return str(spec).split("[", 1)[0]
 
 
+def _interpolated(cfg, key: str) -> bool:
+    """Whether ``key``'s value is an interpolation (prune=hydra's ``${oc.select:train.objective,null}``)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False)
+    return OmegaConf.is_config(node) and leaf in node and OmegaConf.is_interpolation(node, leaf)
+
+
 def shrink(cfg) -> list[str]:
     """Overrides cutting every budget that ``cfg`` holds to the least that still runs its code: one epoch
     on a few dozen examples, one attack step, a handful of attacked examples, one latency repeat."""
@@ -121,13 +128,13 @@ def shrink(cfg) -> list[str]:
     for node in ("train", "finetune", "quant.train", "prune.during_training"):
         if has(f"{node}.epochs"):
             out.append(f"{node}.epochs={min(1, int(OmegaConf.select(cfg, f'{node}.epochs')))}")
-        if node == "quant.train":  # its objective is ${train.objective}, shrunk there
+        if node == "quant.train" or _interpolated(cfg, f"{node}.objective"):  # ${train.objective}: shrunk there
             continue
         if has(f"{node}.objective.attack.steps"):
             out.append(f"{node}.objective.attack.steps=1")
         if has(f"{node}.objective.adv_steps"):
             out.append(f"{node}.objective.adv_steps=1")
-    if has("prune.during_training"):  # 2 batches of one epoch: prune at steps 1 and 2
+    if has("prune.during_training.prune_steps"):  # 2 batches of one epoch: prune at steps 1 and 2
         out += ["prune.during_training.prune_interval=1", "prune.during_training.prune_steps=2"]
     for key, value in (("quant.calibration.n_examples", 32), ("prune.scores.n_images", 32), ("prune.scores.steps", 1),
                        ("prune.scores.attack.steps", 1), ("prune.scores.draws", 1), ("prune.scores.damage_seeds", "[0]"),

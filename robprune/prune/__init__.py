@@ -6,7 +6,7 @@ independent (pyproject.toml, ``lint-imports``).
   importance (``importance.py``) scores channels, allocation (``allocation.py`` on ``budget.py``) sets
   per-group ratios, the cut (``structured.py``, a leaf) removes channels with Torch-Pruning; the policy
   (``policy.py``) composes them, ``methods.py`` into what ``conf/prune/*.yaml`` selects. Also gradual
-  AdaSAP (``gradual.py``), MRPF's sensitivities (``sensitivity.py``), cached once per dense model by the
+  AdaSAP (``gradual.py``), HYDRA's score optimisation (``hydra.py``), MRPF's sensitivities (``sensitivity.py``), cached once per dense model by the
   scores stage (``scores.py``) with their damage check (``damage.py``), and unstructured global
   magnitude (``unstructured.py``).
 - :mod:`robprune.prune.layerwise`: layer-wise pruning of transformer text classifiers: OBS, SparseGPT and
@@ -26,6 +26,7 @@ from torch import nn
 from robprune.config import instantiate
 from robprune.errors import ConfigError
 from robprune.prune.channel.gradual import adasap
+from robprune.prune.channel.hydra import hydra
 from robprune.prune.channel.methods import channel_pruning, l1_filter, mrs, no_pruning
 from robprune.prune.channel.unstructured import global_magnitude
 from robprune.prune.context import PruneContext
@@ -36,7 +37,7 @@ from robprune.registry import PRUNERS
 # defaults list when a YAML file is loaded without composition (tests, scripts)
 NOT_OPTIONS = ("scores", "calibration", "defaults")
 
-__all__ = ["PruneContext", "adasap", "channel_pruning", "check_prune_config", "global_magnitude", "kr_obs", "l1_filter",
+__all__ = ["PruneContext", "adasap", "channel_pruning", "check_prune_config", "global_magnitude", "hydra", "kr_obs", "l1_filter",
            "magnitude", "mrs", "no_pruning", "prune_model", "sparsegpt"]
 
 

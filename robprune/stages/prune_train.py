@@ -1,6 +1,7 @@
-"""Pruning during training (``prune=adasap``): the dense model trained further with the prune node's
-``during_training`` recipe while channels are masked step by step, then cut physically. Runs instead of
-the one-shot prune stage when the prune node has a ``during_training`` node."""
+"""Pruning during training (``prune=adasap``, ``prune=hydra``): the dense model trained further with the
+prune node's ``during_training`` recipe while channels are masked step by step, then cut physically
+(adasap), or its frozen weights' scores trained under the robust objective, then the mask fixed (hydra).
+Runs instead of the one-shot prune stage when the prune node has a ``during_training`` node."""
 from __future__ import annotations
 
 from robprune.checkpoint import load_checkpoint, save_checkpoint
@@ -34,8 +35,10 @@ def build(ctx: StageContext) -> None:
 def precheck(pc: Precheck) -> None:
     """The target reachable on this model, and the pruning schedule inside the training it runs in."""
     from robprune.prune.channel.gradual import check_schedule
+    from robprune.prune.channel.hydra import check_single_process
     from robprune.validate_prune import check_before_stages
 
+    check_single_process(pc.cfg)
     check_before_stages(pc.cfg, pc.dense, pc.example_inputs)
     check_schedule(pc.cfg.prune, len(pc.data.train_y), int(pc.cfg.data.batch_size))
 

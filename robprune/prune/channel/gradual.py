@@ -227,7 +227,7 @@ def iterations_needed(node) -> int:
 def check_schedule(prune_cfg, n_train: int, batch_size: int) -> None:
     """A schedule that cannot reach the target within the epochs is a ConfigError before any work."""
     node = prune_cfg.get("during_training")
-    if node is None:
+    if node is None or "prune_steps" not in node:  # no pruning schedule inside (prune=hydra trains scores only)
         return
     for key in ("prune_interval", "prune_steps", "epochs"):
         if int(node.get(key) or 0) < 1:
