@@ -6,29 +6,22 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tests.helpers import read_metrics, robprune
 from torch import nn
 
 from robprune.declarations import load_option
 from robprune.errors import ConfigError
-from robprune.models import cnn8
 from robprune.prune import PruneContext, prune_model
 from robprune.prune.channel.hydra import WeightScores, scaled_scores, top_k_mask
 from robprune.prune.masks import finetune_hooks
 from robprune.prune.stats import PRUNABLE_TYPES, conv_channels
 from robprune.train import fit
+from tests.helpers import read_metrics, robprune
+from tests.test_adasap import (  # the same small cnn8 and seeded data as the other gradual pruner
+    _data,
+    _model,
+)
 
 STANDARD = {"_target_": "robprune.train.objectives.standard"}
-
-
-def _model():
-    torch.manual_seed(0)
-    return cnn8(in_channels=1, image_size=8, num_classes=3, mean=[0.5], std=[0.5], width=4, hidden=16)
-
-
-def _data(n=64):
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
 
 
 def _cfg(**options):
