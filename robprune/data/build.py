@@ -52,7 +52,6 @@ class DataBundle:
     version: str | None = None  # dataset.version: a user's name for the data's release, part of every key
 
     modality = "image"
-    storage = "memory"
 
     @property
     def in_channels(self) -> int:
@@ -102,8 +101,6 @@ class StreamBundle(DataBundle):
     transforms: Transforms = field(default_factory=Transforms)
     digests: dict = field(default_factory=dict)  # part -> manifest digest of its files (+ label files)
     loading: Loading = field(default_factory=lambda: Loading())
-
-    storage = "stream"
 
     def meta(self) -> dict:
         return {**super().meta(), "storage": "stream", "transforms": self.transforms.record()}
