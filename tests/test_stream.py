@@ -442,3 +442,49 @@ def test_the_other_layout_errors_fire(roots, tmp_path):
     node = dataset_cfg("imagenet_v2", roots / "v2", num_classes=4, image_size=32, resize=36)
     with pytest.raises(ConfigError, match=r"eval.sets.v2 has 4 classes but the run's dataset has 10"):
         build_set("v2", node, 10)
+
+
+def test_file_and_option_refusals_fire(roots, tmp_path):
+    """The remaining one-line refusals of streamed reading, each named: augmentation options, images that
+    are not images, label files and shards that cannot be read, a split with no image."""
+    import tarfile
+
+    from robprune.data.loader import BatchLoader
+    from robprune.data.manifest import check_image
+
+    bundle = _bundle(roots / "folders")
+    with pytest.raises(ConfigError, match=r"dataset.augment.resized_crop must be \[min, max\] area fractions"):
+        bundle.loader(bundle.train_x, bundle.train_y, 8, shuffle=True, augment={"resized_crop": [0.9, 0.1]})
+    with pytest.raises(ConfigError, match=r"resized_crop needs a streamed dataset"):
+        BatchLoader(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2, shuffle=True,
+                    augment={"resized_crop": [0.5, 1.0]})
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_bytes(b"hello, not an image")
+    assert check_image(str(tmp_path / "empty.jpg"), 0) == "empty file"
+    assert check_image(str(tmp_path / "text.jpg"), 19) == "not a JPEG (no SOI marker)"
+    # Kaggle's csv with another header
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(roots / "flat", kaggle, ignore=shutil.ignore_patterns("ILSVRC2012_devkit_t12"))
+    (kaggle / "LOC_val_solution.csv").write_text("id,label\nx,y\n")
+    with pytest.raises(DataError, match=r"is not Kaggle's LOC_val_solution.csv \(header ImageId,PredictionString\)"):
+        _bundle(kaggle)
+    # a shard that is not a tar, and a .cls that is not a number
+    (tmp_path / "broken-000000.tar").write_bytes(b"\x00" * 10 + b"not a tar at all" * 40)
+    with pytest.raises(DataError, match=r"broken-000000.tar is not a readable tar shard"):
+        _bundle(tmp_path, name="webdataset", train_shards="broken-000000.tar", test_shards="broken-000000.tar")
+    import io
+
+    with tarfile.open(tmp_path / "words-000000.tar", "w") as tar:
+        for name, data in (("a.jpg", (roots / "folders" / "train" / WNIDS[0] / f"{WNIDS[0]}_1.JPEG").read_bytes()),
+                           ("a.cls", b"tench")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match=r"a.cls holds 'tench', not a class index"):
+        _bundle(tmp_path, name="webdataset", train_shards="words-000000.tar", test_shards="words-000000.tar")
+    # a split whose folders hold no image
+    hollow = tmp_path / "hollow" / "imagenetv2-matched-frequency-format-val"
+    for label in range(2):
+        (hollow / str(label)).mkdir(parents=True)
+    with pytest.raises(DataError, match=r"split 'test' under .* holds no images"):
+        _bundle(tmp_path / "hollow", name="imagenet_v2")
