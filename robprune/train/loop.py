@@ -103,8 +103,9 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
     epoch; with ``per_step`` it is set before every step from the fractional epoch ``e + i / len(loader)``
     (linear warm-up and decay). clip_grad_norm: clip the gradient's global L2 norm before each step
     (for a two-pass optimizer, each pass's gradient; the first one only sets ε's direction).
-    hooks: objects with optional ``on_epoch_start(epoch)``, ``after_step(model)`` (masks, observers) and
-    ``on_epoch_end(row)`` (the epoch's log row, on the writing rank only: live training curves).
+    hooks: objects with optional ``on_epoch_start(epoch)``, ``after_step(model)`` (masks, observers),
+    ``after_epoch(model)`` (every rank, before the checkpoint: weight averaging) and ``on_epoch_end(row)``
+    (the epoch's log row, on the writing rank only: monitors that add to it, live training curves).
     checkpoint_dir: when given, a checkpoint is written after every epoch and training resumes from it.
     Steps go through ``optimizer.step(closure)`` so two-pass optimizers (SAM, ASAM) need no other loop.
 
@@ -120,7 +121,7 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
     state = (load_epoch_checkpoint(checkpoint_dir, model, optimizer, generator) if checkpoint_dir else None) or TrainState()
     if state.epoch:
         log.info("%s: resuming from the checkpoint after epoch %d", description, state.epoch)
-    hooks = [objective, *hooks]
+    hooks = [objective, model, *hooks]  # a model may take part too (airbench freezes its whitening bias after N epochs)
     forward = model if forward_model is None else forward_model
     writes = rank is None or rank.rank == 0
     device_type = next(model.parameters()).device.type
@@ -131,6 +132,8 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(epoch)
         _call(hooks, "on_epoch_start", epoch)
+        if hasattr(loader, "set_epoch"):  # epoch-dependent augmentation (alternating flips, robprune.data.loader)
+            loader.set_epoch(epoch)
         model.train()
         total, count, steps = 0.0, 0, max(1, len(loader))
         for i, (x, y, *sharded) in enumerate(track(loader, f"{description} epoch {epoch + 1}/{epochs}",
@@ -163,6 +166,7 @@ def fit(model: nn.Module, loader: Iterable, objective: Callable, optimizer: torc
             _call(hooks, "after_step", model)
             total += float(loss.detach()) * len(y)
             count += len(y)
+        _call(hooks, "after_epoch", model)  # every rank, before the checkpoint (weight averaging's copy-back)
         if rank is not None:  # the epoch's loss over all ranks' examples, as one process would log it
             import torch.distributed as dist
 

@@ -302,7 +302,7 @@ def train_rank(rank: int, world: int, payload: dict, trainer: Trainer, device: t
     generator.set_state(payload["generator_state"])
     data = payload["data"]
     loader = data.loader(data.train_x, data.train_y, payload["batch_size"], shuffle=True, generator=generator,
-                         augment=payload["augment"], device=device)
+                         augment=payload["augment"], device=device, **payload.get("loader_options", {}))
     if hasattr(loader, "shard"):  # a streamed loader: each rank decodes only its rows of every global batch
         loader = loader.shard(rank, world)
     epochs = int(cfg_train.epochs)
