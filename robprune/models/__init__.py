@@ -6,6 +6,7 @@ its options declared in its signature (docs/how-to/add-model.md). ``timm_model``
 builds any timm architecture by name (``model=timm model.name=...``), ``torchvision_model`` any
 torchvision classification model (``model=torchvision model.name=...``). ``text_classifier`` builds a
 transformers sequence classifier whose input is token ids (:mod:`robprune.models.text`)."""
+from robprune.models.airbench import airbench
 from robprune.models.cnn import cnn8, small_cnn
 from robprune.models.common import Normalize, StartOptions, build_model
 from robprune.models.resnet import resnet18
@@ -19,4 +20,4 @@ from robprune.registry import MODELS
 
 MODELS.set_common(StartOptions)  # model.init, model.head: every model node takes them (robprune.start)
 
-__all__ = ["StartOptions", "Normalize", "build_model", "cnn8", "small_cnn", "resnet18", "robustbench_model", "timm_model", "torchvision_model", "vgg16_bn", "TextClassifier", "text_classifier"]
+__all__ = ["StartOptions", "Normalize", "build_model", "airbench", "cnn8", "small_cnn", "resnet18", "robustbench_model", "timm_model", "torchvision_model", "vgg16_bn", "TextClassifier", "text_classifier"]

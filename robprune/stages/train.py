@@ -18,11 +18,27 @@ def build(ctx: StageContext) -> None:
     arch = architecture(cfg.model, ctx.data)
     generator = seed_stage(cfg.train_seed, ctx)
     model = dense_model(arch)
+    init_from_data(model, ctx.data)
     start = load_start(model, cfg.model, num_classes=arch.get("num_classes"))
     model = model.to(ctx.device)
     history = train_model(model, cfg.train, "train", ctx, generator)
     save_checkpoint(model, ctx.work, arch=arch, history=[], extra={"train_log": history, "start": start})
     shutil.rmtree(ctx.work / "epochs", ignore_errors=True)
+
+
+def init_from_data(model, data) -> None:
+    """A model with a data-dependent initialisation (``init_from_data(images)``: airbench's patch whitening)
+    gets up to ``model.init_images`` training images, evenly spaced over the split (an image folder is class-ordered, so a
+    prefix would be a few classes only). model.init's weights, loaded after, replace it."""
+    hook = getattr(model, "init_from_data", None)
+    if hook is None:
+        return
+    import torch
+
+    n = len(data.train_y)
+    pick = torch.linspace(0, n - 1, min(n, int(model.init_images))).round().long().unique()
+    x = data.train_x[pick]
+    hook(x.float() / 255.0 if x.dtype == torch.uint8 else x.float())
 
 
 def precheck(pc: Precheck) -> None:
