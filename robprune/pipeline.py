@@ -200,7 +200,29 @@ def assemble_metrics(cfg, data, results: dict[str, StageResult], final: StageRes
         metrics["start"] = json.loads((trained.path / "model.json").read_text()).get("start")
     add_int8_check(metrics)
     add_sparsity_check(metrics, model, prune_info)
+    add_overfitting_checks(metrics, results)
     return metrics
+
+
+TRAINING_LOGS = {"train": "train_log", "prune_train": "prune_train_log", "finetune": "finetune_log"}  # stage -> model.json key
+
+
+def add_overfitting_checks(metrics: dict, results: dict[str, StageResult]) -> None:
+    """Catastrophic overfitting of a monitored recipe (train=fast_at) in any training stage fails the run's checks
+    (robprune.evaluate.checks.overfitting_check)."""
+    from robprune.evaluate.checks import overfitting_check
+
+    for stage, key in TRAINING_LOGS.items():
+        if stage not in results or not (results[stage].path / "model.json").exists():
+            continue
+        rows = json.loads((results[stage].path / "model.json").read_text()).get(key) or []
+        values, failed = overfitting_check(stage, rows)
+        if not values:
+            continue
+        checks = metrics.setdefault("checks", {})
+        checks.update(values)
+        checks.setdefault("failed", []).extend(failed)
+        checks["passed"] = not checks.get("failed")
 
 
 def add_sparsity_check(metrics: dict, model, prune_info: dict) -> None:

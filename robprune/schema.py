@@ -18,16 +18,22 @@ from robprune.prune.channel.sensitivity import PERTURBATIONS
 from robprune.registry import DATASETS, REGISTRIES, Entry, locate, target_entry
 from robprune.quant.modules import METHODS as QUANT_METHODS
 from robprune.quant.modules import QuantSpec
+from robprune.train.fast import LookaheadOptions, MonitorOptions
 from robprune.train.recipe import SCHEDULES
 from robprune.train.trainer import TrainerOptions
 from robprune.train.sharpness import SharpnessOptions
 
 # ---- groups without a _target_ -------------------------------------------------------------------
 SCHEDULE = {"name": Choice(*SCHEDULES), "milestones": Value("list", item=Int(0)), "gamma": Float(0),
-            "warmup": Float(0, high=1, high_open=True, example="0.1")}  # warmup: linear only, fraction of all steps
+            "warmup": Float(0, high=1, high_open=True, example="0.1"),  # warmup: linear only, fraction of all steps
+            # triangle only (airbench): lr factor at the first step, where it peaks at 1 (fraction of all steps), at the last
+            "start": Float(0, example="0.2"), "peak": Float(0, high=1, low_open=True, example="0.23"), "end": Float(0, example="0.07")}
 SHARPNESS = spec_of(SharpnessOptions)  # declared in robprune.train.sharpness
 TRAIN = {"epochs": Int(0, example="2"), "objective": TARGET, "optimizer": TARGET, "schedule": SCHEDULE,
-         "sharpness": SHARPNESS, "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0")}
+         "sharpness": SHARPNESS, "clip_grad_norm": Float(0, low_open=True, null=True, example="1.0"),
+         # the fast recipes (docs/methods/recipes.md#fast-recipes): declared in robprune.train.fast and robprune.train.recipe
+         "lookahead": spec_of(LookaheadOptions), "monitor": spec_of(MonitorOptions), "alternate_flip": BOOL,
+         "norm_bias_lr_scale": Float(0, low_open=True, null=True, example="64")}
 QUANT = {**spec_of(QuantSpec), "method": Choice("none", *QUANT_METHODS),  # declared by robprune.quant.QuantSpec
          "calibration": {"n_examples": Int(1, null=True, example="1024"), "batch_size": SIZE}, "train": TRAIN}
 DATA = {"root": PATH, "download": BOOL, "batch_size": Int(1, example="128"), "cache_dir": PATH,
@@ -87,7 +93,7 @@ SCORES = {"n_images": Int(1, example="1024"), "batch_size": SIZE, "seed": SEED, 
           "perturbation": Choice(*PERTURBATIONS), "alpha": Float(0, low_open=True, example="0.2"), "draws": Int(1),
           "steps": STEPS, "damage_check": BOOL, "damage_seeds": Value("list", item=Int(), example="[0,1,2]")}
 OPTIMIZER = {"lr": Float(0, low_open=True, example="0.001"), "momentum": Float(0, example="0.9"),
-             "weight_decay": Float(0, example="0.0005")}
+             "weight_decay": Float(0, example="0.0005"), "nesterov": BOOL}
 # a pruner's "during_training" node (prune=adasap, robprune.prune.channel.gradual): a train node plus the schedule
 DURING_TRAINING = {**TRAIN, "prune_interval": Int(1, example="50"), "prune_steps": Int(1, example="10")}
 TARGET_PARAMS = {  # callables that declare no options of their own (yet)

@@ -192,6 +192,9 @@ def check_attack(node: DictConfig, path: str, target: str) -> None:
     if obj is autoattack and node.get("version") == "custom" and not node.get("attacks"):
         raise ConfigError(f"{path}.version=custom needs {path}.attacks, a list from {', '.join(AA_ATTACKS)}; "
                           f"e.g. {path}.attacks=[apgd-ce,square]")
+    if obj is pgd and node.get("step_scale") is not None and node.get("step_size") is not None:
+        raise ConfigError(f"{path}.step_size={node.step_size} and {path}.step_scale={node.step_scale} are both set; keep "
+                          f"one (step_scale: the step in multiples of eps), e.g. {path}.step_size=null")
     if obj is pgd and node.get("compat") == "adverfine" and node.get("norm", "linf") != "linf":
         raise ConfigError(f"{path}.compat=adverfine reproduces an L∞ attack only, but {path}.norm={node.norm}; "
                           f"set {path}.norm=linf or {path}.compat=null")
@@ -221,8 +224,10 @@ def check_combinations(cfg: DictConfig) -> None:
 
     for key in ("train", "finetune"):
         check_recipe(cfg[key], key)
+        check_fast_options(cfg[key], key, cfg.dataset)
     if cfg.prune.get("during_training") is not None:
         check_recipe(cfg.prune.during_training, "prune.during_training")
+        check_fast_options(cfg.prune.during_training, "prune.during_training", cfg.dataset)
     if cfg.quant.get("method") == "qat" and "train" in cfg.quant:
         check_recipe(cfg.quant.train, "quant.train")
     check_eval_subsets(cfg.eval)
@@ -360,6 +365,26 @@ def check_recipe(node: DictConfig, key: str) -> None:
             if part not in node:
                 raise ConfigError(f"{key}.{part} is not set but {key}.epochs={node.epochs}; pick a recipe with "
                                   f"{key.split('.')[0]}=pgd_at or {key.split('.')[0]}=standard, or set {key}.epochs=0")
+
+
+def check_fast_options(node: DictConfig, key: str, dataset: DictConfig) -> None:
+    """The fast recipes' keys (docs/methods/recipes.md#fast-recipes): lookahead and monitor against their
+    declarations; alternating flips need images held in memory, the monitor images."""
+    from robprune.registry import DATASETS
+    from robprune.train.fast import LookaheadOptions, MonitorOptions, options
+
+    options(LookaheadOptions, node.get("lookahead"), f"{key}.lookahead")
+    watch = options(MonitorOptions, node.get("monitor"), f"{key}.monitor")
+    text = str(dataset.get("modality", "image")) == "text"
+    if watch.n_examples > 0 and text:
+        raise ConfigError(f"{key}.monitor attacks images (FGSM and PGD) but dataset={dataset.name} is text; "
+                          f"set {key}.monitor.n_examples=0")
+    if node.get("alternate_flip"):
+        name = str(dataset.get("name"))
+        streamed = name in DATASETS.names(modality="image") and DATASETS.get(name).storage(dataset) == "stream"
+        if text or streamed:
+            raise ConfigError(f"{key}.alternate_flip needs images held in memory, but dataset={name} is "
+                              f"{'text' if text else 'streamed from disk'}; set {key}.alternate_flip=false")
 
 
 def check_eval_subsets(node: DictConfig) -> None:

@@ -36,6 +36,8 @@ STARTS = {True: "uniform", False: "none", "normal": "normal"}  # random_start va
 Eps = Annotated[float, EPS, "budget in pixel units ([0,1] images), L∞ or L2 per norm"]
 Steps = Annotated[int, STEPS, "gradient steps"]
 StepSize = Annotated[float | None, Float(0, null=True, example="0.01"), "pixels per step; null = 2.5·eps/steps (Madry et al.)"]
+StepScale = Annotated[float | None, Float(0, low_open=True, null=True, example="1.25"),
+                      "step = step_scale·eps (instead of step_size; FGSM with a random start: 1.25, Wong et al. 2020)"]
 Norm = Annotated[str, Choice(*NORMS), "linf | l2"]
 RandomStart = Annotated[bool | str, Choice(*STARTS), "true: uniform start in the ε-ball; false: start at x; normal: x + init_std·N(0, I) (TRADES)"]
 InitStd = Annotated[float, Float(0, example="0.001"), "std of the normal start in pixels (random_start: normal only; TRADES' 0.001)"]
@@ -61,13 +63,14 @@ class _Plan:
 
 @ATTACKS.register("pgd", modality="image")
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, steps: Steps, step_size: StepSize = None,
-        norm: Norm = "linf", random_start: RandomStart = True, init_std: InitStd = 0.001, restarts: Restarts = 1,
+        step_scale: StepScale = None, norm: Norm = "linf", random_start: RandomStart = True, init_std: InitStd = 0.001, restarts: Restarts = 1,
         early_stop: EarlyStop = False, loss: Loss = "ce", compat: Compat = None,
         generator: torch.Generator | None = None) -> torch.Tensor:
     """PGD adversarial examples, (N, C, H, W) in [0, 1], detached, on x's device.
 
     eps: budget in pixel units (L∞ or L2 per ``norm``); steps: gradient steps per restart;
-    step_size: pixels per step, None = 2.5·eps/steps (Madry et al.); random_start: True = uniform
+    step_size: pixels per step, None = 2.5·eps/steps (Madry et al.); step_scale: step = step_scale·eps instead
+    (it follows an ε ramp; FGSM-RS, Wong et al. 2020 Alg. 3: steps 1, step_scale 1.25); random_start: True = uniform
     start in the ball, False = start at x, 'normal' = x + init_std·N(0, I) (TRADES' start; init_std
     in pixels); restarts: independent starts, per example the first one that fools the model is kept,
     else the one with the highest final loss; early_stop: stop attacking an example as soon as it is
@@ -77,6 +80,13 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, steps: 
     compat: None = pixel-space convention, 'adverfine' = Adver-Fine's code (no random start, no
     clamp, eps and step in normalised units, L∞ only). Raises ConfigError for invalid settings.
     """
+    if step_scale is not None:
+        if step_size is not None:
+            raise ConfigError(f"attack.step_size={step_size} and attack.step_scale={step_scale} are both set; keep one "
+                              "(step_scale: the step in multiples of eps), e.g. attack.step_size=null")
+        if not float(step_scale) > 0:
+            raise ConfigError(f"attack.step_scale must be > 0 (the step in multiples of eps), got {step_scale}; e.g. 1.25")
+        step_size = float(step_scale) * float(eps)
     plan = _plan(model, eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start,
                  init_std=init_std, early_stop=early_stop, loss=loss, compat=compat)
     restarts = check_min(restarts, "attack.restarts", 1)

@@ -114,12 +114,15 @@ class StreamBundle(DataBundle):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def loader(self, x, y: torch.Tensor, batch_size: int, *, shuffle: bool, generator=None, augment=None,
-               device="cpu", drop_last: bool = False):
+               device="cpu", drop_last: bool = False, alternate_flip: bool = False):
         """Training/evaluation batches of a streamed split (:class:`StreamLoader`, ``augment`` applied when
-        shuffling), or of an already decoded subset (a tensor: :class:`BatchLoader`)."""
+        shuffling), or of an already decoded subset (a tensor: :class:`BatchLoader`). Alternating flips need
+        the epoch in the loader's process: in-memory data only (robprune.validate refuses it earlier)."""
         if not isinstance(x, StreamImages):
             return BatchLoader(x, y, batch_size, shuffle=shuffle, generator=generator, augment=augment,
-                               device=device, drop_last=drop_last)
+                               device=device, drop_last=drop_last, alternate_flip=alternate_flip)
+        if alternate_flip:
+            raise ConfigError("train.alternate_flip needs images held in memory, not streamed; set it to false")
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         transforms = with_augment(self.transforms, augment) if shuffle else self.transforms

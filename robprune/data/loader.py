@@ -66,11 +66,14 @@ class BatchLoader:
     smaller than float), and each batch is gathered, augmented and divided by 255 there.
     augment: ``{crop_padding: int, hflip: bool}`` (e.g. ``dataset.augment``); None or both off: none.
     generator: CPU torch.Generator for every random draw; None uses torch's global RNG.
+    alternate_flip: airbench's alternating flip (Jordan 2024, §3.6) instead of random flips: a fixed half of the
+    images (seeded, independent of the run) is flipped in even epochs and the other half in odd ones, so every
+    image is seen both ways every two epochs; the epoch comes from :meth:`set_epoch` (the training loop calls it).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool,
                  generator: torch.Generator | None = None, augment: dict | DictConfig | None = None,
-                 device: str | torch.device = "cpu", drop_last: bool = False):
+                 device: str | torch.device = "cpu", drop_last: bool = False, alternate_flip: bool = False):
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise TypeError(f"BatchLoader needs (N, C, H, W) uint8 images, got {x.dtype} {tuple(x.shape)}")
         if y.ndim != 1 or len(y) != len(x):
@@ -83,6 +86,7 @@ class BatchLoader:
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
         self.pad, self.hflip, scale = augment_options(augment)
+        self.alternate, self.epoch = bool(alternate_flip), 0
         if scale is not None:
             raise ConfigError("dataset.augment.resized_crop needs a streamed dataset (it crops the original images); "
                               "set dataset.storage=stream or dataset.augment.resized_crop=null")
@@ -92,12 +96,23 @@ class BatchLoader:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def alternate_flips(self, order: torch.Tensor) -> torch.Tensor:
+        """(n,) bool by batch position: image i is flipped iff (i in the fixed half) XOR (epoch is odd)."""
+        n = len(self.x)
+        half = torch.randperm(n, generator=torch.Generator().manual_seed(0)) < n // 2
+        return half[order] ^ bool(self.epoch % 2)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, gen = len(self.x), self.generator
         # All draws happen here, eagerly, on the CPU generator (see module docstring).
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=gen) if self.pad else None
-        flips = torch.rand(n, generator=gen) < 0.5 if self.hflip else None
+        flips = torch.rand(n, generator=gen) < 0.5 if self.hflip and not self.alternate else None
+        if self.alternate:
+            flips = self.alternate_flips(order)
         return self._batches(order, offsets, flips)
 
     def _batches(self, order: torch.Tensor, offsets: torch.Tensor | None,

@@ -22,6 +22,12 @@ Thresholds (module constants):
   PGD, so being weaker than PGD-20 beyond sampling noise means it is misconfigured or fooled.
 - AutoAttack's own warnings (randomised or dynamic defence, probabilities instead of logits,
   Square beating the white-box attacks, zero gradients): any one fails.
+- ``catastrophic_overfitting/<stage>`` (Wong, Rice & Kolter 2020, "Fast is better than free", §5): a recipe
+  with a ``monitor`` (train=fast_at) logs FGSM and PGD accuracy on a fixed batch of training examples after
+  every epoch; the check fails at the first epoch whose PGD accuracy is below ``COLLAPSE_RATIO`` (0.5) of its
+  best so far and at least ``COLLAPSE_MIN_DROP`` (10 points) below it while FGSM accuracy is at least what it
+  was at that best epoch: the model learnt to beat the one-step attack only. A model that merely gets less
+  robust late in training (robust overfitting, Rice et al. 2020) loses FGSM accuracy too and does not fire.
 - Text attacks (:mod:`robprune.evaluate.text`): ``text_attack_flips`` replays every attacked text in
   a fresh batch; a "succeeded" text the model still classifies correctly, a "failed" one it gets
   wrong, or a clean prediction that disagrees with the attack's own, fails (one example is enough:
@@ -41,6 +47,8 @@ LARGE_EPS_MAX_ACC = 0.05  # accuracy at LARGE_EPS above this fails
 BALL_ATOL = 1e-6  # pixel units: float32 rounding of x + δ is at most 6e-8 per pixel
 BALL_RTOL = 1e-5  # relative to eps: rounding in the attack's norm and projection
 AA_GAP_MAX = 0.005  # AutoAttack may exceed PGD's robust accuracy by max(one example, this fraction)
+COLLAPSE_RATIO = 0.5  # catastrophic overfitting: monitor PGD accuracy below this fraction of its best so far ...
+COLLAPSE_MIN_DROP = 0.1  # ... and at least this much below it (absolute), while FGSM accuracy did not fall
 
 
 def ball_tolerance(eps: float | None) -> float:
@@ -135,6 +143,34 @@ def text_budget_check(name: str, max_queries: int, query_budget: int | None, max
         failed.append(f"text_attack_budget/{name}: an example changed {max_words:.1%} of its words > "
                       f"max_words_changed {words_limit:.1%}")
     return values, failed
+
+
+def overfitting_check(stage: str, rows: list[dict]) -> tuple[dict[str, Any], list[str]]:
+    """rows: a training stage's per-epoch log; those with ``monitor_fgsm_acc`` and ``monitor_pgd_acc``
+    (robprune.train.fast.OverfitMonitor) are checked; ({}, []) when the recipe had no monitor."""
+    watched = [r for r in rows if r.get("monitor_pgd_acc") is not None and r.get("monitor_fgsm_acc") is not None]
+    if not watched:
+        return {}, []
+    best, collapse = watched[0], None
+    for row in watched:
+        pgd, fgsm = float(row["monitor_pgd_acc"]), float(row["monitor_fgsm_acc"])
+        if (collapse is None and pgd < COLLAPSE_RATIO * float(best["monitor_pgd_acc"])
+                and float(best["monitor_pgd_acc"]) - pgd >= COLLAPSE_MIN_DROP and fgsm >= float(best["monitor_fgsm_acc"])):
+            collapse = (row, best)
+        if pgd > float(best["monitor_pgd_acc"]):
+            best = row
+    values = {f"monitor_pgd_acc_best/{stage}": float(best["monitor_pgd_acc"]),
+              f"monitor_pgd_acc_final/{stage}": float(watched[-1]["monitor_pgd_acc"]),
+              f"monitor_fgsm_acc_final/{stage}": float(watched[-1]["monitor_fgsm_acc"]),
+              f"catastrophic_overfitting_epoch/{stage}": None if collapse is None else collapse[0].get("epoch")}
+    if collapse is None:
+        return values, []
+    row, before = collapse
+    return values, [f"catastrophic_overfitting/{stage}: at epoch {row.get('epoch')} PGD accuracy on the monitored "
+                    f"training examples fell to {float(row['monitor_pgd_acc']):.1%} (best {float(before['monitor_pgd_acc']):.1%} "
+                    f"at epoch {before.get('epoch')}) while FGSM accuracy rose to {float(row['monitor_fgsm_acc']):.1%} "
+                    f"(Wong et al. 2020, §5): the model beats the one-step attack only; lower the lr or the step "
+                    f"(attack.step_scale), train fewer epochs, or use PGD-AT"]
 
 
 def finish(parts: list[tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:

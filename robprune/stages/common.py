@@ -11,6 +11,7 @@ import torch
 
 from robprune.checkpoint import RESERVED_KEYS, save_checkpoint
 from robprune.config import to_container
+from robprune.errors import ConfigError
 from robprune.graph import StageContext, seed_from
 from robprune.train import build_training, fit, per_step, schedule_factor
 from robprune.train.trainer import broadcast_fit, check_objective, launched, resolve, spawn_fit, wrap_forward
@@ -44,6 +45,7 @@ def train_model(model, cfg_train, key: str, ctx: StageContext, generator: torch.
     check_objective(cfg_train, key, trainer)
     objective, optimizer = build_training(cfg_train, model, key)  # checks the recipe here, before any process starts
     epochs = int(cfg_train.epochs)
+    hooks = [*hooks, *fast_hooks(model, cfg_train, key, ctx, epochs)]
     if trainer.devices > 1 and epochs > 0:
         history = _train_parallel(model, cfg_train, key, ctx, generator, list(hooks), trainer)
         for row in history if ctx.on_epoch else ():  # the ranks send their rows back at the end
@@ -55,7 +57,8 @@ def train_model(model, cfg_train, key: str, ctx: StageContext, generator: torch.
         if hasattr(hook, "bind"):
             hook.bind(optimizer, model)
     loader = ctx.data.loader(ctx.data.train_x, ctx.data.train_y, int(ctx.cfg.data.batch_size), shuffle=True,
-                             generator=generator, augment=ctx.cfg.dataset.get("augment"), device=ctx.device)
+                             generator=generator, augment=ctx.cfg.dataset.get("augment"), device=ctx.device,
+                             **loader_options(cfg_train, key))
     if trainer.channels_last:
         model.to(memory_format=torch.channels_last)
     try:
@@ -68,6 +71,41 @@ def train_model(model, cfg_train, key: str, ctx: StageContext, generator: torch.
     finally:
         if trainer.channels_last:
             model.to(memory_format=torch.contiguous_format)
+
+
+def loader_options(cfg_train, key: str) -> dict:
+    """Keywords for the training loader from the recipe: ``alternate_flip`` (airbench's flips) when set."""
+    return {"alternate_flip": True} if cfg_train.get("alternate_flip") else {}
+
+
+def fast_hooks(model, cfg_train, key: str, ctx: StageContext, epochs: int) -> list:
+    """The recipe's weight averaging (``lookahead``) and catastrophic-overfitting monitor (``monitor``) as
+    training hooks (robprune.train.fast; docs/methods/recipes.md#fast-recipes); [] when both are off."""
+    import functools
+    import math
+
+    from robprune.attacks import fgsm, pgd
+    from robprune.train.fast import Lookahead, LookaheadOptions, MonitorOptions, OverfitMonitor, options
+
+    hooks = []
+    ahead = options(LookaheadOptions, cfg_train.get("lookahead"), f"{key}.lookahead")
+    if ahead.every > 0:
+        steps = math.ceil(len(ctx.data.train_y) / int(ctx.cfg.data.batch_size))
+        hooks.append(Lookahead(ahead, model, steps, epochs))
+    watch = options(MonitorOptions, cfg_train.get("monitor"), f"{key}.monitor")
+    if watch.n_examples > 0:
+        if ctx.data.modality != "image":
+            raise ConfigError(f"{key}.monitor attacks images (FGSM and PGD); set {key}.monitor.n_examples=0 for text")
+        n = len(ctx.data.train_y)
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:watch.n_examples].sort().values
+        x = ctx.data.train_x[pick]
+        x = (x.float() / 255.0) if x.dtype == torch.uint8 else x.float()
+        if watch.eps is None:
+            raise ConfigError(f"{key}.monitor.eps is not set; the monitor attacks at it, e.g. {key}.monitor.eps=0.03137")
+        eps = float(watch.eps)
+        hooks.append(OverfitMonitor(model, x, ctx.data.train_y[pick], functools.partial(fgsm, eps=eps),
+                                    functools.partial(pgd, eps=eps, steps=watch.pgd_steps), watch.batch_size))
+    return hooks
 
 
 class EpochReport:
@@ -90,6 +128,7 @@ def _train_parallel(model, cfg_train, key: str, ctx: StageContext, generator: to
     model.to("cpu")  # sent to the ranks with the hooks in one pickle (shared parameters stay shared)
     payload = {"model": model, "hooks": hooks, "cfg_train": cfg_train, "key": key, "data": ctx.data,
                "batch_size": int(ctx.cfg.data.batch_size), "augment": ctx.cfg.dataset.get("augment"),
+               "loader_options": loader_options(cfg_train, key),
                "generator_state": generator.get_state(), "seed": int(torch.initial_seed()),
                "checkpoint_dir": ctx.work / "epochs", "description": ctx.stage}
     if launched():  # torchrun's processes are the ranks

@@ -23,6 +23,8 @@ from robprune.train.trainer import local_model
 RAMP_EPOCHS = Annotated[float, Float(0, example="0")]  # epochs over which ε ramps linearly from 0
 ADV_RATIO = Annotated[float, Float(0, high=1, low_open=True, example="1.0")]  # attacked fraction of each batch
 BETA = Annotated[float, Float(0, example="6.0")]  # TRADES/MART weight of the robust term
+# cross-entropy against (1 − a)·one-hot + a/K (Szegedy et al. 2016); airbench's standard training uses 0.2
+LABEL_SMOOTHING = Annotated[float, Float(0, high=1, high_open=True, example="0.2")]
 
 
 @contextmanager
@@ -38,10 +40,12 @@ def eval_mode(model: nn.Module):
 
 @dataclass
 class Standard:
-    """Clean cross-entropy."""
+    """Clean cross-entropy (with ``label_smoothing`` a, against (1 − a)·one-hot + a/K)."""
+
+    label_smoothing: float = 0.0
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y)
+        return F.cross_entropy(model(x), y, label_smoothing=self.label_smoothing)
 
 
 def check_adv_ratio(adv_ratio: float) -> float:
@@ -97,6 +101,7 @@ class PGDAT:
     attack: Callable
     eps_ramp_epochs: float = 0.0
     adv_ratio: float = 1.0
+    label_smoothing: float = 0.0
     _epoch: int = 0
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -111,17 +116,21 @@ class PGDAT:
         return adversarial_mix(model, x, y, self.adv_ratio, lambda xs, ys: attack(local, xs, ys))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(self.adversarial_batch(model, x, y)), y)
+        return F.cross_entropy(model(self.adversarial_batch(model, x, y)), y, label_smoothing=self.label_smoothing)
 
 
 @OBJECTIVES.register(modality=("image", "text"))
-def standard() -> Standard:
-    return Standard()
+def standard(*, label_smoothing: LABEL_SMOOTHING = 0.0) -> Standard:
+    return Standard(label_smoothing=float(label_smoothing))
 
 
 @OBJECTIVES.register(modality="image")
-def pgd_at(*, attack: Annotated[Callable, TARGET], eps_ramp_epochs: RAMP_EPOCHS = 0.0, adv_ratio: ADV_RATIO = 1.0) -> PGDAT:
-    return PGDAT(attack=attack, eps_ramp_epochs=eps_ramp_epochs, adv_ratio=check_adv_ratio(adv_ratio))
+def pgd_at(*, attack: Annotated[Callable, TARGET], eps_ramp_epochs: RAMP_EPOCHS = 0.0, adv_ratio: ADV_RATIO = 1.0,
+           label_smoothing: LABEL_SMOOTHING = 0.0) -> PGDAT:
+    """PGD-AT; with ``attack`` = FGSM from a random start (pgd, steps 1, step_scale 1.25) it is Wong et al.'s
+    fast adversarial training (2020, Alg. 3; train=fast_at)."""
+    return PGDAT(attack=attack, eps_ramp_epochs=eps_ramp_epochs, adv_ratio=check_adv_ratio(adv_ratio),
+                 label_smoothing=float(label_smoothing))
 
 
 def mean_over_attacked(per_example: torch.Tensor, n_attacked: int | None) -> torch.Tensor:
