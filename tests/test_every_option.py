@@ -122,7 +122,7 @@ def shrink(cfg) -> list[str]:
            else f"dataset.test_split='{test}[:{TINY_TEST}]'", "data.batch_size=32"]
     if has("dataset.heldout_split"):
         out.append(f"dataset.heldout_split='{_split(cfg.dataset.heldout_split)}[{TINY_TRAIN + TINY_TEST}:]'")
-    for key, value in (("model.width", 8), ("model.width_mult", 0.125)):
+    for key, value in (("model.width", 8), ("model.width_mult", 0.125), ("model.depth", 10), ("model.widen_factor", 1)):
         if has(key):
             out.append(f"{key}={value}")
     for node in ("train", "finetune", "quant.train", "prune.during_training"):
