@@ -372,7 +372,8 @@ IMAGENET_LIKE = ["dataset=imagefolder", "prune.sparsity=0.6", "eval=clean", "+ev
 TABLE_RUNS = {"adverfine": [("compress", "none"), ("compress", "prune")],
               "kr": [("prune", "none", "eval=text"), ("prune", "kr_obs", "eval=text")],  # the layout's cells are TextFooler's
               # an image folder stands for ImageNet's (the paper's table); 0.6 sparsity = its 0.40x size
-              "adasap": [("prune", "adasap", *IMAGENET_LIKE), ("prune", "taylor", *IMAGENET_LIKE)]}
+              "adasap": [("prune", "adasap", *IMAGENET_LIKE), ("prune", "taylor", *IMAGENET_LIKE)],
+              "hydra": [("prune", "none"), ("prune", "hydra")]}  # the digits default: no paper column (tests/test_hydra.py has one)
 # Rows whose published numbers (the layout's paper: section) must show beside the runs' own cells.
 TABLE_PAPER = {"adasap": {"AdaSAP 0.40×": "77.27 / 41.23 / —", "Taylor 0.40×": "75.85 / 37.84 / —"}}
 
