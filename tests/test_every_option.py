@@ -122,7 +122,7 @@ def shrink(cfg) -> list[str]:
            else f"dataset.test_split='{test}[:{TINY_TEST}]'", "data.batch_size=32"]
     if has("dataset.heldout_split"):
         out.append(f"dataset.heldout_split='{_split(cfg.dataset.heldout_split)}[{TINY_TRAIN + TINY_TEST}:]'")
-    for key, value in (("model.width", 8), ("model.width_mult", 0.125)):
+    for key, value in (("model.width", 8), ("model.width_mult", 0.125), ("model.depth", 10), ("model.widen_factor", 1)):
         if has(key):
             out.append(f"{key}={value}")
     for node in ("train", "finetune", "quant.train", "prune.during_training"):
@@ -372,7 +372,8 @@ IMAGENET_LIKE = ["dataset=imagefolder", "prune.sparsity=0.6", "eval=clean", "+ev
 TABLE_RUNS = {"adverfine": [("compress", "none"), ("compress", "prune")],
               "kr": [("prune", "none", "eval=text"), ("prune", "kr_obs", "eval=text")],  # the layout's cells are TextFooler's
               # an image folder stands for ImageNet's (the paper's table); 0.6 sparsity = its 0.40x size
-              "adasap": [("prune", "adasap", *IMAGENET_LIKE), ("prune", "taylor", *IMAGENET_LIKE)]}
+              "adasap": [("prune", "adasap", *IMAGENET_LIKE), ("prune", "taylor", *IMAGENET_LIKE)],
+              "hydra": [("prune", "none"), ("prune", "hydra")]}  # the digits default: no paper column (tests/test_hydra.py has one)
 # Rows whose published numbers (the layout's paper: section) must show beside the runs' own cells.
 TABLE_PAPER = {"adasap": {"AdaSAP 0.40×": "77.27 / 41.23 / —", "Taylor 0.40×": "75.85 / 37.84 / —"}}
 

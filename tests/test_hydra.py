@@ -15,7 +15,7 @@ from robprune.prune.channel.hydra import WeightScores, scaled_scores, top_k_mask
 from robprune.prune.masks import finetune_hooks
 from robprune.prune.stats import PRUNABLE_TYPES, conv_channels
 from robprune.train import fit
-from tests.helpers import read_metrics, robprune
+from tests.helpers import REPO, read_metrics, robprune
 from tests.test_adasap import (  # the same small cnn8 and seeded data as the other gradual pruner
     _data,
     _model,
@@ -167,3 +167,75 @@ def test_hydra_end_to_end_through_the_cli(tmp_path):
     assert meta["prune"]["method"] == "hydra" and meta["prune"]["masked"]
     zeros = sum(int((mod.weight == 0).sum()) for mod in model.modules() if isinstance(mod, PRUNABLE_TYPES))
     assert zeros >= meta["prune"]["prunable_before"] - meta["prune"]["prunable_after"]  # fine-tuning kept the mask
+
+
+# ---------------------------------------------------------------- the paper's setup: experiment, model, table
+
+def test_hydra_cifar10_experiment_is_the_papers_setup(tmp_path):
+    """+experiment=hydra_cifar10 composes and validates: VGG16-BN (model=wrn for WRN-28-4), HYDRA at 99%, 20 score
+    epochs at lr 0.1, TRADES (β = 6, the authors' adversarial trainer) for the dense model, the scores and fine-tuning."""
+    from robprune.compose import compose
+    from robprune.validate import validate
+
+    cfg = compose(["+experiment=hydra_cifar10", f"data.root={tmp_path}"])
+    validate(cfg)
+    assert cfg.model._target_ == "robprune.models.vgg16_bn" and cfg.dataset.name == "cifar10"
+    assert cfg.prune.method == "hydra" and cfg.prune.sparsity == 0.99 and cfg.prune.granularity == "weight"
+    assert cfg.prune.during_training.epochs == 20 and cfg.prune.during_training.optimizer.lr == 0.1
+    assert cfg.prune.during_training.objective == cfg.train.objective  # the scores train under the run's objective
+    assert cfg.train.objective._target_.endswith("trades") and cfg.train.objective.beta == 6.0
+    assert (cfg.train.epochs, cfg.train.optimizer.lr, cfg.finetune.epochs, cfg.finetune.optimizer.lr) == (100, 0.1, 100, 0.01)
+    assert {"pgd20", "autoattack"} <= set(cfg.eval.attacks)
+    wide = compose(["+experiment=hydra_cifar10", f"data.root={tmp_path}", "model=wrn", "prune.sparsity=0.9"])
+    validate(wide)
+    assert (wide.model.depth, wide.model.widen_factor) == (28, 4) and wide.prune.sparsity == 0.9
+
+
+MRPF_EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("mrpf_*.yaml"))
+
+
+@pytest.mark.parametrize("name", MRPF_EXPERIMENTS)
+def test_hydra_joins_every_mrpf_comparison(name, tmp_path):
+    """prune=hydra composes with each MRPF experiment (its header's HYDRA sweep line): the experiment's sparsity,
+    the scores trained under the experiment's own training objective."""
+    from robprune.compose import compose
+    from robprune.validate import validate
+
+    (tmp_path / "imagenet-c").mkdir()
+    cfg = compose([f"+experiment={name}", f"data.root={tmp_path}", "prune=hydra", "prune.score_epochs=2"])
+    validate(cfg)
+    assert cfg.prune.method == "hydra" and cfg.prune.sparsity == compose([f"+experiment={name}"]).prune.sparsity
+    assert cfg.prune.during_training.epochs == 2 and cfg.prune.during_training.objective == cfg.train.objective
+
+
+def test_wrn_28_4_has_the_standard_size_and_shape():
+    """model=wrn at its defaults is WRN-28-4 (Zagoruyko & Komodakis): 5,849,050 parameters for 10 classes, logits (N, 10)."""
+    from robprune.models import wrn
+
+    model = wrn(in_channels=3, image_size=32, num_classes=10, mean=[0.5] * 3, std=[0.25] * 3)
+    assert sum(p.numel() for p in model.parameters()) == 5_849_050
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="model.depth must be 6n"):
+        wrn(in_channels=3, image_size=32, num_classes=10, mean=[0.5] * 3, std=[0.25] * 3, depth=27)
+
+
+def test_hydra_table_shows_the_papers_numbers_next_to_ours(tmp_path):
+    """+table=hydra on CIFAR-10 runs: rows sparsity × method, one column per model, the README table's era next to
+    our cells in the PGD slot; benign accuracy and AutoAttack, not verified or not published, read —."""
+    from tests.test_report import write_run
+
+    from robprune.cli import main as cli_main
+
+    runs = [("hydra", 0.99, "vgg16_bn"), ("global_magnitude", 0.99, "vgg16_bn"), ("hydra", 0.9, "wrn"), ("none", None, "vgg16_bn")]
+    for i, (method, sparsity, model) in enumerate(runs):
+        write_run(tmp_path / str(i), ratio=0.5, seed=0, method=method, config={"dataset": {"name": "cifar10"},
+                  "prune": {"sparsity": sparsity}}, choices={"dataset": "cifar10", "model": model, "prune": method},
+                  **{"robust_acc/autoattack": 0.3})
+    assert cli_main(["table", "+table=hydra", str(tmp_path), "--quiet"]) == 0
+    md = (tmp_path / "hydra.md").read_text()
+    lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[3:-1]] for ln in md.splitlines()[2:]}
+    assert list(lines) == ["dense", "HYDRA 90%", "HYDRA 99%", "magnitude 99%"]
+    header = [c.strip() for c in md.splitlines()[0].split("|")[3:-1]]
+    assert header == ["VGG16", "VGG16 (paper)", "WRN-28-4", "WRN-28-4 (paper)"]
+    assert lines["HYDRA 99%"][1] == "— / 41.70 / —" and lines["magnitude 99%"][1] == "— / 34.30 / —"
+    assert lines["HYDRA 90%"][3] == "— / 55.20 / —" and lines["dense"][1] == "— / 51.90 / —"

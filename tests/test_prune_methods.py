@@ -22,7 +22,8 @@ from robprune.prune.stats import prunable_weight_count
 from robprune.train import fit
 
 # small-width variants: same topology (residual coupling, pools, flatten) at a fraction of the cost
-MODELS = {"cnn8": ({}, 1, 28), "resnet18": ({"width": 16}, 3, 16), "vgg16_bn": ({"width_mult": 0.25}, 3, 32)}
+MODELS = {"cnn8": ({}, 1, 28), "resnet18": ({"width": 16}, 3, 16), "vgg16_bn": ({"width_mult": 0.25}, 3, 32),
+          "wrn": ({"depth": 10, "widen_factor": 2}, 3, 16)}  # wrn: pre-activation blocks, BN after the residual sum
 
 
 def make(name):

@@ -15,9 +15,10 @@ from robprune.models.text import TextClassifier, text_classifier
 from robprune.models.timm import timm_model
 from robprune.models.torchvision import torchvision_model
 from robprune.models.vgg import vgg16_bn
+from robprune.models.wrn import wrn
 
 from robprune.registry import MODELS
 
 MODELS.set_common(StartOptions)  # model.init, model.head: every model node takes them (robprune.start)
 
-__all__ = ["StartOptions", "Normalize", "build_model", "airbench", "cnn8", "small_cnn", "resnet18", "robustbench_model", "timm_model", "torchvision_model", "vgg16_bn", "TextClassifier", "text_classifier"]
+__all__ = ["StartOptions", "Normalize", "build_model", "airbench", "cnn8", "small_cnn", "resnet18", "robustbench_model", "timm_model", "torchvision_model", "vgg16_bn", "wrn", "TextClassifier", "text_classifier"]
