@@ -239,3 +239,13 @@ def test_hydra_table_shows_the_papers_numbers_next_to_ours(tmp_path):
     assert header == ["VGG16", "VGG16 (paper)", "WRN-28-4", "WRN-28-4 (paper)"]
     assert lines["HYDRA 99%"][1] == "— / 41.70 / —" and lines["magnitude 99%"][1] == "— / 34.30 / —"
     assert lines["HYDRA 90%"][3] == "— / 55.20 / —" and lines["dense"][1] == "— / 51.90 / —"
+
+
+def test_scores_train_at_the_full_eps_even_when_train_ramps_it():
+    from robprune.compose import compose
+    from robprune.prune.channel.hydra import full_eps
+
+    cfg = compose(["+experiment=mrpf_cifar10_cpu", "prune=hydra"])
+    assert cfg.prune.during_training.objective.eps_ramp_epochs == 2  # the dense model's ramp, interpolated
+    node = full_eps(cfg.prune.during_training)
+    assert node.objective.eps_ramp_epochs == 0 and node.objective.attack.eps == cfg.dataset.eps

@@ -179,6 +179,19 @@ def optimise_channel_scores(model: nn.Module, groups, keeps: dict[str, int], tra
     return kept, history
 
 
+def full_eps(node):
+    """The score node with its objective's ε ramp off: the scores start from a robust model, so they train at
+    the full ε from the first step (HYDRA has no ramp; docs/methods/hydra.md#resolutions). The ramp of
+    train.objective, which the node interpolates, is for training from scratch."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    objective = plain.get("objective")
+    if isinstance(objective, dict) and objective.get("eps_ramp_epochs"):
+        plain["objective"] = {**objective, "eps_ramp_epochs": 0}
+    return OmegaConf.create(plain)
+
+
 def check_hydra(granularity: str, score_epochs: int, score_lr: float) -> None:
     """The options the model does not matter for (ConfigError naming the key); the schema checks them too."""
     if granularity not in GRANULARITIES:
@@ -214,7 +227,8 @@ def hydra(model: nn.Module, context: PruneContext, *,
     check_hydra(granularity, score_epochs, score_lr)
     if during_training is None:
         raise ConfigError("prune.during_training must be set for prune=hydra (the score optimisation's train node)")
-    train = lambda m: context.train(m, during_training, [])  # noqa: E731
+    node = full_eps(during_training)
+    train = lambda m: context.train(m, node, [])  # noqa: E731
     total, params = prunable_weight_count(model), count_params(model)
     before = conv_channels(model)
     common = {"method": method, "granularity": granularity, "ratio_semantics": "params", "sparsity_target": float(sparsity),
