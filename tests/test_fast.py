@@ -196,6 +196,9 @@ def test_fast_at_end_to_end_through_the_cli(tmp_path):
     (["dataset=synthetic", "train=fast_at", "train.monitor.n_examples=-1"], "train.monitor.n_examples"),
     (["dataset=synthetic", "train=fast_standard", "train.lookahead.decay_base=2"], "train.lookahead.decay_base"),
     (["dataset=synthetic", "train=fast_standard", "train.schedule.peak=0"], "train.schedule.peak"),
+    (["dataset=imagenet", "train=fast_standard"], "train.alternate_flip"),                  # streamed from disk
+    (["dataset=sst2", "model=bert", "train=text_finetune", "prune=none", "finetune=none", "+train.monitor.n_examples=8"],
+     "train.monitor"),
 ])
 def test_bad_fast_options_are_one_line_exit_2_before_work(args, key, tmp_path, capsys):
     from robprune.cli import main
