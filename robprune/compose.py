@@ -76,11 +76,33 @@ def _composition_error(err, overrides: list[str]) -> str:
     if full_key and "not in struct" in str(cause):
         key = full_key.group(1)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        keys = _keys_at(parent, [o for o in overrides if not _touches(o, key)])
+        rest = [o for o in overrides if not _touches(o, key)]
+        keys = _keys_at(parent, rest)
+        if keys is not None and key.rsplit(".", 1)[-1] in keys:  # the key exists: an ancestor is an interpolation
+            return _interpolated_ancestor(key, rest) or str(unknown_key(key, parent, keys)).split(": ", 1)[1]
         if keys is not None:
             return str(unknown_key(key, parent, keys)).split(": ", 1)[1]
     extra = f" ({_first_line(cause)})" if cause else ""
     return f"{_first_line(err)}{extra}; check the key and value against conf/"
+
+
+def _interpolated_ancestor(key: str, overrides: list[str]) -> str | None:
+    """'prune.during_training.objective is ${oc.select:train.objective,null}: ...' when an ancestor of ``key``
+    is an interpolation, whose keys an override cannot set (Hydra refuses them as not in struct)."""
+    try:
+        cfg = compose(overrides)
+    except ConfigError:
+        return None
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent, leaf = ".".join(parts[:i - 1]), parts[i - 1]
+        node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
+        if isinstance(node, DictConfig) and leaf in node and OmegaConf.is_interpolation(node, leaf):
+            path = f"{parent}.{leaf}" if parent else leaf
+            raw = node._get_node(leaf)._value()
+            return (f"{key} cannot be set: {path} is the interpolation {raw}; set the key where it points, or "
+                    f"replace {path} as a whole (e.g. {path}={{...}})")
+    return None
 
 
 def _touches(override: str, key: str) -> bool:

@@ -139,6 +139,7 @@ def test_bad_options_are_one_line_config_errors(options, key):
     (["prune.granularity=block"], "prune.granularity"),
     (["prune.sparsity=0.99999"], "prune.sparsity"),
     (["trainer.devices=2"], "trainer.devices"),
+    (["prune.during_training.objective._target_=x"], "is the interpolation ${oc.select:train.objective,null}"),
     (["dataset=sst2", "model=bert", "train=text_finetune", "finetune=text_finetune", "eval=text"], "prune=hydra prunes image"),
 ])
 def test_cli_refuses_bad_input_in_one_line_exit_2(args, key, tmp_path, capsys):
