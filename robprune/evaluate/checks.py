@@ -26,8 +26,11 @@ Thresholds (module constants):
   with a ``monitor`` (train=fast_at) logs FGSM and PGD accuracy on a fixed batch of training examples after
   every epoch; the check fails at the first epoch whose PGD accuracy is below ``COLLAPSE_RATIO`` (0.5) of its
   best so far and at least ``COLLAPSE_MIN_DROP`` (10 points) below it while FGSM accuracy is at least what it
-  was at that best epoch: the model learnt to beat the one-step attack only. A model that merely gets less
-  robust late in training (robust overfitting, Rice et al. 2020) loses FGSM accuracy too and does not fire.
+  was at that best epoch: the model learnt to beat the one-step attack only. It also fails when the model never
+  became robust to PGD in the first place: at the last epoch FGSM accuracy exceeds PGD's by ``FGSM_ONLY_GAP``
+  (20 points) or more with PGD below half of it (an honestly robust model loses a few points from FGSM to
+  PGD, not most of them). A model that merely gets less robust late in training (robust overfitting, Rice
+  et al. 2020) loses FGSM accuracy too and does not fire.
 - Text attacks (:mod:`robprune.evaluate.text`): ``text_attack_flips`` replays every attacked text in
   a fresh batch; a "succeeded" text the model still classifies correctly, a "failed" one it gets
   wrong, or a clean prediction that disagrees with the attack's own, fails (one example is enough:
@@ -49,6 +52,7 @@ BALL_RTOL = 1e-5  # relative to eps: rounding in the attack's norm and projectio
 AA_GAP_MAX = 0.005  # AutoAttack may exceed PGD's robust accuracy by max(one example, this fraction)
 COLLAPSE_RATIO = 0.5  # catastrophic overfitting: monitor PGD accuracy below this fraction of its best so far ...
 COLLAPSE_MIN_DROP = 0.1  # ... and at least this much below it (absolute), while FGSM accuracy did not fall
+FGSM_ONLY_GAP = 0.2  # ... or, at the last epoch, FGSM accuracy this much above PGD's with PGD below half of it
 
 
 def ball_tolerance(eps: float | None) -> float:
@@ -163,6 +167,14 @@ def overfitting_check(stage: str, rows: list[dict]) -> tuple[dict[str, Any], lis
               f"monitor_pgd_acc_final/{stage}": float(watched[-1]["monitor_pgd_acc"]),
               f"monitor_fgsm_acc_final/{stage}": float(watched[-1]["monitor_fgsm_acc"]),
               f"catastrophic_overfitting_epoch/{stage}": None if collapse is None else collapse[0].get("epoch")}
+    last = watched[-1]
+    pgd_last, fgsm_last = float(last["monitor_pgd_acc"]), float(last["monitor_fgsm_acc"])
+    if collapse is None and fgsm_last - pgd_last >= FGSM_ONLY_GAP and pgd_last < COLLAPSE_RATIO * fgsm_last:
+        values[f"catastrophic_overfitting_epoch/{stage}"] = last.get("epoch")
+        return values, [f"catastrophic_overfitting/{stage}: after the last epoch ({last.get('epoch')}) FGSM accuracy on the "
+                        f"monitored training examples is {fgsm_last:.1%} but PGD's {pgd_last:.1%} (best "
+                        f"{float(best['monitor_pgd_acc']):.1%}): robustness to the one-step attack only (Wong et al. "
+                        f"2020, §5); lower the lr or the step (attack.step_scale), or use PGD-AT"]
     if collapse is None:
         return values, []
     row, before = collapse

@@ -79,7 +79,7 @@ class Airbench(nn.Module):
     init_images = WHITEN_IMAGES  # how many training images init_from_data wants (the train stage gives them)
 
     def __init__(self, *, in_channels: int, num_classes: int, mean, std, width: int, whiten_kernel: int,
-                 bn_momentum: float, scale: float, whiten_bias_epochs: int):
+                 bn_momentum: float, scale: float, whiten_bias_epochs: int, whiten_eps: float = WHITEN_EPS):
         super().__init__()
         self.normalize = Normalize(mean, std)
         whiten_width = 2 * in_channels * whiten_kernel ** 2
@@ -94,7 +94,7 @@ class Airbench(nn.Module):
         self.pool = nn.MaxPool2d(3)
         self.classifier = nn.Linear(widths[2], num_classes, bias=False)
         self.scale = Scale(scale)
-        self.whiten_bias_epochs = int(whiten_bias_epochs)
+        self.whiten_bias_epochs, self.whiten_eps = int(whiten_bias_epochs), float(whiten_eps)
 
     def forward(self, x):
         x = self.activ(self.whiten(self.normalize(x)))
@@ -106,7 +106,7 @@ class Airbench(nn.Module):
         """Patch whitening (airbench §3.2): images (N, C, H, W) in [0, 1] → the whitening conv's filters.
 
         Σ = (1/P) Σ_p v_p v_pᵀ over every k×k patch v_p (flattened, C·k² values) of the normalised images;
-        Σ = V Λ Vᵀ; the filters are [V/√(Λ + ε), −V/√(Λ + ε)] (largest eigenvalue first), so the first C·k²
+        Σ = V Λ Vᵀ; the filters are [V/√(Λ + ε), −V/√(Λ + ε)] (ε = ``whiten_eps``) (largest eigenvalue first), so the first C·k²
         output channels of a patch have covariance V'ᵀΣV' = Λ/(Λ + ε) ≈ I: whitened, unit variance."""
         weight = self.whiten.weight
         c, k = weight.shape[1], weight.shape[2]
@@ -115,7 +115,7 @@ class Airbench(nn.Module):
         covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
-        filters = (eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + WHITEN_EPS)).T.reshape(c * k * k, c, k, k)
+        filters = (eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + self.whiten_eps)).T.reshape(c * k * k, c, k, k)
         weight.copy_(torch.cat([filters, -filters]).to(weight.dtype))
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -137,6 +137,8 @@ def airbench(*, in_channels: int, image_size: int, num_classes: int, mean, std,
                                     "weight of the old BatchNorm running statistics (airbench: 0.6; torch's momentum is 1 − it)"] = 0.6,
              scale: Annotated[float, Float(0, low_open=True, example="0.111"), "logit multiplier (airbench: 1/9)"] = 1 / 9,
              whiten_bias_epochs: Annotated[int, Int(0, example="3"), "epochs the whitening conv's bias trains, then frozen (airbench: 3)"] = 3,
+             whiten_eps: Annotated[float, Float(0, low_open=True, example="0.0005"), "ε added to the patch eigenvalues: "
+                                   "the whitening's gain on a direction of variance λ is 1/√(λ + ε), at most 1/√ε (airbench: 5e-4)"] = WHITEN_EPS,
              ) -> Airbench:
     """airbench94's network (arXiv 2404.00498, docs/methods/recipes.md#fast-recipes). Call
     ``init_from_data`` with training images before training (the train stage does)."""
@@ -147,4 +149,4 @@ def airbench(*, in_channels: int, image_size: int, num_classes: int, mean, std,
                           f"{image_size}x{image_size}; use it on CIFAR-10/100, SVHN or MNIST-sized data, or another model")
     return Airbench(in_channels=in_channels, num_classes=num_classes, mean=mean, std=std, width=width,
                     whiten_kernel=whiten_kernel, bn_momentum=bn_momentum, scale=scale,
-                    whiten_bias_epochs=whiten_bias_epochs)
+                    whiten_bias_epochs=whiten_bias_epochs, whiten_eps=whiten_eps)
