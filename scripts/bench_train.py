@@ -49,7 +49,7 @@ from robprune.train.objectives import Standard
 VARIANTS = ("fp32", "bf16", "channels_last", "compile", "bf16+channels_last+compile")
 # recipe -> (overrides, goal: (min clean, min AutoAttack, max training minutes) from the issue that set them)
 RECIPES = {
-    "fast_standard": (["+experiment=fast_cifar10_cpu", "train=fast_standard", "model.width=64"], (0.85, None, 15)),
+    "fast_standard": (["+experiment=fast_cifar10_cpu", "train=fast_standard", "model.width=64", "model.whiten_eps=0.0005"], (0.85, None, 15)),
     "fast_at": (["+experiment=fast_cifar10_cpu"], (0.65, 0.30, 45)),
     "mrpf_cpu": (["+experiment=mrpf_cifar10_cpu"], None),
 }
