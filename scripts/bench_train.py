@@ -143,7 +143,10 @@ def run_recipe(name: str, args) -> dict:
     import sys
 
     overrides, _ = RECIPES[name]
-    run_dir = args.cache.parent / "recipes-runs" / name
+    import hashlib
+
+    tag = f"-{hashlib.sha256(' '.join(args.extra).encode()).hexdigest()[:8]}" if args.extra else ""
+    run_dir = args.cache.parent / "recipes-runs" / f"{name}{tag}"  # a finished run directory is never overwritten
     cmd = [sys.executable, "-m", "robprune.cli", "run", *overrides, "prune=none", "finetune=none",
            f"data.root={args.root.resolve()}", f"eval.n_examples.autoattack={args.aa_n}", f"cache_dir={args.cache.resolve()}",
            f"hydra.run.dir={run_dir.resolve()}", *args.extra]
@@ -199,7 +202,7 @@ def recipes(args) -> None:
         table.add_row(name, str(r["epochs"]), f"{r['train_s'] / 60:.1f}{reused}", ratio, pct(r["clean_acc"]),
                       pct(r["pgd20"]), pct(r["autoattack"]), goal_text(name, r),
                       "passed" if r["checks_passed"] else "; ".join(r["checks_failed"])[:80])
-    console = Console()
+    console = Console(width=max(160, Console().width))
     console.print(table)
     for name, r in results.items():  # accuracy against wall time: the monitor's per-epoch numbers
         rows = [c for c in r.get("curve", []) if "monitor_pgd_acc" in c]
