@@ -120,3 +120,13 @@ def test_sigkill_during_autoattack_resumes_with_the_same_numbers(trained, tmp_pa
     out, err = _child(tmp_path, work, "fast").communicate(timeout=120)
     assert f"eval autoattack: resuming AutoAttack from {state} ({done} of {len(SUB_ATTACKS)} attacks done)" in err, err[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(expected, sort_keys=True))
+
+
+def test_targeted_attacks_on_three_classes_are_refused_before_training(tmp_path, capsys):
+    from robprune.cli import main
+
+    code = main(["run", "dataset=synthetic", "dataset.num_classes=3", "eval=autoattack", "train=standard",
+                 f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "need >= 4 classes, the data has 3" in err, err
+    assert "version=custom" in err and not any((tmp_path / "cache").rglob("model.safetensors"))

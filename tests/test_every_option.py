@@ -69,6 +69,9 @@ def offline(cfg, roots: dict) -> list[str]:
         out += [f"data.root={roots['imagenet']}", "dataset.num_classes=4", "dataset.image_size=16", "dataset.resize=18"]
     elif name == "tiny_imagenet":
         out += [f"data.root={roots['tiny_imagenet']}", "dataset.num_classes=null"]  # the tree has 3 of its 200 classes
+        for key, attack in _attacks(cfg):  # AutoAttack's targeted attacks need 4 classes (refused before work otherwise)
+            if str(attack.get("_target_", "")).endswith("autoattack"):
+                out += [f"{key}.version=custom", f"{key}.attacks=[apgd-ce,square]"]
     elif reads_files(name):
         out.append(f"data.root={roots['image']}")
     for set_name in (OmegaConf.select(cfg, "eval.sets", default=None) or {}):  # shifted test sets (ImageNet-V2)

@@ -240,6 +240,20 @@ def _check_args(norm, version, attacks, batch_size, n_iter, n_queries) -> None:
         check_min(n_queries, "attack.n_queries", 1)
 
 
+# the attacks each version runs (pyautoattack's AutoAttack.__init__); the targeted / DLR ones need >= 4 classes
+VERSION_ATTACKS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+                   "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"), "rand": ("apgd-ce", "apgd-dlr")}
+
+
+def check_classes(version: str, attacks, n_classes: int, where: str) -> None:
+    """ConfigError before any work when the attacks AutoAttack would run need more classes than the data has."""
+    run = VERSION_ATTACKS.get(str(version), tuple(attacks or ()))
+    targeted = {"apgd-t", "apgd-dlr"} & set(run)
+    if targeted and int(n_classes) < 4:
+        raise ConfigError(f"{where}: AutoAttack's {', '.join(sorted(targeted))} need >= 4 classes, the data has {n_classes}; "
+                          f"use {where}.version=custom {where}.attacks=[apgd-ce,square]")
+
+
 def _configure(adversary, model: nn.Module, x: torch.Tensor, n_iter: int | None, n_queries: int | None) -> None:
     """Fit the targeted attacks to the number of classes and apply iteration overrides."""
     with torch.no_grad():

@@ -64,6 +64,17 @@ def externals(view: ConfigView) -> list:
     return input_stats(view.eval.get("corruptions")) + text_input_stats(view.eval) + fingerprints(view.eval)
 
 
+def check_autoattack_classes(node, n_classes: int) -> None:
+    """AutoAttack's targeted attacks on fewer than 4 classes: refused before training, not after it."""
+    from robprune.attacks.autoattack import autoattack, check_classes
+    from robprune.registry import locate
+
+    for name, attack in (node.get("attacks") or {}).items():
+        target = attack.get("_target_") if hasattr(attack, "get") else None
+        if target and locate(str(target)) is autoattack:
+            check_classes(attack.get("version", "standard"), attack.get("attacks"), n_classes, f"eval.attacks.{name}")
+
+
 def precheck(pc: Precheck) -> None:
     """Corruption files and text attacks' word vectors, encoders and WordNet load before any training."""
     from robprune.evaluate.corruption import check_inputs as check_corruption_inputs
@@ -72,6 +83,7 @@ def precheck(pc: Precheck) -> None:
     from robprune.evaluate.shift import check_sets
 
     check_corruption_inputs(pc.cfg, pc.data)
+    check_autoattack_classes(pc.cfg.eval, int(pc.data.num_classes))
     check_text_attack_inputs(pc.cfg.eval)
     check_sets(pc.cfg.eval, int(pc.data.num_classes))
 
