@@ -212,3 +212,15 @@ def test_bad_fast_options_are_one_line_exit_2_before_work(args, key, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and key in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("model.safetensors"))
+
+
+def test_gradient_scores_reach_frozen_weights_and_leave_them_frozen():
+    """MRS and Taylor differentiate through every Conv2d/Linear, airbench's frozen whitening conv included
+    (a sweep with prune=mrs died on it: 'One of the differentiated Tensors does not require grad')."""
+    from robprune.prune.channel.sensitivity import layer_gradients, prunable_layers
+
+    model = airbench(**CIFAR, width=4).eval()
+    x, y = torch.rand(8, 3, 32, 32), torch.arange(8) % 10
+    grads = layer_gradients(model, prunable_layers(model), x, y, 4)
+    assert grads["whiten"].abs().sum() > 0 and not model.whiten.weight.requires_grad
+    assert all(p.grad is None for p in model.parameters())

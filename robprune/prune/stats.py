@@ -1,6 +1,8 @@
 """What pruning did, in numbers that go into results (docs/methods/conventions.md#sparsity: name the meaning of sparsity)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from torch import nn
 
 def count_params(model: nn.Module) -> int:
@@ -32,3 +34,19 @@ def conv_channels(model: nn.Module) -> dict[str, int]:
 def layer_table(before: dict[str, int], after: dict[str, int]) -> list[dict]:
     """[{name, channels_before, channels_after}] per conv, for results and plots."""
     return [{"name": name, "channels_before": c, "channels_after": after[name]} for name, c in before.items()]
+
+
+@contextmanager
+def differentiable(weights):
+    """``weights`` with requires_grad on while a score differentiates through them, restored after: a model may
+    freeze some (airbench's whitening conv, docs/methods/recipes.md#fast-recipes), and torch.autograd.grad
+    refuses a tensor that does not require grad."""
+    weights = list(weights)
+    flags = [w.requires_grad for w in weights]
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        yield weights
+    finally:
+        for w, flag in zip(weights, flags):
+            w.requires_grad_(flag)

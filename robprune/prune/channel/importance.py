@@ -16,7 +16,7 @@ from torch_pruning.pruner import function
 
 from robprune.errors import ConfigError
 from robprune.prune.context import PruneContext
-from robprune.prune.stats import PRUNABLE_TYPES
+from robprune.prune.stats import PRUNABLE_TYPES, differentiable
 from robprune.registry import CRITERIA as IMPORTANCES
 
 # Pruning functions that remove *output* filters; in-channel slices of the next layer and norm-layer
@@ -113,7 +113,7 @@ def weight_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, devi
     model.to(device).eval()
     total = [torch.zeros_like(m.weight) for m in modules]
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), differentiable(m.weight for m in modules):
             for start in range(0, len(y), batch_size):
                 xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
                 loss = F.cross_entropy(model(xb), yb, reduction="sum") / len(y)

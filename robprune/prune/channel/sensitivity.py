@@ -17,7 +17,7 @@ from torch import nn
 
 from robprune.data.tensors import as_pixels, seeded_indices
 from robprune.errors import ConfigError
-from robprune.prune.stats import PRUNABLE_TYPES
+from robprune.prune.stats import PRUNABLE_TYPES, differentiable
 
 PERTURBATIONS = ("worst_case", "gaussian_rel", "grad_rel")
 
@@ -72,7 +72,7 @@ def layer_gradients(model: nn.Module, layers: dict[str, nn.Module], x_adv: torch
                     batch_size: int) -> dict[str, torch.Tensor]:
     """∂L_adv/∂W_l for every layer in one pass over the set (torch.autograd.grad: .grad untouched)."""
     grads = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
-    with torch.enable_grad():
+    with torch.enable_grad(), differentiable(m.weight for m in layers.values()):
         for i in range(0, len(y), batch_size):
             loss = F.cross_entropy(model(x_adv[i:i + batch_size]), y[i:i + batch_size], reduction="sum") / len(y)
             for name, g in zip(grads, torch.autograd.grad(loss, [m.weight for m in layers.values()])):
@@ -163,7 +163,7 @@ def _loss_and_weight_grad(model: nn.Module, weight: torch.Tensor, x_adv: torch.T
     """(L_adv, ∂L_adv/∂weight) over the whole set in batches; .grad untouched. L_adv is summed exactly
     as :func:`adversarial_loss` sums it, so at an unperturbed weight the two agree bit-exactly."""
     total, grad = 0.0, torch.zeros_like(weight)
-    with torch.enable_grad():
+    with torch.enable_grad(), differentiable([weight]):
         for i in range(0, len(y), batch_size):
             loss_sum = F.cross_entropy(model(x_adv[i:i + batch_size]), y[i:i + batch_size], reduction="sum")
             grad += torch.autograd.grad(loss_sum / len(y), [weight])[0]
