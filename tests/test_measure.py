@@ -25,6 +25,7 @@ def test_count_params_excludes_buffers():
 
 
 def test_nonzero_params_of_a_masked_model_count_the_kept_weights_only():
+    torch.manual_seed(0)  # unseeded, one CI run drew an initial value of exactly 0 (549,993 nonzero vs 549,994)
     model = cnn8()
     assert count_nonzero_params(model) == count_params(model)  # dense: nothing removed
     prune_model(model, load_option("prune", "global_magnitude"), example_inputs=torch.rand(1, 1, 28, 28))
