@@ -276,12 +276,9 @@ class SharpnessOptions:
 def sharpness_options(node, path: str) -> SharpnessOptions:
     """The sharpness node as :class:`SharpnessOptions` (declared defaults for keys it leaves out), checked:
     each key against its declaration, and rho_min <= rho_max for AdaSAP (ConfigError naming the key)."""
-    values = dict(node.items()) if node is not None else {}
-    unknown = sorted(set(values) - set(SharpnessOptions.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"{path}.{unknown[0]} is not a key of {path}; keys: {', '.join(SharpnessOptions.__dataclass_fields__)}")
-    opts = SharpnessOptions(**values)
-    check_fields(opts, path)
+    from robprune.train.fast import options
+
+    opts = options(SharpnessOptions, node, path)  # the one declared-node reader (also lookahead, monitor)
     if opts.method == "adasap" and float(opts.rho_min) > float(opts.rho_max):
         raise ConfigError(f"{path}.rho_min ({float(opts.rho_min)}) is above {path}.rho_max ({float(opts.rho_max)}); "
                           "set rho_min <= rho_max")
