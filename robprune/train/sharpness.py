@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from robprune.errors import ConfigError
-from robprune.options import Choice, Float, check_fields, option
+from robprune.options import Choice, Float, option
 from robprune.registry import SHARPNESS
 
 IMPORTANCES = ("l2", "taylor")
