@@ -27,11 +27,15 @@ def job(cfg: DictConfig) -> float | None:
         for handler in logging.getLogger().handlers:
             if not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.WARNING)
+    from robprune.compose import fit_experiment
     from robprune.pipeline import run
 
     threads_for_launcher(cfg, hc)
     try:
-        metrics = run(cfg, run_dir, choices=choices)
+        notes = fit_experiment(cfg, list(hc.overrides.task))  # an experiment's keys for an option swapped out
+        for note in notes:
+            log.warning(note)
+        metrics = run(cfg, run_dir, choices=choices, warnings=notes)
     except RobpruneError as err:
         log_to_file_only(err)
         print(str(err), file=sys.stderr)  # the one line the user sees

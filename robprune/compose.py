@@ -82,6 +82,16 @@ def _composition_error(err, overrides: list[str]) -> str:
             return _interpolated_ancestor(key, rest) or str(unknown_key(key, parent, keys)).split(": ", 1)[1]
         if keys is not None:
             return str(unknown_key(key, parent, keys)).split(": ", 1)[1]
+    twice = re.search(r"Multiple values for (\S+?)\.? To override|(\S+) appears more than once in the final defaults", str(err))
+    group = twice and (twice.group(1) or twice.group(2))
+    added = [o for o in overrides if group and o.startswith(f"+{group}=")]
+    if added:  # '+compress=qat' where an experiment already picks compress
+        return (f"{group} is already chosen by the experiment or the root config, so {added[0]} adds it a second time; "
+                f"pick its option without the '+': {added[0][1:]}")
+    there = re.search(r"Could not append to config\. An item is already at '([^']+)'", str(err))
+    added = [o for o in overrides if there and o.startswith(f"+{there.group(1)}=")]
+    if added:  # '+key=value' for a key the config already has
+        return f"{there.group(1)} is already in the config, so {added[0]} cannot add it; set it without the '+': {added[0][1:]}"
     extra = f" ({_first_line(cause)})" if cause else ""
     return f"{_first_line(err)}{extra}; check the key and value against conf/"
 
@@ -184,9 +194,70 @@ def check_overrides(overrides: list[str]) -> None:
         combos = expand_overrides(overrides + axes)
     with open_dict(first):
         first.pop("hydra", None)
-    validate(first)
+    fit_experiment(first, combos[0])
     for combo in combos[1:]:
-        validate(compose(combo))
+        fit_experiment(compose(combo), combo)
+
+
+def fit_experiment(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """Validate ``cfg``, first fitting an experiment's settings to the group options the command line swapped in.
+
+    An experiment's file sets keys for the options it composes: TRADES' ``finetune.objective.beta``, PGD-AT's
+    ``train.objective.eps_ramp_epochs``, its attacks' steps under ``eval.attacks``. When the command line replaces
+    such an option (``+experiment=mrpf_cifar10 finetune=pgd_at``), a key of the experiment's that the new option
+    does not take is dropped, and one it cannot run with (``finetune.epochs`` with ``finetune=none``) gets the new
+    option's own value. Each change is returned as a one-line note, which the run logs and records in
+    metrics.json's ``warnings``. A key the command line sets itself is never changed: its error stands, as does
+    every other error (docs/concepts/how-a-run-works.md#swapping-an-option-of-an-experiment).
+    """
+    from robprune.validate import validate
+
+    experiment = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == "experiment"), None)
+    swapped = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides
+               if "=" in o and not o.startswith(("+", "~")) and "." not in o.split("=", 1)[0]
+               and (config_dir() / o.split("=", 1)[0]).is_dir()}
+    notes: list[str] = []
+    written = OmegaConf.load(config_dir() / "experiment" / f"{experiment}.yaml") if experiment and swapped else None
+    alone = None  # the swapped options composed without the experiment: what each key is there
+    for _ in range(200):
+        try:
+            validate(cfg)
+            return notes
+        except ConfigError as err:
+            key = getattr(err, "key", None)
+            group = str(key).split(".", 1)[0]
+            if (written is None or key is None or group not in swapped or any(_touches(o, key) for o in overrides)
+                    or not _written(written, key)):
+                raise
+            if alone is None:
+                alone = compose([f"{g}={o}" for g, o in swapped.items()])
+            parent, leaf = key.rsplit(".", 1) if "." in key else ("", key)
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            there = OmegaConf.select(alone, key, default=_ABSENT, throw_on_resolution_failure=False)
+            with open_dict(node):
+                if there is _ABSENT:
+                    del node[leaf]
+                    notes.append(f"{key} (set by experiment {experiment}) dropped: {group}={swapped[group]} does not take it")
+                elif node[leaf] != there:
+                    node[leaf] = there
+                    notes.append(f"{key} (set by experiment {experiment}) reset to {there}, the value of "
+                                 f"{group}={swapped[group]}")
+                else:
+                    raise
+    raise ConfigError(f"{experiment}: too many settings of the experiment do not fit the options swapped in; "
+                      f"pick options the experiment lists")
+
+
+_ABSENT = object()
+
+
+def _written(node, key: str) -> bool:
+    """Whether a config file's node sets ``key`` (a dotted path), its values unresolved."""
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node._get_node(part)
+    return True
 
 
 def sweeper_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:

@@ -6,6 +6,10 @@ class RobpruneError(Exception):
 
     kind = "Error"
 
+    def __init__(self, message: str = "", *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key  # the config key the error is about, where one is (robprune.compose.fit_experiment reads it)
+
     def __str__(self) -> str:  # one readable line: "ConfigError: prune.channel_ratio must be ..."
         return f"{self.kind}: {super().__str__()}"
 

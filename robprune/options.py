@@ -131,7 +131,7 @@ def unknown_key(key: str, parent: str, allowed) -> ConfigError:
     near = difflib.get_close_matches(name, allowed, n=1)
     where = parent or "the root config"
     hint = f"did you mean {parent + '.' if parent else ''}{near[0]}?" if near else "remove it"
-    return ConfigError(f"{key} is not a key of {where} ({hint}); keys: {', '.join(allowed) or '(none)'}")
+    return ConfigError(f"{key} is not a key of {where} ({hint}); keys: {', '.join(allowed) or '(none)'}", key=key)
 
 
 def Int(low=None, *, high=None, null=False, example="") -> Value:  # noqa: N802  (spec constructors read like types)

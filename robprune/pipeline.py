@@ -133,8 +133,9 @@ def plan_run(cfg: DictConfig, run_dir: Path | None = None) -> list[dict]:
     return rows
 
 
-def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
-    """Run the whole pipeline for one config; writes config.yaml, metrics.json and the checkpoint to run_dir."""
+def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None, warnings: list[str] = ()) -> dict:
+    """Run the whole pipeline for one config; writes config.yaml, metrics.json and the checkpoint to run_dir.
+    ``warnings``: one-line notes about the config (robprune.compose.fit_experiment), kept in metrics.json."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     device, trainer, data, planned = prepare(cfg)
@@ -150,6 +151,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None) -> dict:
         final = results[next(p.inputs[MODEL] for p in planned if p.stage.name == "eval")]
 
         metrics = assemble_metrics(cfg, data, results, final, choices, device)
+        metrics["warnings"] = [*warnings, *metrics.get("warnings", [])]
         metrics["trainer"] = trainer.record()
         metrics["seconds"] = round(time.perf_counter() - started, 2)
         # Results are written only now, each file atomically (copies, never links into the cache): a run

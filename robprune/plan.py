@@ -16,7 +16,7 @@ STATES = {"cached": "reused from the cache", "resume": "resumes a partial build"
 
 def plan_command(args: list[str]) -> list[dict]:
     """Plan the run that ``robprune run <args>`` would start; prints the table and returns its rows."""
-    from robprune.compose import check_overrides, compose, overrides_of
+    from robprune.compose import check_overrides, compose, fit_experiment, overrides_of
     from robprune.errors import ConfigError
     from robprune.pipeline import plan_run
 
@@ -26,6 +26,7 @@ def plan_command(args: list[str]) -> list[dict]:
     check_overrides(overrides)
     started = time.perf_counter()
     cfg = compose(overrides)
+    fit_experiment(cfg, overrides)  # the keys a run drops or resets for an option swapped into an experiment
     rows = plan_run(cfg)
     if not cfg.quiet:
         _print(rows, time.perf_counter() - started, str(cfg.cache_dir) if cfg.cache else None)

@@ -62,7 +62,7 @@ def unknown_key(key: str, parent: str, allowed):
     """:func:`robprune.options.unknown_key`, or the hint of a key that :data:`REPLACED` names."""
     name = key.rsplit(".", 1)[-1]
     if name in REPLACED.get(parent, {}):
-        return ConfigError(f"{key} is not an option of {parent} any more: {REPLACED[parent][name]}")
+        return ConfigError(f"{key} is not an option of {parent} any more: {REPLACED[parent][name]}", key=key)
     return _unknown_key(key, parent, allowed)
 
 
