@@ -8,6 +8,7 @@ checks (combinations, reachability on the model) live in :mod:`robprune.validate
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import re
@@ -20,7 +21,7 @@ from robprune import schema
 from robprune.config import _check_targets, config_dir
 from robprune.corruptions import check_node as check_corruptions
 from robprune.errors import ConfigError
-from robprune.registry import ATTACKS, MODELS, OBJECTIVES, PRUNERS, locate, target_entry
+from robprune.registry import ATTACKS, DATASETS, MODELS, OBJECTIVES, PRUNERS, locate, target_entry
 from robprune.schema import ANY, BOOL, TARGET, MapOf, Value, unknown_key
 from robprune.tracking import check_logger
 from robprune.validate_prune import check_before_stages, check_prune_combinations, reachable_sparsity
@@ -40,13 +41,27 @@ def validate(cfg: DictConfig) -> None:
     if missing:
         key = sorted(missing)[0]
         raise ConfigError(f"{key} is required but not set; pass it on the command line, e.g. {key}=<value>")
-    _check_targets(cfg, "")  # before any target is imported to read its signature
-    check_modality(cfg)  # before the walk: a mismatch (PGD on text) would show as an unresolvable ${dataset.eps}
-    check_node(cfg, {**schema.ROOT, **dict.fromkeys(study_nodes(), ANY)}, "")
-    check_device(cfg.device)
-    check_trainer(cfg)
-    check_combinations(cfg)
-    check_logger(cfg.get("logger"))  # logger=mlflow without the package
+    try:
+        _check_targets(cfg, "")  # before any target is imported to read its signature
+        try:
+            check_modality(cfg)  # before the walk: a mismatch (PGD on text) would show as an unresolvable ${dataset.eps}
+        except (OmegaConfBaseException, ValueError, TypeError):  # a value it reads does not resolve or has a wrong
+            # type (train.epochs=abc): the walk names the key
+            check_node(cfg, {**schema.ROOT, **dict.fromkeys(study_nodes(), ANY)}, "")
+            check_modality(cfg)
+        check_node(cfg, {**schema.ROOT, **dict.fromkeys(study_nodes(), ANY)}, "")
+        check_device(cfg.device)
+        check_trainer(cfg)
+        check_combinations(cfg)
+        check_logger(cfg.get("logger"))  # logger=mlflow without the package
+    except OmegaConfBaseException as err:  # a value no check above reads by its key (a study's knob): still one line
+        key = getattr(err, "full_key", None) or "a key"
+        raise ConfigError(f"{key}: cannot resolve its value ({type(err).__name__}: {_first_line(err)}); set it on "
+                          "the command line", key=None) from None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else ""
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -100,7 +115,12 @@ def check_node(node, spec: dict, path: str) -> None:
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path} must be a group of keys, got {node!r}; pick an option of its group, e.g. {path}=<option>")
     if path == "dataset":
-        spec = {**spec, **schema.dataset_keys(str(node.get("name")))}
+        name = value_at(node, "name", "dataset.name") if "name" in node else None
+        if name is not None and str(name) not in DATASETS:  # the keys it may hold depend on it: say this first
+            near = difflib.get_close_matches(str(name), list(DATASETS.names()), n=1)
+            raise ConfigError(f"dataset.name={name} is not a dataset robprune knows{f' (did you mean {near[0]}?)' if near else ''}; "
+                              f"pick one with dataset=<option>: {', '.join(DATASETS.names())}", key="dataset.name")
+        spec = {**spec, **schema.dataset_keys(str(name))}
     for key in schema.REQUIRED.get(path, ()):
         if key not in node:
             raise ConfigError(f"{path + '.' if path else ''}{key} is not set (removed with ~?); put it back, "
@@ -136,7 +156,7 @@ def check_target(node, path: str) -> None:
     """A node built by ``instantiate``: its keys are parameters of the callable, typed where declared."""
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise ConfigError(f"{path} must be a node with a _target_ (built from a function), got {node!r}; "
-                          f"pick an option of its group instead")
+                          f"pick an option of its group instead", key=path)
     target = str(node._target_)
     allowed, typed = allowed_keys(target, path), schema.params_of(target)
     for key in node.keys():
@@ -364,7 +384,8 @@ def check_recipe(node: DictConfig, key: str) -> None:
         for part in ("objective", "optimizer", "schedule"):
             if part not in node:
                 raise ConfigError(f"{key}.{part} is not set but {key}.epochs={node.epochs}; pick a recipe with "
-                                  f"{key.split('.')[0]}=pgd_at or {key.split('.')[0]}=standard, or set {key}.epochs=0")
+                                  f"{key.split('.')[0]}=pgd_at or {key.split('.')[0]}=standard, or set {key}.epochs=0",
+                                  key=f"{key}.epochs")
 
 
 def check_fast_options(node: DictConfig, key: str, dataset: DictConfig) -> None:
