@@ -69,6 +69,21 @@ def test_load_from_safetensors_path_and_extra_cannot_clobber(tmp_path):
         assert torch.equal(model(x), again(x))
 
 
+def reseal(directory):
+    """Record the edited model.json's digest in the weights' header, as a crafted or hand-made pair would
+    have it: the checks behind the digest still refuse what it says."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from robprune.checkpoint import META_DIGEST
+    from robprune.io import json_digest
+
+    path = directory / "model.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        tensors, header = {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()
+    save_file(tensors, str(path), metadata={**header, META_DIGEST: json_digest(json.loads((directory / "model.json").read_text()))})
+
+
 def assert_one_line(err, *parts):
     text = str(err.value)
     assert text.startswith("CheckpointError: ") and "\n" not in text, text
@@ -150,6 +165,7 @@ def test_history_dropped_gives_shape_mismatch(tmp_path):
     directory, *_ = saved(tmp_path, "cnn8", prune=True)
     meta_path = directory / "model.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "pruning_history": []}))
+    reseal(directory)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(directory)
     assert_one_line(err, "weights do not match the architecture in model.json (features.2.weight")
@@ -161,6 +177,7 @@ def test_history_for_other_model(tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["pruning_history"][0][0] = "layer9.conv"
     meta_path.write_text(json.dumps(meta))
+    reseal(directory)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(directory)
     assert_one_line(err, str(meta_path), "pruning_history does not fit arch")
@@ -182,6 +199,7 @@ def test_malicious_target_refused(tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["arch"]["model"] = {"_target_": "os.system", "command": f"touch {marker}"}
     meta_path.write_text(json.dumps(meta))
+    reseal(directory)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(directory)
     assert_one_line(err, str(meta_path), "'os.system' is not allowed")
