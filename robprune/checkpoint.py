@@ -9,11 +9,12 @@ buffers load with ``strict=True``. Nothing in either file can make robprune impo
 
 Crash safety: each file is written atomically (temp file + rename), weights first, JSON last, so
 model.json only exists once its weights do. Both carry the same ``weights_sha256`` (a digest of the
-tensors), and the weights' header also holds ``model_json_sha256`` (the digest of model.json's
-content), so a pair from two different saves (a crash between the renames while overwriting, or
-files copied from different runs), a flipped byte in either file and an edited model.json are all
-refused on load, before anything is built from model.json. Checkpoints written before
-``model_json_sha256`` existed load with the other checks.
+tensors), so a pair from two different saves (a crash between the renames while overwriting, or
+files copied from different runs) and bit-rot in the weights are detected on load; model.json
+(format_version 2) also carries ``sha256``, the digest of the rest of its content, so a flipped
+byte or an edit in it is refused before anything is built from it. The weights file holds no
+digest of model.json, so it stays byte-identical when a stage is rebuilt (model.json records
+timings). format_version 1 files (before the seal) load with the other checks.
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ from torch import nn
 
 from robprune.config import to_container
 from robprune.errors import CheckpointError, ConfigError
-from robprune.io import as_json, atomic_save_tensors, atomic_write_json, json_digest, tensors_digest
+from robprune.io import SEAL, as_json, atomic_save_tensors, atomic_write_json, json_digest, tensors_digest
 from robprune.quant.modules import QuantSpec, quant_spec_of, quantize_model
 
 WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.json is sealed (its "sha256"); 1 is still read
+READABLE_VERSIONS = (1, 2)
 ARCH_KEYS = ("model", "in_channels", "image_size", "num_classes", "mean", "std")  # an image model's arch
 TEXT_ARCH_KEYS = ("model", "num_classes", "pad_id", "vocab_size")  # a text model's (its tokenizer's pad id and size)
 
@@ -42,7 +44,6 @@ def arch_keys(arch: dict) -> tuple[str, ...]:
 RESERVED_KEYS = ("format_version", "arch", "pruning_history", "weights_sha256")
 # Also written by save_checkpoint, optional on load (absent in checkpoints of float models saved before it existed).
 QUANT_KEY = "quant"
-META_DIGEST = "model_json_sha256"  # in the weights' header: json_digest of model.json's content
 
 
 def save_checkpoint(model: nn.Module, directory: Path | str, *, arch: dict, history: list | None = None,
@@ -69,10 +70,9 @@ def save_checkpoint(model: nn.Module, directory: Path | str, *, arch: dict, hist
     spec = quant_spec_of(model)
     meta.update(format_version=FORMAT_VERSION, arch=arch, pruning_history=list(history or []),
                 weights_sha256=digest, **{QUANT_KEY: spec.to_dict() if spec else None})
+    atomic_save_tensors(directory / WEIGHTS_FILE, state, metadata={"weights_sha256": digest})
     meta = as_json(meta)  # what load_checkpoint reads back, so its digest matches
-    atomic_save_tensors(directory / WEIGHTS_FILE, state,
-                        metadata={"weights_sha256": digest, META_DIGEST: json_digest(meta)})
-    atomic_write_json(directory / META_FILE, meta)
+    atomic_write_json(directory / META_FILE, {**meta, SEAL: json_digest(meta)})
     return directory
 
 
@@ -87,7 +87,6 @@ def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu
     weights_path, meta_path = _resolve(Path(path))
     meta = _read_meta(meta_path)
     tensors, header = _read_weights(weights_path)
-    _check_meta_digest(meta, header, meta_path, weights_path)
     model = _rebuild(meta, meta_path)
     _requantize(model, meta.get(QUANT_KEY), meta_path)
     _check_matches(model, tensors, weights_path)
@@ -110,7 +109,6 @@ def read_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
     weights_path, meta_path = _resolve(Path(path))
     meta = _read_meta(meta_path)
     tensors, header = _read_weights(weights_path)
-    _check_meta_digest(meta, header, meta_path, weights_path)
     _check_weights_digest(tensors, header, meta, meta_path, weights_path)
     return tensors, meta
 
@@ -132,17 +130,24 @@ def _read_meta(meta_path: Path) -> dict:
         raise CheckpointError(f"{meta_path}: not valid JSON ({err}); restore it or save the checkpoint again") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path}: expected a JSON object; restore it or save the checkpoint again")
-    missing = [k for k in RESERVED_KEYS if k not in meta] + [f"arch.{k}" for k in arch_keys(meta.get("arch", {})) if k not in meta.get("arch", {})]
+    arch = meta.get("arch", {})
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"{meta_path}: arch is a JSON {type(arch).__name__}, not an object; it was not written by save_checkpoint")
+    missing = [k for k in RESERVED_KEYS if k not in meta] + [f"arch.{k}" for k in arch_keys(arch) if k not in arch]
     if missing:
         raise CheckpointError(f"{meta_path}: missing {', '.join(missing)}; it was not written by save_checkpoint")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format_version {meta['format_version']} is not {FORMAT_VERSION}; "
-                              f"load it with the robprune version that wrote it")
+    if meta["format_version"] not in READABLE_VERSIONS:
+        raise CheckpointError(f"{meta_path}: format_version {meta['format_version']} is not "
+                              f"{' or '.join(map(str, READABLE_VERSIONS))}; load it with the robprune version that wrote it")
+    seal = meta.pop(SEAL, None)
+    if (seal is not None or meta["format_version"] != 1) and seal != json_digest(meta):  # before anything is built from it
+        raise CheckpointError(f"{meta_path}: its content does not match its {SEAL} (damaged or edited since it was "
+                              f"saved); restore it from the same save as {WEIGHTS_FILE} or save the checkpoint again")
     return meta
 
 
 def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors on CPU, the file's header metadata: weights_sha256 and, since it exists, model_json_sha256)."""
+    """(tensors on CPU, the file's header metadata, which holds weights_sha256)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -151,17 +156,6 @@ def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({err}); "
                               f"save the checkpoint again") from None
-
-
-def _check_meta_digest(meta: dict, header: dict, meta_path: Path, weights_path: Path) -> None:
-    """Before anything is built from it: model.json's content matches the digest the weights' header recorded
-    for it (absent: a checkpoint written before it existed). Files of two different saves name different
-    weights; they are told apart after the rebuild (:func:`_check_weights_digest`), whose shape check
-    names a different architecture."""
-    recorded = header.get(META_DIGEST)
-    if header.get("weights_sha256") == meta["weights_sha256"] and recorded is not None and json_digest(meta) != recorded:
-        raise CheckpointError(f"{meta_path}: does not match {weights_path.name} (damaged, edited, or the model.json of "
-                              f"another save of these weights); restore the pair from one save or save the checkpoint again")
 
 
 def _check_weights_digest(tensors: dict, header: dict, meta: dict, meta_path: Path, weights_path: Path) -> None:
