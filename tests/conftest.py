@@ -12,6 +12,7 @@ torch.set_num_threads(1)
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+    parser.addoption("--fuzz-long", action="store_true", help="run the long fuzzing checks (random kills, drawn faults)")
 
 
 def pytest_collection_modifyitems(config, items):
