@@ -133,7 +133,10 @@ def cache_entry(tmp_path_factory, checkpoints):
 
     root, source = tmp_path_factory.mktemp("faults-cache"), checkpoints[0] / "a"
     StageCache(root, enabled=True, scratch=root / "s").get("train", "k", lambda work: _copy_checkpoint(source, work, []))
-    return root, source, snapshot(root)
+    other = tmp_path_factory.mktemp("faults-cache-other")  # another entry: its files are the foreign ones
+    StageCache(other, enabled=True, scratch=other / "s").get(
+        "train", "k2", lambda work: _copy_checkpoint(checkpoints[0] / "b", work, []))
+    return root, source, snapshot(root), other / "train" / "k2"
 
 
 def _copy_checkpoint(source: Path, work: Path, built: list) -> None:
@@ -144,15 +147,17 @@ def _copy_checkpoint(source: Path, work: Path, built: list) -> None:
 
 @FAST
 @given(st.sampled_from(["model.safetensors", "model.json", "stage.json", ".done"]),
-       st.one_of(BYTE_FAULT, st.just(("missing",))))
+       st.one_of(BYTE_FAULT, st.just(("missing",)), st.just(("foreign",))))
 def test_a_damaged_cache_entry_is_rebuilt_or_reused_exactly(cache_entry, name, fault):
     from robprune.store import StageCache, check_entry
 
-    root, source, pristine = cache_entry
+    root, source, pristine, other = cache_entry
     restore(root, pristine)
     entry = root / "train" / "k"
     if fault[0] == "missing":
         (entry / name).unlink()
+    elif fault[0] == "foreign":
+        shutil.copy(other / name, entry / name)
     else:
         damage(entry / name, fault)
     built: list = []
@@ -340,7 +345,7 @@ def partial_states(tmp_path_factory):
     return out
 
 
-@FAST
+@settings(FAST, max_examples=100)  # 4 artifacts x their files x 5 kinds of fault, a few ms each
 @given(st.sampled_from(sorted(PARTIAL)), st.integers(0, 1),
        st.one_of(BYTE_FAULT, st.just(("missing",)), st.just(("foreign",))))
 def test_damaged_partial_state_is_set_aside_and_rebuilt_or_resumed_exactly(partial_states, artifact, which, fault):
