@@ -10,11 +10,14 @@ buffers load with ``strict=True``. Nothing in either file can make robprune impo
 Crash safety: each file is written atomically (temp file + rename), weights first, JSON last, so
 model.json only exists once its weights do. Both carry the same ``weights_sha256`` (a digest of the
 tensors), so a pair from two different saves (a crash between the renames while overwriting, or
-files copied from different runs) and bit-rot are both detected on load.
+files copied from different runs) and bit-rot in the weights are detected on load; model.json
+(format_version 2) also carries ``sha256``, the digest of the rest of its content, so a flipped
+byte or an edit in it is refused before anything is built from it. The weights file holds no
+digest of model.json, so it stays byte-identical when a stage is rebuilt (model.json records
+timings). format_version 1 files (before the seal) load with the other checks.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -24,11 +27,12 @@ from torch import nn
 
 from robprune.config import to_container
 from robprune.errors import CheckpointError, ConfigError
-from robprune.io import atomic_save_tensors, atomic_write_json
+from robprune.io import SEAL, as_json, atomic_save_tensors, atomic_write_json, json_digest, tensors_digest
 from robprune.quant.modules import QuantSpec, quant_spec_of, quantize_model
 
 WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.json is sealed (its "sha256"); 1 is still read
+READABLE_VERSIONS = (1, 2)
 ARCH_KEYS = ("model", "in_channels", "image_size", "num_classes", "mean", "std")  # an image model's arch
 TEXT_ARCH_KEYS = ("model", "num_classes", "pad_id", "vocab_size")  # a text model's (its tokenizer's pad id and size)
 
@@ -40,16 +44,6 @@ def arch_keys(arch: dict) -> tuple[str, ...]:
 RESERVED_KEYS = ("format_version", "arch", "pruning_history", "weights_sha256")
 # Also written by save_checkpoint, optional on load (absent in checkpoints of float models saved before it existed).
 QUANT_KEY = "quant"
-
-
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order; hex string."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_checkpoint(model: nn.Module, directory: Path | str, *, arch: dict, history: list | None = None,
@@ -72,12 +66,13 @@ def save_checkpoint(model: nn.Module, directory: Path | str, *, arch: dict, hist
         arch = {**arch, **model.arch_update()}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     digest = tensors_digest(state)
-    atomic_save_tensors(directory / WEIGHTS_FILE, state, metadata={"weights_sha256": digest})
     meta = {k: v for k, v in (extra or {}).items() if k not in (*RESERVED_KEYS, QUANT_KEY)}
     spec = quant_spec_of(model)
     meta.update(format_version=FORMAT_VERSION, arch=arch, pruning_history=list(history or []),
                 weights_sha256=digest, **{QUANT_KEY: spec.to_dict() if spec else None})
-    atomic_write_json(directory / META_FILE, meta)
+    atomic_save_tensors(directory / WEIGHTS_FILE, state, metadata={"weights_sha256": digest})
+    meta = as_json(meta)  # what load_checkpoint reads back, so its digest matches
+    atomic_write_json(directory / META_FILE, {**meta, SEAL: json_digest(meta)})
     return directory
 
 
@@ -91,15 +86,11 @@ def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu
     """
     weights_path, meta_path = _resolve(Path(path))
     meta = _read_meta(meta_path)
-    tensors, file_digest = _read_weights(weights_path)
+    tensors, header = _read_weights(weights_path)
     model = _rebuild(meta, meta_path)
     _requantize(model, meta.get(QUANT_KEY), meta_path)
     _check_matches(model, tensors, weights_path)
-    if file_digest != meta["weights_sha256"]:
-        raise CheckpointError(f"{weights_path}: weights and {meta_path.name} come from different saves (an interrupted "
-                              f"save or files copied from different runs); save the checkpoint again")
-    if tensors_digest(tensors) != file_digest:
-        raise CheckpointError(f"{weights_path}: weights are corrupt (checksum mismatch); save the checkpoint again")
+    _check_weights_digest(tensors, header, meta, meta_path, weights_path)
     model.load_state_dict(tensors, strict=True)
     return model.to(map_location).eval(), meta
 
@@ -117,12 +108,8 @@ def read_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
     digest checks as :func:`load_checkpoint` (a model.init source, robprune.start)."""
     weights_path, meta_path = _resolve(Path(path))
     meta = _read_meta(meta_path)
-    tensors, file_digest = _read_weights(weights_path)
-    if file_digest != meta["weights_sha256"]:
-        raise CheckpointError(f"{weights_path}: weights and {meta_path.name} come from different saves (an interrupted "
-                              f"save or files copied from different runs); save the checkpoint again")
-    if tensors_digest(tensors) != file_digest:
-        raise CheckpointError(f"{weights_path}: weights are corrupt (checksum mismatch); save the checkpoint again")
+    tensors, header = _read_weights(weights_path)
+    _check_weights_digest(tensors, header, meta, meta_path, weights_path)
     return tensors, meta
 
 
@@ -143,27 +130,41 @@ def _read_meta(meta_path: Path) -> dict:
         raise CheckpointError(f"{meta_path}: not valid JSON ({err}); restore it or save the checkpoint again") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path}: expected a JSON object; restore it or save the checkpoint again")
-    missing = [k for k in RESERVED_KEYS if k not in meta] + [f"arch.{k}" for k in arch_keys(meta.get("arch", {})) if k not in meta.get("arch", {})]
+    arch = meta.get("arch", {})
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"{meta_path}: arch is a JSON {type(arch).__name__}, not an object; it was not written by save_checkpoint")
+    missing = [k for k in RESERVED_KEYS if k not in meta] + [f"arch.{k}" for k in arch_keys(arch) if k not in arch]
     if missing:
         raise CheckpointError(f"{meta_path}: missing {', '.join(missing)}; it was not written by save_checkpoint")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format_version {meta['format_version']} is not {FORMAT_VERSION}; "
-                              f"load it with the robprune version that wrote it")
+    if meta["format_version"] not in READABLE_VERSIONS:
+        raise CheckpointError(f"{meta_path}: format_version {meta['format_version']} is not "
+                              f"{' or '.join(map(str, READABLE_VERSIONS))}; load it with the robprune version that wrote it")
+    seal = meta.pop(SEAL, None)
+    if (seal is not None or meta["format_version"] != 1) and seal != json_digest(meta):  # before anything is built from it
+        raise CheckpointError(f"{meta_path}: its content does not match its {SEAL} (damaged or edited since it was "
+                              f"saved); restore it from the same save as {WEIGHTS_FILE} or save the checkpoint again")
     return meta
 
 
-def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    """(tensors on CPU, the digest recorded in the file's header)."""
+def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors on CPU, the file's header metadata, which holds weights_sha256)."""
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     try:
         with safe_open(str(weights_path), framework="pt") as fh:
-            recorded = (fh.metadata() or {}).get("weights_sha256")
-        return load_file(str(weights_path), device="cpu"), recorded
-    except (SafetensorError, OSError, ValueError) as err:
+            return {name: fh.get_tensor(name) for name in fh.keys()}, dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({err}); "
                               f"save the checkpoint again") from None
+
+
+def _check_weights_digest(tensors: dict, header: dict, meta: dict, meta_path: Path, weights_path: Path) -> None:
+    """Both files name the same weights, and the tensors match them (read in full: ~0.1 s per 45 MB)."""
+    if header.get("weights_sha256") != meta["weights_sha256"]:
+        raise CheckpointError(f"{weights_path}: weights and {meta_path.name} come from different saves (an interrupted "
+                              f"save or files copied from different runs); save the checkpoint again")
+    if tensors_digest(tensors) != header["weights_sha256"]:
+        raise CheckpointError(f"{weights_path}: weights are corrupt (checksum mismatch); save the checkpoint again")
 
 
 def _rebuild(meta: dict, meta_path: Path) -> nn.Module:

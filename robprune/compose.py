@@ -51,10 +51,11 @@ def compose_saved(ckpt_dir: Path, overrides: list[str], sections: tuple[str, ...
     """The root config with ``overrides`` whose ``sections`` come from ``ckpt_dir/config.yaml`` (a run
     directory's resolved config) unless an override names them; just ``compose(overrides)`` for a
     checkpoint without one (``robprune eval`` and ``robprune export``)."""
+    from robprune.results import load_run_config
+
     cfg = compose(overrides)
-    saved_cfg = Path(ckpt_dir) / "config.yaml"
-    if saved_cfg.exists():
-        saved = OmegaConf.load(saved_cfg)
+    if (Path(ckpt_dir) / "config.yaml").exists():
+        saved = load_run_config(ckpt_dir)  # checked against the run's metrics.json: a damaged config is refused
         with open_dict(cfg):
             for section in sections:
                 if section in saved and not any(o.lstrip("+~").startswith(section) for o in overrides):

@@ -22,8 +22,9 @@ from robprune.checkpoint import load_checkpoint
 from robprune.data import DataBundle, build_data
 from robprune.graph import (MODEL, ConfigView, DataView, Planned, Precheck, StageContext, config_slice,
                             data_fingerprint, keyed_by_content, plan, provenance, stage_keys)
-from robprune.io import atomic_write_json, atomic_write_text
+from robprune.io import atomic_write_text
 from robprune.measure import checkpoint_size_bytes, dense_model, measure
+from robprune.results import write_metrics
 from robprune.stages import STAGES
 from robprune.stages.common import architecture, example_inputs
 from robprune.stages.evaluate import EVAL_FILE
@@ -163,7 +164,7 @@ def run(cfg: DictConfig, run_dir: Path, *, choices: dict | None = None, warnings
         metrics["size_bytes"] = checkpoint_size_bytes(run_dir)
         curves = write_curves(cfg.get("logger"), results, run_dir)  # tensorboard/<stage>/
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        write_metrics(run_dir, metrics)  # last: with the digests of itself and config.yaml
         # after the results are safe on disk; into the run the live curves went to (rows not logged yet only)
         report_to_mlflow(cfg.get("logger"), curves, run_dir, cfg, metrics, live.mlflow if live else None)
     return metrics

@@ -21,7 +21,8 @@ from robprune.data import build_data
 from robprune.errors import CheckpointError, ConfigError
 from robprune.evaluate.model import evaluate_model
 from robprune.graph import Precheck
-from robprune.io import atomic_write_json, atomic_write_text
+from robprune.io import atomic_write_text
+from robprune.results import write_metrics
 from robprune.stages.common import example_inputs
 from robprune.stages.evaluate import STAGE as EVAL_STAGE
 from robprune.summary import print_summary
@@ -89,7 +90,7 @@ def _evaluate(cfg, data, model, meta: dict, extra: dict, title: str) -> dict:
     metrics.update(measure(model, meta, data, cfg, device))
     add_int8_check(metrics)
     metrics.update({**extra, "seed": int(cfg.seed)})
-    atomic_write_json(out / "metrics.json", metrics)
+    write_metrics(out, metrics)
     if not cfg.quiet:
         print_summary(metrics, title=f"{title} → {out}")
     return metrics

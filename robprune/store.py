@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from robprune.io import atomic_write_json
+from robprune.io import atomic_write_json, set_aside
 
 log = logging.getLogger("robprune")
 
@@ -296,13 +296,7 @@ def check_entry(entry: Path) -> str | None:
 def quarantine(entry: Path) -> Path:
     """Rename ``entry`` to ``<entry>.corrupt-<YYYYmmdd-HHMMSS>`` (suffix -1, -2 on a clash); returns it.
     The caller holds the entry's lock."""
-    base = f"{entry.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
-    target, n = entry.with_name(base), 0
-    while target.exists():
-        n += 1
-        target = entry.with_name(f"{base}-{n}")
-    os.replace(entry, target)
-    return target
+    return set_aside(entry)
 
 
 def last_used(entry: Path) -> float:

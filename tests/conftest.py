@@ -13,7 +13,8 @@ torch.set_num_threads(1)
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
     parser.addoption("--fuzz-long", action="store_true", default=False,
-                     help="fuzz for long: 10,000 drawn configs, the whole experiment x option product (docs/development.md#fuzzing)")
+                     help="fuzz for long: 10,000 drawn configs, the whole experiment x option product, drawn data "
+                          "and file faults, random kills (docs/development.md#fuzzing)")
 
 
 def pytest_collection_modifyitems(config, items):

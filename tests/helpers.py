@@ -1,7 +1,6 @@
 """Shared test helpers: shrink overrides that keep the real configs but make runs take seconds."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -33,4 +32,7 @@ def robprune(args: list[str], cwd: Path, env: dict | None = None, timeout: int =
 
 
 def read_metrics(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
+    """A run's metrics.json as robprune table reads it: checked against its integrity record, which is dropped."""
+    from robprune.results import read_metrics as read_checked
+
+    return read_checked(Path(run_dir) / "metrics.json")

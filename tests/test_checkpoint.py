@@ -50,7 +50,7 @@ def test_round_trip_bit_identical(tmp_path, name, prune):
     assert not loaded.training
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert meta["arch"] == arch and meta["note"] == "hi" and meta["format_version"] == 1
+    assert meta["arch"] == arch and meta["note"] == "hi" and meta["format_version"] == 2 and "sha256" not in meta
     assert bool(meta["pruning_history"]) == prune
     state = loaded.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
@@ -67,6 +67,16 @@ def test_load_from_safetensors_path_and_extra_cannot_clobber(tmp_path):
     again, _ = load_checkpoint(tmp_path / "again")
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
+
+
+def reseal(directory):
+    """Seal an edited model.json again (its sha256 over the rest), as a crafted or hand-made file would be:
+    the checks behind the seal still refuse what it says."""
+    from robprune.io import SEAL, json_digest
+
+    path = directory / "model.json"
+    meta = {k: v for k, v in json.loads(path.read_text()).items() if k != SEAL}
+    path.write_text(json.dumps({**meta, SEAL: json_digest(meta)}))
 
 
 def assert_one_line(err, *parts):
@@ -150,6 +160,7 @@ def test_history_dropped_gives_shape_mismatch(tmp_path):
     directory, *_ = saved(tmp_path, "cnn8", prune=True)
     meta_path = directory / "model.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "pruning_history": []}))
+    reseal(directory)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(directory)
     assert_one_line(err, "weights do not match the architecture in model.json (features.2.weight")
@@ -161,6 +172,7 @@ def test_history_for_other_model(tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["pruning_history"][0][0] = "layer9.conv"
     meta_path.write_text(json.dumps(meta))
+    reseal(directory)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(directory)
     assert_one_line(err, str(meta_path), "pruning_history does not fit arch")
@@ -182,6 +194,7 @@ def test_malicious_target_refused(tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["arch"]["model"] = {"_target_": "os.system", "command": f"touch {marker}"}
     meta_path.write_text(json.dumps(meta))
+    reseal(directory)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(directory)
     assert_one_line(err, str(meta_path), "'os.system' is not allowed")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, SHARED_DATA, SHRINK, read_metrics, robprune, stable
+from tests.test_checkpoint import reseal
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,7 @@ def test_eval_checkpoint_of_other_architecture(finished_run, tmp_path):
     meta = json.loads((run_dir / "model.json").read_text())
     meta["arch"]["model"]["width"] = 4                    # weights were saved for width 8
     (bad / "model.json").write_text(json.dumps(meta))
+    reseal(bad)  # a consistent pair: refused for its architecture, not its digest
     res = robprune(["eval", str(bad), "eval=clean"], cwd=root)
     assert res.returncode == 2 and "CheckpointError" in res.stderr and "model.json" in res.stderr, res.stderr[-1500:]
 

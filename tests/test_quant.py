@@ -234,7 +234,7 @@ def test_pipeline_ptq_and_qat_stages(tmp_path):
 
 def test_checkpoint_with_an_invalid_quant_record_is_refused(tmp_path, digits_model):
     from robprune.errors import CheckpointError
-    from tests.test_checkpoint import arch_of, build
+    from tests.test_checkpoint import arch_of, build, reseal
 
     arch = arch_of("small_cnn")
     model = quantize_model(build(arch), QuantSpec("ptq", 8))
@@ -243,6 +243,7 @@ def test_checkpoint_with_an_invalid_quant_record_is_refused(tmp_path, digits_mod
     meta = json.loads((tmp_path / "q" / "model.json").read_text())
     meta["quant"]["bits"] = 40
     (tmp_path / "q" / "model.json").write_text(json.dumps(meta))
+    reseal(tmp_path / "q")
     with pytest.raises(CheckpointError, match=r"model\.json: invalid quant record \(quant\.bits"):
         load_checkpoint(tmp_path / "q")
 

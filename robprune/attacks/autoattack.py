@@ -35,7 +35,8 @@ from torch import nn
 
 from robprune.attacks.common import check_choice, check_eps, check_min, preserved_grads, preserved_modes
 from robprune.errors import ConfigError
-from robprune.io import atomic_save_tensors, atomic_write_json
+from robprune.io import (DamagedFile, atomic_save_sealed_tensors, atomic_write_sealed_json, load_sealed_tensors,
+                         read_sealed_json, set_aside)
 from robprune.options import EPS, SEED, SIZE, Choice, Int, Value
 from robprune.registry import ATTACKS
 
@@ -185,14 +186,16 @@ class _State:
         return self.path.with_name(self.path.name.removesuffix(".json").removesuffix(".state") + ".adv.safetensors")
 
     def _restore(self) -> None:
-        from safetensors import safe_open
-
+        """Load the saved progress if it is this call's; a damaged pair (either file unreadable, truncated or
+        not matching its sha256) is set aside as ``*.corrupt-<time>`` and the sub-attacks run from the start."""
         try:
-            saved = json.loads(self.path.read_text())
-            with safe_open(str(self._adv_path()), framework="pt") as f:
-                meta, x_adv = f.metadata() or {}, f.get_tensor("x_adv")
-        except (OSError, ValueError, KeyError) as err:
-            logging.getLogger(LOGGER).warning("ignoring unreadable AutoAttack state %s (%s); starting over", self.path, err)
+            saved = read_sealed_json(self.path)
+            tensors, meta = load_sealed_tensors(self._adv_path())
+            x_adv = tensors["x_adv"]
+        except (DamagedFile, KeyError) as err:
+            moved = [set_aside(p).name for p in (self.path, self._adv_path()) if p.exists()]
+            logging.getLogger(LOGGER).warning("AutoAttack state %s is damaged (%s); moved to %s, starting over", self.path,
+                                              getattr(err, "reason", err), " and ".join(moved))
             return
         done = saved.get("done", [])
         if (saved.get("format") != STATE_FORMAT or saved.get("fingerprint") != self.fingerprint
@@ -213,8 +216,8 @@ class _State:
         if self.path is None:
             return
         meta = {"fingerprint": self.fingerprint, "done": str(len(self.robust_after))}
-        atomic_save_tensors(self._adv_path(), {"x_adv": self.x_adv.contiguous()}, metadata=meta)
-        atomic_write_json(self.path, {
+        atomic_save_sealed_tensors(self._adv_path(), {"x_adv": self.x_adv.contiguous()}, metadata=meta)
+        atomic_write_sealed_json(self.path, {
             "format": STATE_FORMAT, "fingerprint": self.fingerprint, "attacks": self.attacks, "done": self.done,
             "robust_after": {a: "".join("1" if b else "0" for b in f.tolist()) for a, f in self.robust_after.items()},
             "warnings": self.warnings})

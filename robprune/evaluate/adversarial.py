@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import logging
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -36,8 +37,10 @@ from robprune.config import instantiate
 from robprune.data.tensors import as_pixels, seeded_indices
 from robprune.evaluate import checks
 from robprune.evaluate.blocks import Block, block_seed, block_size, blocks, owned
-from robprune.io import atomic_save_tensors
+from robprune.io import DamagedFile, atomic_save_sealed_tensors, load_sealed_tensors, set_aside
 from robprune.ui import track
+
+log = logging.getLogger("robprune")
 
 
 class AttackRun(NamedTuple):
@@ -263,27 +266,29 @@ def _tag(idx: torch.Tensor, correct: torch.Tensor) -> str:
 
 
 def _save_run(path: Path | None, tag: str, run: AttackRun) -> None:
-    """work/flags/<name>/block<k>.safetensors: robust and after/<sub> flags as uint8, ball excess in metadata."""
+    """work/flags/<name>/block<k>.safetensors (sealed): robust and after/<sub> flags as uint8, ball excess in metadata."""
     if path is None:
         return
     tensors = {"robust": run.robust.to(torch.uint8), **{f"after/{s}": f.to(torch.uint8) for s, f in run.after.items()}}
     meta = {"tag": tag, "ball_excess": repr(run.ball_excess), "after": ",".join(run.after)}
-    atomic_save_tensors(path, tensors, metadata=meta)
+    atomic_save_sealed_tensors(path, tensors, metadata=meta)
 
 
 def _load_run(path: Path | None, tag: str) -> AttackRun | None:
-    """The saved run at path if it was made for the same subset and clean flags, else None."""
+    """The saved run at path if it was made for the same subset and clean flags, else None; a damaged file
+    is set aside (``*.corrupt-<time>``, logged) and the attack runs again."""
     if path is None or not path.is_file():
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        tensors, meta = load_sealed_tensors(path)
         if meta.get("tag") != tag:
             return None
         subs = [s for s in meta.get("after", "").split(",") if s]
-        after = {s: f.get_tensor(f"after/{s}").bool() for s in subs}
-        return AttackRun(f.get_tensor("robust").bool(), float(meta["ball_excess"]), after)
+        return AttackRun(tensors["robust"].bool(), float(meta["ball_excess"]), {s: tensors[f"after/{s}"].bool() for s in subs})
+    except DamagedFile as err:
+        log.warning("saved attack flags %s are damaged (%s); moved to %s, attacking that block again", path,
+                    err.reason, set_aside(path).name)
+        return None
 
 
 def _accuracies(clean: torch.Tensor, robust: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
@@ -32,7 +32,7 @@ from robprune.corruptions import batch_seed, corrupt
 from robprune.corruptions.files import check_folders, file_stats, folder_digests, folder_subset, open_files, read_folder
 from robprune.data.tensors import as_pixels, seeded_indices
 from robprune.evaluate.blocks import BLOCK_SIZE, Block, blocks, owned
-from robprune.io import atomic_write_json
+from robprune.io import DamagedFile, atomic_write_sealed_json, read_sealed_json, set_aside
 from robprune.ui import track
 
 CHUNK = 256  # subset points corrupted per seeded draw (fixed: results must not depend on eval.batch_size)
@@ -185,17 +185,23 @@ def _tag(idx: torch.Tensor, clean: dict[int, torch.Tensor], source: str, block_s
 
 
 def _load(work: Path | None, name: str, tag: str) -> dict | None:
-    """{"<severity>/<block>": [correct, total]} saved for this tag, else None."""
+    """{"<severity>/<block>": [correct, total]} saved for this tag, else None; a damaged file (unreadable or
+    not matching its sha256) is set aside as ``*.corrupt-<time>``, logged, and the corruption counted again."""
     path = None if work is None else Path(work) / "corruptions" / f"{name}.json"
     if path is None or not path.is_file():
         return None
-    record = json.loads(path.read_text())
+    try:
+        record = read_sealed_json(path)
+    except DamagedFile as err:
+        logging.getLogger("robprune").warning("saved corruption counts %s are damaged (%s); moved to %s, counting "
+                                              "them again", path, err.reason, set_aside(path).name)
+        return None
     return record.get("counts") if record.get("tag") == tag else None
 
 
 def _save(work: Path | None, name: str, tag: str, counts: dict) -> None:
     if work is not None:
-        atomic_write_json(Path(work) / "corruptions" / f"{name}.json", {"tag": tag, "counts": counts})
+        atomic_write_sealed_json(Path(work) / "corruptions" / f"{name}.json", {"tag": tag, "counts": counts})
 
 
 def check_inputs(cfg, data) -> None:

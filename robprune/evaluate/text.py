@@ -9,14 +9,16 @@ when every attack failed on the text) is computed on the common prefix. Every ex
 given to the attack; misclassified ones come back "skipped" after the clean query, as in TextAttack.
 
 Persistence (``work`` given): finished examples are appended to ``work/text_attacks/<name>.jsonl``
-as they finish, so a rerun after a kill resumes (lines are validated on reload; a torn last line is
-dropped); every attacked example is written to ``work/adversarial.jsonl`` at the end, atomically.
+as they finish, each line sealed with its content's sha256, so a rerun after a kill resumes (a torn
+last line is dropped; a damaged line sets the file aside, logged, and its example is attacked
+again); every attacked example is written to ``work/adversarial.jsonl`` at the end, atomically.
 """
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -32,13 +34,14 @@ from robprune.data.tensors import seeded_indices
 from robprune.errors import DataError
 from robprune.evaluate import checks
 from robprune.evaluate.adversarial import _subset_size
-from robprune.io import atomic_write_text
+from robprune.io import SEAL, as_json, atomic_write_text, json_digest, set_aside
 from robprune.registry import ATTACKS, target_entry
 from robprune.ui import track
 
 RESULTS_DIR = "text_attacks"  # work/<RESULTS_DIR>/<name>.jsonl: finished examples, for resuming
 ADVERSARIAL_FILE = "adversarial.jsonl"  # work/<ADVERSARIAL_FILE>: every attacked example of every attack
 
+log = logging.getLogger("robprune")
 Rows = list[tuple[int, TextAttackResult]]  # (index in the test set, result), in subset order
 
 
@@ -191,27 +194,34 @@ def _tag(name: str, cfg, seed: int, max_length: int) -> str:
 
 
 class ResultStore:
-    """``<work>/text_attacks/<name>.jsonl``: one finished example per line, ``{"tag", "index", **result}``."""
+    """``<work>/text_attacks/<name>.jsonl``: one finished example per line, ``{"tag", "index", **result,
+    "sha256"}``, each line sealed with the digest of the rest (robprune.io.json_digest)."""
 
     def __init__(self, path: Path, tag: str):
         self.path, self.tag = Path(path), tag
 
     def load(self, texts: list[str], y: torch.Tensor, wanted: set[int]) -> dict[int, TextAttackResult]:
         """Saved results for indices in ``wanted`` made with the same tag, text and label; the file is
-        rewritten with only those (a torn or stale line is dropped) before new lines are appended."""
+        rewritten with only those before new lines are appended. A torn last line (killed mid-write) is
+        dropped; any other line that fails its seal means damage: the file is set aside as
+        ``*.corrupt-<time>`` (logged once) and those examples are attacked again."""
         if not self.path.is_file():
             return {}
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").split("\n")  # bad bytes fail their line's seal
         valid: dict[int, TextAttackResult] = {}
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                result = TextAttackResult.from_json(record)
-            except (json.JSONDecodeError, DataError, AttributeError, TypeError):
-                continue  # a torn last line (killed mid-write) or a damaged one
-            index = record.get("index")
-            if (record.get("tag") == self.tag and isinstance(index, int) and index in wanted
+        damaged = 0
+        for n, line in enumerate(lines):
+            record = _unseal_line(line)
+            if record is None:
+                damaged += bool(line) and n < len(lines) - 1  # the last piece, without its "\n", is a torn write
+                continue
+            index, result = record["index"], record["result"]
+            if (record["tag"] == self.tag and index in wanted
                     and result.original == texts[index] and result.label == int(y[index])):
                 valid[index] = result
+        if damaged:
+            log.warning("saved text-attack results %s: %d damaged line(s); moved to %s, attacking those examples again",
+                        self.path, damaged, set_aside(self.path).name)
         atomic_write_text(self.path, "".join(self._line(i, r) for i, r in valid.items()))
         return valid
 
@@ -223,7 +233,20 @@ class ResultStore:
             os.fsync(fh.fileno())
 
     def _line(self, index: int, result: TextAttackResult) -> str:
-        return json.dumps({"tag": self.tag, "index": index, **result.to_json()}, ensure_ascii=False) + "\n"
+        record = as_json({"tag": self.tag, "index": index, **result.to_json()})
+        return json.dumps({**record, SEAL: json_digest(record)}, ensure_ascii=False) + "\n"
+
+
+def _unseal_line(line: str) -> dict | None:
+    """{"tag", "index", "result"} of a sealed line, or None when it is not one (torn, damaged or unsealed)."""
+    try:
+        record = json.loads(line)
+        seal = record.pop(SEAL, None) if isinstance(record, dict) else None
+        if seal is None or seal != json_digest(record) or not isinstance(record.get("index"), int):
+            return None
+        return {"tag": record.get("tag"), "index": record["index"], "result": TextAttackResult.from_json(record)}
+    except (json.JSONDecodeError, DataError, AttributeError, TypeError, KeyError, ValueError):
+        return None
 
 
 def write_adversarial(path: Path, results: dict[str, Rows]) -> None:

@@ -57,8 +57,8 @@ def load_runs(root: Path) -> pd.DataFrame:
         raise DataError(f"no metrics.json under {root}; runs write it when they finish, so check the run logs")
     records, config_keys = [], {}
     for path in files:
+        metrics = _flatten(read_metrics(path))  # first: it checks config.yaml against the digest it recorded
         config = _flatten(_read_config(path.parent / "config.yaml"))
-        metrics = _flatten(read_metrics(path))
         config_keys.update(dict.fromkeys(config))
         records.append({"run_dir": str(path.parent), **config, **metrics})
     df = pd.DataFrame.from_records(records)
@@ -74,8 +74,9 @@ def _read_config(path: Path) -> dict:
         return {}
     try:
         cfg = OmegaConf.load(path)
-    except (yaml.YAMLError, OmegaConfBaseException) as err:
-        raise DataError(f"cannot read {path}: {err}") from None
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"cannot read {path}: {reason}; re-run that run, or delete its directory") from None
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException:  # e.g. ${hydra:...} only resolves inside a Hydra job: keep it as text

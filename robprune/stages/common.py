@@ -2,7 +2,6 @@
 derived checkpoint, and the dense model's architecture record."""
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -13,6 +12,7 @@ from robprune.checkpoint import RESERVED_KEYS, save_checkpoint
 from robprune.config import to_container
 from robprune.errors import ConfigError
 from robprune.graph import StageContext, seed_from
+from robprune.io import DamagedFile, read_sealed_json
 from robprune.train import build_training, fit, per_step, schedule_factor
 from robprune.train.trainer import broadcast_fit, check_objective, launched, resolve, spawn_fit, wrap_forward
 
@@ -149,8 +149,8 @@ def _train_parallel(model, cfg_train, key: str, ctx: StageContext, generator: to
 
 def _checkpointed_epoch(directory: Path) -> int:
     try:
-        return int(json.loads((directory / "last.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
+        return int(read_sealed_json(directory / "last.json")["epoch"])
+    except (DamagedFile, KeyError, TypeError, ValueError):
         return 0
 
 

@@ -1,7 +1,6 @@
 """The one training loop, with per-epoch checkpoints that make a killed run resume bit-exactly (CPU)."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -11,7 +10,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from robprune.io import atomic_save_tensors, atomic_write_json
+from robprune.io import (DamagedFile, atomic_save_sealed_tensors, atomic_write_sealed_json, load_sealed_tensors,
+                         read_sealed_json, set_aside)
 from robprune.ui import track
 
 log = logging.getLogger("robprune")
@@ -51,35 +51,35 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, plain: d
 
 
 def save_epoch_checkpoint(directory: Path, model: nn.Module, optimizer, generator: torch.Generator, state: TrainState) -> None:
-    """directory/last.safetensors + last.json; JSON written last and naming the epoch, so a crash between the
-    two leaves the previous pair's epoch in JSON and a mismatch is detected by the tensors' metadata."""
+    """directory/last.safetensors + last.json, each sealed (its content's sha256 inside, robprune.io); JSON
+    written last and naming the epoch, so a crash between the two leaves the previous pair's epoch in JSON
+    and a mismatch is detected by the tensors' metadata."""
     tensors, plain = _flatten_optimizer(optimizer)
     tensors.update({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()})
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.loader"] = generator.get_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    atomic_save_tensors(directory / "last.safetensors", tensors, metadata={"epoch": str(state.epoch)})
-    atomic_write_json(directory / "last.json", {"epoch": state.epoch, "history": state.history, "optimizer": plain})
+    atomic_save_sealed_tensors(directory / "last.safetensors", tensors, metadata={"epoch": str(state.epoch)})
+    atomic_write_sealed_json(directory / "last.json", {"epoch": state.epoch, "history": state.history, "optimizer": plain})
 
 
 def load_epoch_checkpoint(directory: Path, model: nn.Module, optimizer, generator: torch.Generator) -> TrainState | None:
-    """Restore model, optimizer and RNG from the last epoch checkpoint; None when there is none (or it is torn)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+    """Restore model, optimizer and RNG from the last epoch checkpoint; None when there is none, it is torn
+    (killed between its two files) or damaged (then both files are set aside as ``*.corrupt-<time>``)."""
     st, js = directory / "last.safetensors", directory / "last.json"
     if not (st.exists() and js.exists()):
         return None
     try:
-        meta = json.loads(js.read_text())
-        with safe_open(str(st), framework="pt") as fh:
-            if fh.metadata().get("epoch") != str(meta["epoch"]):
-                log.warning("epoch checkpoint in %s is torn (tensors and JSON disagree); starting over", directory)
-                return None
-        tensors = load_file(str(st))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-        log.warning("epoch checkpoint in %s is unreadable (%s); starting over", directory, err)
+        meta = read_sealed_json(js)
+        tensors, header = load_sealed_tensors(st)
+    except DamagedFile as err:
+        moved = [set_aside(path).name for path in (st, js)]
+        log.warning("epoch checkpoint %s is damaged (%s); moved to %s, training from the start", directory, err.reason,
+                    " and ".join(moved))
+        return None
+    if header.get("epoch") != str(meta.get("epoch")):
+        log.warning("epoch checkpoint in %s is torn (tensors and JSON disagree); starting over", directory)
         return None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     _restore_optimizer(optimizer, tensors, meta["optimizer"])
