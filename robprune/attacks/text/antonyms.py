@@ -98,7 +98,11 @@ class Antonyms:
 
     def are_antonyms(self, a: str, b: str) -> bool:
         """Whether a synset of ``a`` has an antonym pointer to a synset of ``b`` (between any of their
-        lemmas), or a lemma of ``a`` is an antonym of a lemma of ``b`` (indirect ones included). Symmetric."""
+        lemmas), or a lemma of ``a`` is an antonym of a lemma of ``b`` (indirect ones included). Symmetric.
+        Two forms of one lemma never are ("force" -> "forces", though WordNet opposes force-push to
+        force-pull)."""
+        if not self.base_forms(a).isdisjoint(self.base_forms(b)):
+            return False
         if self.lemma_antonyms(a, b):
             return True
         other = self.senses(b)
