@@ -184,9 +184,9 @@ def counter_fit(vectors: np.ndarray, synonyms: np.ndarray, antonyms: np.ndarray,
     give the same floats on one machine (BLAS may round differently on another CPU)."""
     started = time.perf_counter()
     unit = normalise(vectors)
-    vsp, original = close_pairs(unit, options.rho) if options.k3 > 0 else (np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
-    synonyms, keep = _without(synonyms, antonyms, len(unit)), ~_member(vsp, antonyms, len(unit))
-    vsp, original = vsp[keep], original[keep]
+    vsp = close_pairs(unit, options.rho)[0] if options.k3 > 0 else np.zeros((0, 2), np.int64)
+    synonyms, vsp = _without(synonyms, antonyms, len(unit)), _without(vsp, antonyms, len(unit))
+    original = 1.0 - _cos(unit, vsp)  # as each step measures it, so a pair that has not moved is active
     stats = {"words": len(unit), "synonym_pairs": len(synonyms) // 2, "antonym_pairs": len(antonyms) // 2,
              "vsp_pairs": len(vsp) // 2, "vsp_seconds": round(time.perf_counter() - started, 3)}
     pairs = np.concatenate([antonyms, synonyms, vsp]).reshape(-1, 2)
@@ -208,7 +208,7 @@ def counter_fit(vectors: np.ndarray, synonyms: np.ndarray, antonyms: np.ndarray,
 def _step(unit, pairs, weight, kind, bound, moved, starts) -> np.ndarray:
     """One full-batch step (the authors' one_step_SGD): ∂d(u, v)/∂u = u·cos(u, v) - v for unit u, v."""
     u, v = unit[pairs[:, 0]], unit[pairs[:, 1]]
-    cos = np.einsum("ij,ij->i", u, v)
+    cos = np.einsum("ij,ij->i", u, v)  # _cos, with u and v kept for the gradient
     dist = 1.0 - cos
     active = np.where(kind == 0, dist < bound, np.where(kind == 1, dist > bound, dist >= bound))
     grad = (u * cos[:, None] - v) * (weight * active)[:, None]
@@ -218,6 +218,11 @@ def _step(unit, pairs, weight, kind, bound, moved, starts) -> np.ndarray:
     some = count > 0
     out[moved[some]] += total[some] / count[some, None]
     return normalise(out)
+
+
+def _cos(unit: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(P,) cosines of the row pairs of unit rows."""
+    return np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])
 
 
 def _keys(pairs: np.ndarray, n: int) -> np.ndarray:
