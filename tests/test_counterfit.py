@@ -154,3 +154,14 @@ def test_textfooler_defaults_to_the_counter_fitted_table_and_its_digest_enters_t
     assert input_stats(node(GLOVE)) == []
     with pytest.raises(ConfigError, match=COUNTER_FITTED):
         load_vectors("no-such-vectors.txt")
+
+
+def test_a_cache_folder_that_cannot_be_written_still_gives_the_table(small, packaged, tmp_path):
+    words, table = small[0][:200], small[1][:200]
+    folder = _small_constraints(tmp_path / "constraints", words, packaged)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    got_words, got = counter_fitted(words, table, constraints=read_constraints(folder), root=blocked)
+    fitted, _ = counter_fit(table, pair_rows(words, read_constraints(folder).synonyms),
+                            pair_rows(words, read_constraints(folder).antonyms))
+    assert got_words == words and np.array_equal(got, fitted)

@@ -277,10 +277,12 @@ def counter_fitted(words: list[str], matrix: np.ndarray, *, constraints: Constra
     key = cache_key(kept, table, constraints, options)
     root = Path(root).expanduser() if root is not None else cache_root()
 
+    fit = lambda: counter_fit(table, pair_rows(kept, constraints.synonyms), pair_rows(kept, constraints.antonyms), options)  # noqa: E731
+
     def build(work: Path) -> None:
         from safetensors.numpy import save_file
 
-        fitted, stats = counter_fit(table, pair_rows(kept, constraints.synonyms), pair_rows(kept, constraints.antonyms), options)
+        fitted, stats = fit()
         save_file({"vectors": fitted}, str(work / "vectors.safetensors"))
         (work / "words.json").write_text(json.dumps(kept, ensure_ascii=False))
         (work / "counterfit.json").write_text(json.dumps({"options": asdict(options), **stats}))
@@ -291,12 +293,9 @@ def counter_fitted(words: list[str], matrix: np.ndarray, *, constraints: Constra
             "options": asdict(options), "constraints": constraints.digest}
     try:
         entry = StageCache(root, enabled=True, scratch=root).get(CACHE_STAGE, key, build, meta=meta).path
-    except OSError as err:  # a read-only or full cache folder: build in a temporary one, keep nothing
-        import tempfile
-
-        log.warning("counter-fitted vectors: cannot cache under %s (%s); building them for this process only", root, err)
-        with tempfile.TemporaryDirectory() as tmp:
-            return counter_fitted(words, matrix, constraints=constraints, options=options, root=tmp)
+    except OSError as err:  # a read-only or full cache folder: fit for this process, keep nothing
+        log.warning("counter-fitted vectors: cannot cache under %s (%s); fitting them for this process only", root, err)
+        return kept, fit()[0]
     return read_entry(entry, len(kept), table.shape[1])
 
 
