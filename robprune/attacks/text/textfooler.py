@@ -13,9 +13,10 @@ Candidates that are WordNet antonyms of the word (``antonyms``, on by default) a
 counter-fitted vectors keep them apart (robprune.attacks.text.antonyms).
 
 Differences, stated: no part-of-speech filter (the paper's POS check needs NLTK's tagger, which
-downloads its data; without it more candidates pass, so the attack is at least as strong); GloVe
-6B 50-d by default instead of counter-fitted vectors (pass a counter-fitted file as ``vectors`` to
-follow the paper: GloVe places antonyms close, so its neighbours are less often synonyms);
+downloads its data; without it more candidates pass, so the attack is at least as strong); the
+candidates come from GloVe 6B 50-d counter-fitted here with the paper's constraints and
+hyperparameters (``counter-fitted-glove-50d``, robprune.attacks.text.counterfit) instead of the
+authors' counter-fitted Paragram-SL999 vectors (a file of those works as ``vectors``);
 all-MiniLM-L6-v2 instead of the Universal Sentence Encoder.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
 from robprune.attacks.text.encoder import MINILM, load_encoder
 from robprune.attacks.text.search import Similarity, greedy_swap, rank_words
-from robprune.attacks.text.vectors import GLOVE, load_vectors
+from robprune.attacks.text.vectors import COUNTER_FITTED, GLOVE, load_vectors
 from robprune.attacks.text.words import is_stop_word, match_case
 from robprune.errors import ConfigError
 from robprune.registry import ATTACKS
@@ -35,8 +36,9 @@ from robprune.registry import ATTACKS
 def check_params(*, where: str = "attack.textfooler", **params) -> None:
     """ConfigError naming ``<where>.<key>`` for an unknown or invalid parameter of :func:`textfooler`."""
     base.check_with(PARAMS, where, params)
-    if params.get("vectors", GLOVE) is None:
-        raise ConfigError(f"{where}.vectors must name word vectors ({GLOVE} or a file); TextFooler's candidates come from them")
+    if params.get("vectors", COUNTER_FITTED) is None:
+        raise ConfigError(f"{where}.vectors must name word vectors ({COUNTER_FITTED}, {GLOVE} or a file); TextFooler's "
+                          "candidates come from them")
 
 
 @ATTACKS.register("textfooler", modality="text")
@@ -50,7 +52,7 @@ def textfooler(victim, text: str, label: int, *, seed: int = 0,
                skip_short: Annotated[bool, base.boolean, "texts with fewer words than window skip the similarity "
                                      "check (TextAttack's recipe)"] = True,
                max_words_changed: base.MaxWordsChanged = None, query_budget: base.QueryBudget = None,
-               vectors: base.Vectors = GLOVE, vocab_size: base.VocabSize = None, encoder: base.Encoder = MINILM,
+               vectors: base.Vectors = COUNTER_FITTED, vocab_size: base.VocabSize = None, encoder: base.Encoder = MINILM,
                antonyms: base.Antonyms = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim`` (:class:`~robprune.attacks.text.Victim`).
 
@@ -58,8 +60,8 @@ def textfooler(victim, text: str, label: int, *, seed: int = 0,
     encoder similarity bound in the units of ``similarity_metric`` (None or encoder None: no check);
     window: words compared around the changed one (None: whole texts); max_words_changed: fraction
     in (0, 1] of the attackable words, None = no limit; query_budget: victim queries incl. the clean
-    prediction, None = no budget; vectors: ``glove-6b-50d`` or a text-format file (first vocab_size
-    words); encoder: ``minilm`` or a local folder; antonyms: ``wordnet``, a WordNet database folder, or
+    prediction, None = no budget; vectors: ``counter-fitted-glove-50d``, ``glove-6b-50d`` or a text-format
+    file (first vocab_size words); encoder: ``minilm`` or a local folder; antonyms: ``wordnet``, a WordNet database folder, or
     None (keep antonym candidates). Deterministic: seed is accepted for the common
     signature and unused (nothing is drawn at random).
     """

