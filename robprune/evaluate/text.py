@@ -28,6 +28,7 @@ import torch
 
 from robprune.attacks.common import check_min, preserved_modes
 from robprune.attacks.text import TextAttackResult, Victim, count_changed
+from robprune.attacks.text.pos import tagger_package
 from robprune.config import instantiate, to_container
 from robprune.data.tensors import seeded_indices
 from robprune.errors import DataError
@@ -111,19 +112,10 @@ def effective_constraints(attack) -> dict[str, Any]:
     get = functools.partial(_param, attack)
     pos_match = bool(get("pos_match"))
     encoder = get("encoder") if get("min_similarity") is not None else None
-    return {"pos_match": pos_match, "pos_tagger": _tagger_package() if pos_match else None,
+    return {"pos_match": pos_match, "pos_tagger": tagger_package() if pos_match else None,
             "antonyms": get("antonyms"), "encoder": encoder,
             **{key: get(key) if encoder is not None else None for key in ("min_similarity", "similarity_metric", "window")},
             "vectors": get("vectors")}
-
-
-def _tagger_package() -> str | None:
-    from importlib import metadata
-
-    from robprune.attacks.text.pos import model_name
-
-    name = model_name()
-    return None if name is None else f"{name}=={metadata.version(name)}"
 
 
 def example_seed(seed: int, index: int) -> int:

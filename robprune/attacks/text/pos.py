@@ -49,6 +49,14 @@ def model_name() -> str | None:
     return next((name for name in MODELS if importlib.util.find_spec(name) is not None), None)
 
 
+def tagger_package() -> str | None:
+    """``name==version`` of the tagger package :func:`load_tagger` loads, or None."""
+    from importlib import metadata
+
+    name = model_name()
+    return None if name is None else f"{name}=={metadata.version(name)}"
+
+
 def check_available(value, key: str) -> None:
     """The spec of ``pos_match``: a bool, and when true a tagger must be installed (one-line ConfigError)."""
     if not isinstance(value, bool):
