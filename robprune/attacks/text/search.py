@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from robprune.attacks.text.base import AttackState
-from robprune.attacks.text.encoder import SentenceEncoder, angular
+from robprune.attacks.text.encoder import Encoder, angular
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Similarity:
     'current' (the text before this step, TextFooler) or 'original'; skip_short: texts with fewer words
     than the window pass unchecked (TextAttack's TextFooler recipe)."""
 
-    encoder: SentenceEncoder
+    encoder: Encoder
     threshold: float
     metric: str = "angular"
     window: int | None = None

@@ -12,8 +12,8 @@ the bug lowering the true-class probability most is kept (the paper's SelectBug)
 prediction flips.
 
 Differences, stated: sentences are not ranked first (the black-box attack's first step matters for
-documents; SST-2 items are single sentences); all-MiniLM-L6-v2 instead of the Universal Sentence
-Encoder; Sub-C draws one visual and one keyboard substitute per word (TextAttack's recipe draws
+documents; SST-2 items are single sentences); USE multilingual v3 instead of USE v3 (``encoder: use``;
+robprune.attacks.text.encoder); Sub-C draws one visual and one keyboard substitute per word (TextAttack's recipe draws
 homoglyphs only).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import random
 from robprune.attacks.text import base
 from robprune.attacks.text.antonyms import WORDNET, drop_antonyms
 from robprune.attacks.text.base import AttackState, TextAttackResult, change_limit
-from robprune.attacks.text.encoder import MINILM
+from robprune.attacks.text.encoder import USE
 from robprune.attacks.text.search import greedy_swap, rank_words, whole_text_similarity
 from robprune.attacks.text.vectors import GLOVE, load_vectors
 from robprune.attacks.text.words import is_stop_word, match_case
@@ -54,7 +54,7 @@ def textbugger(victim, text: str, label: int, *, seed: int = 0,
                                   "null = none (the paper sets none)"] = None,
                min_similarity: base.MinSimilarity = 0.8, similarity_metric: base.SimilarityMetric = "cosine",
                max_words_changed: base.MaxWordsChanged = None, query_budget: base.QueryBudget = None,
-               vectors: base.Vectors = GLOVE, vocab_size: base.VocabSize = None, encoder: base.Encoder = MINILM,
+               vectors: base.Vectors = GLOVE, vocab_size: base.VocabSize = None, encoder: base.Encoder = USE,
                antonyms: base.Antonyms = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim``; deterministic for a given ``seed``.
 
