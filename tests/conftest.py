@@ -12,6 +12,18 @@ torch.set_num_threads(1)
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+    # --fuzz-long: property tests (Hypothesis) draw many more examples; the default budget keeps them seconds
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="property tests draw FUZZ_LONG examples instead of FUZZ_SHORT (see fuzz_examples)")
+
+
+FUZZ_SHORT, FUZZ_LONG = 30, 1000  # Hypothesis examples per property test: default run, --fuzz-long
+
+
+@pytest.fixture(scope="session")
+def fuzz_examples(request) -> int:
+    """How many examples a property test draws (Hypothesis max_examples): FUZZ_LONG with --fuzz-long."""
+    return FUZZ_LONG if request.config.getoption("--fuzz-long") else FUZZ_SHORT
 
 
 def pytest_collection_modifyitems(config, items):
