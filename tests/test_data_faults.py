@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import tempfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,9 @@ def image_tree(root: Path, suffix: str, seed: int = 0) -> None:
 
 
 def write_mode(folder: Path, stem: str, mode: str) -> Path:
-    """An image of SIDE x SIDE pixels in ``mode``, in a format that keeps that mode."""
-    rng = np.random.default_rng(len(mode))
+    """An image of SIDE x SIDE pixels in ``mode``, in a format that keeps that mode; its pixels differ from
+    folder to folder (two alike would be a duplicate across the splits, another fault)."""
+    rng = np.random.default_rng(zlib.crc32(f"{folder.parent.name}/{folder.name}/{stem}/{mode}".encode()))
     rgb = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
     if mode == "I":  # a 16-bit PGM: PIL reads it as 32-bit integers
         path = folder / f"{stem}.pgm"
