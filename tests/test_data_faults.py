@@ -244,6 +244,21 @@ def test_a_test_class_missing_from_a_training_slice_fails_the_check(tmp_path):
     assert checks_of(bundle)["failed"][0].startswith("unseen_class_fraction:")
 
 
+def test_streamed_image_folder_refuses_a_missing_training_class_and_warns_of_an_empty_test_one(tmp_path):
+    """Streamed folders are not decoded up front, but their listing knows every class folder."""
+    image_tree(tmp_path / "tree", ".jpg")
+    for folder in (tmp_path / "tree" / "test" / "c0", tmp_path / "tree" / "train" / "c2"):
+        for image in folder.iterdir():
+            image.unlink()
+    cfg = dataset_cfg("imagefolder", tmp_path / "tree", storage="stream", image_size=SIDE)
+    with pytest.raises(DataError, match=f"{tmp_path / 'tree' / 'train' / 'c2'} holds no images but the test split has 2"):
+        build_data(cfg, cache_dir=tmp_path / "cache")
+    shutil.rmtree(tmp_path / "tree" / "test" / "c2")  # the test split no longer has class c2
+    bundle = build_data(cfg, cache_dir=tmp_path / "cache")
+    assert any(f"{tmp_path / 'tree' / 'test' / 'c0'} holds no images" in w for w in bundle.audit.warnings)
+    assert bundle.audit.overlap is None and checks_of(bundle)["train_test_overlap"] is None
+
+
 def _mkdir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
