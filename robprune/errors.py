@@ -1,4 +1,5 @@
-"""User-facing errors. The CLI prints ``str(err)`` on one line and exits with code 2."""
+"""User-facing errors and warnings. The CLI prints an error's ``str(err)`` on one line and exits with code 2; a
+:class:`DataWarning` lets the run go on and is recorded in metrics.json ``warnings``."""
 
 
 class RobpruneError(Exception):
@@ -30,3 +31,9 @@ class ExportError(RobpruneError):
     """``robprune export`` cannot write or check the file (an op without a mapping, a package missing, a failed check)."""
 
     kind = "ExportError"
+
+
+class DataWarning(UserWarning):
+    """A fault in the data that a run accepts (an image converted, a test example also in training): one line
+    naming the files and what was done. ``build_data`` collects them (robprune.data.faults); the run logs them
+    and records them in metrics.json ``warnings``."""

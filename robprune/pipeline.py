@@ -107,6 +107,8 @@ def prepare(cfg: DictConfig) -> tuple[torch.device, object, DataBundle, list[Pla
     device = resolve_device(cfg.device)
     trainer = resolve_trainer(cfg.get("trainer"), device)  # trainer.devices against this machine, GPU-only options
     data = build_data(cfg.dataset, cache_dir=cfg.data.cache_dir, loading=cfg.data)
+    for note in data.audit.warnings:  # faults the run accepts (robprune.data.faults), also in metrics.json
+        log.warning(note)
     dense = dense_model(architecture(cfg.model, data))
     data.check_model(dense)  # e.g. an image model on a text dataset
     planned = plan(STAGES, cfg)
@@ -204,7 +206,22 @@ def assemble_metrics(cfg, data, results: dict[str, StageResult], final: StageRes
     add_int8_check(metrics)
     add_sparsity_check(metrics, model, prune_info)
     add_overfitting_checks(metrics, results)
+    add_data_checks(metrics, data)
     return metrics
+
+
+def add_data_checks(metrics: dict, data) -> None:
+    """The data's faults: its warnings appended to metrics.json ``warnings`` (created when absent), and the checks
+    of test examples identical to training ones and of classes never trained on (robprune.evaluate.checks.data_checks)."""
+    from robprune.evaluate.checks import data_checks
+
+    audit = data.audit
+    metrics.setdefault("warnings", []).extend(audit.warnings)
+    values, failed = data_checks(audit.overlap, audit.unseen, audit.n_test)
+    checks = metrics.setdefault("checks", {})
+    checks.update(values)
+    checks.setdefault("failed", []).extend(failed)
+    checks["passed"] = not checks.get("failed")
 
 
 TRAINING_LOGS = {"train": "train_log", "prune_train": "prune_train_log", "finetune": "finetune_log"}  # stage -> model.json key

@@ -79,9 +79,11 @@ def _evaluate(cfg, data, model, meta: dict, extra: dict, title: str) -> dict:
     """The eval stage's checks, then evaluation, cost and size of ``model`` into a new folder (eval_out):
     config.yaml and metrics.json (``extra`` added), the same keys as a run's."""
     from robprune.measure import measure
-    from robprune.pipeline import add_int8_check, resolve_device
+    from robprune.pipeline import add_data_checks, add_int8_check, resolve_device
 
     EVAL_STAGE.precheck(Precheck(cfg, data, model, example_inputs(data)))  # the eval stage's own checks
+    for note in data.audit.warnings:  # faults the evaluation accepts (robprune.data.faults), also in metrics.json
+        log.warning(note)
     device = resolve_device(cfg.device)
     out = Path(cfg.eval_out or f"outputs/evals/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.time_ns() % 10**6:06d}")
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -89,6 +91,7 @@ def _evaluate(cfg, data, model, meta: dict, extra: dict, title: str) -> dict:
                              test_split=str(cfg.dataset.test_split), device=device, progress=not cfg.quiet, out=out)
     metrics.update(measure(model, meta, data, cfg, device))
     add_int8_check(metrics)
+    add_data_checks(metrics, data)
     metrics.update({**extra, "seed": int(cfg.seed)})
     write_metrics(out, metrics)
     if not cfg.quiet:

@@ -17,6 +17,15 @@ def pytest_addoption(parser):
                           "and file faults, random kills (docs/development.md#fuzzing)")
 
 
+FUZZ_SHORT, FUZZ_LONG = 30, 1000  # Hypothesis examples per property test: default run, --fuzz-long
+
+
+@pytest.fixture(scope="session")
+def fuzz_examples(request) -> int:
+    """How many examples a property test draws (Hypothesis max_examples): FUZZ_LONG with --fuzz-long."""
+    return FUZZ_LONG if request.config.getoption("--fuzz-long") else FUZZ_SHORT
+
+
 def pytest_collection_modifyitems(config, items):
     skip_slow = pytest.mark.skip(reason="slow: pass --runslow")
     skip_gpu = pytest.mark.skip(reason="needs CUDA")

@@ -111,6 +111,70 @@ def test_corrupt_dataset_file(tmp_path):
     assert res.returncode == 2 and "t10k-images-idx3-ubyte" in res.stderr.strip().splitlines()[-1], res.stderr[-1500:]
 
 
+# Data faults through the real command (the drawn cases run in-process in tests/test_data_faults.py).
+TINY_RUN = ["dataset=imagefolder", "train.epochs=1", "prune=none", "finetune=none", "eval=clean", "logger=none",
+            "model.width=8", "model.hidden=32", "quiet=true"]
+
+
+def _two_class_tree(root: Path) -> Path:
+    """root/{train,test}/{cat,dog}/<n>.png: 8 training and 4 test images per class, 8x8 RGB noise around a
+    per-class grey level."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for c, cls in enumerate(("cat", "dog")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(70 + 110 * c, 30, (8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_training_class_without_images_is_refused_before_training(tmp_path):
+    """Issue 27's measured case: train/dog empty while test/dog is not. It used to train on cats only and report
+    50% clean accuracy with checks passed; now one line names the folder, exit 2, and nothing is trained."""
+    tree = _two_class_tree(tmp_path / "tree")
+    for image in (tree / "train" / "dog").iterdir():
+        image.unlink()
+    res = robprune(["run", *TINY_RUN, f"data.root={tree}", f"cache_dir={tmp_path / 'cache'}",
+                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert lines[0].startswith(f"DataError: dataset 'imagefolder': {tree / 'train' / 'dog'} holds no images but the "
+                               "test split has 4 example(s) of that class"), lines[0]
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "cache" / "train").exists()
+
+
+def test_data_warnings_are_logged_and_recorded_in_metrics(tmp_path):
+    """A grayscale image in an RGB tree (converted) and a training image copied into the test split: the run goes
+    on, logs both, lists them in metrics.json ``warnings``, and fails checks.train_test_overlap."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    tree = _two_class_tree(tmp_path / "tree")
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(tree / "train" / "cat" / "grey.png")
+    shutil.copyfile(tree / "train" / "cat" / "0.png", tree / "test" / "cat" / "copy.png")
+    res = robprune(["run", *TINY_RUN, f"data.root={tree}", f"cache_dir={tmp_path / 'cache'}",
+                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = read_metrics(tmp_path / "run")
+    assert m["warnings"] == [
+        f"dataset 'imagefolder': 1 of 17 images of split 'train' are not RGB (1 L; first: "
+        f"{tree / 'train' / 'cat' / 'grey.png'}); converted to RGB",
+        f"dataset 'imagefolder': 1 of 9 test examples are identical to a training example (first: "
+        f"{tree / 'test' / 'cat' / 'copy.png'} = {tree / 'train' / 'cat' / '0.png'}); accuracy on them measures memory, "
+        "not generalisation: remove them from one split"]
+    checks = m["checks"]
+    assert checks["passed"] is False and checks["train_test_overlap"] == pytest.approx(1 / 9)
+    assert [f.split(":")[0] for f in checks["failed"]] == ["train_test_overlap"] and checks["unseen_class_fraction"] == 0
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert all(w in log and w in res.stdout + res.stderr for w in m["warnings"])  # run.log and the console
+
+
 def test_eval_and_table_on_missing_dirs(tmp_path):
     for cmd in (["eval", str(tmp_path / "nope")], ["table", str(tmp_path / "nope")]):
         res = robprune(cmd, cwd=tmp_path)

@@ -87,7 +87,7 @@ def test_sst2_split_names(tmp_path):
     (b"sentence\tlabel\nfine\t1\nso so\t2\n", r"line 3: label '2' is not 0 or 1"),
     (b"sentence\tlabel\nfine\tpositive\n", r"line 2: label 'positive' is not 0 or 1"),
     (b"label\tsentence\n1\tfine\n0\t  \n", r"line 3: the sentence is empty"),
-    (b"label\tsentence\n1\tcaf\xe9\n", r"is not UTF-8 text"),
+    (b"label\tsentence\n1\tcaf\xe9\n", r"train\.tsv, line 2: not UTF-8 text"),
 ], ids=["empty", "header only", "no label column", "no text column", "extra field", "missing field", "label 2",
         "label word", "empty sentence", "latin-1"])
 def test_sst2_bad_files_name_the_file_and_the_fix(tmp_path, content, message):

@@ -32,6 +32,20 @@ def sentences(n: int, *, seed: int = 0) -> list[tuple[int, str]]:
     return rows
 
 
+def held_out(n: int, train: list[tuple[int, str]], *, seed: int = 1) -> list[tuple[int, str]]:
+    """sentences(n, seed=seed) with each sentence that is also in ``train`` replaced by the next fresh one of the
+    same label (from seed + 100): a test split that repeats training sentences fails the run's
+    checks.train_test_overlap, and real SST-2 has no such sentence."""
+    seen = {text for _, text in train}
+    spare = (row for row in sentences(100 * n + 100, seed=seed + 100) if row[1] not in seen)
+    rows = []
+    for label, text in sentences(n, seed=seed):
+        if text in seen:
+            label, text = next(row for row in spare if row[0] == label)
+        rows.append((label, text))
+    return rows
+
+
 def write_tsv(path: Path, rows: list[tuple[int, str]], *, header: tuple[str, str] = ("label", "sentence")) -> Path:
     """A GLUE-style TSV: a header line, then one row per example, columns in ``header``'s order."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,8 +59,9 @@ def write_tsv(path: Path, rows: list[tuple[int, str]], *, header: tuple[str, str
 
 def write_sst2(root: Path, n_train: int = 200, n_dev: int = 60, *, header=("label", "sentence")) -> Path:
     """``root/train.tsv`` and ``root/dev.tsv`` in the SST-2 layout; returns root."""
-    write_tsv(root / "train.tsv", sentences(n_train, seed=0), header=header)
-    write_tsv(root / "dev.tsv", sentences(n_dev, seed=1), header=header)
+    train = sentences(n_train, seed=0)
+    write_tsv(root / "train.tsv", train, header=header)
+    write_tsv(root / "dev.tsv", held_out(n_dev, train), header=header)
     return root
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.data_fixtures import make_cifar10, make_mnist, write_cifar_batch, write_png, write_svhn
-from tests.text_fixtures import sentences, tiny_bert, write_sst2
+from tests.text_fixtures import held_out, sentences, tiny_bert, write_sst2
 
 
 def shared_folder(tmp_path_factory, worker_id: str, name: str, make) -> Path:
@@ -106,14 +106,16 @@ def text_root(root: Path) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
 
     write_sst2(root, n_train=160, n_dev=64)
+    corpus = {"train": sentences(160, seed=0)}
+    corpus["test"] = held_out(64, corpus["train"])  # no test sentence repeats a training one (checks.train_test_overlap)
     with open(root / "train.csv", "w", newline="") as train, open(root / "test.csv", "w", newline="") as test:
-        for fh, rows in ((train, sentences(160, seed=0)), (test, sentences(64, seed=1))):
+        for fh, rows in ((train, corpus["train"]), (test, corpus["test"])):
             writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
             for i, (label, text) in enumerate(rows):  # AG News: "class 1-4","title","description"
                 words = text.split()
                 writer.writerow([str(2 * (i % 2) + label + 1), " ".join(words[:2]), " ".join(words[2:])])
-    for split, n, seed in (("train", 160, 0), ("test", 64, 1)):  # aclImdb/<split>/{neg,pos}/<id>_<rating>.txt
-        for i, (label, text) in enumerate(sentences(n, seed=seed)):
+    for split, rows in corpus.items():  # aclImdb/<split>/{neg,pos}/<id>_<rating>.txt
+        for i, (label, text) in enumerate(rows):
             folder = root / "aclImdb" / split / ("pos" if label else "neg")
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{i}_{8 if label else 2}.txt").write_text(text)

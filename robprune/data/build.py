@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from omegaconf import DictConfig
 from robprune.data import (  # noqa: F401 (they register their sources)
     builtin,
     cifar,
+    faults,
     imagefolder,
     imagenet,
     manifest,
@@ -22,6 +22,7 @@ from robprune.data import (  # noqa: F401 (they register their sources)
     tiny_imagenet,
     webdataset,
 )
+from robprune.data.faults import Audit
 from robprune.data.listing import Listing
 from robprune.data.loader import BatchLoader
 from robprune.data.source import Arrays, Source, get, load_split
@@ -50,6 +51,7 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     version: str | None = None  # dataset.version: a user's name for the data's release, part of every key
+    audit: Audit = field(default_factory=Audit)  # faults found while loading: warnings, overlap, unseen classes
 
     modality = "image"
 
@@ -143,26 +145,52 @@ def build_data(dataset_cfg: DictConfig, *, cache_dir: str | Path | None = None, 
     """
     name = str(get(dataset_cfg, "name"))
     manifest.set_default_cache(cache_dir)
-    if str(dataset_cfg.get("modality", "image")) == "text":
-        return build_text_data(dataset_cfg, cache_dir=cache_dir)
-    images = DATASETS.names(modality="image")
-    if name not in images:
-        raise ConfigError(f"dataset.name={name!r} is not a known dataset; choose one of {', '.join(images)}")
-    source = DATASETS.get(name)
-    if source.storage(dataset_cfg) == "stream":
-        return _build_stream(source, dataset_cfg, cache_dir, loading if isinstance(loading, Loading) else Loading.of(loading))
-    bases: dict[str, Arrays] = {}  # each base split is decoded once even if both keys slice it
-    (train_x, train_y), train_at = _select(source, dataset_cfg, "train_split", bases, cache_dir)
-    (test_x, test_y), test_at = _select(source, dataset_cfg, "test_split", bases, cache_dir)
+    with faults.collected() as notes:  # the faults accepted on the way: the bundle's audit.warnings
+        if str(dataset_cfg.get("modality", "image")) == "text":
+            bundle = build_text_data(dataset_cfg, cache_dir=cache_dir)
+        else:
+            images = DATASETS.names(modality="image")
+            if name not in images:
+                raise ConfigError(f"dataset.name={name!r} is not a known dataset; choose one of {', '.join(images)}")
+            source = DATASETS.get(name)
+            if source.storage(dataset_cfg) == "stream":
+                bundle = _build_stream(source, dataset_cfg, cache_dir,
+                                       loading if isinstance(loading, Loading) else Loading.of(loading))
+            else:
+                bundle = _build_memory(source, dataset_cfg, cache_dir)
+    bundle.audit = replace(bundle.audit, warnings=tuple(notes))
+    return bundle
+
+
+def _build_memory(source: Source, cfg: DictConfig, cache_dir) -> DataBundle:
+    """Both splits decoded (or read from the decode cache) into uint8 tensors."""
+    name = str(cfg.name)
+    bases: dict[str, tuple[Arrays, list[Path]]] = {}  # each base split is decoded once even if both keys slice it
+    (train_x, train_y), train_at = _select(source, cfg, "train_split", bases, cache_dir)
+    (test_x, test_y), test_at = _select(source, cfg, "test_split", bases, cache_dir)
     warn_overlap(train_at, test_at)
     if train_x.shape[1:] != test_x.shape[1:]:
         raise DataError(f"dataset {name!r}: train images are {tuple(train_x.shape[1:])} but test images are "
                         f"{tuple(test_x.shape[1:])}; they must match (for an imagefolder set dataset.image_size)")
-    num_classes = _num_classes(source, dataset_cfg, (train_y, test_y))
+    num_classes = _num_classes(source, cfg, (train_y, test_y))
+    unseen = faults.unseen_classes(name, train_y, test_y, bases[train_at[0]][0][1], _where(source, cfg, train_at[0]))
+    pairs = faults.overlap_pairs(train_x, test_x)
+
+    def describe(part: str, i: int) -> str:  # an example of the selection: its file, or base split and index
+        base, where = train_at if part == "train" else test_at
+        return str(bases[base][1][where.start + i]) if source.example_files else f"{base}[{where.start + i}]"
+
+    faults.warn_overlap_pairs(name, pairs, len(test_y), describe)
     channels = int(train_x.shape[1])
     return DataBundle(name=name, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                      num_classes=num_classes, mean=_per_channel(dataset_cfg, "mean", channels),
-                      std=_per_channel(dataset_cfg, "std", channels, positive=True), version=_version(dataset_cfg))
+                      num_classes=num_classes, mean=_per_channel(cfg, "mean", channels),
+                      std=_per_channel(cfg, "std", channels, positive=True), version=_version(cfg),
+                      audit=Audit(n_test=len(test_y), overlap=len(pairs), unseen=unseen))
+
+
+def _where(source: Source, cfg: DictConfig, base: str):
+    """label -> where the training examples of that class belong and that there are none (None: not known)."""
+    return (lambda label: source.class_folder(cfg, base, label)) if source.class_folder else (lambda label: None)
 
 
 def _version(cfg: DictConfig) -> str | None:
@@ -192,13 +220,16 @@ def _build_stream(source: Source, cfg: DictConfig, cache_dir, loading: Loading) 
     if transforms.channels not in (1, 3):
         raise ConfigError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {transforms.channels}")
     num_classes = _num_classes(source, cfg, (train.labels, test.labels))
+    unseen = faults.unseen_classes(name, train.labels, test.labels, bases[train_at[0]].labels,
+                                   _where(source, cfg, train_at[0]))
     threads = loading.num_workers
     images = {k: StreamImages(Files(v[0].root, v[0].rels, v[0].labels), transforms, threads) for k, v in splits.items()}
     return StreamBundle(name=name, train_x=images["train_split"], train_y=train.labels, test_x=images["test_split"],
                         test_y=test.labels, num_classes=num_classes,
                         mean=_per_channel(cfg, "mean", transforms.channels),
                         std=_per_channel(cfg, "std", transforms.channels, positive=True), version=_version(cfg),
-                        transforms=transforms, digests={"train": train.digest, "test": test.digest}, loading=loading)
+                        transforms=transforms, digests={"train": train.digest, "test": test.digest}, loading=loading,
+                        audit=Audit(n_test=len(test.labels), overlap=None, unseen=unseen))  # pairs: would read every file
 
 
 def _size(cfg: DictConfig, key: str) -> int | None:
@@ -215,18 +246,19 @@ def _whole_images(split: Listing, name: str, skip_bad: bool) -> Listing:
     if not skip_bad:
         raise DataError(f"dataset {name!r}: {len(split.problems)} of {len(split.rels)} images are unreadable or "
                         f"truncated: {shown}{more}; replace them, or pass data.skip_bad=true to leave them out")
-    warnings.warn(f"dataset {name!r}: leaving out {len(split.problems)} unreadable or truncated images "
-                  f"(data.skip_bad=true): {shown}{more}", stacklevel=3)
+    faults.warn(f"dataset {name!r}: leaving out {len(split.problems)} unreadable or truncated images "
+                f"(data.skip_bad=true): {shown}{more}")
     return split.without({rel for rel, _ in split.problems})
 
 
-def _select(source: Source, cfg: DictConfig, key: str, bases: dict[str, Arrays],
+def _select(source: Source, cfg: DictConfig, key: str, bases: dict[str, tuple[Arrays, list[Path]]],
             cache_dir: str | Path | None) -> tuple[Arrays, tuple[str, slice]]:
-    """The examples ``cfg[key]`` names, and (base split, resolved slice) for the overlap check."""
+    """The examples ``cfg[key]`` names, and (base split, resolved slice) for the overlap checks; ``bases`` keeps
+    each decoded base split with its files."""
     spec, base, part = _split_of(source, cfg, key)
     if base not in bases:
         bases[base] = load_split(source, cfg, base, cache_dir)
-    x, y = bases[base]
+    x, y = bases[base][0]
     where = part.resolve(len(x), key=f"dataset.{key}", spec=spec)
     if part.is_full:
         return (x, y), (base, where)

@@ -9,6 +9,9 @@ in class-then-name order.
 Classes are sorted alphabetically (union over splits, so labels agree between train and test).
 Images are decoded once with PIL, converted to ``channels`` (3: RGB, 1: grayscale) and resized to
 ``image_size`` x ``image_size`` (bilinear) when set; with ``image_size: null`` all images must match.
+Faults (robprune.data.image_files, docs/concepts/data-faults.md): files that are not whole images are refused,
+all named in one line; images of another mode are converted with a warning; an empty class folder is a
+warning, and refused when it is the training split's and the test split has that class (build_data).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from robprune.data.faults import warn
+from robprune.data.image_files import decode_images
 from robprune.data.source import Arrays, Source, get, missing_files, root_dir
 from robprune.errors import ConfigError, DataError
 from robprune.options import Choice, Float, Int, Value
@@ -54,30 +59,26 @@ def _classes(cfg: DictConfig) -> list[str]:
 
 
 def _locate(cfg: DictConfig, split: str) -> list[Path]:
-    """Image files of ``split``: class-then-name order, permuted with a fixed seed for a flat folder."""
+    """Image files of ``split``: class-then-name order, permuted with a fixed seed for a flat folder. An empty
+    class folder is a warning (the split has no example of that class)."""
     splits, flat = _layout(cfg)
     folder = splits[split]
-    files = [img for cls in _subdirs(folder) for img in _images(cls)]
+    per_class = {cls: _images(cls) for cls in _subdirs(folder)}
+    files = [img for images in per_class.values() for img in images]
     if not files:
         raise missing_files("imagefolder", folder, [f"<class>/<image> with suffix {', '.join(sorted(IMAGE_SUFFIXES))}"])
+    for cls in (cls for cls, images in per_class.items() if not images):
+        warn(f"dataset {str(cfg.name)!r}: {cls} holds no images, so split {split!r} has no example of class "
+             f"{cls.name!r}; add its images or delete the folder")
     if flat:  # so that 'train[:80%]' / 'train[80%:]' both contain every class
         files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
     return files
 
 
-def _load_image(path: Path, mode: str, size: int | None) -> np.ndarray:
-    """(H, W, C) uint8 pixels of one image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            pixels = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise DataError(f"{path} cannot be decoded as an image ({err}); delete or replace it") from None
-    return pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+def _class_folder(cfg: DictConfig, split: str, label: int) -> str:
+    """Where the images of class ``label`` of base split ``split`` belong, and that it holds none."""
+    folder = _layout(cfg)[0][split] / _classes(cfg)[label]
+    return f"{folder} {'holds no images' if folder.is_dir() else 'does not exist'}"
 
 
 def _decode(cfg: DictConfig, split: str, files: list[Path]) -> Arrays:
@@ -86,17 +87,14 @@ def _decode(cfg: DictConfig, split: str, files: list[Path]) -> Arrays:
     if channels not in (1, 3):
         raise ConfigError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     size = get(cfg, "image_size", None)
-    index = {name: i for i, name in enumerate(_classes(cfg))}
-    pixels, labels = [], []
-    for path in files:
-        img = _load_image(path, "RGB" if channels == 3 else "L", None if size is None else int(size))
-        if pixels and img.shape != pixels[0].shape:
+    pixels = decode_images(files, channels, None if size is None else int(size), str(cfg.name), split)
+    for path, img in zip(files, pixels):
+        if img.shape != pixels[0].shape:
             raise DataError(f"{path} is {img.shape[1]}x{img.shape[0]} but {files[0]} is "
                             f"{pixels[0].shape[1]}x{pixels[0].shape[0]}; set dataset.image_size=<pixels> to resize all images")
-        pixels.append(img)
-        labels.append(index[path.parent.name])
+    index = {name: i for i, name in enumerate(_classes(cfg))}
     x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(labels, dtype=torch.int64)
+    return x, torch.tensor([index[path.parent.name] for path in files], dtype=torch.int64)
 
 
 def _splits(cfg: DictConfig) -> tuple[str, ...]:
@@ -122,6 +120,9 @@ def tree_listing(manifest, split_dirs: dict[str, str], split: str, *, shuffle: b
     rels, labels = [], []
     for cls in manifest.subdirs(folder):
         images = images_in(manifest, f"{folder}/{cls}" if folder else cls)
+        if not images:
+            warn(f"{Path(manifest.root) / folder / cls} holds no images, so split {split!r} has no example of class "
+                 f"{cls!r}; add its images or delete the folder")
         rels += images
         labels += [index[cls]] * len(images)
     if shuffle:  # a tree without split folders: the memory path's fixed permutation, so slices mix classes
@@ -145,7 +146,8 @@ def _listing(cfg: DictConfig, split: str, cache_dir):
 
 
 SOURCE = Source(splits=_splits, decode=_decode, locate=_locate, listing=_listing,
-                num_classes=lambda cfg: len(_classes(cfg)), cache_keys=("channels", "image_size"))
+                num_classes=lambda cfg: len(_classes(cfg)), cache_keys=("channels", "image_size"),
+                example_files=True, class_folder=_class_folder)
 
 DATASETS.add("imagefolder", SOURCE, modality="image", keys={  # the keys only it reads
     "storage": Choice("memory", "stream", example="stream"), "resize": Int(1, null=True, example="256"),

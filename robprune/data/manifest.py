@@ -3,9 +3,9 @@ like a whole image, scanned once and cached (docs/concepts/data-and-models.md#st
 
 A scan walks the folder with ``os.scandir`` and opens each image file to read its first and last bytes: a
 JPEG must start with the SOI marker and end with EOI (a file cut short by a failed copy does not), a PNG with
-its signature and the IEND chunk, any other image must be non-empty. The result is cached in
-``<cache_dir>/manifests/<sha of the folder's absolute path>.json.gz`` with the mtime of every directory under
-the folder. A later run stats only those directories: when none changed (a file added, removed or renamed
+its signature and the whole IEND chunk (its CRC included), any other image must be non-empty. The result is
+cached in ``<cache_dir>/manifests/<sha of the folder's absolute path>.json.gz`` with the mtime of every
+directory under the folder. A later run stats only those directories: when none changed (a file added, removed or renamed
 changes its directory's mtime) the cached listing is used, so keying a 1.28 M-image tree costs a few thousand
 ``stat`` calls, not 1.28 M. A file rewritten in place under the same name does not change its directory's
 mtime: say so with ``dataset.version`` (part of every key) or delete the manifest.
@@ -20,9 +20,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FORMAT = 1  # bump when the cached layout changes; older files are rescanned
+FORMAT = 2  # bump when the cached layout or the image check changes; older files are rescanned
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
-_TAIL = 64  # bytes read from a file's end to find the JPEG EOI marker (encoders may pad after it)
+_TAIL = 64  # bytes read from a file's end to find the JPEG EOI marker or PNG IEND chunk (encoders may pad after it)
+_IEND = b"IEND\xaeB`\x82"  # the PNG end chunk's type and its CRC (always these bytes: the chunk is empty)
 
 
 @dataclass
@@ -66,23 +67,29 @@ def check_image(path: str, size: int) -> str:
     """'' when the file looks like a whole image, else what is wrong (for the one-line error)."""
     if size == 0:
         return "empty file"
-    suffix = os.path.splitext(path)[1].lower()
     try:
         with open(path, "rb") as f:
             head = f.read(8)
-            if suffix in (".jpg", ".jpeg"):
-                f.seek(max(0, size - _TAIL))
-                tail = f.read()
-                if head[:2] == b"\x89P":  # a PNG with a .JPEG name (ImageNet has one): judge it as a PNG
-                    return "" if b"IEND" in tail else "truncated PNG (no IEND chunk)"
-                if head[:2] != b"\xff\xd8":
-                    return "not a JPEG (no SOI marker)"
-                return "" if b"\xff\xd9" in tail else "truncated JPEG (no EOI marker)"
-            if suffix == ".png":
-                f.seek(max(0, size - 12))
-                return "" if head == b"\x89PNG\r\n\x1a\n" and b"IEND" in f.read() else "not a whole PNG"
+            f.seek(max(0, size - _TAIL))
+            return check_ends(head, f.read(), size, os.path.splitext(path)[1])
     except OSError as err:
         return f"unreadable ({err.strerror or err})"
+
+
+def check_ends(head: bytes, tail: bytes, size: int, suffix: str) -> str:
+    """:func:`check_image` on a file's first 8 and last ``_TAIL`` bytes (the whole file when shorter): a JPEG must
+    start with SOI and end with EOI, a PNG with its signature and its whole IEND chunk, any other image be non-empty."""
+    if size == 0:
+        return "empty file"
+    suffix = suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        if head[:2] == b"\x89P":  # a PNG with a .JPEG name (ImageNet has one): judge it as a PNG
+            return "" if _IEND in tail[-_TAIL:] else "truncated PNG (no IEND chunk)"
+        if head[:2] != b"\xff\xd8":
+            return "not a JPEG (no SOI marker)"
+        return "" if b"\xff\xd9" in tail[-_TAIL:] else "truncated JPEG (no EOI marker)"
+    if suffix == ".png":
+        return "" if head[:8] == b"\x89PNG\r\n\x1a\n" and _IEND in tail[-_TAIL:] else "not a whole PNG"
     return ""
 
 

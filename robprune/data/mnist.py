@@ -98,6 +98,12 @@ def _decode(cfg: DictConfig, split: str, files: list[Path]) -> Arrays:
     if len(images) != len(labels):
         raise DataError(f"{files[0]} has {len(images)} images but {files[1]} has {len(labels)} labels; "
                         "the pair must come from the same split")
+    classes = get(cfg, "num_classes", None)
+    if classes is not None and len(labels) and int(labels.max()) >= int(classes):
+        first = int(np.argmax(labels >= int(classes)))
+        raise DataError(f"{files[1]}: label {int(labels[first])} of image {first} is outside 0..{int(classes) - 1} "
+                        f"(dataset.num_classes={int(classes)}); fix dataset.num_classes, or restore the file (delete it "
+                        "and set data.download=true)")
     x = torch.from_numpy(images.copy()).unsqueeze(1)  # copy: frombuffer arrays are read-only
     return x, torch.from_numpy(labels.astype(np.int64))
 

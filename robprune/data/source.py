@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from robprune.data.faults import collected, warn
 from robprune.errors import ConfigError, DataError
 from robprune.io import atomic_save_tensors, source_fingerprint
 
@@ -32,6 +33,10 @@ class Source:
     listing(cfg, split, cache_dir): the base split as a :class:`robprune.data.stream.Listing` (files, labels,
         manifest digest) for ``dataset.storage: stream``; None when the source can only be decoded whole.
     decode is None for sources that only stream (ImageNet).
+    example_files: locate returns one file per example, in split order (an image folder); warnings name them.
+    class_folder(cfg, split, label): where the images of class ``label`` of base split ``split`` belong and that
+        it holds none ('<folder> holds no images'): a test class with no training image is then refused
+        (robprune.data.faults.unseen_classes).
     """
 
     splits: Callable[[DictConfig], tuple[str, ...]]
@@ -40,6 +45,8 @@ class Source:
     num_classes: Callable[[DictConfig], int] | None = None
     cache_keys: tuple[str, ...] = field(default=())
     listing: Callable[[DictConfig, str, Any], Any] | None = None
+    example_files: bool = False
+    class_folder: Callable[[DictConfig, str, int], str] | None = None
 
     def storage(self, cfg: DictConfig) -> str:
         """'stream' or 'memory': ``dataset.storage`` where the source offers both, else the one it has."""
@@ -124,39 +131,48 @@ def fingerprint(files: list[Path], extra: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_split(source: Source, cfg: DictConfig, split: str, cache_dir: str | Path | None) -> Arrays:
-    """Decode one base split, or load it from ``cache_dir`` when an up-to-date cache file exists."""
+def load_split(source: Source, cfg: DictConfig, split: str, cache_dir: str | Path | None) -> tuple[Arrays, list[Path]]:
+    """Decode one base split, or load it from ``cache_dir`` when an up-to-date cache file exists; also the files
+    :attr:`Source.locate` found. The warnings the decoding issued (images converted) are kept in the cache file
+    and issued again when it is read, so that every run records them."""
     if source.locate is None:
-        return source.decode(cfg, split, [])
+        return source.decode(cfg, split, []), []
     files = source.locate(cfg, split)
     if cache_dir is None:
-        return source.decode(cfg, split, files)
+        return source.decode(cfg, split, files), files
     extra = {k: _plain(get(cfg, k, None)) for k in source.cache_keys}
     path = Path(cache_dir).expanduser() / f"{cfg.name}-{split}-{fingerprint(files, extra)}.safetensors"
     cached = _read_cache(path)
-    if cached is not None:
-        return cached
-    x, y = source.decode(cfg, split, files)
-    atomic_save_tensors(path, {"x": x, "y": y}, metadata={"dataset": str(cfg.name), "split": split,
-                                                        "files": ";".join(str(f) for f in files)})
-    return x, y
+    if cached is None:
+        with collected() as notes:
+            x, y = source.decode(cfg, split, files)
+        atomic_save_tensors(path, {"x": x, "y": y}, metadata={"dataset": str(cfg.name), "split": split,
+                                                            "files": ";".join(str(f) for f in files),
+                                                            "warnings": json.dumps(notes)})
+        cached = (x, y), notes
+    arrays, notes = cached
+    for note in notes:
+        warn(note)
+    return arrays, files
 
 
-def _read_cache(path: Path) -> Arrays | None:
-    """Tensors of a cache file, or None when absent or unreadable (then it is rebuilt)."""
+def _read_cache(path: Path) -> tuple[Arrays, list[str]] | None:
+    """Tensors and decoding warnings of a cache file, or None when absent or unreadable (then it is rebuilt)."""
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     try:
-        tensors = load_file(str(path))
-        x, y = tensors["x"], tensors["y"]
+        with safe_open(str(path), framework="pt") as f:
+            x, y, notes = f.get_tensor("x"), f.get_tensor("y"), json.loads((f.metadata() or {}).get("warnings", "[]"))
         if x.dtype != torch.uint8 or y.dtype != torch.int64 or x.ndim != 4 or len(x) != len(y):
             raise ValueError("unexpected tensor shapes or dtypes")
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise ValueError("unexpected warnings metadata")
     except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
         warnings.warn(f"ignoring unreadable data cache {path} ({err}); decoding the source files again", stacklevel=3)
         return None
-    return x, y
+    return (x, y), notes
 
 
 def _plain(value: Any) -> Any:

@@ -8,9 +8,9 @@ and empty results are all ConfigErrors naming the config key, so a typo never si
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 
+from robprune.data.faults import warn
 from robprune.errors import ConfigError
 
 _SPLIT_RE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_\-]*)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
@@ -93,6 +93,5 @@ def warn_overlap(train_at: tuple[str, slice], test_at: tuple[str, slice]) -> Non
     """Warn when two selections, each (base split, resolved slice), share examples (images and text)."""
     (train_base, a), (test_base, b) = train_at, test_at
     if train_base == test_base and max(a.start, b.start) < min(a.stop, b.stop):
-        warnings.warn(f"dataset.train_split and dataset.test_split overlap on split {train_base!r} "
-                      f"([{a.start}:{a.stop}] and [{b.start}:{b.stop}]); test accuracy will be optimistic",
-                      stacklevel=3)
+        warn(f"dataset.train_split and dataset.test_split overlap on split {train_base!r} "
+             f"([{a.start}:{a.stop}] and [{b.start}:{b.stop}]); test accuracy will be optimistic")

@@ -15,14 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig
 
+from robprune.data import faults
+from robprune.data.faults import Audit
 from robprune.data.source import get
 from robprune.data.splits import parse_split, warn_overlap
 from robprune.data.text_sources import canonical_split
@@ -49,6 +52,7 @@ class TextBundle:
     heldout_text: list[str] | None = None
     heldout_x: torch.Tensor | None = None
     heldout_y: torch.Tensor | None = None
+    audit: Audit = field(default_factory=Audit)  # faults found while loading: warnings, overlap, unseen classes
 
     modality = "text"
 
@@ -142,7 +146,7 @@ def build_text_data(cfg: DictConfig, *, cache_dir: str | Path | None = None) -> 
         raise ConfigError("dataset.tokenizer is null and the model names no pretrained tokenizer; pass "
                           "dataset.tokenizer=<hub name or folder> or a text model (model=minilm)")
     tokenizer, tokenizer_id = load_tokenizer(str(tokenizer))
-    bases: dict[str, tuple[list[str], torch.Tensor]] = {}
+    bases: dict[str, tuple[list[str], torch.Tensor, list[Path]]] = {}  # base split -> sentences, labels, files
     (train_text, train_y), train_at = _select(source, cfg, "train_split", bases)
     (test_text, test_y), test_at = _select(source, cfg, "test_split", bases)
     warn_overlap(train_at, test_at)
@@ -151,12 +155,27 @@ def build_text_data(cfg: DictConfig, *, cache_dir: str | Path | None = None) -> 
         (heldout_text, heldout_y), heldout_at = _select(source, cfg, "heldout_split", bases)
         warn_overlap(train_at, heldout_at)
     num_classes = _num_classes(cfg, source, tuple(y for y in (train_y, test_y, heldout_y) if y is not None))
+    audit = _audit(name, (train_text, train_y, train_at), (test_text, test_y), bases)
     encode = lambda texts: tokenize(tokenizer, tokenizer_id, texts, max_length, cache_dir)  # noqa: E731
     return TextBundle(name=name, train_text=train_text, train_x=encode(train_text), train_y=train_y,
                       test_text=test_text, test_x=encode(test_text), test_y=test_y, num_classes=num_classes,
                       max_length=int(max_length), tokenizer=tokenizer, tokenizer_id=tokenizer_id,
                       heldout_text=heldout_text, heldout_x=None if heldout_text is None else encode(heldout_text),
-                      heldout_y=heldout_y)
+                      heldout_y=heldout_y, audit=audit)
+
+
+def _audit(name: str, train: tuple, test: tuple, bases: dict) -> Audit:
+    """Test classes without a training sentence (refused when the training file has none: the model could never
+    learn them) and test sentences identical to training ones (robprune.data.faults)."""
+    (train_text, train_y, (base, _)), (test_text, test_y) = train, test
+    texts, labels, files = bases[base]
+    place = files[0] if len(files) == 1 else Path(os.path.commonpath(files))
+    unseen = faults.unseen_classes(name, train_y, test_y, labels,
+                                   lambda label: f"{place} holds no training example of label {label}")
+    pairs = faults.overlap_pairs(train_text, test_text)
+    faults.warn_overlap_pairs(name, pairs, len(test_y), lambda part, i: f"{part} sentence {i} "
+                              f"{(train_text if part == 'train' else test_text)[i][:60]!r}")
+    return Audit(n_test=len(test_y), overlap=len(pairs), unseen=unseen)
 
 
 def _select(source, cfg: DictConfig, key: str, bases: dict) -> tuple[tuple[list[str], torch.Tensor], tuple[str, slice]]:
@@ -164,8 +183,9 @@ def _select(source, cfg: DictConfig, key: str, bases: dict) -> tuple[tuple[list[
     base, part = parse_split(spec, key=f"dataset.{key}")
     base = canonical_split(source, base)
     if base not in bases:
-        bases[base] = source.read(cfg, base, source.locate(cfg, base))
-    texts, labels = bases[base]
+        files = source.locate(cfg, base)
+        bases[base] = (*source.read(cfg, base, files), files)
+    texts, labels, _ = bases[base]
     where = part.resolve(len(texts), key=f"dataset.{key}", spec=spec)
     texts, labels = texts[where], labels[where].clone()
     if not texts:

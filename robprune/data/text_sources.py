@@ -43,6 +43,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig
 
+from robprune.data.faults import warn
 from robprune.data.source import get, missing_files, root_dir, try_download
 from robprune.errors import ConfigError, DataError
 from robprune.io import atomic_write
@@ -160,13 +161,24 @@ def _sst2_locate(cfg: DictConfig, split: str) -> list[Path]:
 
 
 def _text_lines(path: Path, fix: str) -> list[tuple[int, str]]:
-    """(line number, line) of the non-empty lines of a UTF-8 file (BOM and CR of CRLF removed)."""
+    """(line number, line) of the non-blank lines of a UTF-8 file (BOM and CR of CRLF removed). Blank lines
+    (empty or whitespace only) between rows are skipped with a warning: a row may have been lost there; those
+    after the last row are not."""
+    data = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); {fix}") from None
-    lines = ((number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), start=1))
-    return [(number, line) for number, line in lines if line]
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text ({err.reason} at byte {err.start}); save the file "
+                        f"as UTF-8, or {fix}") from None
+    lines = [(number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), start=1)]
+    kept = [(number, line) for number, line in lines if line.strip()]
+    blank = [number for number, line in lines if not line.strip() and kept and number < kept[-1][0]]
+    if blank:
+        shown = ", ".join(map(str, blank[:5])) + (f" and {len(blank) - 5} more" if len(blank) > 5 else "")
+        warn(f"{path}: skipped {len(blank)} blank line(s) between rows (line {shown}); check that no row is "
+             "missing there, or delete them")
+    return kept
 
 
 def _sst2_columns(path: Path, header: str) -> tuple[int, int, int]:
@@ -185,6 +197,7 @@ def read_sst2(path: Path) -> Texts:
     if len(lines) < 2:
         raise DataError(f"{path} has {'no header line and ' if not lines else ''}no rows; {_SST2_FIX}")
     label_col, text_col, width = _sst2_columns(path, lines[0][1])
+    text_name = lines[0][1].split("\t")[text_col].strip()
     sentences, labels = [], []
     for number, line in lines[1:]:
         fields = line.split("\t")
@@ -193,7 +206,9 @@ def read_sst2(path: Path) -> Texts:
                             f"{width}: {line[:80]!r}; {_SST2_FIX}")
         label, sentence = fields[label_col].strip(), fields[text_col].strip()
         if label not in ("0", "1"):
-            raise DataError(f"{path}, line {number}: label {label[:20]!r} is not 0 or 1; {_SST2_FIX}")
+            swapped = (f" and the {text_name!r} column holds {sentence!r}: the row's columns are in the other order "
+                       "than the header's") if sentence in ("0", "1") else ""
+            raise DataError(f"{path}, line {number}: label {label[:20]!r} is not 0 or 1{swapped}; {_SST2_FIX}")
         if not sentence:
             raise DataError(f"{path}, line {number}: the sentence is empty; {_SST2_FIX}")
         sentences.append(sentence)

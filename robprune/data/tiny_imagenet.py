@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from robprune.data.imagefolder import _load_image
+from robprune.data.image_files import decode_images
 from robprune.data.source import Arrays, Source, get, missing_files, root_dir, try_download
 from robprune.errors import ConfigError, DataError
 from robprune.options import Choice
@@ -135,13 +135,11 @@ def _labelled(split: str, files: list[Path]) -> tuple[list[Path], list[int]]:
 def _decode(cfg: DictConfig, split: str, files: list[Path]) -> Arrays:
     """x (N, 3, 64, 64) uint8, y (N,) int64 (labels: :func:`_labelled`)."""
     images, labels = _labelled(split, files)
-    pixels = []
-    for path in images:
-        img = _load_image(path, "RGB", None)
+    pixels = decode_images(images, 3, None, str(cfg.name), split)
+    for path, img in zip(images, pixels):
         if img.shape != (SIZE, SIZE, 3):
             raise DataError(f"{path} is {img.shape[1]}x{img.shape[0]}, but Tiny-ImageNet images are {SIZE}x{SIZE}; "
                             f"{_restore(path.parents[3] if split == 'train' else path.parents[2])}")
-        pixels.append(img)
     x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels, dtype=torch.int64)
 

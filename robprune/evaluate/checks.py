@@ -37,6 +37,13 @@ Thresholds (module constants):
   the numbers would not be what the model does). ``text_attack_budget`` fails when any example spent
   more queries than ``query_budget`` or changed more than ``max_words_changed`` of its words
   (recounted from the texts).
+- The data (robprune.data.faults, docs/concepts/data-faults.md): ``train_test_overlap``, the fraction of test
+  examples identical to a training example (same decoded pixels, or the same sentence), fails above
+  ``OVERLAP_MAX`` (0.5%): each such example can be answered from memory, so clean and robust accuracy are
+  overstated by up to that fraction, and 0.5% is the noise ``AA_GAP_MAX`` already accepts (none of MNIST,
+  CIFAR-10 or SST-2 has a single one); null for streamed images, which are not read up front.
+  ``unseen_class_fraction``, the fraction of test examples whose class has no training example, fails above 0:
+  the model never saw those classes, so its accuracy on them says nothing about what it learnt.
 """
 from __future__ import annotations
 
@@ -53,6 +60,8 @@ AA_GAP_MAX = 0.005  # AutoAttack may exceed PGD's robust accuracy by max(one exa
 COLLAPSE_RATIO = 0.5  # catastrophic overfitting: monitor PGD accuracy below this fraction of its best so far ...
 COLLAPSE_MIN_DROP = 0.1  # ... and at least this much below it (absolute), while FGSM accuracy did not fall
 FGSM_ONLY_GAP = 0.2  # ... or, at the last epoch, FGSM accuracy this much above PGD's with PGD below half of it
+OVERLAP_MAX = 0.005  # fraction of test examples identical to a training example
+UNSEEN_CLASS_MAX = 0.0  # fraction of test examples whose class has no training example
 
 
 def ball_tolerance(eps: float | None) -> float:
@@ -183,6 +192,23 @@ def overfitting_check(stage: str, rows: list[dict]) -> tuple[dict[str, Any], lis
                     f"at epoch {before.get('epoch')}) while FGSM accuracy rose to {float(row['monitor_fgsm_acc']):.1%} "
                     f"(Wong et al. 2020, §5): the model beats the one-step attack only; lower the lr or the step "
                     f"(attack.step_scale), train fewer epochs, or use PGD-AT"]
+
+
+def data_checks(overlap: int | None, unseen: int, n_test: int) -> tuple[dict[str, Any], list[str]]:
+    """overlap: test examples identical to a training example (None: not measured); unseen: test examples of a
+    class with no training example; n_test: all test examples (robprune.data.faults.Audit)."""
+    share = (lambda count: count / n_test) if n_test else (lambda count: 0.0)
+    overlap_fraction = None if overlap is None else share(overlap)
+    values = {"train_test_overlap": overlap_fraction, "train_test_overlap_max": OVERLAP_MAX,
+              "unseen_class_fraction": share(unseen), "unseen_class_fraction_max": UNSEEN_CLASS_MAX}
+    failed = []
+    if overlap_fraction is not None and overlap_fraction > OVERLAP_MAX:
+        failed.append(f"train_test_overlap: {overlap} of {n_test} test examples ({overlap_fraction:.1%}) are identical "
+                      f"to training examples (> {OVERLAP_MAX:.1%}); accuracy on them measures memory")
+    if share(unseen) > UNSEEN_CLASS_MAX:
+        failed.append(f"unseen_class_fraction: {unseen} of {n_test} test examples ({share(unseen):.1%}) belong to "
+                      "classes with no training example; accuracy on them says nothing about what the model learnt")
+    return values, failed
 
 
 def finish(parts: list[tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:

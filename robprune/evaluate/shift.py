@@ -24,12 +24,9 @@ def sets_of(eval_cfg) -> dict:
 
 
 def build_set(name: str, node, num_classes: int | None):
-    """The set's data (both splits are listed; only the test split is read), checked against the run's classes."""
-    import warnings
-
-    with warnings.catch_warnings():  # a test-only set (ImageNet-V2) names its one split twice: no overlap to warn of
-        warnings.filterwarnings("ignore", message="dataset.train_split and dataset.test_split overlap")
-        data = build_data(node, cache_dir=default_cache())
+    """The set's data (both splits are listed; only the test split is read), checked against the run's classes.
+    Its data warnings (a test-only set names its one split twice: an 'overlap') stay in its audit, unrecorded."""
+    data = build_data(node, cache_dir=default_cache())
     if num_classes is not None and int(data.num_classes) != int(num_classes):
         raise ConfigError(f"eval.sets.{name} has {data.num_classes} classes but the run's dataset has {num_classes}; "
                           f"a shifted test set must use the same classes, e.g. eval.sets.{name}.num_classes={num_classes}")
