@@ -227,6 +227,8 @@ def _same_results(metrics: dict, ref: dict) -> None:
     assert {k: v for k, v in stable(metrics).items() if k not in drop} == {k: v for k, v in stable(ref).items() if k not in drop}
 
 
+@pytest.mark.slow  # ~55 s of a 10-minute CI budget: --runslow; the suite keeps the one-process kill (test_cli) and
+# --fuzz-long kills at random moments (tests/test_fuzz_kills.py); a DDP resume reads the same epoch checkpoint
 def test_ddp_run_killed_and_resumed_matches_one_process(tmp_path, single_process_run):
     """A 2-process run is SIGKILLed (the whole job) mid-training, rerun, resumes from rank 0's epoch
     checkpoint and ends with the metrics of an uninterrupted single-process run (clean training: no
