@@ -14,7 +14,7 @@ from robprune.errors import DataError
 from robprune.io import as_json, atomic_write_json, json_digest
 
 METRICS_FILE, CONFIG_FILE = "metrics.json", "config.yaml"
-INTEGRITY = "integrity"  # metrics.json's key: {"sha256": digest of the other keys, "config.yaml": the file's sha256}
+INTEGRITY = "integrity"  # metrics.json's key: {"config.yaml": the file's sha256, "sha256": digest of everything else}
 FIX = "re-run that run, or delete its directory"
 
 
@@ -22,9 +22,10 @@ def write_metrics(run_dir: str | Path, metrics: dict) -> Path:
     """``run_dir/metrics.json`` (atomically) with its integrity record; write config.yaml first."""
     run_dir = Path(run_dir)
     plain = as_json(metrics)  # what read_metrics gets back
-    record = {"sha256": json_digest(plain)}
+    record = {}
     if (run_dir / CONFIG_FILE).is_file():
         record[CONFIG_FILE] = hashlib.sha256((run_dir / CONFIG_FILE).read_bytes()).hexdigest()
+    record["sha256"] = _digest(plain, record)
     return atomic_write_json(run_dir / METRICS_FILE, {**plain, INTEGRITY: record})
 
 
@@ -67,8 +68,14 @@ def load_run_config(run_dir: str | Path):
         raise DataError(f"{run_dir / CONFIG_FILE}: not a valid run config ({reason}); {FIX}") from None
 
 
+def _digest(metrics: dict, record: dict) -> str:
+    """The sha256 of the metrics and of the config digest recorded beside them (a flip inside that digest is
+    metrics.json's damage, and is named so)."""
+    return json_digest({**metrics, INTEGRITY: {k: v for k, v in record.items() if k != "sha256"}})
+
+
 def _check_integrity(path: Path, record, metrics: dict) -> None:
-    if not isinstance(record, dict) or record.get("sha256") != json_digest(metrics):
+    if not isinstance(record, dict) or record.get("sha256") != _digest(metrics, record):
         raise DataError(f"{path}: its content does not match its integrity sha256 (damaged or edited since the run "
                         f"wrote it); {FIX}")
     if CONFIG_FILE not in record:

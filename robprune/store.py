@@ -289,6 +289,8 @@ def check_entry(entry: Path) -> str | None:
                 return f"{rel} does not match its sha256"
     except OSError as err:  # moved aside or deleted while we read
         return f"unreadable ({err.strerror})"
+    except (KeyError, TypeError, AttributeError):  # a damaged manifest that still parses as JSON ("sixe": 762)
+        return "its manifest is malformed"
     extra = sorted(set(present) - set(manifest["files"]))
     return f"{extra[0]} is not in the manifest" if extra else None
 
