@@ -26,6 +26,12 @@ def fuzz_examples(request) -> int:
     return FUZZ_LONG if request.config.getoption("--fuzz-long") else FUZZ_SHORT
 
 
+def pytest_configure(config):
+    # for budgets fixed where a test module is imported (@settings decorators): tests/test_file_faults.py
+    if config.getoption("--fuzz-long", default=False):
+        os.environ["ROBPRUNE_FUZZ_LONG"] = "1"
+
+
 def pytest_collection_modifyitems(config, items):
     skip_slow = pytest.mark.skip(reason="slow: pass --runslow")
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
