@@ -54,6 +54,7 @@ def validate(cfg: DictConfig) -> None:
         check_trainer(cfg)
         check_combinations(cfg)
         check_logger(cfg.get("logger"))  # logger=mlflow without the package
+        OmegaConf.to_container(cfg, resolve=True)  # what the run writes as config.yaml at its end: resolvable now
     except OmegaConfBaseException as err:  # a value no check above reads by its key (a study's knob): still one line
         key = getattr(err, "full_key", None) or "a key"
         raise ConfigError(f"{key}: cannot resolve its value ({type(err).__name__}: {_first_line(err)}); set it on "

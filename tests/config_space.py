@@ -61,6 +61,7 @@ def outcome(overrides: list[str]) -> Outcome:
         notes = fit_experiment(cfg, overrides)
     except RobpruneError as err:
         return Outcome(False, str(err))
+    OmegaConf.to_yaml(cfg, resolve=True)  # an accepted config resolves whole: the run writes it so, after its work
     return Outcome(True, notes=tuple(notes))
 
 

@@ -190,6 +190,9 @@ REGRESSIONS = [
     (["model=resnet18", "dataset=cifar10", "data.root=.", "train.epochs=abc"], "train.epochs must be an integer"),
     # '+group=' for a group the experiment already picks: Hydra's 'override compress: ...' hint, written for YAML files
     (["+experiment=adverfine_fmnist", "+compress=none"], "pick its option without the '+': compress=none"),
+    # a study's knob that only an unused option reads: accepted, and the run would have died writing config.yaml
+    # at its end (found while reviewing: outcome() now resolves every accepted config whole)
+    (["+experiment=adverfine_mnist", "adverfine.bits=${no_such.key}", "data.root=."], "adverfine.bits: cannot resolve"),
     # '+key=' for a key that exists: Hydra's 'Could not append to config' without the fix
     (["+experiment=mrpf_cifar10_cpu", "+finetune.objective.beta=3.0"], "set it without the '+': finetune.objective.beta=3.0"),
 ]
