@@ -242,6 +242,24 @@ def check_fields(obj: Any, where: str) -> None:
             spec(getattr(obj, f.name), f"{where}.{f.name}")
 
 
+def check_group(spec: dict[str, Any], value: Any, key: str) -> None:
+    """A nested group of options given as a mapping (a dict or a DictConfig, e.g. a text attack's
+    ``counter_fitting``): every key declared in ``spec`` and every value fitting its Value (ConfigError naming
+    ``key.<option>``); what a caller outside the config validation needs."""
+    from collections.abc import Mapping
+
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a group of keys, got {value!r}; e.g. {key}.{next(iter(spec))}=<value>", key=key)
+    for name, item in value.items():
+        if name not in spec:
+            raise unknown_key(f"{key}.{name}", key, spec)
+        sub = spec[name]
+        if isinstance(sub, dict):
+            check_group(sub, item, f"{key}.{name}")
+        elif isinstance(sub, Value):
+            sub.check(item, f"{key}.{name}")
+
+
 def _infer(annotation: Any, name: str) -> Any:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     null = type(None) in typing.get_args(annotation)

@@ -182,9 +182,14 @@ def render_option(group: str, path: Path, conf: Path) -> str:
     if not rows:
         return "\n".join(lines + ["(no keys)", ""])
     lines += ["| key | default | type / range / choices | meaning |", "|---|---|---|---|"]
+    explained: set[str] = set()
     for key, value in rows:
         spec = None if key.rsplit(".", 1)[-1].startswith("_") else spec_for(group, path.stem, key, data, conf)
-        lines.append(f"| `{key}` | {_cell(value)} | {describe(spec)} | {_escape(trailing.get(key, ''))} |")
+        text = trailing.get(key, "")
+        parent = key.rsplit(".", 1)[0] if "." in key else None
+        if not text and parent in trailing and parent not in explained:  # a nested group's help, on its first leaf
+            text, _ = trailing[parent], explained.add(parent)
+        lines.append(f"| `{key}` | {_cell(value)} | {describe(spec)} | {_escape(text)} |")
     return "\n".join(lines + [""])
 
 

@@ -156,6 +156,29 @@ def test_textfooler_defaults_to_the_counter_fitted_table_and_its_digest_enters_t
         load_vectors("no-such-vectors.txt")
 
 
+def test_the_hyperparameters_are_attack_options_checked_before_work_and_recorded():
+    """counter_fitting is a declared option of the attacks that take vectors: a value out of range is one
+    line naming the key (load_vectors raises it before reading any table), and metrics.json's
+    text_constraints record the set the run used (all seven, the paper's where the config sets none)."""
+    import functools
+    from dataclasses import asdict
+
+    from robprune.attacks.text import textbugger
+    from robprune.evaluate.text import effective_constraints
+
+    for attack in (textfooler, textbugger):
+        assert inspect.signature(attack).parameters["counter_fitting"].default == asdict(CounterFitting())
+        with pytest.raises(ConfigError, match=r"eval.attacks.x.counter_fitting.steps must be in \[1, 1000\]") as err:
+            attack.check_params(where="eval.attacks.x", counter_fitting={"steps": 0})
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="counter_fitting.delta must be in"):
+        load_vectors(COUNTER_FITTED, counter_fitting={"delta": 2.5})
+    recorded = effective_constraints(functools.partial(textfooler, counter_fitting={"rho": 0.3}))["counter_fitting"]
+    assert recorded == {**asdict(CounterFitting()), "rho": 0.3}
+    assert effective_constraints(functools.partial(textfooler, vectors=GLOVE))["counter_fitting"] is None
+    assert effective_constraints(textbugger)["counter_fitting"] is None  # GloVe by default: nothing to record
+
+
 def test_a_cache_folder_that_cannot_be_written_still_gives_the_table(small, packaged, tmp_path):
     words, table = small[0][:200], small[1][:200]
     folder = _small_constraints(tmp_path / "constraints", words, packaged)

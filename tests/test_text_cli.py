@@ -51,6 +51,7 @@ def test_text_sst2_through_the_command(tiny, tmp_path):
     fooler, bugger = m["text_constraints"]["textfooler"], m["text_constraints"]["textbugger"]  # as they ran
     assert fooler["pos_match"] and fooler["encoder"] == "use" and fooler["window"] == 15 and fooler["antonyms"] == "wordnet"
     assert not bugger["pos_match"] and bugger["encoder"] == "minilm" and bugger["similarity_metric"] == "cosine"
+    assert fooler["counter_fitting"]["rho"] == 0.2 and bugger["counter_fitting"] is None  # GloVe: none to record
     rows = [json.loads(line) for line in (run_dir / "adversarial.jsonl").read_text().splitlines()]
     assert {r["attack"] for r in rows} == {"textfooler", "textbugger"}
     # a saved success flips the saved model's prediction when re-run (the checkpoint reloads exactly)
@@ -92,10 +93,14 @@ def _bad_cases(tiny):
         ([f"data.root={headerless}"], "train.tsv"),
         (["dataset.test_split='dev[5:5]'"], "dataset.test_split"),
         ([f"eval.attacks.textfooler.vectors={vectors}"], "vectors.txt"),
+        (["eval.attacks.textfooler.counter_fitting.rho=0.9"],
+         r"eval.attacks.textfooler.counter_fitting.rho must be in [0, 0.5], got 0.9"),
+        (["+eval.attacks.textbugger.counter_fitting.k4=1"],
+         "eval.attacks.textbugger.counter_fitting.k4 is not a key of eval.attacks.textbugger.counter_fitting"),
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(8))
 def test_text_bad_inputs_exit_2_before_training(tiny, tmp_path, capsys, case):
     overrides, named = _bad_cases(tiny)[case]
     code, err = run_main([*_args(tiny, tmp_path), *overrides, f"hydra.run.dir={tmp_path / 'run'}"], capsys)

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 
 from robprune.attacks.common import check_min, preserved_modes
 from robprune.attacks.text import TextAttackResult, Victim, count_changed
+from robprune.attacks.text.counterfit import COUNTER_FITTED, CounterFitting
 from robprune.attacks.text.pos import tagger_package
 from robprune.config import instantiate, to_container
 from robprune.data.tensors import seeded_indices
@@ -111,14 +113,17 @@ def effective_constraints(attack) -> dict[str, Any]:
     """What a candidate of ``attack`` had to pass, as it ran (its bound parameters over its declared
     defaults): ``pos_match`` and the ``pos_tagger`` package (``name==version``, null when off), ``antonyms``,
     the ``encoder`` with ``min_similarity``, ``similarity_metric`` and ``window`` (null: whole texts; all four
-    null when no encoder check runs), and ``vectors`` (null for an attack that takes none)."""
+    null when no encoder check runs), ``vectors`` (null for an attack that takes none) and, for the
+    counter-fitted vectors, their ``counter_fitting`` hyperparameters (null otherwise)."""
     get = functools.partial(_param, attack)
     pos_match = bool(get("pos_match"))
     encoder = get("encoder") if get("min_similarity") is not None else None
     return {"pos_match": pos_match, "pos_tagger": tagger_package() if pos_match else None,
             "antonyms": get("antonyms"), "encoder": encoder,
             **{key: get(key) if encoder is not None else None for key in ("min_similarity", "similarity_metric", "window")},
-            "vectors": get("vectors")}
+            "vectors": get("vectors"),
+            "counter_fitting": (asdict(CounterFitting(**dict(get("counter_fitting") or {})))
+                                if get("vectors") == COUNTER_FITTED else None)}
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -297,7 +302,7 @@ def check_inputs(eval_cfg) -> None:
         if not is_text_attack(node):
             continue
         if node.get("vectors") is not None:
-            load_vectors(str(node.vectors), node.get("vocab_size"))
+            load_vectors(str(node.vectors), node.get("vocab_size"), node.get("counter_fitting"))
         if node.get("encoder") is not None:
             load_encoder(str(node.encoder))
         if node.get("antonyms") is not None:

