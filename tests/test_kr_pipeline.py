@@ -58,6 +58,41 @@ def test_kr_sweep_builds_the_average_once_and_each_method_reports(tiny, tmp_path
         assert (tmp_path / method / "reconstruction.md").exists()
     n_m = run(_cfg(tiny, tmp_path, "prune.n_m=2:4"), tmp_path / "n_m")
     assert n_m["sparsity"] == pytest.approx(0.5, abs=1e-9) and n_m["stages"]["calib"]["reused"]
+    _check_robustness_script(tmp_path, ["kr_obs", "sparsegpt", "magnitude", "n_m"])
+
+
+def _check_robustness_script(tmp_path, names):
+    """scripts/kr_robustness.py on these runs: its pooled Aua is each run's own (one seed), and since the
+    runs of a seed attack the same sentences, robust-only-under-kr_obs minus robust-only-under-the-other
+    is exactly the difference of their robust counts."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "robustness.json"
+    script = Path(__file__).parents[1] / "scripts" / "kr_robustness.py"
+    subprocess.run([sys.executable, str(script), *(str(tmp_path / n) for n in names), "--out", str(out)],
+                   check=True, capture_output=True)
+    rows = {(r["method"], r["n_m"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("kr_obs", None), ("sparsegpt", None), ("magnitude", None), ("kr_obs", "2:4")}
+    for name, key in zip(names, [("kr_obs", None), ("sparsegpt", None), ("magnitude", None), ("kr_obs", "2:4")]):
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        for attack in ("textfooler", "textbugger"):
+            got = rows[key][attack]
+            assert got["attacked"] == metrics[f"n_eval/{attack}"] and got["aua_pooled"] == pytest.approx(metrics[f"text_attack/{attack}/aua"])
+    reference = rows[("kr_obs", None)]
+    for other in ("sparsegpt", "magnitude"):
+        for attack in ("textfooler", "textbugger"):
+            versus = rows[(other, None)][attack]["vs_reference"]
+            assert versus["robust_only_reference"] - versus["robust_only_this"] == (
+                reference[attack]["robust"] - rows[(other, None)][attack]["robust"])
+            assert 0 < versus["p"] <= 1
+    assert "vs_reference" not in reference["textfooler"]
+    spec = importlib.util.spec_from_file_location("kr_robustness", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.mcnemar(5, 0) == 2 / 2 ** 5 and module.mcnemar(3, 3) == 1 and module.mcnemar(0, 0) == 1
 
 
 @pytest.mark.parametrize("overrides, named", [

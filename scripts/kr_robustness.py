@@ -1,0 +1,157 @@
+"""Accuracy under attack of pruned language models, pooled over seeds and compared sentence by sentence.
+
+A 100-sentence Aua has a standard error of several points, so "method A keeps more than method B" needs
+more than the per-seed means that ``robprune table`` prints. This script reads finished text runs (their
+``config.yaml``, ``metrics.json`` and ``adversarial.jsonl``, where every attacked sentence's outcome is
+recorded), groups them by pruning method and sparsity, and for each attack reports:
+
+- Acc on the whole test split and Aua / Asr per seed, and pooled over the seeds (Aua = sentences the
+  attack failed on / sentences attacked; Asr = successes / sentences correct before the attack);
+- a paired comparison of every method with ``--reference`` (default ``kr_obs``) at the same sparsity:
+  runs with the same seed attack the same sentences (the subset is drawn from ``seed``), so each sentence
+  is robust (the attack failed) or not under both models; ``b`` counts sentences robust only under the
+  reference, ``c`` only under the other method, and the two-sided exact McNemar test gives p.
+
+    python scripts/kr_robustness.py outputs/kr_robustness --out outputs/kr_robustness/robustness.json
+
+Numbers depend on the CPU's floating-point results in the last digits (a near-tie in the attack's search
+can go the other way on another machine), so compare runs made on one machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from robprune.io import atomic_write_json
+
+ATTACKS = ("textfooler", "textbugger")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("roots", nargs="+", type=Path, help="finished text runs, or folders holding them (searched recursively)")
+    p.add_argument("--reference", default="kr_obs", help="the method the others are compared with, sentence by sentence")
+    p.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
+    return p.parse_args()
+
+
+def read_runs(roots: list[Path]) -> list[dict]:
+    """One record per run folder under the roots (a folder with config.yaml and metrics.json; hidden folders
+    skipped): method, sparsity, N:M pattern, seed, Acc and per-attack outcomes {index: status}."""
+    runs = []
+    found = sorted({m.parent for root in roots for m in [*root.glob("metrics.json"), *root.rglob("*/metrics.json")]
+                    if not any(part.startswith(".") for part in m.relative_to(root).parts)})
+    for folder in found:
+        metrics_file = folder / "metrics.json"
+        if not (folder / "config.yaml").exists():
+            continue
+        cfg = OmegaConf.load(folder / "config.yaml")
+        metrics = json.loads(metrics_file.read_text())
+        outcomes: dict[str, dict[int, str]] = defaultdict(dict)
+        adversarial = folder / "adversarial.jsonl"
+        for line in adversarial.read_text().splitlines() if adversarial.exists() else []:
+            row = json.loads(line)
+            outcomes[row["attack"]][int(row["index"])] = row["status"]
+        n_m = cfg.prune.get("n_m")
+        runs.append({"dir": str(folder), "method": str(cfg.prune.method), "n_m": str(n_m) if n_m else None,
+                     "sparsity": cfg.prune.get("sparsity"), "seed": int(cfg.seed),
+                     "acc": float(metrics["clean_acc"]), "outcomes": dict(outcomes)})
+    if not runs:
+        raise SystemExit(f"no finished run (config.yaml + metrics.json) under {', '.join(map(str, roots))}")
+    return runs
+
+
+def rates(outcomes: dict[int, str]) -> tuple[int, int, int]:
+    """(attacked, robust, succeeded): sentences attacked, the attack failed (still correct), it flipped."""
+    statuses = list(outcomes.values())
+    return len(statuses), statuses.count("failed"), statuses.count("succeeded")
+
+
+def mcnemar(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b and c discordant pairs."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def summarise(runs: list[dict], reference: str) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[(run["method"], run["sparsity"], run["n_m"])].append(run)
+    rows = []
+    order = lambda kv: (kv[0][1] or 0, kv[0][2] or "", kv[0][0] != reference, kv[0][0])  # noqa: E731
+    for (method, sparsity, n_m), members in sorted(groups.items(), key=order):
+        members.sort(key=lambda r: r["seed"])
+        accs = [r["acc"] for r in members]
+        row = {"method": method, "sparsity": sparsity, "n_m": n_m, "seeds": [r["seed"] for r in members],
+               "acc": accs, "acc_mean": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+        for attack in ATTACKS:
+            per_seed = [rates(r["outcomes"].get(attack, {})) for r in members]
+            n, robust, won = (sum(x[i] for x in per_seed) for i in range(3))
+            row[attack] = {"aua_per_seed": [x[1] / x[0] if x[0] else None for x in per_seed],
+                           "aua_pooled": robust / n if n else None, "attacked": n, "robust": robust,
+                           "asr_pooled": won / (won + robust) if won + robust else None}
+            if method != reference:
+                partners = {r["seed"]: r for r in groups.get((reference, sparsity, n_m), [])}
+                b = c = 0
+                for run in members:
+                    other = partners.get(run["seed"])
+                    if other is None:
+                        continue
+                    mine, theirs = run["outcomes"].get(attack, {}), other["outcomes"].get(attack, {})
+                    for index in mine.keys() & theirs.keys():
+                        b += theirs[index] == "failed" and mine[index] != "failed"
+                        c += mine[index] == "failed" and theirs[index] != "failed"
+                row[attack]["vs_reference"] = {"robust_only_reference": b, "robust_only_this": c, "p": mcnemar(b, c)}
+        rows.append(row)
+    return rows
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def show(rows: list[dict], reference: str) -> None:
+    table = Table(title=f"Accuracy under attack, pooled over seeds; paired against {reference} (same sentences per seed)")
+    table.add_column("method")
+    table.add_column("sparsity", justify="right")
+    table.add_column("Acc % (mean ± std)", justify="right")
+    for attack in ATTACKS:
+        table.add_column(f"{attack} Aua % per seed", justify="right")
+        table.add_column(f"{attack} Aua % pooled (n)", justify="right")
+        table.add_column(f"{attack} b / c, p", justify="right")
+    for row in rows:
+        cells = [row["method"] + (f" {row['n_m']}" if row["n_m"] else ""),
+                 "—" if row["sparsity"] is None else f"{row['sparsity']:g}",
+                 f"{100 * row['acc_mean']:.2f} ± {100 * row['acc_std']:.2f}"]
+        for attack in ATTACKS:
+            a = row[attack]
+            cells += [" / ".join(pct(x) for x in a["aua_per_seed"]), f"{pct(a['aua_pooled'])} ({a['attacked']})"]
+            v = a.get("vs_reference")
+            cells.append("—" if v is None else f"{v['robust_only_reference']} / {v['robust_only_this']}, {v['p']:.2g}")
+        table.add_row(*cells)
+    Console().print(table)
+    print("b: sentences robust under the reference only; c: under this method only; p: exact McNemar, two-sided. "
+          "Floating-point results differ slightly from one CPU to another.")
+
+
+def main() -> None:
+    args = parse_args()
+    rows = summarise(read_runs(args.roots), args.reference)
+    show(rows, args.reference)
+    if args.out is not None:
+        atomic_write_json(args.out, {"reference": args.reference, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
