@@ -140,7 +140,10 @@ def show(rows: list[dict], reference: str) -> None:
             v = a.get("vs_reference")
             cells.append("—" if v is None else f"{v['robust_only_reference']} / {v['robust_only_this']}, {v['p']:.2g}")
         table.add_row(*cells)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: one line per row
+        console = Console(width=220)
+    console.print(table)
     print("b: sentences robust under the reference only; c: under this method only; p: exact McNemar, two-sided. "
           "Floating-point results differ slightly from one CPU to another.")
 
