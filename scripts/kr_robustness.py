@@ -10,7 +10,8 @@ recorded), groups them by pruning method and sparsity, and for each attack repor
 - a paired comparison of every method with ``--reference`` (default ``kr_obs``) at the same sparsity:
   runs with the same seed attack the same sentences (the subset is drawn from ``seed``), so each sentence
   is robust (the attack failed) or not under both models; ``b`` counts sentences robust only under the
-  reference, ``c`` only under the other method, and the two-sided exact McNemar test gives p.
+  reference, ``c`` only under the other method, and the two-sided exact McNemar test gives p;
+- the same paired comparison of every pruned group with the dense runs (``prune=none``) of the same seeds.
 
     python scripts/kr_robustness.py outputs/kr_robustness --out outputs/kr_robustness/robustness.json
 
@@ -33,6 +34,7 @@ from rich.table import Table
 from robprune.io import atomic_write_json
 
 ATTACKS = ("textfooler", "textbugger")
+DENSE = "none"  # prune.method of the dense runs
 
 
 def parse_args() -> argparse.Namespace:
@@ -84,10 +86,31 @@ def mcnemar(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def paired(members: list[dict], partners: list[dict], attack: str, name: str) -> dict | None:
+    """Sentence-by-sentence comparison of ``members`` with the ``partners`` run of the same seed (the same
+    attacked sentences; nested subsets compare on the smaller): robust (the attack failed) under the
+    partner only, under this run only, sentences compared, and p; None when no seed has a partner."""
+    by_seed = {r["seed"]: r for r in partners}
+    if not by_seed.keys() & {r["seed"] for r in members}:
+        return None
+    b = c = n = 0
+    for run in members:
+        other = by_seed.get(run["seed"])
+        if other is None:
+            continue
+        mine, theirs = run["outcomes"].get(attack, {}), other["outcomes"].get(attack, {})
+        for index in mine.keys() & theirs.keys():
+            n += 1
+            b += theirs[index] == "failed" and mine[index] != "failed"
+            c += mine[index] == "failed" and theirs[index] != "failed"
+    return {f"robust_only_{name}": b, "robust_only_this": c, "compared": n, "p": mcnemar(b, c)}
+
+
 def summarise(runs: list[dict], reference: str) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         groups[(run["method"], run["sparsity"], run["n_m"])].append(run)
+    dense = [run for key, members in groups.items() if key[0] == DENSE for run in members]
     rows = []
     order = lambda kv: (kv[0][1] or 0, kv[0][2] or "", kv[0][0] != reference, kv[0][0])  # noqa: E731
     for (method, sparsity, n_m), members in sorted(groups.items(), key=order):
@@ -101,18 +124,10 @@ def summarise(runs: list[dict], reference: str) -> list[dict]:
             row[attack] = {"aua_per_seed": [x[1] / x[0] if x[0] else None for x in per_seed],
                            "aua_pooled": robust / n if n else None, "attacked": n, "robust": robust,
                            "asr_pooled": won / (won + robust) if won + robust else None}
-            if method != reference:
-                partners = {r["seed"]: r for r in groups.get((reference, sparsity, n_m), [])}
-                b = c = 0
-                for run in members:
-                    other = partners.get(run["seed"])
-                    if other is None:
-                        continue
-                    mine, theirs = run["outcomes"].get(attack, {}), other["outcomes"].get(attack, {})
-                    for index in mine.keys() & theirs.keys():
-                        b += theirs[index] == "failed" and mine[index] != "failed"
-                        c += mine[index] == "failed" and theirs[index] != "failed"
-                row[attack]["vs_reference"] = {"robust_only_reference": b, "robust_only_this": c, "p": mcnemar(b, c)}
+            if method not in (reference, DENSE):
+                row[attack]["vs_reference"] = paired(members, groups.get((reference, sparsity, n_m), []), attack, "reference")
+            if method != DENSE and dense:
+                row[attack]["vs_dense"] = paired(members, dense, attack, "dense")
         rows.append(row)
     return rows
 
@@ -129,7 +144,8 @@ def show(rows: list[dict], reference: str) -> None:
     for attack in ATTACKS:
         table.add_column(f"{attack} Aua % per seed", justify="right")
         table.add_column(f"{attack} Aua % pooled (n)", justify="right")
-        table.add_column(f"{attack} b / c, p", justify="right")
+        table.add_column(f"{attack} vs {reference}: b / c, p", justify="right")
+        table.add_column(f"{attack} vs dense: b / c, p", justify="right")
     for row in rows:
         cells = [row["method"] + (f" {row['n_m']}" if row["n_m"] else ""),
                  "—" if row["sparsity"] is None else f"{row['sparsity']:g}",
@@ -137,14 +153,16 @@ def show(rows: list[dict], reference: str) -> None:
         for attack in ATTACKS:
             a = row[attack]
             cells += [" / ".join(pct(x) for x in a["aua_per_seed"]), f"{pct(a['aua_pooled'])} ({a['attacked']})"]
-            v = a.get("vs_reference")
-            cells.append("—" if v is None else f"{v['robust_only_reference']} / {v['robust_only_this']}, {v['p']:.2g}")
+            for name in ("reference", "dense"):
+                v = a.get(f"vs_{name}")
+                cells.append("—" if v is None else f"{v[f'robust_only_{name}']} / {v['robust_only_this']}, {v['p']:.2g}")
         table.add_row(*cells)
     console = Console()
     if not console.is_terminal:  # a pipe or a file: one line per row
         console = Console(width=220)
     console.print(table)
-    print("b: sentences robust under the reference only; c: under this method only; p: exact McNemar, two-sided. "
+    print("b: sentences robust under the reference (or the dense model) only; c: under this method only; p: exact "
+          "McNemar, two-sided. "
           "Floating-point results differ slightly from one CPU to another.")
 
 

@@ -87,8 +87,8 @@ def _check_robustness_script(tmp_path, names):
             versus = rows[(other, None)][attack]["vs_reference"]
             assert versus["robust_only_reference"] - versus["robust_only_this"] == (
                 reference[attack]["robust"] - rows[(other, None)][attack]["robust"])
-            assert 0 < versus["p"] <= 1
-    assert "vs_reference" not in reference["textfooler"]
+            assert 0 < versus["p"] <= 1 and versus["compared"] == reference[attack]["attacked"]
+    assert "vs_reference" not in reference["textfooler"] and "vs_dense" not in reference["textfooler"]  # no dense run given
     spec = importlib.util.spec_from_file_location("kr_robustness", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
