@@ -285,3 +285,31 @@ def test_bad_inputs(conf_tree, data):
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         evaluate_robustness(model, x * 16, y, compose_eval(conf_tree, "eval=clean"), device="cpu", seed=0)
 
+
+
+def test_a_model_that_answers_one_class_fails_prediction_collapse(conf_tree, data):
+    """The trained digits model passes; the same model with its last layer answering class 3 whatever the
+    input fails, naming the class and its share, although every other check passes and its PGD accuracy
+    is the share of class 3 in the subset. A test set that is itself one class does not fire the check."""
+    import copy
+
+    from robprune.evaluate.checks import PREDICTION_SHARE_MAX, prediction_collapse_check
+
+    model, x, y = data
+    cfg = compose_eval(conf_tree, "eval=pgd", "eval.attacks.pgd20.steps=3", "eval.n_examples.pgd20=60", "eval.large_eps_check=false")
+    healthy = evaluate_robustness(model, x, y, cfg, device="cpu", seed=0)["checks"]
+    assert healthy["majority_prediction_share"] < 0.5 and not any(f.startswith("prediction_collapse") for f in healthy["failed"])
+    collapsed = copy.deepcopy(model)
+    last = [m for m in collapsed.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(0.01)  # the features still reach the logits (no saturated, zero gradient) ...
+        last.bias.copy_(torch.arange(10) == 3).mul_(3.0)  # ... but class 3 wins everywhere
+    metrics = evaluate_robustness(collapsed, x, y, cfg, device="cpu", seed=0)
+    checks = metrics["checks"]
+    assert checks["majority_prediction_share"] == 1.0 > PREDICTION_SHARE_MAX and not checks["passed"]
+    share3 = (y == 3).float().mean().item()
+    assert checks["failed"] == [f"prediction_collapse: the model predicts class 3 for 100.0% of the {len(y)} test examples, "
+                                f"of which {share3:.1%} are that class; its accuracy under attack measures that share, not robustness"]
+    assert metrics["clean_acc"] == pytest.approx(share3)
+    one_sided = prediction_collapse_check(torch.full((50,), 3), torch.cat([torch.full((46,), 3), torch.zeros(4, dtype=torch.long)]))
+    assert one_sided == ({"majority_prediction_share": 1.0, "majority_prediction_share_max": PREDICTION_SHARE_MAX}, [])

@@ -518,3 +518,27 @@ def test_effective_constraints_are_recorded_per_attack():
                    "min_similarity": None, "similarity_metric": None, "window": None}
     bugger = effective_constraints(build_attack(node("textbugger", encoder="minilm"), "eval.attacks.textbugger"))
     assert bugger["pos_match"] is False and (bugger["encoder"], bugger["min_similarity"], bugger["window"]) == ("minilm", 0.8, None)
+
+
+def test_a_text_model_that_answers_one_class_fails_prediction_collapse(tiny):
+    """The tiny BERT with its classifier answering class 1 whatever the sentence: clean accuracy is the
+    share of class 1, every attack fails on those sentences, and checks.prediction_collapse says why."""
+    import copy
+
+    model, tokenizer, _, dev = tiny
+    texts, y = [t for _, t in dev[:30]], torch.tensor([label for label, _ in dev[:30]])
+    collapsed = copy.deepcopy(model)
+    with torch.no_grad():
+        collapsed.hf.classifier.weight.mul_(0.01)
+        collapsed.hf.classifier.bias.copy_(torch.tensor([0.0, 3.0]))
+    cfg = OmegaConf.create({"attacks": {"textbugger": {"_target_": "robprune.attacks.text.textbugger", "_partial_": True,
+                                                       "encoder": None, "antonyms": None}},
+                            "n_examples": {"textbugger": 10}, "batch_size": 16})
+    metrics = evaluate_text_robustness(collapsed, texts, y, tokenizer, cfg, max_length=32, device="cpu", seed=0)
+    share = (y == 1).float().mean().item()
+    assert metrics["clean_acc"] == pytest.approx(share) and metrics["checks"]["majority_prediction_share"] == 1.0
+    assert [f for f in metrics["checks"]["failed"] if f.startswith("prediction_collapse")] == [
+        f"prediction_collapse: the model predicts class 1 for 100.0% of the 30 test examples, of which {share:.1%} are "
+        "that class; its accuracy under attack measures that share, not robustness"]
+    healthy = evaluate_text_robustness(model, texts, y, tokenizer, cfg, max_length=32, device="cpu", seed=0)["checks"]
+    assert healthy["majority_prediction_share"] < 0.98 and not any(f.startswith("prediction_collapse") for f in healthy["failed"])

@@ -68,6 +68,8 @@ class BlockResult(NamedTuple):
     zero_grad: torch.Tensor
     large_eps: torch.Tensor
     warnings: list[str]
+    predicted: torch.Tensor  # (stop - start,) int64: the clean predictions (checks.prediction_collapse_check)
+    labels: torch.Tensor  # (stop - start,) int64: their true classes
 
 
 class _Plan(NamedTuple):
@@ -125,7 +127,8 @@ def robustness_metrics(eval_cfg: DictConfig, parts: list[BlockResult]) -> dict[s
     zero = _cat([p.zero_grad for p in parts]) if runs else None
     large = _cat([p.large_eps for p in parts]) if eval_cfg.get("large_eps_check", True) else None
     warnings = list(dict.fromkeys(w for p in parts for w in p.warnings))  # unique, in block order
-    metrics["checks"] = checks.finish(_check_parts(eval_cfg, runs, zero, large) + [checks.warnings_check(warnings)])
+    collapse = checks.prediction_collapse_check(_cat([p.predicted for p in parts]), _cat([p.labels for p in parts]))
+    metrics["checks"] = checks.finish(_check_parts(eval_cfg, runs, zero, large) + [checks.warnings_check(warnings), collapse])
     return metrics
 
 
@@ -142,7 +145,8 @@ def _block(model, x, y, pos: torch.Tensor, block: Block, eval_cfg, plan: _Plan, 
     """Every measurement on one block; pos = perm[block.start:block.stop] (test-set indices)."""
     batch_size = plan.batch_size
     with capture_warnings() as warnings:
-        clean = _correct(model, x, y, pos, batch_size, device)
+        predicted = _predict(model, x, pos, batch_size, device)
+        clean = predicted == y[pos]
         runs: dict[str, AttackRun] = {}
         for name, n in plan.sizes.items():
             m = block.clip(n)
@@ -152,7 +156,7 @@ def _block(model, x, y, pos: torch.Tensor, block: Block, eval_cfg, plan: _Plan, 
                     device, progress, work))
         zero = _zero_grad_flags(model, x, y, pos[:block.clip(max(plan.sizes.values(), default=0))], batch_size, device)
         large = _large_eps(model, x, y, pos[:block.clip(plan.large_eps_n)], block.seed, batch_size, device)
-    return BlockResult(block.index, clean, runs, zero, large, list(warnings))
+    return BlockResult(block.index, clean, runs, zero, large, list(warnings), predicted, y[pos].long().cpu())
 
 
 def _subset_size(eval_cfg: DictConfig, name: str, n_total: int) -> int:
@@ -175,10 +179,15 @@ def _batches(idx: torch.Tensor, batch_size: int):
 
 
 @torch.no_grad()
+def _predict(model, x, idx: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """(len(idx),) int64 on the CPU: the classes model(x[idx]) predicts."""
+    out = [model(x[b].to(device)).argmax(1).cpu() for b in _batches(idx, batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 def _correct(model, x, y, idx: torch.Tensor, batch_size: int, device) -> torch.Tensor:
     """(len(idx),) bool on the CPU: model(x[idx]) predicts y[idx]."""
-    out = [model(x[b].to(device)).argmax(1).cpu() == y[b] for b in _batches(idx, batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+    return _predict(model, x, idx, batch_size, device) == y[idx].cpu()
 
 
 def _threat(cfg) -> tuple[float | None, str]:

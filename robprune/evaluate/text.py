@@ -71,14 +71,15 @@ def evaluate_text_robustness(model, texts: list[str], y: torch.Tensor, tokenizer
     perm = seeded_indices(len(texts), None, seed)
     with preserved_modes(model, eval_mode=True):
         victim = Victim(model, tokenizer, max_length=max_length, batch_size=batch_size, device=device)
-        correct = victim.predict(texts).argmax(1) == y
+        predicted = victim.predict(texts).argmax(1).cpu()
+        correct = predicted == y
         results: dict[str, Rows] = {}
         for name, attack in attacks.items():
             idx = perm[:_subset_size(eval_cfg, name, len(texts))].tolist()
             store = None if work is None else ResultStore(Path(work) / RESULTS_DIR / f"{name}.jsonl",
                                                           _tag(name, attacks_cfg[name], seed, max_length))
             results[name] = run_attack(name, attack, victim, texts, y, idx, seed, progress, store)
-        parts = []
+        parts = [checks.prediction_collapse_check(predicted, y)]
         for name, rows in results.items():
             parts.append(flips_check(victim, name, rows, correct))
             parts.append(budget_check(name, rows, _param(attacks[name], "query_budget"),
