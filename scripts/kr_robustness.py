@@ -5,7 +5,8 @@ more than the per-seed means that ``robprune table`` prints. This script reads f
 ``config.yaml``, ``metrics.json`` and ``adversarial.jsonl``, where every attacked sentence's outcome is
 recorded), groups them by pruning method and sparsity, and for each attack reports:
 
-- Acc on the whole test split and Aua / Asr per seed, and pooled over the seeds (Aua = sentences the
+- Acc on the whole test split, the largest share of predictions in one class (a model that answers one
+  class cannot be flipped on it: docs/concepts/checks.md#prediction-collapse), and Aua / Asr per seed, and pooled over the seeds (Aua = sentences the
   attack failed on / sentences attacked; Asr = successes / sentences correct before the attack);
 - a paired comparison of every method with ``--reference`` (default ``kr_obs``) at the same sparsity:
   runs with the same seed attack the same sentences (the subset is drawn from ``seed``), so each sentence
@@ -24,7 +25,7 @@ import argparse
 import json
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -58,14 +59,19 @@ def read_runs(roots: list[Path]) -> list[dict]:
         cfg = OmegaConf.load(folder / "config.yaml")
         metrics = json.loads(metrics_file.read_text())
         outcomes: dict[str, dict[int, str]] = defaultdict(dict)
+        predicted: dict[int, int] = {}
         adversarial = folder / "adversarial.jsonl"
         for line in adversarial.read_text().splitlines() if adversarial.exists() else []:
             row = json.loads(line)
             outcomes[row["attack"]][int(row["index"])] = row["status"]
+            predicted[int(row["index"])] = int(row["pred_before"])
+        share = metrics.get("checks", {}).get("majority_prediction_share")  # on the whole test split, where recorded
+        if share is None and predicted:  # runs from before the check: on the attacked sentences
+            share = max(Counter(predicted.values()).values()) / len(predicted)
         n_m = cfg.prune.get("n_m")
         runs.append({"dir": str(folder), "method": str(cfg.prune.method), "n_m": str(n_m) if n_m else None,
                      "sparsity": cfg.prune.get("sparsity"), "seed": int(cfg.seed),
-                     "acc": float(metrics["clean_acc"]), "outcomes": dict(outcomes)})
+                     "acc": float(metrics["clean_acc"]), "majority_share": share, "outcomes": dict(outcomes)})
     if not runs:
         raise SystemExit(f"no finished run (config.yaml + metrics.json) under {', '.join(map(str, roots))}")
     return runs
@@ -117,6 +123,7 @@ def summarise(runs: list[dict], reference: str) -> list[dict]:
         members.sort(key=lambda r: r["seed"])
         accs = [r["acc"] for r in members]
         row = {"method": method, "sparsity": sparsity, "n_m": n_m, "seeds": [r["seed"] for r in members],
+               "majority_prediction_share": max((r["majority_share"] or 0.0) for r in members),
                "acc": accs, "acc_mean": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
         for attack in ATTACKS:
             per_seed = [rates(r["outcomes"].get(attack, {})) for r in members]
@@ -141,6 +148,7 @@ def show(rows: list[dict], reference: str) -> None:
     table.add_column("method")
     table.add_column("sparsity", justify="right")
     table.add_column("Acc % (mean ± std)", justify="right")
+    table.add_column("one class %", justify="right")
     for attack in ATTACKS:
         table.add_column(f"{attack} Aua % per seed", justify="right")
         table.add_column(f"{attack} Aua % pooled (n)", justify="right")
@@ -149,7 +157,7 @@ def show(rows: list[dict], reference: str) -> None:
     for row in rows:
         cells = [row["method"] + (f" {row['n_m']}" if row["n_m"] else ""),
                  "—" if row["sparsity"] is None else f"{row['sparsity']:g}",
-                 f"{100 * row['acc_mean']:.2f} ± {100 * row['acc_std']:.2f}"]
+                 f"{100 * row['acc_mean']:.2f} ± {100 * row['acc_std']:.2f}", pct(row["majority_prediction_share"])]
         for attack in ATTACKS:
             a = row[attack]
             cells += [" / ".join(pct(x) for x in a["aua_per_seed"]), f"{pct(a['aua_pooled'])} ({a['attacked']})"]
@@ -161,8 +169,10 @@ def show(rows: list[dict], reference: str) -> None:
     if not console.is_terminal:  # a pipe or a file: one line per row
         console = Console(width=220)
     console.print(table)
-    print("b: sentences robust under the reference (or the dense model) only; c: under this method only; p: exact "
-          "McNemar, two-sided. "
+    print("one class: the largest share of sentences predicted as one class (checks.majority_prediction_share, or on "
+          "the attacked sentences for runs without it; above 98% the model answers one class and its Aua is that "
+          "class's share). b: sentences robust under the reference (or the dense model) only; c: under this method "
+          "only; p: exact McNemar, two-sided. "
           "Floating-point results differ slightly from one CPU to another.")
 
 
