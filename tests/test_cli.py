@@ -170,7 +170,10 @@ def test_data_warnings_are_logged_and_recorded_in_metrics(tmp_path):
         "not generalisation: remove them from one split"]
     checks = m["checks"]
     assert checks["passed"] is False and checks["train_test_overlap"] == pytest.approx(1 / 9)
-    assert [f.split(":")[0] for f in checks["failed"]] == ["train_test_overlap"] and checks["unseen_class_fraction"] == 0
+    data_failures = [f.split(":")[0] for f in checks["failed"] if f.startswith(("train_test_overlap", "unseen_class"))]
+    assert data_failures == ["train_test_overlap"] and checks["unseen_class_fraction"] == 0
+    # (the 17-image model may also answer one class for all 9 test images: prediction_collapse, the model's fault, not the data's)
+    assert {f.split(":")[0] for f in checks["failed"]} <= {"train_test_overlap", "prediction_collapse"}
     log = (tmp_path / "run" / "run.log").read_text()
     assert all(w in log and w in res.stdout + res.stderr for w in m["warnings"])  # run.log and the console
 

@@ -179,7 +179,10 @@ def test_language_model_pruner_runs(repo, cache, tmp_path, text_files):
     m = run_command(repo, _pruner_command("lm_random"), tmp_path / "run", cache, shrink)
     info = saved(tmp_path / "run", "model.json")["prune"]
     assert m["choices"]["prune"] == "lm_random" and info["method"] == "lm_random"
-    assert m["sparsity"] == pytest.approx(0.5, abs=0.01) and m["checks"]["passed"]
+    assert m["sparsity"] == pytest.approx(0.5, abs=0.01) and m["checks"]["sparsity_matches_pruner"]
+    # removing half of every weight at random may leave the one-epoch tiny BERT answering one class: that check
+    # (prediction_collapse) is the only one allowed to fail
+    assert {f.split(":")[0] for f in m["checks"]["failed"]} <= {"prediction_collapse"}
     assert all(row["sparsity"] == pytest.approx(0.5, abs=0.01) for row in info["layers"] if row["pruned"])
 
 
