@@ -41,3 +41,15 @@ def test_trailing_comments_follow_nesting():
     header, trailing = comments("# what it is\n# second line\na: 1  # top\nb:\n  c: x   # nested\n  d: '#no'  # quoted hash\n")
     assert header == "what it is second line"
     assert trailing == {"a": "top", "b.c": "nested", "b.d": "quoted hash"}
+
+
+def test_a_nested_option_group_lists_its_leaves_with_the_groups_help_once():
+    """counter_fitting (a text attack's nested option, declared by CounterFitting): each of its seven leaves
+    is a row with its range, and the group's help is shown once, on its first leaf."""
+    page = render_reference()
+    fooler = page.split("### `attack=textfooler`")[1].split("###")[0]
+    rows = [line for line in fooler.splitlines() if line.startswith("| `counter_fitting.")]
+    assert [row.split("`")[1] for row in rows] == [f"counter_fitting.{k}" for k in
+                                                    ("k1", "k2", "k3", "delta", "gamma", "rho", "steps")]
+    assert "| `counter_fitting.rho` | `0.2` | float in [0, 0.5] |" in fooler
+    assert "hyperparameters of counter-fitting" in rows[0] and all("hyperparameters" not in r for r in rows[1:])
