@@ -171,6 +171,10 @@ def test_the_hyperparameters_are_attack_options_checked_before_work_and_recorded
         with pytest.raises(ConfigError, match=r"eval.attacks.x.counter_fitting.steps must be in \[1, 1000\]") as err:
             attack.check_params(where="eval.attacks.x", counter_fitting={"steps": 0})
         assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"eval.attacks.x.counter_fitting must be a group of keys, got 0.3"):
+        textfooler.check_params(where="eval.attacks.x", counter_fitting=0.3)  # a value where the group goes
+    with pytest.raises(ConfigError, match=r"eval.attacks.x.counter_fitting.rh is not a key .*did you mean .*rho"):
+        textfooler.check_params(where="eval.attacks.x", counter_fitting={"rh": 0.3})
     with pytest.raises(ConfigError, match="counter_fitting.delta must be in"):
         load_vectors(COUNTER_FITTED, counter_fitting={"delta": 2.5})
     recorded = effective_constraints(functools.partial(textfooler, counter_fitting={"rho": 0.3}))["counter_fitting"]

@@ -145,8 +145,8 @@ def _block(model, x, y, pos: torch.Tensor, block: Block, eval_cfg, plan: _Plan, 
     """Every measurement on one block; pos = perm[block.start:block.stop] (test-set indices)."""
     batch_size = plan.batch_size
     with capture_warnings() as warnings:
-        predicted = _predict(model, x, pos, batch_size, device)
-        clean = predicted == y[pos]
+        predicted, labels = _predict(model, x, pos, batch_size, device), y[pos].long().cpu()
+        clean = predicted == labels
         runs: dict[str, AttackRun] = {}
         for name, n in plan.sizes.items():
             m = block.clip(n)
@@ -156,7 +156,7 @@ def _block(model, x, y, pos: torch.Tensor, block: Block, eval_cfg, plan: _Plan, 
                     device, progress, work))
         zero = _zero_grad_flags(model, x, y, pos[:block.clip(max(plan.sizes.values(), default=0))], batch_size, device)
         large = _large_eps(model, x, y, pos[:block.clip(plan.large_eps_n)], block.seed, batch_size, device)
-    return BlockResult(block.index, clean, runs, zero, large, list(warnings), predicted, y[pos].long().cpu())
+    return BlockResult(block.index, clean, runs, zero, large, list(warnings), predicted, labels)
 
 
 def _subset_size(eval_cfg: DictConfig, name: str, n_total: int) -> int:

@@ -48,7 +48,7 @@ Thresholds (module constants):
   as the model's most-predicted class, fails above ``PREDICTION_SHARE_MAX`` (0.98) when the test labels are
   not themselves that one-sided (their commonest class at most ``LABEL_SHARE_MAX``, 0.9). A model that answers
   one class whatever the input cannot be flipped on the examples of that class, so its accuracy under attack
-  is that class's share of the subset, not robustness: a 87.5%-magnitude-pruned MiniLM that called every
+  is that class's share of the subset, not robustness: an 87.5%-magnitude-pruned MiniLM that called every
   SST-2 sentence positive kept 45% "under TextFooler", ten times its dense model (docs/results/kr.md#robustness).
 """
 from __future__ import annotations

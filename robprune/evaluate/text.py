@@ -320,7 +320,7 @@ def input_stats(eval_cfg) -> list:
     """[path, size, mtime_ns] of the local files the text attacks read (a user's vectors file, encoder or
     masked-LM folder; the packaged GloVe and MiniLM are keyed by their packages' versions), for the eval
     stage's key; the counter-fitted vectors add [name, sha256 of the constraint files robprune ships]."""
-    from robprune.attacks.text.counterfit import COUNTER_FITTED, constraints_digest
+    from robprune.attacks.text.counterfit import constraints_digest
     from robprune.corruptions.files import file_stats
 
     paths: list[Path] = []

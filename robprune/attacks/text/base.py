@@ -201,6 +201,4 @@ PosMatch = Annotated[bool, pos.check_available, "keep a candidate only when its 
 
 def params_of(attack: Callable) -> dict[str, Callable]:
     """{option: check} of a text attack: its declared options plus ``seed`` (given at call time)."""
-    from robprune.options import spec_of
-
     return {"seed": integer, **spec_of(attack)}
