@@ -114,7 +114,10 @@ def value_at(node: DictConfig, key, path: str):
 def check_node(node, spec: dict, path: str) -> None:
     """Every key of ``node`` is in ``spec`` and its value fits its spec."""
     if not isinstance(node, DictConfig):
-        raise ConfigError(f"{path} must be a group of keys, got {node!r}; pick an option of its group, e.g. {path}=<option>")
+        is_group = "." not in path and (config_dir() / path).is_dir()  # conf/<path>/ holds its options
+        fix = (f"pick an option of its group, e.g. {path}=<option>" if is_group or not spec
+               else f"set its keys instead, e.g. {path}.{next(iter(spec))}=<value>")
+        raise ConfigError(f"{path} must be a group of keys, got {node!r}; {fix}", key=path)
     if path == "dataset":
         name = value_at(node, "name", "dataset.name") if "name" in node else None
         if name is not None and str(name) not in DATASETS:  # the keys it may hold depend on it: say this first

@@ -95,12 +95,15 @@ def _bad_cases(tiny):
         ([f"eval.attacks.textfooler.vectors={vectors}"], "vectors.txt"),
         (["eval.attacks.textfooler.counter_fitting.rho=0.9"],
          r"eval.attacks.textfooler.counter_fitting.rho must be in [0, 0.5], got 0.9"),
+        (["eval.attacks.textfooler.counter_fitting=0.3"],
+         "eval.attacks.textfooler.counter_fitting must be a group of keys, got 0.3; set its keys instead, e.g. "
+         "eval.attacks.textfooler.counter_fitting.k1=<value>"),
         (["+eval.attacks.textbugger.counter_fitting.k4=1"],
          "eval.attacks.textbugger.counter_fitting.k4 is not a key of eval.attacks.textbugger.counter_fitting"),
     ]
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(9))
 def test_text_bad_inputs_exit_2_before_training(tiny, tmp_path, capsys, case):
     overrides, named = _bad_cases(tiny)[case]
     code, err = run_main([*_args(tiny, tmp_path), *overrides, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
