@@ -36,6 +36,10 @@ def compose(overrides: Iterable[str] = (), *, with_hydra: bool = False) -> DictC
         raise ConfigError(_parse_error(OverridesParser.create(), overrides, err)) from None
     except ConfigCompositionException as err:
         raise ConfigError(_composition_error(err, overrides)) from None
+    except ValueError as err:  # Hydra's own check of a group override's value ('eval=3'), raised as a plain ValueError
+        if "Config group override must be" not in str(err):
+            raise
+        raise ConfigError(_group_value_error(OverridesParser.create(), overrides)) from None
     if not with_hydra:
         with open_dict(cfg):
             cfg.pop("hydra", None)
@@ -67,6 +71,20 @@ def compose_saved(ckpt_dir: Path, overrides: list[str], sections: tuple[str, ...
 
 def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _group_value_error(parser, overrides: list[str]) -> str:
+    """'eval=3 is not an option of eval; pick one of: ...' for a group override whose value Hydra parsed as a
+    number, a bool or a mapping instead of an option's name."""
+    for text in overrides:
+        override = parser.parse_overrides([text])[0]
+        group = override.key_or_group.split("@")[0]
+        folder = config_dir() / group
+        if folder.is_dir() and not isinstance(override.value(), (str, list)):
+            options = sorted(p.stem for p in folder.glob("*.yaml"))
+            return (f"{override.key_or_group}={override.get_value_element_as_str()} is not an option of {group}; "
+                    f"pick one of: {', '.join(options)}")
+    return "a config group override names no option (a number or a mapping instead of a name); check the overrides against conf/"
 
 
 def _composition_error(err, overrides: list[str]) -> str:

@@ -110,16 +110,21 @@ def test_swapped_method_through_the_cli_is_one_line_exit_2(tmp_path):
 
 @st.composite
 def configs(draw):
-    """(overrides, invalid): an experiment or none, 0-2 group swaps, 0-3 mutations of declared leaves; invalid
-    says whether a mutation is refused by its declaration (then the whole config must be refused)."""
+    """(overrides, invalid): an experiment or none, 0-2 group swaps (one in ten naming no option), 0-3 mutations
+    of declared leaves; invalid says whether a swap names no option or a mutation is refused by its declaration
+    (then the whole config must be refused)."""
     exps = experiments()
     base = []
     experiment = draw(st.sampled_from([None, *exps]))
     if experiment:
         base.append(f"+experiment={experiment}")
+    wrong_option = False
     for group in draw(st.lists(st.sampled_from(GROUPS_DRAWN), max_size=2, unique=True)):
         plus = draw(st.sampled_from(["+", ""])) if group in ADDED else ""  # +compress= adds it; an experiment may have it
-        base.append(f"{plus}{group}={draw(st.sampled_from(options(group)))}")
+        option = draw(st.sampled_from(options(group)))
+        if draw(st.integers(0, 9)) == 0:  # one swap in ten names no option: a number, a fraction, a misspelt name
+            option, wrong_option = draw(st.sampled_from(["3", "0.5", "no_such_option"])), True
+        base.append(f"{plus}{group}={option}")
     base += ["data.download=false", f"data.root={REPO}"]  # a folder that exists: the data itself is item 3's business
     leaves = declared_leaves(tuple(base))
     mutations, invalid = [], False
@@ -141,7 +146,7 @@ def configs(draw):
             mutations.append(f"+{parent + '.' if parent else ''}no_such_option=1")
         elif kind == "delete":
             mutations.append(f"~{key}")
-    return base + mutations, invalid
+    return base + mutations, invalid or wrong_option
 
 
 def _budget(request) -> int:
@@ -181,6 +186,9 @@ def test_fuzzed_configs_are_accepted_or_refused_in_one_line(request):
 
 # Every failure Hypothesis found, fixed, kept as a regression example (the overrides and the line it must give).
 REGRESSIONS = [
+    # a group option given as a number: Hydra's plain ValueError ('Config group override must be a string or a list')
+    (["eval=3"], "eval=3 is not an option of eval; pick one of: "),
+    (["+experiment=mrpf_mnist", "prune=0.5"], "prune=0.5 is not an option of prune; pick one of: "),
     # an interpolation to a missing key in a value the modality check reads before the walk: omegaconf's traceback
     (["dataset.name=${no_such.key}"], "dataset.name: cannot resolve its value"),
     (["train.epochs=${no_such.key}"], "train.epochs: cannot resolve its value"),
